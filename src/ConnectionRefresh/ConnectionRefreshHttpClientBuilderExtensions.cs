@@ -1,0 +1,132 @@
+using System.Diagnostics.Metrics;
+using ConnectionRefresh;
+using ConnectionRefresh.Internal;
+using Grpc.Net.ClientFactory;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Http;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Options;
+
+namespace Microsoft.Extensions.DependencyInjection;
+
+/// <summary>
+/// Adds connection refresh to an HTTP client, typically the one <c>AddGrpcClient</c> returns:
+/// <c>services.AddGrpcClient&lt;Greeter.GreeterClient&gt;(o =&gt; o.Address = new("http://greeter:5000")).AddConnectionRefresh();</c>
+/// </summary>
+public static class ConnectionRefreshHttpClientBuilderExtensions
+{
+    /// <summary>
+    /// Adds connection refresh with the settings of the <c>ConnectionRefresh</c> configuration section, when the
+    /// application's <see cref="IConfiguration"/> has one, and the defaults of <see cref="ConnectionRefreshOptions"/> otherwise.
+    /// </summary>
+    /// <param name="builder">The client's builder.</param>
+    /// <returns>The same builder.</returns>
+    public static IHttpClientBuilder AddConnectionRefresh(this IHttpClientBuilder builder)
+    {
+        ArgumentNullException.ThrowIfNull(builder);
+        var name = builder.Name;
+        builder.Services.AddOptions<ConnectionRefreshOptions>(name).Configure<IServiceProvider>((options, services) =>
+        {
+            if (services.GetService<IConfiguration>()?.GetSection(ConnectionRefreshDefaults.SectionName) is { } section && section.Exists())
+            {
+                ConnectionRefreshConfiguration.Bind(options, section, name);
+            }
+        });
+        return AddCore(builder);
+    }
+
+    /// <summary>Adds connection refresh with settings made in code, starting from the defaults.</summary>
+    /// <param name="builder">The client's builder.</param>
+    /// <param name="configure">Sets the options of this client.</param>
+    /// <returns>The same builder.</returns>
+    public static IHttpClientBuilder AddConnectionRefresh(this IHttpClientBuilder builder, Action<ConnectionRefreshOptions> configure)
+    {
+        ArgumentNullException.ThrowIfNull(builder);
+        ArgumentNullException.ThrowIfNull(configure);
+        builder.Services.Configure(builder.Name, configure);
+        return AddCore(builder);
+    }
+
+    /// <summary>
+    /// Adds connection refresh with the settings of <paramref name="section"/>. Unknown keys and values that do
+    /// not parse or are out of range fail at start-up.
+    /// </summary>
+    /// <param name="builder">The client's builder.</param>
+    /// <param name="section">The configuration section, e.g. <c>configuration.GetSection("Clients:Greeter:ConnectionRefresh")</c>.</param>
+    /// <returns>The same builder.</returns>
+    public static IHttpClientBuilder AddConnectionRefresh(this IHttpClientBuilder builder, IConfigurationSection section)
+    {
+        ArgumentNullException.ThrowIfNull(builder);
+        ArgumentNullException.ThrowIfNull(section);
+        var name = builder.Name;
+        builder.Services.Configure<ConnectionRefreshOptions>(name, options => ConnectionRefreshConfiguration.Bind(options, section, name));
+        return AddCore(builder);
+    }
+
+    /// <summary>
+    /// Configures every <see cref="SocketsHttpHandler"/> that connection refresh creates for this client: TLS
+    /// (<see cref="SocketsHttpHandler.SslOptions"/>, client certificates), proxy, credentials, a connect callback.
+    /// Runs after the refresh settings, so it may also override them. Use it instead of
+    /// <c>ConfigurePrimaryHttpMessageHandler</c>, whose handler connection refresh replaces.
+    /// </summary>
+    /// <param name="builder">The client's builder.</param>
+    /// <param name="configure">Configures a new handler; it may be called many times over the life of the client.</param>
+    /// <returns>The same builder.</returns>
+    public static IHttpClientBuilder ConfigureConnectionRefreshHandler(this IHttpClientBuilder builder, Action<SocketsHttpHandler, IServiceProvider> configure)
+    {
+        ArgumentNullException.ThrowIfNull(builder);
+        ArgumentNullException.ThrowIfNull(configure);
+        builder.Services.Configure<SocketsHttpHandlerActions>(builder.Name, actions => actions.Actions.Add(configure));
+        return builder;
+    }
+
+    private static IHttpClientBuilder AddCore(IHttpClientBuilder builder)
+    {
+        var services = builder.Services;
+        var name = builder.Name;
+        var registry = (ConnectionRefreshRegistry?)services
+            .FirstOrDefault(d => d.ServiceType == typeof(ConnectionRefreshRegistry))?.ImplementationInstance;
+        if (registry is null)
+        {
+            registry = new ConnectionRefreshRegistry();
+            services.AddSingleton(registry);
+        }
+
+        // A second call only adds configuration: the handler is installed once.
+        if (!registry.ClientNames.Add(name))
+        {
+            return builder;
+        }
+
+        services.TryAddSingleton(sp => new ConnectionRefreshMetrics(sp.GetService<IMeterFactory>()));
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<ConnectionRefreshOptions>, ConnectionRefreshOptionsValidator>());
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<GrpcClientFactoryOptions>, GrpcChannelCompatibilityValidator>());
+        services.AddOptions<ConnectionRefreshOptions>(name).ValidateOnStart();
+        services.AddOptions<GrpcClientFactoryOptions>(name).ValidateOnStart();
+
+        services.Configure<HttpClientFactoryOptions>(name, options => options.HttpMessageHandlerBuilderActions.Add(handlerBuilder =>
+        {
+            PrimaryHandlerGuard.ThrowIfConfigured(handlerBuilder.PrimaryHandler, name);
+            handlerBuilder.PrimaryHandler?.Dispose();
+            handlerBuilder.PrimaryHandler = CreateHandler(handlerBuilder.Services, name);
+        }));
+
+        // Runs after every Configure of this client: nothing may replace our handler later on.
+        services.PostConfigure<HttpClientFactoryOptions>(name, options => options.HttpMessageHandlerBuilderActions.Add(
+            handlerBuilder => PrimaryHandlerGuard.ThrowIfReplaced(handlerBuilder.PrimaryHandler, name)));
+        return builder;
+    }
+
+    private static ConnectionRefreshHandler CreateHandler(IServiceProvider services, string name)
+    {
+        var options = services.GetRequiredService<IOptionsMonitor<ConnectionRefreshOptions>>().Get(name);
+        var configure = services.GetRequiredService<IOptionsMonitor<SocketsHttpHandlerActions>>().Get(name).Actions;
+        var logger = services.GetService<ILoggerFactory>()?.CreateLogger(ConnectionRefreshMetrics.MeterName) ?? NullLogger.Instance;
+        var telemetry = new ConnectionRefreshTelemetry(name, services.GetRequiredService<ConnectionRefreshMetrics>(), logger);
+        var sockets = new SocketsHttpHandlerFactory(options, configure.ToArray(), services, telemetry);
+        var generations = new GenerationFactory(options, sockets.Create, services.GetService<TimeProvider>() ?? TimeProvider.System, telemetry);
+        return new ConnectionRefreshHandler(generations, options.ConnectionsPerEndpoint);
+    }
+}

@@ -1,0 +1,78 @@
+using System.Net.Http;
+using System.Net.Sockets;
+
+namespace ConnectionRefresh.Internal;
+
+/// <summary>
+/// Recognises calls that failed because their connection died, retires that connection, and makes such
+/// failures reach gRPC callers as <c>StatusCode.Unavailable</c> (as grpc-go and grpc-java report them), so
+/// that retry policies retry them. grpc-dotnet maps any HttpProtocolException in the chain by its HTTP/2
+/// error code (a keepalive timeout becomes <c>Internal</c>), so such an exception is replaced by an
+/// <see cref="HttpIOException"/> without it, whose message keeps the original text.
+/// </summary>
+internal static class ConnectionFailures
+{
+    public static Exception? OnCallFailed(
+        Exception exception,
+        ConnectionSlot slot,
+        HandlerGeneration generation,
+        ConnectionRefreshTelemetry telemetry,
+        CancellationToken callerToken)
+    {
+        if (generation.CutToken.IsCancellationRequested && !callerToken.IsCancellationRequested)
+        {
+            return CutByDrainTimeout(exception);
+        }
+
+        if (exception is OperationCanceledException || !IsConnectionLoss(exception, out var protocolError))
+        {
+            return null;
+        }
+
+        telemetry.ConnectionFailed(exception);
+        slot.Retire(generation, RetirementReason.ConnectionFailure);
+        return protocolError is null
+            ? null
+            : new HttpIOException(HttpRequestError.HttpProtocolError, $"The connection to the server was lost: {protocolError.Message}");
+    }
+
+    public static HttpIOException CutByDrainTimeout(Exception exception) => new(
+        HttpRequestError.Unknown,
+        $"The call ran longer than ConnectionRefresh's DrainTimeout on a retired connection and was cut ({exception.GetType().Name}: {exception.Message}).");
+
+    /// <summary>
+    /// True for failures of the connection as a whole: socket errors, an aborted connection (keepalive
+    /// timeout, GOAWAY with an error), the connection closing under a running call. A stream that the server
+    /// reset on its own (RST_STREAM) is not one: the connection is fine.
+    /// </summary>
+    internal static bool IsConnectionLoss(Exception exception, out HttpProtocolException? protocolError)
+    {
+        protocolError = null;
+        for (var current = exception; current is not null; current = current.InnerException)
+        {
+            switch (current)
+            {
+                case HttpProtocolException protocol when IsStreamReset(protocol):
+                    return false;
+                case HttpProtocolException protocol:
+                    protocolError = protocol;
+                    return true;
+                case SocketException:
+                    return true;
+                case HttpIOException io when io.HttpRequestError is HttpRequestError.ResponseEnded or HttpRequestError.ConnectionError:
+                    return true;
+                case HttpRequestException request when request.HttpRequestError is HttpRequestError.ConnectionError:
+                    return true;
+                default:
+                    break;
+            }
+        }
+
+        return false;
+    }
+
+    // SocketsHttpHandler raises stream-level resets and connection-level errors as the same type; only the
+    // message tells them apart ("The HTTP/2 server reset the stream ...").
+    private static bool IsStreamReset(HttpProtocolException exception)
+        => exception.Message.Contains("reset the stream", StringComparison.OrdinalIgnoreCase);
+}

@@ -1,0 +1,76 @@
+namespace ConnectionRefresh.Internal;
+
+/// <summary>
+/// The primary handler of a client: spreads calls round-robin over K <see cref="ConnectionSlot"/>s and ties each
+/// response to its generation until the response ends, so that retiring a connection never cuts a call.
+/// </summary>
+/// <remarks>Thread-safe: the slot array is immutable and the round-robin cursor moves with Interlocked.</remarks>
+internal sealed class ConnectionRefreshHandler : HttpMessageHandler
+{
+    private readonly ConnectionSlot[] _slots;
+    private readonly ConnectionRefreshTelemetry _telemetry;
+    private int _cursor = -1;
+
+    public ConnectionRefreshHandler(GenerationFactory factory, int connections)
+    {
+        _telemetry = factory.Telemetry;
+        _slots = new ConnectionSlot[connections];
+        for (var i = 0; i < connections; i++)
+        {
+            _slots[i] = new ConnectionSlot(factory, i);
+        }
+    }
+
+    /// <summary>The slots, for tests and diagnostics.</summary>
+    internal IReadOnlyList<ConnectionSlot> Slots => _slots;
+
+    protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
+    {
+        var slot = _slots.Length == 1
+            ? _slots[0]
+            : _slots[(uint)Interlocked.Increment(ref _cursor) % (uint)_slots.Length];
+        return SendAsync(slot, slot.Start(), request, cancellationToken);
+    }
+
+    private async Task<HttpResponseMessage> SendAsync(
+        ConnectionSlot slot, HandlerGeneration generation, HttpRequestMessage request, CancellationToken cancellationToken)
+    {
+        var linked = generation.CutToken.CanBeCanceled
+            ? CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, generation.CutToken)
+            : null;
+        HttpResponseMessage response;
+        try
+        {
+            response = await generation.SendAsync(request, linked?.Token ?? cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception exception)
+        {
+            linked?.Dispose();
+            generation.Release();
+            var replacement = ConnectionFailures.OnCallFailed(exception, slot, generation, _telemetry, cancellationToken);
+            if (replacement is null)
+            {
+                throw;
+            }
+
+            throw replacement;
+        }
+
+        response.Content = new TrackedContent(response.Content, slot, generation, _telemetry, linked);
+        return response;
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            // Running calls keep their generations alive; each is disposed after its last call.
+            foreach (var slot in _slots)
+            {
+                slot.Dispose();
+            }
+        }
+
+        base.Dispose(disposing);
+    }
+}

@@ -1,0 +1,97 @@
+namespace ConnectionRefresh.Internal;
+
+/// <summary>
+/// One of the K connections of a client: the current generation, replaced when it retires.
+/// </summary>
+/// <remarks>
+/// The hot path reads <see cref="_current"/> without a lock; replacing it takes <see cref="_gate"/>, which is
+/// rare (once per age or request budget). A generation is always unpublished before it is retired, so a call
+/// that finds its generation retired finds a newer one (or none, and creates it) when it looks again.
+/// </remarks>
+internal sealed class ConnectionSlot
+{
+    private readonly GenerationFactory _factory;
+    private readonly int _index;
+    private readonly Lock _gate = new();
+    private HandlerGeneration? _current;
+    private bool _started;
+    private bool _disposed;
+
+    public ConnectionSlot(GenerationFactory factory, int index)
+    {
+        _factory = factory;
+        _index = index;
+    }
+
+    /// <summary>The generation taking new calls now, if any (for tests and diagnostics).</summary>
+    public HandlerGeneration? Current => Volatile.Read(ref _current);
+
+    /// <summary>Starts a call: returns a generation on which the caller holds a lease.</summary>
+    public HandlerGeneration Start()
+    {
+        while (true)
+        {
+            var generation = Volatile.Read(ref _current) ?? Publish();
+            switch (generation.TryStart(_factory.TimeProvider.GetTimestamp()))
+            {
+                case StartResult.Use:
+                    return generation;
+                case StartResult.UseAndRetire:
+                    Retire(generation, RetirementReason.RequestCount);
+                    return generation;
+                case StartResult.RetireByAge:
+                    Retire(generation, RetirementReason.Age);
+                    break;
+                case StartResult.RetireByRequests:
+                    Retire(generation, RetirementReason.RequestCount);
+                    break;
+                default:
+                    break; // Retired by another call meanwhile: look again.
+            }
+        }
+    }
+
+    /// <summary>Unpublishes and retires <paramref name="generation"/> unless that already happened.</summary>
+    public void Retire(HandlerGeneration generation, RetirementReason reason)
+    {
+        lock (_gate)
+        {
+            if (!ReferenceEquals(_current, generation))
+            {
+                return;
+            }
+
+            _current = null;
+        }
+
+        generation.Retire(reason);
+    }
+
+    public void Dispose()
+    {
+        HandlerGeneration? generation;
+        lock (_gate)
+        {
+            _disposed = true;
+            generation = _current;
+            _current = null;
+        }
+
+        generation?.Retire(RetirementReason.Disposed);
+    }
+
+    private HandlerGeneration Publish()
+    {
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (_current is null)
+            {
+                _current = _factory.Create(_index, firstOfSlot: !_started);
+                _started = true;
+            }
+
+            return _current;
+        }
+    }
+}

@@ -1,0 +1,75 @@
+using System.Net.Sockets;
+
+namespace ConnectionRefresh.Internal;
+
+/// <summary>
+/// Builds the SocketsHttpHandler of each generation: the refresh settings first, then the application's own
+/// configuration (TLS, proxy, ...), then a connect callback that counts connections (wrapping the
+/// application's callback when it set one). Immutable.
+/// </summary>
+internal sealed class SocketsHttpHandlerFactory
+{
+    private readonly ConnectionRefreshOptions _options;
+    private readonly IReadOnlyList<Action<SocketsHttpHandler, IServiceProvider>> _configure;
+    private readonly IServiceProvider _services;
+    private readonly ConnectionRefreshTelemetry _telemetry;
+
+    public SocketsHttpHandlerFactory(
+        ConnectionRefreshOptions options,
+        IReadOnlyList<Action<SocketsHttpHandler, IServiceProvider>> configure,
+        IServiceProvider services,
+        ConnectionRefreshTelemetry telemetry)
+    {
+        _options = options;
+        _configure = configure;
+        _services = services;
+        _telemetry = telemetry;
+    }
+
+    public SocketsHttpHandler Create()
+    {
+        var handler = new SocketsHttpHandler
+        {
+            // The slot retires connections itself; a pooled lifetime would also stop their keepalive pings.
+            PooledConnectionLifetime = Timeout.InfiniteTimeSpan,
+            PooledConnectionIdleTimeout = _options.PooledConnectionIdleTimeout,
+            ConnectTimeout = _options.ConnectTimeout,
+            KeepAlivePingDelay = _options.KeepAlivePingDelay,
+            KeepAlivePingTimeout = _options.KeepAlivePingTimeout,
+            KeepAlivePingPolicy = _options.KeepAlivePingPolicy,
+            // Past the server's stream limit a slot opens another connection instead of queueing calls.
+            EnableMultipleHttp2Connections = true,
+        };
+
+        foreach (var configure in _configure)
+        {
+            configure(handler, _services);
+        }
+
+        var connect = handler.ConnectCallback ?? ConnectAsync;
+        var telemetry = _telemetry;
+        handler.ConnectCallback = async (context, cancellationToken) =>
+        {
+            var stream = await connect(context, cancellationToken).ConfigureAwait(false);
+            telemetry.Opened(context.DnsEndPoint.Host, context.DnsEndPoint.Port);
+            return stream;
+        };
+        return handler;
+    }
+
+    // What SocketsHttpHandler does without a callback: a dual-mode socket, no Nagle delay.
+    private static async ValueTask<Stream> ConnectAsync(SocketsHttpConnectionContext context, CancellationToken cancellationToken)
+    {
+        var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        try
+        {
+            await socket.ConnectAsync(context.DnsEndPoint, cancellationToken).ConfigureAwait(false);
+            return new NetworkStream(socket, ownsSocket: true);
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+    }
+}

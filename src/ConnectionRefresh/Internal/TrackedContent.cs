@@ -1,0 +1,129 @@
+using System.Net;
+
+namespace ConnectionRefresh.Internal;
+
+/// <summary>
+/// Wraps a response's content so that the call's lease on its generation is released exactly once, when the
+/// response has ended: its body was read to the end, it failed, or it was disposed.
+/// </summary>
+/// <remarks>Thread-safe: completion is decided by one Interlocked exchange.</remarks>
+internal sealed class TrackedContent : HttpContent
+{
+    private readonly HttpContent _inner;
+    private readonly ConnectionSlot _slot;
+    private readonly HandlerGeneration _generation;
+    private readonly ConnectionRefreshTelemetry _telemetry;
+    private readonly CancellationTokenSource? _linked;
+    private CancellationTokenRegistration _cutRegistration;
+    private volatile bool _cut;
+    private int _completed;
+
+    public TrackedContent(
+        HttpContent inner,
+        ConnectionSlot slot,
+        HandlerGeneration generation,
+        ConnectionRefreshTelemetry telemetry,
+        CancellationTokenSource? linked)
+    {
+        _inner = inner;
+        _slot = slot;
+        _generation = generation;
+        _telemetry = telemetry;
+        _linked = linked;
+        foreach (var header in inner.Headers.NonValidated)
+        {
+            foreach (var value in header.Value)
+            {
+                Headers.TryAddWithoutValidation(header.Key, value);
+            }
+        }
+
+        if (generation.CutToken.CanBeCanceled)
+        {
+            _cutRegistration = generation.CutToken.UnsafeRegister(static s => ((TrackedContent)s!).Cut(), this);
+        }
+    }
+
+    /// <summary>True once DrainTimeout cut this call.</summary>
+    public bool WasCut => _cut;
+
+    /// <summary>Releases the call's lease; only the first call counts.</summary>
+    public void Complete()
+    {
+        if (Interlocked.Exchange(ref _completed, 1) != 0)
+        {
+            return;
+        }
+
+        _cutRegistration.Dispose();
+        _linked?.Dispose();
+        _generation.Release();
+    }
+
+    /// <summary>Ends the call after a failure; returns the exception to throw instead, if any.</summary>
+    public Exception? Fail(Exception exception, CancellationToken cancellationToken)
+    {
+        Complete();
+        return _cut
+            ? ConnectionFailures.CutByDrainTimeout(exception)
+            : ConnectionFailures.OnCallFailed(exception, _slot, _generation, _telemetry, cancellationToken);
+    }
+
+    protected override async Task<Stream> CreateContentReadStreamAsync(CancellationToken cancellationToken)
+    {
+        try
+        {
+            return new TrackedStream(await _inner.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false), this);
+        }
+        catch (Exception exception)
+        {
+            var replacement = Fail(exception, cancellationToken);
+            if (replacement is null)
+            {
+                throw;
+            }
+
+            throw replacement;
+        }
+    }
+
+    protected override Task<Stream> CreateContentReadStreamAsync() => CreateContentReadStreamAsync(CancellationToken.None);
+
+    protected override Stream CreateContentReadStream(CancellationToken cancellationToken)
+        => new TrackedStream(_inner.ReadAsStream(cancellationToken), this);
+
+    protected override Task SerializeToStreamAsync(Stream stream, TransportContext? context)
+        => SerializeToStreamAsync(stream, context, CancellationToken.None);
+
+    protected override async Task SerializeToStreamAsync(Stream stream, TransportContext? context, CancellationToken cancellationToken)
+    {
+        var source = await CreateContentReadStreamAsync(cancellationToken).ConfigureAwait(false);
+        await using (source.ConfigureAwait(false))
+        {
+            await source.CopyToAsync(stream, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    protected override bool TryComputeLength(out long length)
+    {
+        length = 0;
+        return false;
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            _inner.Dispose();
+            Complete();
+        }
+
+        base.Dispose(disposing);
+    }
+
+    private void Cut()
+    {
+        _cut = true;
+        _inner.Dispose();
+    }
+}
