@@ -1,0 +1,273 @@
+using Microsoft.AspNetCore.Connections;
+using Microsoft.AspNetCore.Connections.Features;
+using Microsoft.Extensions.Logging;
+
+namespace ConnectionRefresh.Server.Internal;
+
+/// <summary>
+/// The age, idleness and graceful close of one connection: starts the graceful close (GOAWAY) at its age or after
+/// its idle time, fires <see cref="ConnectionClosing"/>, and aborts the connection when the grace ends.
+/// </summary>
+/// <remarks>
+/// Thread safety: timer callbacks (thread pool), calls starting and ending (request threads) and the end of the
+/// connection race with each other. Every read and write of the mutable fields happens under <see cref="_gate"/>;
+/// the side effects that run foreign code (cancelling the token, RequestClose, Abort, logging) run outside it, after
+/// the state change that makes them happen exactly once. The lock is per connection, so it is only contended by the
+/// calls of that one connection.
+/// </remarks>
+[System.Diagnostics.CodeAnalysis.SuppressMessage(
+    "Design",
+    "CA1001:Types that own disposable fields should be disposable",
+    Justification = "The closing token source owns no timer or wait handle; handlers may use its token after the connection ended.")]
+internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnectionCallCounter
+{
+    private readonly Lock _gate = new();
+    private readonly ConnectionContext _connection;
+    private readonly IConnectionLifetimeNotificationFeature _lifetime;
+    private readonly ConnectionAgeSettings _settings;
+    private readonly TimeSpan _maxAge;
+    private readonly TimeProvider _time;
+    private readonly ServerConnectionAgeMetrics _metrics;
+    private readonly ILogger _logger;
+    private readonly long _openedAt;
+
+    // Never disposed: it owns no timer or wait handle, and handlers may still hold its token after the connection ended.
+    private readonly CancellationTokenSource _closing = new();
+    private readonly CancellationToken _closingToken;
+
+    private ITimer? _ageTimer;
+    private ITimer? _idleTimer;
+    private ITimer? _graceTimer;
+    private int _activeCalls;
+    private long _idleSince;
+    private CloseReason _reason;
+    private bool _aborted;
+    private bool _ended;
+
+    public ConnectionAgeTracker(
+        ConnectionContext connection,
+        IConnectionLifetimeNotificationFeature lifetime,
+        ConnectionAgeSettings settings,
+        TimeSpan maxAge,
+        TimeProvider time,
+        ServerConnectionAgeMetrics metrics,
+        ILogger logger)
+    {
+        _connection = connection;
+        _lifetime = lifetime;
+        _settings = settings;
+        _maxAge = maxAge;
+        _time = time;
+        _metrics = metrics;
+        _logger = logger;
+        _closingToken = _closing.Token;
+        _openedAt = time.GetTimestamp();
+        _idleSince = _openedAt;
+    }
+
+    public CancellationToken ConnectionClosing => _closingToken;
+
+    public TimeSpan GracePeriod => _settings.Grace;
+
+    /// <summary>The age this connection is closed at (<c>MaxConnectionAge</c> with this connection's jitter).</summary>
+    public TimeSpan MaxAge => _maxAge;
+
+    /// <summary>Why the graceful close started, or <see cref="CloseReason.None"/>.</summary>
+    public CloseReason Reason
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _reason;
+            }
+        }
+    }
+
+    public int ActiveCalls
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _activeCalls;
+            }
+        }
+    }
+
+    /// <summary>Starts the age and idle timers.</summary>
+    public void Start()
+    {
+        lock (_gate)
+        {
+            // A timer created under the lock can fire before the field is assigned; its callback then waits for
+            // the lock, and finds the field set.
+            if (_maxAge != Timeout.InfiniteTimeSpan)
+            {
+                _ageTimer = _time.CreateTimer(static s => ((ConnectionAgeTracker)s!).OnMaxAge(), this, _maxAge, Timeout.InfiniteTimeSpan);
+            }
+
+            if (_settings.MaxIdle != Timeout.InfiniteTimeSpan)
+            {
+                _idleTimer = _time.CreateTimer(static s => ((ConnectionAgeTracker)s!).OnIdleTimer(), this, _settings.MaxIdle, Timeout.InfiniteTimeSpan);
+            }
+        }
+    }
+
+    public void CallStarted()
+    {
+        lock (_gate)
+        {
+            // The idle timer is left running: when it fires it sees the call and does nothing; the end of the
+            // last call re-arms it.
+            _activeCalls++;
+        }
+    }
+
+    public void CallEnded()
+    {
+        lock (_gate)
+        {
+            _activeCalls--;
+            if (_activeCalls == 0 && _idleTimer is not null && _reason == CloseReason.None && !_ended)
+            {
+                _idleSince = _time.GetTimestamp();
+                _idleTimer.Change(_settings.MaxIdle, Timeout.InfiniteTimeSpan);
+            }
+        }
+    }
+
+    /// <summary>The connection ended (for whatever reason): stops the timers and records its age.</summary>
+    public void Ended()
+    {
+        CloseReason reason;
+        lock (_gate)
+        {
+            if (_ended)
+            {
+                return;
+            }
+
+            _ended = true;
+            reason = _reason;
+            DisposeTimers();
+        }
+
+        _metrics.Ended(reason, _time.GetElapsedTime(_openedAt));
+    }
+
+    private void OnMaxAge() => BeginClose(CloseReason.MaxAge);
+
+    private void OnIdleTimer()
+    {
+        lock (_gate)
+        {
+            if (_reason != CloseReason.None || _ended || _activeCalls > 0)
+            {
+                return;
+            }
+
+            // A callback that was already on its way when a call started and ended again is early: wait the rest.
+            var idleFor = _time.GetElapsedTime(_idleSince);
+            if (idleFor < _settings.MaxIdle)
+            {
+                _idleTimer?.Change(_settings.MaxIdle - idleFor, Timeout.InfiniteTimeSpan);
+                return;
+            }
+        }
+
+        BeginClose(CloseReason.MaxIdle);
+    }
+
+    private void BeginClose(CloseReason reason)
+    {
+        lock (_gate)
+        {
+            if (_reason != CloseReason.None || _ended)
+            {
+                return;
+            }
+
+            _reason = reason;
+            _ageTimer?.Dispose();
+            _ageTimer = null;
+            _idleTimer?.Dispose();
+            _idleTimer = null;
+        }
+
+        var age = _time.GetElapsedTime(_openedAt);
+        if (reason == CloseReason.MaxAge)
+        {
+            ServerConnectionAgeLog.ClosingByAge(_logger, _connection.ConnectionId, _maxAge, age);
+        }
+        else
+        {
+            ServerConnectionAgeLog.ClosingByIdle(_logger, _connection.ConnectionId, _settings.MaxIdle, age);
+        }
+
+        _metrics.CloseStarted(reason);
+
+        // GOAWAY first, so that clients move new calls to a new connection as early as possible; then the token,
+        // whose callbacks are handlers' code.
+        _lifetime.RequestClose();
+        try
+        {
+            _closing.Cancel();
+        }
+        catch (AggregateException ex)
+        {
+            ServerConnectionAgeLog.ClosingCallbackFailed(_logger, _connection.ConnectionId, ex);
+        }
+
+        if (_settings.Grace == Timeout.InfiniteTimeSpan)
+        {
+            return;
+        }
+
+        // Created outside the lock: with a zero grace the callback may run at once, on this thread.
+        var graceTimer = _time.CreateTimer(static s => ((ConnectionAgeTracker)s!).OnGraceEnded(), this, _settings.Grace, Timeout.InfiniteTimeSpan);
+        lock (_gate)
+        {
+            if (_ended || _aborted)
+            {
+                graceTimer.Dispose();
+            }
+            else
+            {
+                _graceTimer = graceTimer;
+            }
+        }
+    }
+
+    private void OnGraceEnded()
+    {
+        int activeCalls;
+        CloseReason reason;
+        lock (_gate)
+        {
+            if (_ended || _aborted)
+            {
+                return;
+            }
+
+            _aborted = true;
+            activeCalls = _activeCalls;
+            reason = _reason;
+        }
+
+        ServerConnectionAgeLog.GraceExpired(_logger, _connection.ConnectionId, activeCalls, _settings.Grace);
+        _metrics.Aborted(reason);
+        _connection.Abort(new ConnectionAbortedException(
+            $"The connection was aborted because calls still ran when its grace period ({_settings.Grace}) ended."));
+    }
+
+    private void DisposeTimers()
+    {
+        _ageTimer?.Dispose();
+        _ageTimer = null;
+        _idleTimer?.Dispose();
+        _idleTimer = null;
+        _graceTimer?.Dispose();
+        _graceTimer = null;
+    }
+}

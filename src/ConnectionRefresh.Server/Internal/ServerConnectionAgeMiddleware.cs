@@ -1,0 +1,67 @@
+using Microsoft.AspNetCore.Connections;
+using Microsoft.AspNetCore.Connections.Features;
+using Microsoft.Extensions.Logging;
+
+namespace ConnectionRefresh.Server.Internal;
+
+/// <summary>
+/// Kestrel connection middleware: gives every connection a <see cref="ConnectionAgeTracker"/>, reachable by the
+/// connection's requests as <see cref="IConnectionClosingFeature"/>, and stops it when the connection ends.
+/// </summary>
+/// <remarks>
+/// Thread safety: shared by all connections of an endpoint; it holds only immutable settings and thread-safe
+/// services (<see cref="Random.Shared"/> is thread-safe), all per-connection state lives in the tracker.
+/// </remarks>
+internal sealed class ServerConnectionAgeMiddleware
+{
+    private readonly ConnectionDelegate _next;
+    private readonly ConnectionAgeSettings _settings;
+    private readonly TimeProvider _time;
+    private readonly ServerConnectionAgeMetrics _metrics;
+    private readonly ILogger _logger;
+    private readonly Random _random;
+
+    public ServerConnectionAgeMiddleware(
+        ConnectionDelegate next,
+        ConnectionAgeSettings settings,
+        TimeProvider time,
+        ServerConnectionAgeMetrics metrics,
+        ILogger logger,
+        Random? random = null)
+    {
+        _next = next;
+        _settings = settings;
+        _time = time;
+        _metrics = metrics;
+        _logger = logger;
+        _random = random ?? Random.Shared;
+    }
+
+    public async Task OnConnectionAsync(ConnectionContext connection)
+    {
+        var lifetime = connection.Features.Get<IConnectionLifetimeNotificationFeature>();
+        if (lifetime is null)
+        {
+            ServerConnectionAgeLog.NoLifetimeNotification(_logger, connection.ConnectionId);
+            await _next(connection).ConfigureAwait(false);
+            return;
+        }
+
+        var tracker = new ConnectionAgeTracker(
+            connection, lifetime, _settings, _settings.DrawAge(_random), _time, _metrics, _logger);
+
+        // Kestrel's request feature collections fall back to the connection's features, so every request
+        // (HTTP/2 stream) of this connection sees these two.
+        connection.Features.Set<IConnectionClosingFeature>(tracker);
+        connection.Features.Set<IConnectionCallCounter>(tracker);
+        tracker.Start();
+        try
+        {
+            await _next(connection).ConfigureAwait(false);
+        }
+        finally
+        {
+            tracker.Ended();
+        }
+    }
+}

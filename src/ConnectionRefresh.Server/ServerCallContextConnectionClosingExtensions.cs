@@ -1,0 +1,31 @@
+using Grpc.Core;
+
+namespace ConnectionRefresh.Server;
+
+/// <summary>Reaches the <see cref="IConnectionClosingFeature"/> of the connection that carries a gRPC call.</summary>
+public static class ServerCallContextConnectionClosingExtensions
+{
+    /// <summary>
+    /// The <see cref="IConnectionClosingFeature"/> of the call's connection, or <see langword="null"/> when the
+    /// endpoint does not use the server-side connection age.
+    /// </summary>
+    /// <param name="context">The call's context.</param>
+    public static IConnectionClosingFeature? GetConnectionClosingFeature(this ServerCallContext context)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        return context.GetHttpContext().Features.Get<IConnectionClosingFeature>();
+    }
+
+    /// <summary>
+    /// A token cancelled when the server starts to close the call's connection gracefully (see
+    /// <see cref="IConnectionClosingFeature.ConnectionClosing"/>); <see cref="CancellationToken.None"/> when the
+    /// endpoint does not use the server-side connection age. A streaming method can end its stream when it fires:
+    /// <code>
+    /// using var stop = CancellationTokenSource.CreateLinkedTokenSource(
+    ///     context.CancellationToken, context.GetConnectionClosingToken());
+    /// </code>
+    /// </summary>
+    /// <param name="context">The call's context.</param>
+    public static CancellationToken GetConnectionClosingToken(this ServerCallContext context) =>
+        context.GetConnectionClosingFeature()?.ConnectionClosing ?? CancellationToken.None;
+}

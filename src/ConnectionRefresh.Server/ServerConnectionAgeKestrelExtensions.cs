@@ -1,0 +1,142 @@
+using System.Diagnostics.Metrics;
+using ConnectionRefresh.Server;
+using ConnectionRefresh.Server.Internal;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Microsoft.AspNetCore.Hosting;
+
+/// <summary>
+/// Turns on the server-side connection age (<see cref="ServerConnectionAgeOptions"/>) for one Kestrel endpoint
+/// (<see cref="ListenOptions"/>) or for all of them (<see cref="KestrelServerOptions"/>).
+/// </summary>
+/// <remarks>
+/// The options are read and validated when Kestrel is configured, at start-up: a bad value stops the application
+/// with a message that names the key, the value and the allowed range.
+/// <see cref="ServerConnectionAgeOptions.MaxConnectionIdle"/> also needs
+/// <c>services.AddServerConnectionAge(...)</c>, which counts the calls of each connection.
+/// </remarks>
+public static class ServerConnectionAgeKestrelExtensions
+{
+    private const string LoggerCategory = "ConnectionRefresh.Server";
+
+    /// <summary>
+    /// Limits the age of the endpoint's connections with the options registered by
+    /// <c>services.AddServerConnectionAge(...)</c>, or, when there are none, with the
+    /// <c>ConnectionRefresh:Server</c> section of the application's configuration (defaults when it is absent).
+    /// </summary>
+    /// <param name="listenOptions">The endpoint.</param>
+    /// <returns><paramref name="listenOptions"/>.</returns>
+    public static ListenOptions UseServerConnectionAge(this ListenOptions listenOptions)
+    {
+        ArgumentNullException.ThrowIfNull(listenOptions);
+        return listenOptions.UseServerConnectionAge(ServerConnectionAgeOptionsLoader.FromServices(listenOptions.ApplicationServices));
+    }
+
+    /// <summary>Limits the age of the endpoint's connections with options set in code.</summary>
+    /// <param name="listenOptions">The endpoint.</param>
+    /// <param name="configure">Changes the default options.</param>
+    /// <returns><paramref name="listenOptions"/>.</returns>
+    public static ListenOptions UseServerConnectionAge(this ListenOptions listenOptions, Action<ServerConnectionAgeOptions> configure)
+    {
+        ArgumentNullException.ThrowIfNull(listenOptions);
+        ArgumentNullException.ThrowIfNull(configure);
+        return listenOptions.UseServerConnectionAge(ServerConnectionAgeOptionsLoader.FromAction(configure));
+    }
+
+    /// <summary>Limits the age of the endpoint's connections with options bound from a configuration section.</summary>
+    /// <param name="listenOptions">The endpoint.</param>
+    /// <param name="section">The section, for example <c>configuration.GetSection("ConnectionRefresh:Server")</c>; unknown keys are rejected.</param>
+    /// <returns><paramref name="listenOptions"/>.</returns>
+    public static ListenOptions UseServerConnectionAge(this ListenOptions listenOptions, IConfigurationSection section)
+    {
+        ArgumentNullException.ThrowIfNull(listenOptions);
+        ArgumentNullException.ThrowIfNull(section);
+        return listenOptions.UseServerConnectionAge(ServerConnectionAgeOptionsLoader.FromSection(section));
+    }
+
+    /// <summary>
+    /// Limits the age of the connections of every endpoint configured after this call (in code, in configuration,
+    /// or by URL), with the options of <see cref="UseServerConnectionAge(ListenOptions)"/>.
+    /// </summary>
+    /// <remarks>
+    /// This uses <see cref="KestrelServerOptions.ConfigureEndpointDefaults(Action{ListenOptions})"/>, which holds
+    /// one callback: a later <c>ConfigureEndpointDefaults</c> call replaces it, and endpoints added before this
+    /// call are not affected. If you set endpoint defaults yourself, call
+    /// <see cref="UseServerConnectionAge(ListenOptions)"/> inside your callback instead.
+    /// </remarks>
+    /// <param name="options">Kestrel's options.</param>
+    /// <returns><paramref name="options"/>.</returns>
+    public static KestrelServerOptions UseServerConnectionAge(this KestrelServerOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        return options.UseServerConnectionAge(ServerConnectionAgeOptionsLoader.FromServices(options.ApplicationServices));
+    }
+
+    /// <summary>
+    /// Limits the age of the connections of every endpoint configured after this call, with options set in code.
+    /// See <see cref="UseServerConnectionAge(KestrelServerOptions)"/> for how endpoint defaults apply.
+    /// </summary>
+    /// <param name="options">Kestrel's options.</param>
+    /// <param name="configure">Changes the default options.</param>
+    /// <returns><paramref name="options"/>.</returns>
+    public static KestrelServerOptions UseServerConnectionAge(this KestrelServerOptions options, Action<ServerConnectionAgeOptions> configure)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(configure);
+        return options.UseServerConnectionAge(ServerConnectionAgeOptionsLoader.FromAction(configure));
+    }
+
+    /// <summary>
+    /// Limits the age of the connections of every endpoint configured after this call, with options bound from a
+    /// configuration section. See <see cref="UseServerConnectionAge(KestrelServerOptions)"/> for how endpoint
+    /// defaults apply.
+    /// </summary>
+    /// <param name="options">Kestrel's options.</param>
+    /// <param name="section">The section, for example <c>configuration.GetSection("ConnectionRefresh:Server")</c>; unknown keys are rejected.</param>
+    /// <returns><paramref name="options"/>.</returns>
+    public static KestrelServerOptions UseServerConnectionAge(this KestrelServerOptions options, IConfigurationSection section)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(section);
+        return options.UseServerConnectionAge(ServerConnectionAgeOptionsLoader.FromSection(section));
+    }
+
+    private static KestrelServerOptions UseServerConnectionAge(this KestrelServerOptions options, ServerConnectionAgeOptions ageOptions)
+    {
+        // Checked now, at configuration time, rather than for the first endpoint.
+        ThrowIfIdleWithoutCallCounting(options.ApplicationServices, ageOptions);
+        options.ConfigureEndpointDefaults(listenOptions => listenOptions.UseServerConnectionAge(ageOptions));
+        return options;
+    }
+
+    private static ListenOptions UseServerConnectionAge(this ListenOptions listenOptions, ServerConnectionAgeOptions options)
+    {
+        // ApplicationServices is null only for ListenOptions outside a host (hand-made in tests).
+        var services = (IServiceProvider?)listenOptions.ApplicationServices;
+        ThrowIfIdleWithoutCallCounting(services, options);
+
+        var settings = ConnectionAgeSettings.From(options);
+        var time = services?.GetService<TimeProvider>() ?? TimeProvider.System;
+        var metrics = services?.GetService<ServerConnectionAgeMetrics>()
+            ?? new ServerConnectionAgeMetrics(services?.GetService<IMeterFactory>());
+        var logger = (services?.GetService<ILoggerFactory>() ?? NullLoggerFactory.Instance).CreateLogger(LoggerCategory);
+
+        listenOptions.Use(next => new ServerConnectionAgeMiddleware(next, settings, time, metrics, logger).OnConnectionAsync);
+        return listenOptions;
+    }
+
+    private static void ThrowIfIdleWithoutCallCounting(IServiceProvider? services, ServerConnectionAgeOptions options)
+    {
+        if (options.MaxConnectionIdle != Timeout.InfiniteTimeSpan && services?.GetService<ServerConnectionAgeRegistration>() is null)
+        {
+            throw new InvalidOperationException(
+                $"{nameof(ServerConnectionAgeOptions.MaxConnectionIdle)} is {options.MaxConnectionIdle:c}, but idle connections can only be "
+                + "told apart from busy ones when the calls of each connection are counted: call "
+                + "services.AddServerConnectionAge(...) when registering services.");
+        }
+    }
+}

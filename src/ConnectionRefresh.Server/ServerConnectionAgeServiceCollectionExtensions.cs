@@ -1,0 +1,69 @@
+using ConnectionRefresh.Server;
+using ConnectionRefresh.Server.Internal;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Options;
+
+namespace Microsoft.Extensions.DependencyInjection;
+
+/// <summary>
+/// Registers the server-side connection age: its options (validated at start-up), its metrics, and the middleware
+/// that counts the calls of each connection (needed for <see cref="ServerConnectionAgeOptions.MaxConnectionIdle"/>).
+/// The endpoints that use it are chosen with <c>UseServerConnectionAge()</c> on Kestrel's options.
+/// </summary>
+/// <example>
+/// <code>
+/// builder.Services.AddServerConnectionAge();   // binds "ConnectionRefresh:Server"
+/// builder.WebHost.ConfigureKestrel(kestrel => kestrel.UseServerConnectionAge());
+/// </code>
+/// </example>
+public static class ServerConnectionAgeServiceCollectionExtensions
+{
+    /// <summary>Registers the server-side connection age with options bound from the <c>ConnectionRefresh:Server</c> section.</summary>
+    /// <param name="services">The services.</param>
+    /// <returns><paramref name="services"/>.</returns>
+    public static IServiceCollection AddServerConnectionAge(this IServiceCollection services)
+    {
+        ArgumentNullException.ThrowIfNull(services);
+        AddCore(services)
+            .Configure<IConfiguration>((options, configuration) =>
+                ServerConnectionAgeOptionsLoader.Bind(configuration.GetSection(ServerConnectionAgeDefaults.SectionName), options));
+        return services;
+    }
+
+    /// <summary>Registers the server-side connection age with options set in code.</summary>
+    /// <param name="services">The services.</param>
+    /// <param name="configure">Changes the default options.</param>
+    /// <returns><paramref name="services"/>.</returns>
+    public static IServiceCollection AddServerConnectionAge(this IServiceCollection services, Action<ServerConnectionAgeOptions> configure)
+    {
+        ArgumentNullException.ThrowIfNull(services);
+        ArgumentNullException.ThrowIfNull(configure);
+        AddCore(services).Configure(configure);
+        return services;
+    }
+
+    /// <summary>Registers the server-side connection age with options bound from a configuration section.</summary>
+    /// <param name="services">The services.</param>
+    /// <param name="section">The section, for example <c>configuration.GetSection("ConnectionRefresh:Server")</c>; unknown keys are rejected.</param>
+    /// <returns><paramref name="services"/>.</returns>
+    public static IServiceCollection AddServerConnectionAge(this IServiceCollection services, IConfigurationSection section)
+    {
+        ArgumentNullException.ThrowIfNull(services);
+        ArgumentNullException.ThrowIfNull(section);
+        AddCore(services).Configure(options => ServerConnectionAgeOptionsLoader.Bind(section, options));
+        return services;
+    }
+
+    private static OptionsBuilder<ServerConnectionAgeOptions> AddCore(IServiceCollection services)
+    {
+        services.AddMetrics();
+        services.TryAddSingleton(TimeProvider.System);
+        services.TryAddSingleton<ServerConnectionAgeRegistration>();
+        services.TryAddSingleton(sp => new ServerConnectionAgeMetrics(sp.GetService<System.Diagnostics.Metrics.IMeterFactory>()));
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IStartupFilter, ConnectionCallCountingStartupFilter>());
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<ServerConnectionAgeOptions>, ServerConnectionAgeOptionsValidator>());
+        return services.AddOptions<ServerConnectionAgeOptions>().ValidateOnStart();
+    }
+}
