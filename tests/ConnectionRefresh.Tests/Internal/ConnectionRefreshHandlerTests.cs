@@ -1,0 +1,290 @@
+using System.Net.Sockets;
+using ConnectionRefresh.Internal;
+using ConnectionRefresh.Tests.Infrastructure;
+using Microsoft.Extensions.Diagnostics.Metrics.Testing;
+
+namespace ConnectionRefresh.Tests.Internal;
+
+public sealed class ConnectionRefreshHandlerTests
+{
+    private static ConnectionRefreshOptions Options(Action<ConnectionRefreshOptions>? configure = null)
+    {
+        var options = new ConnectionRefreshOptions { MaxConnectionAge = TimeSpan.FromSeconds(10), MaxConnectionAgeJitter = 0.1 };
+        configure?.Invoke(options);
+        return options;
+    }
+
+    [Fact]
+    public async Task SendAsync_BeforeAge_ReusesConnection()
+    {
+        var stubs = new StubGenerations(Options());
+        using var invoker = stubs.CreateInvoker(out _);
+
+        await invoker.SendAndRead();
+        stubs.Time.Advance(TimeSpan.FromSeconds(9.9));
+        await invoker.SendAndRead();
+
+        Assert.Single(stubs.Created);
+        Assert.Equal(2, stubs.Created[0].Calls);
+    }
+
+    [Fact]
+    public async Task SendAsync_AfterAge_UsesNewConnectionAndDisposesOld()
+    {
+        var stubs = new StubGenerations(Options());
+        using var invoker = stubs.CreateInvoker(out _);
+
+        await invoker.SendAndRead();
+        stubs.Time.Advance(TimeSpan.FromSeconds(10));
+        await invoker.SendAndRead();
+
+        Assert.Equal(2, stubs.Created.Count);
+        Assert.True(stubs.Created[0].IsDisposed);
+        Assert.False(stubs.Created[1].IsDisposed);
+        Assert.Equal(1, stubs.Created[1].Calls);
+    }
+
+    [Theory]
+    [InlineData(0.0, 9.0)]  // lowest draw: age × (1 − 0.1)
+    [InlineData(1.0, 11.0)] // highest draw: age × (1 + 0.1)
+    public async Task SendAsync_JitteredAge_RetiresWithinJitterBounds(double draw, double expectedSeconds)
+    {
+        var stubs = new StubGenerations(Options(), random: draw);
+        using var invoker = stubs.CreateInvoker(out _);
+
+        await invoker.SendAndRead();
+        stubs.Time.Advance(TimeSpan.FromSeconds(expectedSeconds - 0.01));
+        await invoker.SendAndRead();
+        Assert.Single(stubs.Created);
+
+        stubs.Time.Advance(TimeSpan.FromSeconds(0.02));
+        await invoker.SendAndRead();
+        Assert.Equal(2, stubs.Created.Count);
+    }
+
+    [Fact]
+    public async Task SendAsync_InfiniteAge_NeverRetires()
+    {
+        var stubs = new StubGenerations(Options(o => o.MaxConnectionAge = Timeout.InfiniteTimeSpan));
+        using var invoker = stubs.CreateInvoker(out _);
+
+        await invoker.SendAndRead();
+        stubs.Time.Advance(TimeSpan.FromDays(30));
+        await invoker.SendAndRead();
+
+        Assert.Single(stubs.Created);
+    }
+
+    [Fact]
+    public async Task SendAsync_RequestBudgetReached_RetiresAfterLastCall()
+    {
+        var stubs = new StubGenerations(Options(o => o.MaxRequestsPerConnection = 3));
+        using var invoker = stubs.CreateInvoker(out _);
+
+        for (var i = 0; i < 7; i++)
+        {
+            await invoker.SendAndRead();
+        }
+
+        Assert.Equal([3, 3, 1], stubs.Created.Select(h => h.Calls));
+        Assert.True(stubs.Created[0].IsDisposed);
+        Assert.True(stubs.Created[1].IsDisposed);
+        Assert.False(stubs.Created[2].IsDisposed);
+    }
+
+    [Fact]
+    public async Task SendAsync_RetiredWhileResponseOpen_DisposesOnlyAfterBodyEnds()
+    {
+        var stubs = new StubGenerations(Options());
+        using var invoker = stubs.CreateInvoker(out _);
+
+        using var running = await invoker.Send();
+        var body = await running.Content.ReadAsStreamAsync();
+        stubs.Time.Advance(TimeSpan.FromSeconds(11));
+        await invoker.SendAndRead();
+        Assert.False(stubs.Created[0].IsDisposed);
+
+        // grpc-dotnet waits for data with zero-byte reads: they must not count as the end of the stream.
+        Assert.Equal(0, await body.ReadAsync(Memory<byte>.Empty));
+        Assert.False(stubs.Created[0].IsDisposed);
+
+        var buffer = new byte[8];
+        Assert.Equal(3, await body.ReadAsync(buffer));
+        Assert.False(stubs.Created[0].IsDisposed);
+        Assert.Equal(0, await body.ReadAsync(buffer));
+        Assert.True(stubs.Created[0].IsDisposed);
+    }
+
+    [Fact]
+    public async Task SendAsync_ResponseDisposedUnread_ReleasesConnection()
+    {
+        var stubs = new StubGenerations(Options());
+        using var invoker = stubs.CreateInvoker(out _);
+
+        var response = await invoker.Send();
+        stubs.Time.Advance(TimeSpan.FromSeconds(11));
+        await invoker.SendAndRead();
+        Assert.False(stubs.Created[0].IsDisposed);
+
+        response.Dispose();
+        Assert.True(stubs.Created[0].IsDisposed);
+    }
+
+    [Fact]
+    public async Task SendAsync_SeveralConnections_SpreadsCallsRoundRobin()
+    {
+        var stubs = new StubGenerations(Options(o => o.ConnectionsPerEndpoint = 4));
+        using var invoker = stubs.CreateInvoker(out _);
+
+        for (var i = 0; i < 40; i++)
+        {
+            await invoker.SendAndRead();
+        }
+
+        Assert.Equal(4, stubs.Created.Count);
+        Assert.All(stubs.Created, h => Assert.Equal(10, h.Calls));
+    }
+
+    [Fact]
+    public async Task SendAsync_SeveralConnections_StaggersFirstRetirements()
+    {
+        // Slot i of K first lives (i + 1) / K of an age: with K = 4 and age 10 s, at 2.5, 5, 7.5 and 10 s.
+        var stubs = new StubGenerations(Options(o => { o.ConnectionsPerEndpoint = 4; o.MaxConnectionAgeJitter = 0; }));
+        using var invoker = stubs.CreateInvoker(out var handler);
+        for (var i = 0; i < 4; i++)
+        {
+            await invoker.SendAndRead();
+        }
+
+        var retiredAt = new List<int>();
+        for (var step = 1; step <= 8; step++)
+        {
+            stubs.Time.Advance(TimeSpan.FromSeconds(1.25));
+            for (var i = 0; i < 4; i++)
+            {
+                await invoker.SendAndRead();
+            }
+
+            if (stubs.Created.Count(h => h.IsDisposed) > retiredAt.Count)
+            {
+                retiredAt.Add(step);
+            }
+        }
+
+        Assert.Equal([2, 4, 6, 8], retiredAt);
+    }
+
+    [Fact]
+    public async Task SendAsync_HeavyConcurrencyWithRecycling_NeverUsesDisposedHandlerOrExceedsBudget()
+    {
+        var stubs = new StubGenerations(Options(o => { o.MaxRequestsPerConnection = 5; o.ConnectionsPerEndpoint = 3; }));
+        using var invoker = stubs.CreateInvoker(out var handler);
+
+        // 8 workers × 500 calls, each either read to the end or disposed unread: any race between a retirement
+        // and a new call shows up as an ObjectDisposedException from a stub.
+        var workers = Enumerable.Range(0, 8).Select(w => Task.Run(async () =>
+        {
+            for (var i = 0; i < 500; i++)
+            {
+                if ((i + w) % 2 == 0)
+                {
+                    await invoker.SendAndRead();
+                }
+                else
+                {
+                    (await invoker.Send()).Dispose();
+                }
+            }
+        }));
+        await Task.WhenAll(workers);
+
+        var created = stubs.Created;
+        Assert.Equal(4000, created.Sum(h => h.Calls));
+        Assert.All(created, h => Assert.InRange(h.Calls, 1, 5));
+        var current = handler.Slots.Select(s => s.Current).OfType<HandlerGeneration>().Count();
+        Assert.Equal(created.Count - current, created.Count(h => h.IsDisposed));
+    }
+
+    [Fact]
+    public async Task SendAsync_DrainTimeoutExpires_CutsRunningCallAsUnavailableAndCloses()
+    {
+        var stubs = new StubGenerations(Options(o => o.DrainTimeout = TimeSpan.FromSeconds(5)));
+        using var invoker = stubs.CreateInvoker(out _);
+
+        using var running = await invoker.Send();
+        var body = await running.Content.ReadAsStreamAsync();
+        stubs.Time.Advance(TimeSpan.FromSeconds(11));
+        await invoker.SendAndRead();
+        stubs.Time.Advance(TimeSpan.FromSeconds(4.9));
+        Assert.False(stubs.Created[0].IsDisposed);
+
+        stubs.Time.Advance(TimeSpan.FromSeconds(0.2));
+        var failure = await Assert.ThrowsAnyAsync<IOException>(async () => await body.ReadAsync(new byte[8]));
+        Assert.IsType<HttpIOException>(failure);
+        Assert.Contains("DrainTimeout", failure.Message, StringComparison.Ordinal);
+        Assert.True(stubs.Created[0].IsDisposed);
+    }
+
+    [Fact]
+    public async Task SendAsync_ConnectionLost_RetiresConnectionAndNextCallUsesNewOne()
+    {
+        var stubs = new StubGenerations(Options());
+        using var collector = new MetricCollector<long>(stubs.Metrics.Retired);
+        stubs.OnCreate = h => h.Failure = h.Id == 0 ? new HttpRequestException(HttpRequestError.ConnectionError, "refused", new SocketException()) : null;
+        using var invoker = stubs.CreateInvoker(out _);
+
+        await Assert.ThrowsAsync<HttpRequestException>(invoker.Send);
+        await invoker.SendAndRead();
+
+        Assert.Equal(2, stubs.Created.Count);
+        Assert.True(stubs.Created[0].IsDisposed);
+        var retired = Assert.Single(collector.GetMeasurementSnapshot());
+        Assert.Equal("connection_failure", retired.Tags["reason"]);
+    }
+
+    [Fact]
+    public async Task SendAsync_ServerRefusedOneCall_KeepsConnection()
+    {
+        var stubs = new StubGenerations(Options());
+        stubs.OnCreate = h => h.Failure = new HttpRequestException("stream reset", new HttpProtocolException(7, "The HTTP/2 server reset the stream. HTTP/2 error code 'REFUSED_STREAM' (0x7).", null));
+        using var invoker = stubs.CreateInvoker(out _);
+
+        await Assert.ThrowsAsync<HttpRequestException>(invoker.Send);
+        await Assert.ThrowsAsync<HttpRequestException>(invoker.Send);
+
+        Assert.Single(stubs.Created);
+    }
+
+    [Fact]
+    public async Task Dispose_WithRunningCall_DisposesConnectionWhenCallEnds()
+    {
+        var stubs = new StubGenerations(Options());
+        var invoker = stubs.CreateInvoker(out _);
+        var running = await invoker.Send();
+
+        invoker.Dispose();
+        Assert.False(stubs.Created[0].IsDisposed);
+        await Assert.ThrowsAsync<ObjectDisposedException>(invoker.Send);
+
+        running.Dispose();
+        Assert.True(stubs.Created[0].IsDisposed);
+    }
+
+    [Fact]
+    public async Task Retire_ReportsReasonAndDrainingConnections()
+    {
+        var stubs = new StubGenerations(Options());
+        using var retired = new MetricCollector<long>(stubs.Metrics.Retired);
+        using var draining = new MetricCollector<long>(stubs.Metrics.Draining);
+        using var invoker = stubs.CreateInvoker(out _);
+
+        var running = await invoker.Send();
+        stubs.Time.Advance(TimeSpan.FromSeconds(11));
+        await invoker.SendAndRead();
+        Assert.Equal("age", Assert.Single(retired.GetMeasurementSnapshot()).Tags["reason"]);
+        Assert.Equal(1, draining.GetMeasurementSnapshot().Sum(m => m.Value));
+
+        running.Dispose();
+        Assert.Equal(0, draining.GetMeasurementSnapshot().Sum(m => m.Value));
+    }
+}
