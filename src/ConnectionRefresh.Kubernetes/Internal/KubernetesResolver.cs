@@ -1,0 +1,310 @@
+using Grpc.Core;
+using Grpc.Net.Client.Balancer;
+using k8s;
+using Microsoft.Extensions.Logging;
+
+namespace ConnectionRefresh.Kubernetes.Internal;
+
+/// <summary>
+/// Resolves one <c>kubernetes:</c> target: LIST the Service's EndpointSlices, WATCH from the list's
+/// resourceVersion (with bookmarks), publish the union of ready endpoints on every change; relist on
+/// <c>410 Gone</c>, on <see cref="Refresh"/> and every resync interval; keep the last known endpoints and
+/// reconnect with jittered exponential backoff while the API server is unreachable.
+/// Thread-safety: one background loop owns the slices, the backoff and the published set; the only
+/// state shared with callers (<see cref="Refresh"/>, <see cref="Dispose(bool)"/>) is the refresh flag
+/// and the current watch's cancellation source, both guarded by <c>_lock</c>.
+/// </summary>
+internal sealed class KubernetesResolver : Resolver
+{
+    // grpc-dotnet's own resolvers set this attribute to choose the :authority/Host of calls; without it the
+    // pod IP would be used. Cert SANs and virtual hosts name the Service, so use its cluster DNS name.
+    private static readonly BalancerAttributesKey<string> HostOverrideKey = new("HostOverride");
+
+    private readonly KubernetesTarget _target;
+    private readonly string _namespace;
+    private readonly IEndpointSliceClient _client;
+    private readonly KubernetesResolverOptions _options;
+    private readonly KubernetesResolverMetrics _metrics;
+    private readonly TimeProvider _time;
+    private readonly Func<double> _random;
+    private readonly ILogger _logger;
+    private readonly EndpointSliceStore _store = new();
+    private readonly EndpointSelector _selector;
+    private readonly CancellationTokenSource _disposeCts = new();
+    private readonly Lock _lock = new();
+
+    private Action<ResolverResult>? _listener;
+    private Task _loop = Task.CompletedTask;
+    private CancellationTokenSource? _watchCts;
+    private bool _refreshRequested;
+    private volatile bool _disposed;
+    private IReadOnlyList<ResolvedEndpoint>? _published;
+    private int _lastSkippedSlices;
+    private DateTimeOffset _lastListAt = DateTimeOffset.MinValue;
+
+    public KubernetesResolver(
+        KubernetesTarget target,
+        string ns,
+        IEndpointSliceClient client,
+        KubernetesResolverOptions options,
+        KubernetesResolverMetrics metrics,
+        TimeProvider time,
+        Func<double> random,
+        ILogger logger)
+    {
+        _target = target;
+        _namespace = ns;
+        _client = client;
+        _options = options;
+        _metrics = metrics;
+        _time = time;
+        _random = random;
+        _logger = logger;
+        _selector = new EndpointSelector(target, options.IncludeTerminatingEndpoints);
+    }
+
+    /// <summary>The background loop; completes after <see cref="Resolver.Dispose()"/>. For tests.</summary>
+    internal Task Completion => _loop;
+
+    /// <summary>The namespace this resolver watches.</summary>
+    internal string Namespace => _namespace;
+
+    public override void Start(Action<ResolverResult> listener)
+    {
+        ArgumentNullException.ThrowIfNull(listener);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (Interlocked.CompareExchange(ref _listener, listener, null) is not null)
+        {
+            throw new InvalidOperationException("The resolver has already been started.");
+        }
+
+        KubernetesResolverLog.Started(_logger, _target.Service, _namespace, _target.PortText);
+        _loop = Task.Run(RunAsync);
+    }
+
+    public override void Refresh()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        KubernetesResolverLog.RefreshRequested(_logger, _target.Service, _namespace);
+        lock (_lock)
+        {
+            _refreshRequested = true;
+            _watchCts?.Cancel();
+        }
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing && !_disposed)
+        {
+            _disposed = true;
+            _disposeCts.Cancel();
+        }
+
+        base.Dispose(disposing);
+    }
+
+    private async Task RunAsync()
+    {
+        var cancellationToken = _disposeCts.Token;
+        var backoff = new ReconnectBackoff(_options.InitialBackoff, _options.MaxBackoff, _random);
+        try
+        {
+            while (!cancellationToken.IsCancellationRequested)
+            {
+                try
+                {
+                    await ListAndWatchAsync(backoff, cancellationToken).ConfigureAwait(false);
+                }
+                catch (Exception ex) when (!cancellationToken.IsCancellationRequested)
+                {
+                    _metrics.Error(_target, _namespace, ex);
+                    var delay = backoff.Next();
+                    KubernetesResolverLog.RequestFailed(_logger, _target.Service, _namespace, backoff.Attempt, _published?.Count ?? 0, delay, ex);
+                    if (_published is null)
+                    {
+                        // Nothing known yet: fail calls fast instead of leaving them waiting. Once endpoints are
+                        // known they stay in use; an unreachable API server says nothing about the pods.
+                        _listener!(ResolverResult.ForFailure(new Status(StatusCode.Unavailable,
+                            $"The Kubernetes API server could not be reached to resolve service '{_target.Service}' in namespace '{_namespace}'.", ex)));
+                    }
+
+                    await Task.Delay(delay, _time, cancellationToken).ConfigureAwait(false);
+                }
+            }
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            // Disposed.
+        }
+        catch (Exception ex)
+        {
+            KubernetesResolverLog.LoopFailed(_logger, _target.Service, _namespace, ex);
+        }
+        finally
+        {
+            KubernetesResolverLog.Stopped(_logger, _target.Service, _namespace);
+        }
+    }
+
+    private async Task ListAndWatchAsync(ReconnectBackoff backoff, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            _refreshRequested = false;
+        }
+
+        _lastListAt = _time.GetUtcNow();
+        var snapshot = await _client.ListAsync(_namespace, _target.Service, cancellationToken).ConfigureAwait(false);
+        _store.ReplaceAll(snapshot.Slices);
+        Publish();
+
+        var resourceVersion = snapshot.ResourceVersion;
+        var resyncAt = _time.GetUtcNow() + ReconnectBackoff.Jitter(_options.ResyncInterval, _random);
+        while (true)
+        {
+            var remaining = resyncAt - _time.GetUtcNow();
+            if (remaining <= TimeSpan.Zero)
+            {
+                Restarted("resync");
+                return;
+            }
+
+            using var resyncCts = new CancellationTokenSource(remaining, _time);
+            using var watchCts = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, resyncCts.Token);
+            lock (_lock)
+            {
+                if (_refreshRequested)
+                {
+                    break;
+                }
+
+                _watchCts = watchCts;
+            }
+
+            var started = _time.GetUtcNow();
+            var events = 0;
+            try
+            {
+                await foreach (var change in _client.WatchAsync(_namespace, _target.Service, resourceVersion, remaining, watchCts.Token).ConfigureAwait(false))
+                {
+                    events++;
+                    resourceVersion = Apply(change) ?? resourceVersion;
+                }
+            }
+            catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested && watchCts.IsCancellationRequested)
+            {
+                ResetIfHealthy(backoff, started, events);
+                if (resyncCts.IsCancellationRequested)
+                {
+                    Restarted("resync");
+                    return;
+                }
+
+                break; // Refresh() cancelled the watch.
+            }
+            catch (ResourceVersionExpiredException) when (IsHealthy(started, events))
+            {
+                // Expected now and then (compaction): relist at once. An unhealthy one backs off like any error.
+                backoff.Reset();
+                Restarted("expired");
+                return;
+            }
+            catch (Exception) when (!cancellationToken.IsCancellationRequested)
+            {
+                ResetIfHealthy(backoff, started, events);
+                throw;
+            }
+            finally
+            {
+                lock (_lock)
+                {
+                    _watchCts = null;
+                }
+            }
+
+            // The server closed the watch (its timeout): continue from the last resourceVersion.
+            if (!IsHealthy(started, events))
+            {
+                throw new IOException("The Kubernetes API server closed the EndpointSlice watch at once.");
+            }
+
+            backoff.Reset();
+            Restarted("closed");
+        }
+
+        // Refresh(): relist, at most once per MinRefreshInterval (the watch already delivers changes).
+        Restarted("refresh");
+        var wait = _lastListAt + KubernetesResolverDefaults.MinRefreshInterval - _time.GetUtcNow();
+        if (wait > TimeSpan.Zero)
+        {
+            await Task.Delay(wait, _time, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    private string? Apply(EndpointSliceEvent change)
+    {
+        switch (change.Type)
+        {
+            case WatchEventType.Added:
+            case WatchEventType.Modified:
+                _store.Upsert(change.Slice);
+                Publish();
+                break;
+            case WatchEventType.Deleted:
+                _store.Remove(change.Slice);
+                Publish();
+                break;
+            case WatchEventType.Bookmark:
+            default:
+                break;
+        }
+
+        return change.Slice.Metadata?.ResourceVersion;
+    }
+
+    private void Publish()
+    {
+        var endpoints = _selector.Select(_store.Slices, out var skipped);
+        if (skipped > 0 && skipped != _lastSkippedSlices)
+        {
+            KubernetesResolverLog.PortNotFound(_logger, _target.Service, _namespace, skipped, _target.PortText);
+        }
+
+        _lastSkippedSlices = skipped;
+        _metrics.RecordUpdate(_target, _namespace, endpoints.Count, _store.Count, _time.GetUtcNow());
+        if (_published is not null && _published.SequenceEqual(endpoints))
+        {
+            return;
+        }
+
+        _published = endpoints;
+        KubernetesResolverLog.EndpointsUpdated(_logger, _target.Service, _namespace, endpoints.Count, _store.Count);
+        var addresses = new BalancerAddress[endpoints.Count];
+        for (var i = 0; i < endpoints.Count; i++)
+        {
+            var address = new BalancerAddress(endpoints[i].Host, endpoints[i].Port);
+            address.Attributes.Set(HostOverrideKey, $"{_target.Service}.{_namespace}.svc:{endpoints[i].Port}");
+            addresses[i] = address;
+        }
+
+        _listener!(ResolverResult.ForResult(addresses));
+    }
+
+    private bool IsHealthy(DateTimeOffset started, int events) =>
+        events > 0 || _time.GetUtcNow() - started >= KubernetesResolverDefaults.HealthyWatchDuration;
+
+    private void ResetIfHealthy(ReconnectBackoff backoff, DateTimeOffset started, int events)
+    {
+        if (IsHealthy(started, events))
+        {
+            backoff.Reset();
+        }
+    }
+
+    private void Restarted(string reason)
+    {
+        _metrics.WatchRestarted(_target, _namespace, reason);
+        KubernetesResolverLog.WatchRestarting(_logger, _target.Service, _namespace, reason);
+    }
+}

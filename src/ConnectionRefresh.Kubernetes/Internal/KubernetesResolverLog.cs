@@ -1,0 +1,31 @@
+using Microsoft.Extensions.Logging;
+
+namespace ConnectionRefresh.Kubernetes.Internal;
+
+/// <summary>Source-generated logs of the resolver; every message names the service and namespace. Stable event ids.</summary>
+internal static partial class KubernetesResolverLog
+{
+    [LoggerMessage(1, LogLevel.Debug, "Kubernetes resolver started for service {Service} in namespace {Namespace}, port {Port}.")]
+    public static partial void Started(ILogger logger, string service, string @namespace, string port);
+
+    [LoggerMessage(2, LogLevel.Information, "Service {Service} in namespace {Namespace}: {EndpointCount} endpoints from {SliceCount} EndpointSlices.")]
+    public static partial void EndpointsUpdated(ILogger logger, string service, string @namespace, int endpointCount, int sliceCount);
+
+    [LoggerMessage(3, LogLevel.Warning, "Service {Service} in namespace {Namespace}: the Kubernetes API request failed (attempt {Attempt}); keeping {EndpointCount} known endpoints and retrying in {Delay}.")]
+    public static partial void RequestFailed(ILogger logger, string service, string @namespace, int attempt, int endpointCount, TimeSpan delay, Exception exception);
+
+    [LoggerMessage(4, LogLevel.Debug, "Service {Service} in namespace {Namespace}: watch restarting ({Reason}).")]
+    public static partial void WatchRestarting(ILogger logger, string service, string @namespace, string reason);
+
+    [LoggerMessage(5, LogLevel.Warning, "Service {Service} in namespace {Namespace}: {SkippedCount} EndpointSlices have no port matching {Port}; their endpoints are not used.")]
+    public static partial void PortNotFound(ILogger logger, string service, string @namespace, int skippedCount, string port);
+
+    [LoggerMessage(6, LogLevel.Debug, "Service {Service} in namespace {Namespace}: refresh requested.")]
+    public static partial void RefreshRequested(ILogger logger, string service, string @namespace);
+
+    [LoggerMessage(7, LogLevel.Debug, "Service {Service} in namespace {Namespace}: resolver stopped.")]
+    public static partial void Stopped(ILogger logger, string service, string @namespace);
+
+    [LoggerMessage(8, LogLevel.Error, "Service {Service} in namespace {Namespace}: the resolver loop failed unexpectedly.")]
+    public static partial void LoopFailed(ILogger logger, string service, string @namespace, Exception exception);
+}

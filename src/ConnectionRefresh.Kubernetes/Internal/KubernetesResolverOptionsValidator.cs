@@ -1,0 +1,56 @@
+using System.Globalization;
+using Microsoft.Extensions.Options;
+
+namespace ConnectionRefresh.Kubernetes.Internal;
+
+/// <summary>Validates <see cref="KubernetesResolverOptions"/> at start-up; messages name the key, the value and the range.</summary>
+internal sealed class KubernetesResolverOptionsValidator : IValidateOptions<KubernetesResolverOptions>
+{
+    private const string Prefix = KubernetesResolverDefaults.ConfigurationSection + ":";
+
+    public ValidateOptionsResult Validate(string? name, KubernetesResolverOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        var failures = new List<string>();
+
+        CheckRange(failures, nameof(options.ResyncInterval), options.ResyncInterval,
+            KubernetesResolverDefaults.MinResyncInterval, KubernetesResolverDefaults.MaxResyncInterval);
+        CheckRange(failures, nameof(options.InitialBackoff), options.InitialBackoff,
+            KubernetesResolverDefaults.MinInitialBackoff, KubernetesResolverDefaults.MaxInitialBackoff);
+        CheckRange(failures, nameof(options.MaxBackoff), options.MaxBackoff,
+            KubernetesResolverDefaults.MinMaxBackoff, KubernetesResolverDefaults.MaxMaxBackoff);
+
+        if (options.MaxBackoff < options.InitialBackoff)
+        {
+            failures.Add(string.Create(CultureInfo.InvariantCulture,
+                $"{Prefix}{nameof(options.MaxBackoff)} = {options.MaxBackoff} is less than {Prefix}{nameof(options.InitialBackoff)} = {options.InitialBackoff}: it must be at least as long."));
+        }
+
+        if (options.ApiServer is { } apiServer &&
+            (!apiServer.IsAbsoluteUri || (apiServer.Scheme != Uri.UriSchemeHttp && apiServer.Scheme != Uri.UriSchemeHttps)))
+        {
+            failures.Add($"{Prefix}{nameof(options.ApiServer)} = '{apiServer}' is not valid: it must be an absolute http:// or https:// URI.");
+        }
+
+        if (options.ApiServer is not null && !string.IsNullOrEmpty(options.KubeconfigPath))
+        {
+            failures.Add($"{Prefix}{nameof(options.ApiServer)} = '{options.ApiServer}' and {Prefix}{nameof(options.KubeconfigPath)} = '{options.KubeconfigPath}' are both set: set at most one of them.");
+        }
+
+        if (string.IsNullOrWhiteSpace(options.ServiceAccountPath))
+        {
+            failures.Add($"{Prefix}{nameof(options.ServiceAccountPath)} = '{options.ServiceAccountPath}' is not valid: it must be a directory path (default '{KubernetesResolverDefaults.ServiceAccountPath}').");
+        }
+
+        return failures.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(failures);
+    }
+
+    private static void CheckRange(List<string> failures, string key, TimeSpan value, TimeSpan min, TimeSpan max)
+    {
+        if (value < min || value > max)
+        {
+            failures.Add(string.Create(CultureInfo.InvariantCulture,
+                $"{Prefix}{key} = {value} is out of range: it must be between {min} and {max}."));
+        }
+    }
+}

@@ -1,0 +1,91 @@
+using ConnectionRefresh.Kubernetes;
+using ConnectionRefresh.Kubernetes.Internal;
+using Grpc.Net.Client.Balancer;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Options;
+using System.Diagnostics.Metrics;
+
+namespace Microsoft.Extensions.DependencyInjection;
+
+/// <summary>
+/// Registers the <c>kubernetes:///service.namespace:port</c> resolver for grpc-dotnet channels, which
+/// watches the Service's EndpointSlices. Channels created by <c>AddGrpcClient</c> find it through their
+/// service provider; use it with a <c>round_robin</c> service config to balance every call across pods.
+/// </summary>
+public static class KubernetesResolverServiceCollectionExtensions
+{
+    /// <summary>
+    /// Registers the Kubernetes resolver with options bound from the configuration section
+    /// <c>ConnectionRefresh:Kubernetes</c> (when an <see cref="IConfiguration"/> is registered), validated at start-up.
+    /// </summary>
+    /// <param name="services">The service collection.</param>
+    /// <returns>The same service collection.</returns>
+    public static IServiceCollection AddKubernetesResolver(this IServiceCollection services)
+    {
+        ArgumentNullException.ThrowIfNull(services);
+        services.AddSingleton<IConfigureOptions<KubernetesResolverOptions>>(sp => new ConfigureNamedOptions<KubernetesResolverOptions>(
+            Options.Options.DefaultName,
+            options => Bind(sp.GetService<IConfiguration>()?.GetSection(KubernetesResolverDefaults.ConfigurationSection), options)));
+        return AddCore(services);
+    }
+
+    /// <summary>
+    /// Registers the Kubernetes resolver with options bound from <c>ConnectionRefresh:Kubernetes</c> (when an
+    /// <see cref="IConfiguration"/> is registered) and then changed by <paramref name="configure"/>; validated at start-up.
+    /// </summary>
+    /// <param name="services">The service collection.</param>
+    /// <param name="configure">Changes the options.</param>
+    /// <returns>The same service collection.</returns>
+    public static IServiceCollection AddKubernetesResolver(this IServiceCollection services, Action<KubernetesResolverOptions> configure)
+    {
+        ArgumentNullException.ThrowIfNull(services);
+        ArgumentNullException.ThrowIfNull(configure);
+        AddKubernetesResolver(services);
+        services.Configure(configure);
+        return services;
+    }
+
+    /// <summary>
+    /// Registers the Kubernetes resolver with options bound from <paramref name="section"/>; unknown keys are
+    /// rejected and the values validated at start-up.
+    /// </summary>
+    /// <param name="services">The service collection.</param>
+    /// <param name="section">The configuration section, for example <c>configuration.GetSection("ConnectionRefresh:Kubernetes")</c>.</param>
+    /// <returns>The same service collection.</returns>
+    public static IServiceCollection AddKubernetesResolver(this IServiceCollection services, IConfigurationSection section)
+    {
+        ArgumentNullException.ThrowIfNull(services);
+        ArgumentNullException.ThrowIfNull(section);
+        services.Configure<KubernetesResolverOptions>(options => Bind(section, options));
+        return AddCore(services);
+    }
+
+    private static IServiceCollection AddCore(IServiceCollection services)
+    {
+        services.AddOptions<KubernetesResolverOptions>().ValidateOnStart();
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<KubernetesResolverOptions>, KubernetesResolverOptionsValidator>());
+        services.TryAddSingleton(sp => new KubernetesResolverMetrics(sp.GetService<IMeterFactory>() ?? sp.GetRequiredService<FallbackMeterFactory>()));
+        services.TryAddSingleton<FallbackMeterFactory>();
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<ResolverFactory, KubernetesResolverFactory>());
+        return services;
+    }
+
+    private static void Bind(IConfigurationSection? section, KubernetesResolverOptions options)
+    {
+        if (section is null)
+        {
+            return;
+        }
+
+        try
+        {
+            section.Bind(options, binder => binder.ErrorOnUnknownConfiguration = true);
+        }
+        catch (InvalidOperationException ex)
+        {
+            throw new OptionsValidationException(Options.Options.DefaultName, typeof(KubernetesResolverOptions),
+                [$"{section.Path}: {ex.Message}"]);
+        }
+    }
+}
