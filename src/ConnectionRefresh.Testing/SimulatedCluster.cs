@@ -1,0 +1,798 @@
+using System.Collections.Concurrent;
+using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
+using ConnectionRefresh.Testing.Internal;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Connections;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Features;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.AspNetCore.Server.Kestrel.Transport.Sockets;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+
+namespace ConnectionRefresh.Testing;
+
+/// <summary>
+/// A Kubernetes Service in a process: real Kestrel gRPC pods on loopback behind a ClusterIP that, like kube-proxy,
+/// sends each new TCP connection to a uniformly random ready pod and keeps it there for its whole life. Pods can be
+/// added, scaled, stopped gracefully, killed, black-holed and rolled; every pod counts its calls and connections.
+/// </summary>
+/// <example>
+/// <code>
+/// await using var cluster = await SimulatedCluster.StartAsync(new() { Replicas = 3 });
+/// using var channel = GrpcChannel.ForAddress(cluster.Address);
+/// var reply = await new Greeter.GreeterClient(channel).SayHelloAsync(new HelloRequest { Name = "x" });
+/// // reply.Instance is the pod that answered, e.g. "greeter-2".
+/// await cluster.ScaleAsync(6);
+/// </code>
+/// </example>
+/// <remarks>
+/// Thread-safe: the pod list, pod states, readiness and the set of proxied connections change only under one lock;
+/// counters use <see cref="Interlocked"/>. Every member may be called concurrently.
+/// </remarks>
+public sealed class SimulatedCluster : IAsyncDisposable
+{
+    internal const int MaxPods = 64;
+    private static readonly TimeSpan AttributionTimeout = TimeSpan.FromSeconds(10);
+
+    private readonly Lock _gate = new();
+    private readonly SimulatedClusterOptions _options;
+    private readonly TimeProvider _time;
+    private readonly long _startTimestamp;
+    private readonly Random _random;
+    private readonly List<SimulatedPod> _pods = [];
+    private readonly List<SimulatedPod> _allPods = [];
+    private readonly List<ClusterEvent> _events = [];
+    private readonly HashSet<ProxiedConnection> _connections = [];
+    private readonly ConcurrentDictionary<int, TaskCompletionSource<SimulatedPod>> _attribution = new();
+    private readonly CancellationTokenSource _shutdown = new();
+    private readonly Socket _listener;
+    private IptablesProxy? _iptables;
+    private Task _acceptLoop = Task.CompletedTask;
+    private int _podSequence;
+    private bool _disposed;
+
+    private SimulatedCluster(SimulatedClusterOptions options)
+    {
+        _options = options;
+        _time = options.TimeProvider;
+        _startTimestamp = _time.GetTimestamp();
+        _random = options.RandomSeed is { } seed ? new Random(seed) : new Random();
+        _listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        _listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        _listener.Listen(1024);
+        Address = new Uri($"http://127.0.0.1:{((IPEndPoint)_listener.LocalEndPoint!).Port.ToString(CultureInfo.InvariantCulture)}");
+    }
+
+    /// <summary>The ClusterIP: <c>http://127.0.0.1:port</c>. Point any gRPC client here.</summary>
+    public Uri Address { get; }
+
+    /// <summary>How this cluster's ClusterIP balances connections.</summary>
+    public KubeProxyMode ProxyMode => _options.ProxyMode;
+
+    /// <summary>
+    /// In <see cref="KubeProxyMode.Iptables"/> mode, the name of the network namespace the cluster created
+    /// (<c>crsim-…</c>); otherwise <see langword="null"/>.
+    /// </summary>
+    public string? NetworkNamespace => _iptables?.NamespaceName;
+
+    /// <summary>The pods in the cluster now (pending, running or terminating), in order of creation.</summary>
+    public IReadOnlyList<SimulatedPod> Pods
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return [.. _pods];
+            }
+        }
+    }
+
+    /// <summary>The pods that receive new connections now.</summary>
+    public IReadOnlyList<SimulatedPod> ReadyPods
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return [.. _pods.Where(p => p.IsReady)];
+            }
+        }
+    }
+
+    /// <summary>Connections the ClusterIP is carrying now (pinned to a pod or being connected).</summary>
+    public int OpenConnections
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _connections.Count;
+            }
+        }
+    }
+
+    /// <summary>Starts a cluster with <see cref="SimulatedClusterOptions.Replicas"/> ready pods.</summary>
+    /// <param name="options">The options; <see langword="null"/> for the defaults (3 pods, userspace ClusterIP).</param>
+    /// <param name="cancellationToken">Cancels the start.</param>
+    /// <returns>The started cluster. Dispose it to stop every pod and close every socket.</returns>
+    /// <exception cref="NotSupportedException"><see cref="KubeProxyMode.Iptables"/> was asked for where it cannot run; the message says why.</exception>
+    public static async Task<SimulatedCluster> StartAsync(SimulatedClusterOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        options ??= new SimulatedClusterOptions();
+        options.Validate();
+        if (options.ProxyMode == KubeProxyMode.Iptables && !KubeProxySupport.IsIptablesSupported(out var reason))
+        {
+            throw new NotSupportedException($"KubeProxyMode.Iptables is not supported here: {reason}");
+        }
+
+        var cluster = new SimulatedCluster(options);
+        try
+        {
+            if (options.ProxyMode == KubeProxyMode.Iptables)
+            {
+                cluster._iptables = await IptablesProxy.CreateAsync(cancellationToken).ConfigureAwait(false);
+                await cluster._iptables.ApplyEndpointsAsync(() => [], cancellationToken).ConfigureAwait(false);
+            }
+
+            cluster._acceptLoop = cluster.AcceptLoopAsync();
+            await Task.WhenAll(Enumerable.Range(0, options.Replicas).Select(_ => cluster.AddPodAsync(cancellationToken))).ConfigureAwait(false);
+            return cluster;
+        }
+        catch
+        {
+            await cluster.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    /// <summary>Starts one more pod and makes it ready.</summary>
+    /// <param name="cancellationToken">Cancels the start.</param>
+    /// <returns>The new pod, ready.</returns>
+    public async Task<SimulatedPod> AddPodAsync(CancellationToken cancellationToken = default)
+    {
+        SimulatedPod pod;
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (_pods.Count >= MaxPods)
+            {
+                throw new InvalidOperationException($"A simulated cluster holds at most {MaxPods} pods.");
+            }
+
+            pod = new SimulatedPod(this, $"{_options.PodNamePrefix}-{++_podSequence}");
+            _pods.Add(pod);
+            _allPods.Add(pod);
+        }
+
+        WebApplication? app = null;
+        try
+        {
+            app = BuildPod(pod);
+            await app.StartAsync(cancellationToken).ConfigureAwait(false);
+            var address = app.Services.GetRequiredService<IServer>().Features.GetRequiredFeature<IServerAddressesFeature>().Addresses.First();
+            pod.Address = new Uri(address);
+            pod.EndPoint = new IPEndPoint(IPAddress.Loopback, pod.Address.Port);
+        }
+        catch
+        {
+            lock (_gate)
+            {
+                pod.State = SimulatedPodState.Killed;
+                pod.RemovedAt = Elapsed();
+                _pods.Remove(pod);
+            }
+
+            if (app is not null)
+            {
+                await app.DisposeAsync().ConfigureAwait(false);
+            }
+
+            throw;
+        }
+
+        bool started;
+        lock (_gate)
+        {
+            pod.App = app;
+            started = !_disposed && pod.State == SimulatedPodState.Pending;
+            if (started)
+            {
+                pod.State = SimulatedPodState.Running;
+                pod.IsReady = true;
+                pod.AddedAt = Elapsed();
+                AddEvent(ClusterEventKind.PodStarted, pod, $"{pod.Name} started");
+            }
+        }
+
+        if (!started)
+        {
+            // Disposed, stopped or killed while starting.
+            pod.KillSwitch.Cancel();
+            await StopAppAsync(pod).ConfigureAwait(false);
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            throw new OperationCanceledException($"{pod.Name} was stopped while starting.");
+        }
+
+        await EndpointsChangedAsync().ConfigureAwait(false);
+        return pod;
+    }
+
+    /// <summary>
+    /// Scales to <paramref name="replicas"/> pods (pending, running): adds pods in parallel, or stops the newest ones gracefully.
+    /// Existing connections are not moved, as in Kubernetes.
+    /// </summary>
+    /// <param name="replicas">The number of pods wanted, 0 to 64.</param>
+    /// <param name="cancellationToken">Cancels the operation.</param>
+    /// <returns>A task that completes when the new pods are ready or the removed pods have exited.</returns>
+    public async Task ScaleAsync(int replicas, CancellationToken cancellationToken = default)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(replicas);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(replicas, MaxPods);
+        List<SimulatedPod> current;
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            current = [.. _pods.Where(p => p.State is SimulatedPodState.Pending or SimulatedPodState.Running)];
+            AddEvent(ClusterEventKind.Scaled, null, $"scale {current.Count} → {replicas}");
+        }
+
+        if (replicas > current.Count)
+        {
+            await Task.WhenAll(Enumerable.Range(0, replicas - current.Count).Select(_ => AddPodAsync(cancellationToken))).ConfigureAwait(false);
+        }
+        else if (replicas < current.Count)
+        {
+            var victims = current.OrderBy(p => p.IsReady).ThenByDescending(p => p.AddedAt).Take(current.Count - replicas);
+            await Task.WhenAll(victims.Select(p => StopPodAsync(p, cancellationToken))).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Stops a pod gracefully, like SIGTERM after a preStop hook: readiness off (new connections avoid it), then Kestrel
+    /// sends GOAWAY on every connection and waits for running calls, up to <see cref="SimulatedClusterOptions.TerminationGracePeriod"/>,
+    /// then exits. Stopping a pod that is already stopping waits for that stop.
+    /// </summary>
+    /// <param name="pod">A pod of this cluster.</param>
+    /// <param name="cancellationToken">Cancels the wait (the pod keeps stopping).</param>
+    /// <returns>A task that completes when the pod has exited.</returns>
+    public async Task StopPodAsync(SimulatedPod pod, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(pod);
+        bool changed;
+        lock (_gate)
+        {
+            EnsureOwn(pod);
+            changed = pod.State is SimulatedPodState.Pending or SimulatedPodState.Running;
+            if (changed)
+            {
+                pod.State = SimulatedPodState.Terminating;
+                pod.IsReady = false;
+                AddEvent(ClusterEventKind.PodStopping, pod, $"{pod.Name} stopping");
+            }
+        }
+
+        if (changed)
+        {
+            await EndpointsChangedAsync().ConfigureAwait(false);
+        }
+
+        if (pod.App is null)
+        {
+            return; // Still starting: AddPodAsync stops it.
+        }
+
+        await StopAppAsync(pod).WaitAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Kills a pod, like SIGKILL or a crashed process: it leaves the cluster at once, every connection to it is reset
+    /// (clients see RST), and its server stops without waiting for calls.
+    /// </summary>
+    /// <param name="pod">A pod of this cluster.</param>
+    /// <returns>A task that completes when the pod's server has stopped.</returns>
+    public async Task KillPodAsync(SimulatedPod pod)
+    {
+        ArgumentNullException.ThrowIfNull(pod);
+        List<ProxiedConnection> connections;
+        lock (_gate)
+        {
+            EnsureOwn(pod);
+            if (pod.State is SimulatedPodState.Terminated or SimulatedPodState.Killed)
+            {
+                return;
+            }
+
+            pod.State = SimulatedPodState.Killed;
+            pod.IsReady = false;
+            pod.RemovedAt = Elapsed();
+            _pods.Remove(pod);
+            connections = [.. pod.Connections];
+            AddEvent(ClusterEventKind.PodKilled, pod, $"{pod.Name} killed");
+        }
+
+        await EndpointsChangedAsync().ConfigureAwait(false);
+        foreach (var connection in connections)
+        {
+            connection.Reset();
+        }
+
+        pod.KillSwitch.Cancel();
+        if (pod.App is not null)
+        {
+            await StopAppAsync(pod).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Black-holes a pod, like a node that lost power or a network partition: bytes stop flowing in both directions on
+    /// every connection to it, and nothing is closed. The pod stays ready (endpoints are not updated until someone notices),
+    /// so new connections that pick it hang too; use <see cref="SetReadyAsync"/>, <see cref="KillPodAsync"/> or
+    /// <see cref="StopPodAsync"/> to take it out. Irreversible.
+    /// </summary>
+    /// <param name="pod">A pod of this cluster.</param>
+    public void BlackHole(SimulatedPod pod)
+    {
+        ArgumentNullException.ThrowIfNull(pod);
+        lock (_gate)
+        {
+            EnsureOwn(pod);
+            if (pod.IsBlackHoled)
+            {
+                return;
+            }
+
+            pod.IsBlackHoled = true;
+            foreach (var connection in pod.Connections)
+            {
+                connection.BlackHole();
+            }
+
+            AddEvent(ClusterEventKind.PodBlackHoled, pod, $"{pod.Name} black-holed");
+        }
+    }
+
+    /// <summary>Turns a running pod's readiness on or off; a pod that is not ready receives no new connections.</summary>
+    /// <param name="pod">A running pod of this cluster.</param>
+    /// <param name="ready">The new readiness.</param>
+    /// <returns>A task that completes when the ClusterIP follows the change.</returns>
+    public async Task SetReadyAsync(SimulatedPod pod, bool ready)
+    {
+        ArgumentNullException.ThrowIfNull(pod);
+        lock (_gate)
+        {
+            EnsureOwn(pod);
+            if (pod.State != SimulatedPodState.Running || pod.IsReady == ready)
+            {
+                return;
+            }
+
+            pod.IsReady = ready;
+            AddEvent(ClusterEventKind.PodReadinessChanged, pod, $"{pod.Name} {(ready ? "ready" : "not ready")}");
+        }
+
+        await EndpointsChangedAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Replaces every pod, one at a time, like a Deployment rolling update with maxSurge 1 and maxUnavailable 0:
+    /// start a new pod, wait until it is ready, stop an old one gracefully, go on with the next.
+    /// </summary>
+    /// <param name="cancellationToken">Cancels the update.</param>
+    /// <returns>A task that completes when every old pod has exited.</returns>
+    public Task RollingUpdateAsync(CancellationToken cancellationToken = default) =>
+        RollingUpdateAsync(TimeSpan.Zero, cancellationToken);
+
+    /// <summary>
+    /// Rolling update (see <see cref="RollingUpdateAsync(CancellationToken)"/>) that waits <paramref name="stepInterval"/>
+    /// after each replacement (like <c>minReadySeconds</c>), so the update spreads over time.
+    /// </summary>
+    /// <param name="stepInterval">Wait between replacements, measured with <see cref="SimulatedClusterOptions.TimeProvider"/>; 0 or more.</param>
+    /// <param name="cancellationToken">Cancels the update.</param>
+    /// <returns>A task that completes when every old pod has exited.</returns>
+    public async Task RollingUpdateAsync(TimeSpan stepInterval, CancellationToken cancellationToken = default)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(stepInterval, TimeSpan.Zero);
+        List<SimulatedPod> old;
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            old = [.. _pods.Where(p => p.State is SimulatedPodState.Pending or SimulatedPodState.Running)];
+            AddEvent(ClusterEventKind.RollingUpdateStarted, null, $"rolling update of {old.Count} pods");
+        }
+
+        var stops = new List<Task>(old.Count);
+        try
+        {
+            foreach (var pod in old)
+            {
+                await AddPodAsync(cancellationToken).ConfigureAwait(false);
+                stops.Add(StopPodAsync(pod, cancellationToken));
+                if (stepInterval > TimeSpan.Zero)
+                {
+                    await Task.Delay(stepInterval, _time, cancellationToken).ConfigureAwait(false);
+                }
+            }
+        }
+        finally
+        {
+            await Task.WhenAll(stops).ConfigureAwait(false);
+        }
+
+        lock (_gate)
+        {
+            AddEvent(ClusterEventKind.RollingUpdateCompleted, null, "rolling update completed");
+        }
+    }
+
+    /// <summary>Adds a user-defined mark to the timeline (e.g. "load started"), for charts and summaries.</summary>
+    /// <param name="description">What happened.</param>
+    public void Mark(string description)
+    {
+        ArgumentNullException.ThrowIfNull(description);
+        lock (_gate)
+        {
+            AddEvent(ClusterEventKind.Mark, null, description);
+        }
+    }
+
+    /// <summary>Time since the cluster started, measured with <see cref="SimulatedClusterOptions.TimeProvider"/>.</summary>
+    /// <returns>The elapsed time.</returns>
+    public TimeSpan Elapsed() => _time.GetElapsedTime(_startTimestamp);
+
+    /// <summary>A snapshot of calls per pod, per-second counts, connections and the timeline so far.</summary>
+    /// <returns>The summary.</returns>
+    public ClusterSummary Summary()
+    {
+        List<SimulatedPod> pods;
+        List<ClusterEvent> events;
+        lock (_gate)
+        {
+            pods = [.. _allPods.Where(p => p.App is not null)];
+            events = [.. _events];
+        }
+
+        var total = pods.Sum(p => p.CallsServed);
+        return new ClusterSummary(Elapsed(), [.. pods.Select(p => new PodSummary(p, total))], events);
+    }
+
+    /// <summary>
+    /// Stops every pod at once (no grace), resets every connection, closes the ClusterIP and, in
+    /// <see cref="KubeProxyMode.Iptables"/> mode, removes the network namespace. Leaves no socket or task behind.
+    /// </summary>
+    /// <returns>A task that completes when everything is closed.</returns>
+    public async ValueTask DisposeAsync()
+    {
+        lock (_gate)
+        {
+            if (_disposed)
+            {
+                return;
+            }
+
+            _disposed = true;
+        }
+
+        await _shutdown.CancelAsync().ConfigureAwait(false);
+        _listener.Dispose();
+        await _acceptLoop.ConfigureAwait(false);
+
+        List<ProxiedConnection> connections;
+        List<SimulatedPod> pods;
+        lock (_gate)
+        {
+            connections = [.. _connections];
+            pods = [.. _allPods];
+        }
+
+        foreach (var connection in connections)
+        {
+            connection.Reset();
+        }
+
+        await Task.WhenAll(connections.Select(c => c.Completion)).ConfigureAwait(false);
+
+        foreach (var pod in pods)
+        {
+            pod.KillSwitch.Cancel();
+        }
+
+        await Task.WhenAll(pods.Where(p => p.App is not null).Select(StopAppAsync)).ConfigureAwait(false);
+        lock (_gate)
+        {
+            foreach (var pod in _pods)
+            {
+                pod.State = SimulatedPodState.Killed;
+                pod.IsReady = false;
+                pod.RemovedAt ??= Elapsed();
+            }
+
+            _pods.Clear();
+        }
+
+        foreach (var pending in _attribution.Values)
+        {
+            pending.TrySetCanceled();
+        }
+
+        if (_iptables is not null)
+        {
+            await _iptables.DisposeAsync().ConfigureAwait(false);
+        }
+
+        _shutdown.Dispose();
+    }
+
+    internal void AddEvent(ClusterEventKind kind, SimulatedPod? pod, string description) =>
+        _events.Add(new ClusterEvent(Elapsed(), kind, pod?.Name, description));
+
+    private void EnsureOwn(SimulatedPod pod)
+    {
+        if (!_allPods.Contains(pod))
+        {
+            throw new ArgumentException($"{pod.Name} does not belong to this cluster.", nameof(pod));
+        }
+    }
+
+    private WebApplication BuildPod(SimulatedPod pod)
+    {
+        var builder = WebApplication.CreateEmptyBuilder(new WebApplicationOptions { ApplicationName = typeof(SimulatedCluster).Assembly.GetName().Name });
+        builder.WebHost.UseKestrelCore();
+        builder.WebHost.ConfigureKestrel(kestrel =>
+        {
+            kestrel.AddServerHeader = false;
+            kestrel.Listen(IPAddress.Loopback, 0, listen =>
+            {
+                listen.Protocols = HttpProtocols.Http2;
+                listen.Use(next => connection => OnPodConnectionAsync(pod, connection, next));
+                _options.ConfigureListen?.Invoke(listen);
+            });
+        });
+
+        if (_iptables is { } iptables)
+        {
+            builder.Services.Configure<SocketTransportOptions>(o => o.CreateBoundListenSocket = iptables.CreateBoundListenSocket);
+        }
+
+        builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = _options.TerminationGracePeriod);
+        builder.Services.AddLogging();
+        builder.Services.AddGrpc();
+        builder.Services.AddSingleton(pod);
+        builder.Services.AddSingleton(_time);
+        _options.ConfigureServices?.Invoke(builder.Services);
+
+        var app = builder.Build();
+        app.Use((context, next) => CountCallAsync(pod, context, next));
+        if (_options.MapGreeter)
+        {
+            app.MapGrpcService<GreeterPodService>();
+        }
+
+        _options.ConfigureApp?.Invoke(app);
+        return app;
+    }
+
+    private async Task OnPodConnectionAsync(SimulatedPod pod, ConnectionContext connection, ConnectionDelegate next)
+    {
+        pod.OnConnectionOpened();
+        try
+        {
+            if (_iptables is not null && connection.RemoteEndPoint is IPEndPoint remote)
+            {
+                // Tell the ClusterIP side which pod the kernel picked for the connection from this source port.
+                _attribution.GetOrAdd(remote.Port, _ => new TaskCompletionSource<SimulatedPod>(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult(pod);
+            }
+
+            await next(connection).ConfigureAwait(false);
+        }
+        finally
+        {
+            pod.OnConnectionClosed();
+        }
+    }
+
+    private static async Task CountCallAsync(SimulatedPod pod, HttpContext context, RequestDelegate next)
+    {
+        pod.OnCallStarted();
+        var succeeded = false;
+        try
+        {
+            await next(context).ConfigureAwait(false);
+            succeeded = !context.RequestAborted.IsCancellationRequested && IsSuccess(context);
+        }
+        finally
+        {
+            pod.OnCallCompleted(succeeded);
+        }
+    }
+
+    private static bool IsSuccess(HttpContext context)
+    {
+        var status = context.Features.Get<IHttpResponseTrailersFeature>()?.Trailers["grpc-status"] ?? default;
+        if (status.Count == 0)
+        {
+            status = context.Response.Headers["grpc-status"];
+        }
+
+        return status.Count == 0 ? context.Response.StatusCode < 400 : status[0] == "0";
+    }
+
+    private Task StopAppAsync(SimulatedPod pod)
+    {
+        lock (_gate)
+        {
+            return pod.StopTask ??= RunStopAsync(pod);
+        }
+    }
+
+    private async Task RunStopAsync(SimulatedPod pod)
+    {
+        await Task.Yield();
+        var app = pod.App!;
+        using (var grace = CancellationTokenSource.CreateLinkedTokenSource(pod.KillSwitch.Token))
+        {
+            grace.CancelAfter(_options.TerminationGracePeriod);
+            try
+            {
+                await app.StopAsync(grace.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+            }
+        }
+
+        await app.DisposeAsync().ConfigureAwait(false);
+        lock (_gate)
+        {
+            if (pod.State == SimulatedPodState.Terminating)
+            {
+                pod.State = SimulatedPodState.Terminated;
+                pod.RemovedAt = Elapsed();
+                _pods.Remove(pod);
+                AddEvent(ClusterEventKind.PodStopped, pod, $"{pod.Name} exited");
+            }
+        }
+    }
+
+    private async Task EndpointsChangedAsync()
+    {
+        if (_iptables is null)
+        {
+            return;
+        }
+
+        // The snapshot is taken inside the proxy's rule lock, so the last rewrite always reflects the latest state.
+        await _iptables.ApplyEndpointsAsync(
+            () =>
+            {
+                lock (_gate)
+                {
+                    return _disposed ? null : [.. _pods.Where(p => p.IsReady).Select(p => p.EndPoint!)];
+                }
+            },
+            CancellationToken.None).ConfigureAwait(false);
+    }
+
+    private async Task AcceptLoopAsync()
+    {
+        await Task.Yield();
+        while (true)
+        {
+            Socket client;
+            try
+            {
+                client = await _listener.AcceptAsync(_shutdown.Token).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException || _shutdown.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (SocketException)
+            {
+                continue; // E.g. a connection reset while queued; the listener itself is fine.
+            }
+
+            client.NoDelay = true;
+            var connection = new ProxiedConnection(client);
+            lock (_gate)
+            {
+                if (_disposed)
+                {
+                    connection.Reset();
+                    return;
+                }
+
+                _connections.Add(connection);
+            }
+
+            connection.Start(ConnectBackendAsync, OnConnectionCompleted);
+        }
+    }
+
+    private void OnConnectionCompleted(ProxiedConnection connection)
+    {
+        lock (_gate)
+        {
+            _connections.Remove(connection);
+            connection.Pod?.Connections.Remove(connection);
+        }
+    }
+
+    private ValueTask<Socket?> ConnectBackendAsync(ProxiedConnection connection, CancellationToken cancellationToken) =>
+        _iptables is null ? ConnectUserspaceAsync(connection, cancellationToken) : ConnectIptablesAsync(connection, cancellationToken);
+
+    private async ValueTask<Socket?> ConnectUserspaceAsync(ProxiedConnection connection, CancellationToken cancellationToken)
+    {
+        SimulatedPod? pod;
+        lock (_gate)
+        {
+            var ready = _pods.Where(p => p.IsReady).ToList();
+            pod = ready.Count == 0 ? null : ready[_random.Next(ready.Count)];
+        }
+
+        if (pod is null)
+        {
+            return null; // No endpoints: kube-proxy rejects the connection.
+        }
+
+        var backend = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        try
+        {
+            await backend.ConnectAsync(pod.EndPoint!, cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            backend.Dispose();
+            throw;
+        }
+
+        return Attach(connection, pod, backend);
+    }
+
+    private async ValueTask<Socket?> ConnectIptablesAsync(ProxiedConnection connection, CancellationToken cancellationToken)
+    {
+        var backend = await _iptables!.ConnectToServiceAsync(cancellationToken).ConfigureAwait(false);
+        var port = ((IPEndPoint)backend.LocalEndPoint!).Port;
+        var pending = _attribution.GetOrAdd(port, _ => new TaskCompletionSource<SimulatedPod>(TaskCreationOptions.RunContinuationsAsynchronously));
+        try
+        {
+            var pod = await pending.Task.WaitAsync(AttributionTimeout, cancellationToken).ConfigureAwait(false);
+            return Attach(connection, pod, backend);
+        }
+        catch
+        {
+            backend.Dispose();
+            throw;
+        }
+        finally
+        {
+            _attribution.TryRemove(KeyValuePair.Create(port, pending));
+        }
+    }
+
+    private Socket? Attach(ProxiedConnection connection, SimulatedPod pod, Socket backend)
+    {
+        lock (_gate)
+        {
+            if (_disposed || pod.State is SimulatedPodState.Killed or SimulatedPodState.Terminated)
+            {
+                backend.Dispose();
+                return null;
+            }
+
+            connection.Pod = pod;
+            pod.Connections.Add(connection);
+            if (pod.IsBlackHoled)
+            {
+                connection.BlackHole();
+            }
+
+            return backend;
+        }
+    }
+}

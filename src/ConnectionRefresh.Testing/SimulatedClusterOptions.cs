@@ -1,0 +1,86 @@
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace ConnectionRefresh.Testing;
+
+/// <summary>How a <see cref="SimulatedCluster"/> is built. Every pod is built from the same options.</summary>
+public sealed class SimulatedClusterOptions
+{
+    /// <summary>Number of pods started by <see cref="SimulatedCluster.StartAsync"/>. Default 3. Range: 0 to 64.</summary>
+    public int Replicas { get; set; } = 3;
+
+    /// <summary>
+    /// How the ClusterIP balances new connections. Default <see cref="KubeProxyMode.Userspace"/> (works everywhere);
+    /// <see cref="KubeProxyMode.Iptables"/> needs Linux and root (see <see cref="KubeProxySupport"/>).
+    /// </summary>
+    public KubeProxyMode ProxyMode { get; set; } = KubeProxyMode.Userspace;
+
+    /// <summary>Prefix of pod names: pods are named <c>{prefix}-1</c>, <c>{prefix}-2</c>, … in order of creation. Default <c>greeter</c>.</summary>
+    public string PodNamePrefix { get; set; } = "greeter";
+
+    /// <summary>
+    /// Whether each pod serves the <c>greet.Greeter</c> service from <c>protos/greeter.proto</c> (every reply names the pod
+    /// in <c>instance</c>; <c>delay_ms</c> and <c>count</c> are honoured). Default <see langword="true"/>.
+    /// </summary>
+    public bool MapGreeter { get; set; } = true;
+
+    /// <summary>
+    /// Registers extra services in every pod (for example your own gRPC service implementation). Runs after the simulator's
+    /// own registrations (<c>AddGrpc</c>, <see cref="SimulatedPod"/> as a singleton, <see cref="System.TimeProvider"/>).
+    /// Default none.
+    /// </summary>
+    public Action<IServiceCollection>? ConfigureServices { get; set; }
+
+    /// <summary>Maps extra endpoints in every pod, e.g. <c>app.MapGrpcService&lt;MyService&gt;()</c>. Default none.</summary>
+    public Action<WebApplication>? ConfigureApp { get; set; }
+
+    /// <summary>
+    /// Configures every pod's Kestrel endpoint (HTTP/2 without TLS on loopback), e.g. to add a connection middleware.
+    /// Runs after the simulator's own connection counting. Default none.
+    /// </summary>
+    public Action<ListenOptions>? ConfigureListen { get; set; }
+
+    /// <summary>
+    /// Clock for the timeline, per-second counts and the Greeter's <c>delay_ms</c>. Default <see cref="TimeProvider.System"/>.
+    /// Sockets always run in real time.
+    /// </summary>
+    public TimeProvider TimeProvider { get; set; } = TimeProvider.System;
+
+    /// <summary>
+    /// How long a graceful stop waits for running calls before connections are aborted, like Kubernetes'
+    /// <c>terminationGracePeriodSeconds</c>. Default 30 seconds. Range: 0 to 1 hour.
+    /// </summary>
+    public TimeSpan TerminationGracePeriod { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>
+    /// Seed of the random pod choice of the <see cref="KubeProxyMode.Userspace"/> ClusterIP, for reproducible runs;
+    /// <see langword="null"/> (the default) uses a shared random source. The kernel's choice in
+    /// <see cref="KubeProxyMode.Iptables"/> mode cannot be seeded.
+    /// </summary>
+    public int? RandomSeed { get; set; }
+
+    internal void Validate()
+    {
+        if (Replicas is < 0 or > SimulatedCluster.MaxPods)
+        {
+            throw new ArgumentOutOfRangeException(nameof(Replicas), Replicas, $"Replicas must be between 0 and {SimulatedCluster.MaxPods}.");
+        }
+
+        if (TerminationGracePeriod < TimeSpan.Zero || TerminationGracePeriod > TimeSpan.FromHours(1))
+        {
+            throw new ArgumentOutOfRangeException(nameof(TerminationGracePeriod), TerminationGracePeriod, "TerminationGracePeriod must be between 0 and 1 hour.");
+        }
+
+        if (string.IsNullOrWhiteSpace(PodNamePrefix))
+        {
+            throw new ArgumentException("PodNamePrefix must not be empty.", nameof(PodNamePrefix));
+        }
+
+        ArgumentNullException.ThrowIfNull(TimeProvider);
+        if (!Enum.IsDefined(ProxyMode))
+        {
+            throw new ArgumentOutOfRangeException(nameof(ProxyMode), ProxyMode, "Unknown ProxyMode.");
+        }
+    }
+}

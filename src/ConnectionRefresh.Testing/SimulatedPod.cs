@@ -1,0 +1,123 @@
+using ConnectionRefresh.Testing.Internal;
+using Microsoft.AspNetCore.Builder;
+
+namespace ConnectionRefresh.Testing;
+
+/// <summary>
+/// One pod of a <see cref="SimulatedCluster"/>: a real Kestrel gRPC server on loopback with a name, a readiness flag
+/// and counters. Also registered as a singleton in the pod's own services, so a user service can ask which pod it runs in.
+/// </summary>
+/// <remarks>
+/// Thread-safe: counters are updated with <see cref="Interlocked"/>; state, readiness and the connection set change only
+/// under the owning cluster's lock.
+/// </remarks>
+public sealed class SimulatedPod
+{
+    private readonly SimulatedCluster _cluster;
+    private readonly PerSecondCounter _perSecond = new();
+    private long _callsServed;
+    private long _callsFailed;
+    private long _callsActive;
+    private long _connectionsAccepted;
+    private int _openConnections;
+    private long _firstCallTicks = -1;
+
+    internal SimulatedPod(SimulatedCluster cluster, string name)
+    {
+        _cluster = cluster;
+        Name = name;
+    }
+
+    /// <summary>The pod's name, <c>{prefix}-{n}</c>; also the <c>instance</c> of every Greeter reply.</summary>
+    public string Name { get; }
+
+    /// <summary>
+    /// The pod's own address (<c>http://127.0.0.1:port</c>), bypassing the ClusterIP. In <see cref="KubeProxyMode.Iptables"/>
+    /// mode it is an address inside the cluster's network namespace and cannot be reached from the test process.
+    /// </summary>
+    public Uri Address { get; internal set; } = null!;
+
+    /// <summary>The pod's life-cycle state.</summary>
+    public SimulatedPodState State { get; internal set; }
+
+    /// <summary>Whether the ClusterIP sends new connections to this pod.</summary>
+    public bool IsReady { get; internal set; }
+
+    /// <summary>Whether the pod was black-holed (see <see cref="SimulatedCluster.BlackHole"/>).</summary>
+    public bool IsBlackHoled { get; internal set; }
+
+    /// <summary>Calls (HTTP/2 requests) the pod received.</summary>
+    public long CallsServed => Interlocked.Read(ref _callsServed);
+
+    /// <summary>Calls that ended with a non-OK gRPC status (or HTTP status 400 or above) or were aborted.</summary>
+    public long CallsFailed => Interlocked.Read(ref _callsFailed);
+
+    /// <summary>Calls running now.</summary>
+    public long CallsActive => Interlocked.Read(ref _callsActive);
+
+    /// <summary>TCP connections the pod accepted.</summary>
+    public long ConnectionsAccepted => Interlocked.Read(ref _connectionsAccepted);
+
+    /// <summary>TCP connections open on the pod now.</summary>
+    public int OpenConnections => Volatile.Read(ref _openConnections);
+
+    /// <summary>When the pod became ready, as time since the cluster started.</summary>
+    public TimeSpan AddedAt { get; internal set; }
+
+    /// <summary>When the pod left the cluster (stopped or killed), or <see langword="null"/> while it is in it.</summary>
+    public TimeSpan? RemovedAt { get; internal set; }
+
+    /// <summary>When the pod received its first call (time since the cluster started), or <see langword="null"/>.</summary>
+    public TimeSpan? FirstCallAt
+    {
+        get
+        {
+            var ticks = Interlocked.Read(ref _firstCallTicks);
+            return ticks < 0 ? null : TimeSpan.FromTicks(ticks);
+        }
+    }
+
+    /// <inheritdoc/>
+    public override string ToString() => $"{Name} ({State}{(IsReady ? ", ready" : "")}{(IsBlackHoled ? ", black-holed" : "")})";
+
+    internal WebApplication? App { get; set; }
+
+    internal System.Net.IPEndPoint? EndPoint { get; set; }
+
+    /// <summary>Cancelled to make a graceful stop hard (kill, dispose).</summary>
+    internal CancellationTokenSource KillSwitch { get; } = new();
+
+    /// <summary>The single stop of the pod's server; set under the cluster's lock.</summary>
+    internal Task? StopTask { get; set; }
+
+    /// <summary>Proxied connections pinned to this pod; guarded by the cluster's lock.</summary>
+    internal HashSet<ProxiedConnection> Connections { get; } = [];
+
+    internal IReadOnlyList<long> CallsPerSecond() => _perSecond.Snapshot();
+
+    internal void OnCallStarted()
+    {
+        var now = _cluster.Elapsed();
+        Interlocked.Increment(ref _callsServed);
+        Interlocked.Increment(ref _callsActive);
+        Interlocked.CompareExchange(ref _firstCallTicks, now.Ticks, -1);
+        _perSecond.Increment((int)Math.Max(0, now.TotalSeconds));
+    }
+
+    internal void OnCallCompleted(bool succeeded)
+    {
+        Interlocked.Decrement(ref _callsActive);
+        if (!succeeded)
+        {
+            Interlocked.Increment(ref _callsFailed);
+        }
+    }
+
+    internal void OnConnectionOpened()
+    {
+        Interlocked.Increment(ref _connectionsAccepted);
+        Interlocked.Increment(ref _openConnections);
+    }
+
+    internal void OnConnectionClosed() => Interlocked.Decrement(ref _openConnections);
+}

@@ -1,0 +1,20 @@
+namespace ConnectionRefresh.Testing;
+
+/// <summary>The life-cycle state of a <see cref="SimulatedPod"/>.</summary>
+public enum SimulatedPodState
+{
+    /// <summary>Starting: in the cluster but not ready yet.</summary>
+    Pending = 0,
+
+    /// <summary>Serving; receives new connections while <see cref="SimulatedPod.IsReady"/> is true.</summary>
+    Running = 1,
+
+    /// <summary>Stopping gracefully: not ready, GOAWAY sent, running calls finishing.</summary>
+    Terminating = 2,
+
+    /// <summary>Stopped gracefully; no longer in <see cref="SimulatedCluster.Pods"/>.</summary>
+    Terminated = 3,
+
+    /// <summary>Killed: its connections were reset; no longer in <see cref="SimulatedCluster.Pods"/>.</summary>
+    Killed = 4,
+}
