@@ -1,0 +1,306 @@
+using System.Net;
+using ConnectionRefresh.Internal;
+using Grpc.Core;
+using Grpc.Net.Client.Configuration;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Http;
+using Microsoft.Extensions.Options;
+
+namespace ConnectionRefresh.Tests;
+
+public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
+{
+    /// <summary>The smallest type AddGrpcClient can create: it only keeps its CallInvoker.</summary>
+    public sealed class TestClient(CallInvoker invoker)
+    {
+        public CallInvoker Invoker { get; } = invoker;
+    }
+
+    private sealed class MarkerHandler : DelegatingHandler;
+
+    private static IHttpClientBuilder GrpcClient(IServiceCollection services, string address = "http://greeter:5000")
+        => services.AddGrpcClient<TestClient>(o => o.Address = new Uri(address));
+
+    private static HttpMessageHandler BuildChain(IServiceProvider services, string name)
+        => services.GetRequiredService<IHttpMessageHandlerFactory>().CreateHandler(name);
+
+    private static List<HttpMessageHandler> Walk(HttpMessageHandler handler)
+    {
+        var chain = new List<HttpMessageHandler> { handler };
+        while (handler is DelegatingHandler { InnerHandler: { } inner })
+        {
+            chain.Add(handler = inner);
+        }
+
+        return chain;
+    }
+
+    private static void ValidateOnStart(IServiceProvider services)
+        => services.GetRequiredService<IStartupValidator>().Validate();
+
+    [Fact]
+    public void AddConnectionRefresh_GrpcClient_InstallsPrimaryHandlerBehindUserHandlers()
+    {
+        var services = new ServiceCollection();
+        GrpcClient(services).AddHttpMessageHandler(() => new MarkerHandler()).AddConnectionRefresh();
+        using var provider = services.BuildServiceProvider();
+
+        var chain = Walk(BuildChain(provider, nameof(TestClient)));
+
+        Assert.IsType<ConnectionRefreshHandler>(chain[^1]);
+        Assert.Contains(chain, h => h is MarkerHandler);
+        Assert.True(chain.FindIndex(h => h is MarkerHandler) < chain.Count - 1);
+    }
+
+    [Fact]
+    public void AddConnectionRefresh_ResolvedClient_CreatesGrpcClient()
+    {
+        var services = new ServiceCollection();
+        GrpcClient(services).AddConnectionRefresh();
+        using var provider = services.BuildServiceProvider();
+
+        ValidateOnStart(provider);
+        Assert.NotNull(provider.GetRequiredService<TestClient>().Invoker);
+    }
+
+    [Fact]
+    public void AddConnectionRefresh_PlainHttpClient_InstallsPrimaryHandler()
+    {
+        var services = new ServiceCollection();
+        services.AddHttpClient("plain").AddConnectionRefresh(o => o.ConnectionsPerEndpoint = 2);
+        using var provider = services.BuildServiceProvider();
+
+        var primary = Assert.IsType<ConnectionRefreshHandler>(Walk(BuildChain(provider, "plain"))[^1]);
+        Assert.Equal(2, primary.Slots.Count);
+    }
+
+    [Fact]
+    public void AddConnectionRefresh_TwoClients_KeepTheirOwnOptions()
+    {
+        var services = new ServiceCollection();
+        services.AddHttpClient("a").AddConnectionRefresh(o => o.ConnectionsPerEndpoint = 2);
+        services.AddHttpClient("b").AddConnectionRefresh(o => o.ConnectionsPerEndpoint = 5);
+        using var provider = services.BuildServiceProvider();
+
+        Assert.Equal(2, ((ConnectionRefreshHandler)Walk(BuildChain(provider, "a"))[^1]).Slots.Count);
+        Assert.Equal(5, ((ConnectionRefreshHandler)Walk(BuildChain(provider, "b"))[^1]).Slots.Count);
+    }
+
+    [Fact]
+    public void AddConnectionRefresh_CalledTwice_InstallsOneHandlerAndKeepsBothConfigurations()
+    {
+        var services = new ServiceCollection();
+        services.AddHttpClient("a")
+            .AddConnectionRefresh(o => o.ConnectionsPerEndpoint = 3)
+            .AddConnectionRefresh(o => o.MaxRequestsPerConnection = 7);
+        using var provider = services.BuildServiceProvider();
+
+        var options = provider.GetRequiredService<IOptionsMonitor<ConnectionRefreshOptions>>().Get("a");
+        Assert.Equal((3, 7), (options.ConnectionsPerEndpoint, options.MaxRequestsPerConnection));
+        Assert.Single(Walk(BuildChain(provider, "a")), h => h is ConnectionRefreshHandler);
+    }
+
+    [Fact]
+    public void AddConnectionRefresh_DefaultSection_BindsConfiguration()
+    {
+        var services = new ServiceCollection();
+        services.AddSingleton<IConfiguration>(new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["ConnectionRefresh:MaxConnectionAge"] = "00:00:30",
+            ["ConnectionRefresh:MaxConnectionAgeJitter"] = "0.2",
+            ["ConnectionRefresh:MaxRequestsPerConnection"] = "1000",
+            ["ConnectionRefresh:ConnectionsPerEndpoint"] = "4",
+            ["ConnectionRefresh:KeepAlivePingDelay"] = "00:00:20",
+            ["ConnectionRefresh:KeepAlivePingPolicy"] = "Always",
+            ["ConnectionRefresh:DrainTimeout"] = "00:10:00",
+        }).Build());
+        GrpcClient(services).AddConnectionRefresh();
+        using var provider = services.BuildServiceProvider();
+
+        ValidateOnStart(provider);
+        var options = provider.GetRequiredService<IOptionsMonitor<ConnectionRefreshOptions>>().Get(nameof(TestClient));
+        Assert.Equal(TimeSpan.FromSeconds(30), options.MaxConnectionAge);
+        Assert.Equal(0.2, options.MaxConnectionAgeJitter);
+        Assert.Equal(1000, options.MaxRequestsPerConnection);
+        Assert.Equal(4, options.ConnectionsPerEndpoint);
+        Assert.Equal(TimeSpan.FromSeconds(20), options.KeepAlivePingDelay);
+        Assert.Equal(HttpKeepAlivePingPolicy.Always, options.KeepAlivePingPolicy);
+        Assert.Equal(TimeSpan.FromMinutes(10), options.DrainTimeout);
+    }
+
+    [Fact]
+    public void AddConnectionRefresh_NoConfiguration_UsesDefaults()
+    {
+        var services = new ServiceCollection();
+        GrpcClient(services).AddConnectionRefresh();
+        using var provider = services.BuildServiceProvider();
+
+        var options = provider.GetRequiredService<IOptionsMonitor<ConnectionRefreshOptions>>().Get(nameof(TestClient));
+        Assert.Equal(TimeSpan.FromMinutes(2), options.MaxConnectionAge);
+        Assert.Equal(1, options.ConnectionsPerEndpoint);
+        Assert.Null(options.MaxRequestsPerConnection);
+        Assert.Equal(TimeSpan.FromMinutes(5), options.KeepAlivePingDelay);
+        Assert.Equal(HttpKeepAlivePingPolicy.WithActiveRequests, options.KeepAlivePingPolicy);
+        Assert.Equal(Timeout.InfiniteTimeSpan, options.DrainTimeout);
+    }
+
+    [Fact]
+    public void AddConnectionRefresh_Section_BindsThatSectionOnly()
+    {
+        var configuration = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["ConnectionRefresh:ConnectionsPerEndpoint"] = "9",
+            ["Clients:Greeter:ConnectionsPerEndpoint"] = "3",
+        }).Build();
+        var services = new ServiceCollection();
+        services.AddSingleton<IConfiguration>(configuration);
+        GrpcClient(services).AddConnectionRefresh(configuration.GetSection("Clients:Greeter"));
+        using var provider = services.BuildServiceProvider();
+
+        Assert.Equal(3, provider.GetRequiredService<IOptionsMonitor<ConnectionRefreshOptions>>().Get(nameof(TestClient)).ConnectionsPerEndpoint);
+    }
+
+    [Theory]
+    [InlineData("MaxConnectionAge", "-00:00:05", "MaxConnectionAge", "-00:00:05")]
+    [InlineData("MaxConnectionAgeJitter", "2", "MaxConnectionAgeJitter", "0 to 0.5")]
+    [InlineData("ConnectionsPerEndpoint", "0", "ConnectionsPerEndpoint", "1 to 64")]
+    [InlineData("MaxRequestsPerConnection", "0", "MaxRequestsPerConnection", "1 to 1000000000")]
+    [InlineData("KeepAlivePingTimeout", "00:00:00.5", "KeepAlivePingTimeout", "00:00:01 to 01:00:00")]
+    public void ValidateOnStart_OutOfRange_FailsNamingSettingValueAndRange(string key, string value, string named, string mentioned)
+    {
+        var services = new ServiceCollection();
+        services.AddSingleton<IConfiguration>(new ConfigurationBuilder()
+            .AddInMemoryCollection(new Dictionary<string, string?> { ["ConnectionRefresh:" + key] = value }).Build());
+        GrpcClient(services).AddConnectionRefresh();
+        using var provider = services.BuildServiceProvider();
+
+        var failure = Assert.Throws<OptionsValidationException>(() => ValidateOnStart(provider));
+        Assert.Contains($"'{named}'", failure.Message, StringComparison.Ordinal);
+        Assert.Contains(mentioned, failure.Message, StringComparison.Ordinal);
+        Assert.Contains("allowed:", failure.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void ValidateOnStart_UnknownKey_FailsNamingTheKey()
+    {
+        var services = new ServiceCollection();
+        services.AddSingleton<IConfiguration>(new ConfigurationBuilder()
+            .AddInMemoryCollection(new Dictionary<string, string?> { ["ConnectionRefresh:MaxConectionAge"] = "00:01:00" }).Build());
+        GrpcClient(services).AddConnectionRefresh();
+        using var provider = services.BuildServiceProvider();
+
+        var failure = Assert.Throws<InvalidOperationException>(() => ValidateOnStart(provider));
+        Assert.Contains("'ConnectionRefresh:MaxConectionAge'", failure.Message, StringComparison.Ordinal);
+        Assert.Contains("MaxConnectionAge", failure.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void ValidateOnStart_UnparsableValue_FailsNamingKeyValueAndRange()
+    {
+        var services = new ServiceCollection();
+        services.AddSingleton<IConfiguration>(new ConfigurationBuilder()
+            .AddInMemoryCollection(new Dictionary<string, string?> { ["ConnectionRefresh:MaxConnectionAge"] = "two minutes" }).Build());
+        GrpcClient(services).AddConnectionRefresh();
+        using var provider = services.BuildServiceProvider();
+
+        var failure = Assert.Throws<InvalidOperationException>(() => ValidateOnStart(provider));
+        Assert.Contains("'ConnectionRefresh:MaxConnectionAge'", failure.Message, StringComparison.Ordinal);
+        Assert.Contains("'two minutes'", failure.Message, StringComparison.Ordinal);
+        Assert.Contains("00:00:01 to 1.00:00:00", failure.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void ValidateOnStart_DnsAddress_FailsExplainingTheBalancerConflict()
+    {
+        var services = new ServiceCollection();
+        GrpcClient(services, "dns:///greeter:5000").AddConnectionRefresh();
+        using var provider = services.BuildServiceProvider();
+
+        var failure = Assert.Throws<OptionsValidationException>(() => ValidateOnStart(provider));
+        Assert.Contains("dns:///greeter:5000", failure.Message, StringComparison.Ordinal);
+        Assert.Contains("http://", failure.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void ValidateOnStart_ChannelWithOwnHttpHandler_Fails()
+    {
+        var services = new ServiceCollection();
+        GrpcClient(services).ConfigureChannel(o => o.HttpHandler = new SocketsHttpHandler()).AddConnectionRefresh();
+        using var provider = services.BuildServiceProvider();
+
+        var failure = Assert.Throws<OptionsValidationException>(() => ValidateOnStart(provider));
+        Assert.Contains("HttpHandler", failure.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void ValidateOnStart_LoadBalancingServiceConfig_Fails()
+    {
+        var services = new ServiceCollection();
+        GrpcClient(services)
+            .ConfigureChannel(o => o.ServiceConfig = new ServiceConfig { LoadBalancingConfigs = { new RoundRobinConfig() } })
+            .AddConnectionRefresh();
+        using var provider = services.BuildServiceProvider();
+
+        var failure = Assert.Throws<OptionsValidationException>(() => ValidateOnStart(provider));
+        Assert.Contains("round_robin", failure.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void ValidateOnStart_ChannelOptionsThatFit_Passes()
+    {
+        var services = new ServiceCollection();
+        GrpcClient(services).ConfigureChannel(o => o.MaxReceiveMessageSize = 1024).AddConnectionRefresh();
+        using var provider = services.BuildServiceProvider();
+
+        ValidateOnStart(provider);
+    }
+
+    [Fact]
+    public void CreateHandler_PrimaryReplacedAfterwards_FailsWithAdvice()
+    {
+        var services = new ServiceCollection();
+        GrpcClient(services).AddConnectionRefresh().ConfigurePrimaryHttpMessageHandler(() => new SocketsHttpHandler());
+        using var provider = services.BuildServiceProvider();
+
+        var failure = Assert.Throws<InvalidOperationException>(() => BuildChain(provider, nameof(TestClient)));
+        Assert.Contains("ConfigureConnectionRefreshHandler", failure.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void CreateHandler_PrimaryWithProxyConfiguredBefore_FailsInsteadOfDroppingIt()
+    {
+        var services = new ServiceCollection();
+        GrpcClient(services)
+            .ConfigurePrimaryHttpMessageHandler(() => new SocketsHttpHandler { Proxy = new WebProxy("http://127.0.0.1:3128") })
+            .AddConnectionRefresh();
+        using var provider = services.BuildServiceProvider();
+
+        var failure = Assert.Throws<InvalidOperationException>(() => BuildChain(provider, nameof(TestClient)));
+        Assert.Contains("a proxy", failure.Message, StringComparison.Ordinal);
+        Assert.Contains("ConfigureConnectionRefreshHandler", failure.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void ConfigureConnectionRefreshHandler_RegistersActionForThatClient()
+    {
+        var services = new ServiceCollection();
+        Action<SocketsHttpHandler, IServiceProvider> configure = (h, _) => h.UseProxy = false;
+        GrpcClient(services).AddConnectionRefresh().ConfigureConnectionRefreshHandler(configure);
+        using var provider = services.BuildServiceProvider();
+
+        var actions = provider.GetRequiredService<IOptionsMonitor<SocketsHttpHandlerActions>>();
+        Assert.Same(configure, Assert.Single(actions.Get(nameof(TestClient)).Actions));
+        Assert.Empty(actions.Get("other").Actions);
+    }
+
+    [Fact]
+    public void Extensions_NullArguments_Throw()
+    {
+        IHttpClientBuilder builder = new ServiceCollection().AddHttpClient("x");
+        Assert.Throws<ArgumentNullException>(() => ConnectionRefreshHttpClientBuilderExtensions.AddConnectionRefresh(null!));
+        Assert.Throws<ArgumentNullException>(() => builder.AddConnectionRefresh((Action<ConnectionRefreshOptions>)null!));
+        Assert.Throws<ArgumentNullException>(() => builder.AddConnectionRefresh((IConfigurationSection)null!));
+        Assert.Throws<ArgumentNullException>(() => builder.ConfigureConnectionRefreshHandler(null!));
+    }
+}
