@@ -1,0 +1,273 @@
+using ConnectionRefresh.Server.Internal;
+using ConnectionRefresh.Server.Tests.TestSupport;
+using Microsoft.Extensions.Logging;
+
+namespace ConnectionRefresh.Server.Tests.Internal;
+
+public sealed class ServerConnectionAgeMiddlewareTests
+{
+    private static readonly TimeSpan OneMs = TimeSpan.FromMilliseconds(1);
+
+    private static ServerConnectionAgeOptions Options(
+        TimeSpan? age = null, double jitter = 0, TimeSpan? grace = null, TimeSpan? idle = null) => new()
+        {
+            MaxConnectionAge = age ?? Timeout.InfiniteTimeSpan,
+            MaxConnectionAgeJitter = jitter,
+            MaxConnectionAgeGrace = grace ?? Timeout.InfiniteTimeSpan,
+            MaxConnectionIdle = idle ?? Timeout.InfiniteTimeSpan,
+        };
+
+    [Fact]
+    public void OnConnectionAsync_MaxAgeReached_RequestsCloseAndFiresClosingToken()
+    {
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10)));
+        var connection = harness.Open();
+        var closing = connection.Closing!;
+
+        harness.Advance(TimeSpan.FromSeconds(10) - OneMs);
+        Assert.Equal(0, connection.CloseRequests);
+        Assert.False(closing.ConnectionClosing.IsCancellationRequested);
+
+        harness.Advance(OneMs);
+        Assert.Equal(1, connection.CloseRequests);
+        Assert.True(closing.ConnectionClosing.IsCancellationRequested);
+        var close = Assert.Single(harness.Closes.GetMeasurementSnapshot());
+        Assert.Equal("max_age", close.Tags[ServerConnectionAgeMetrics.ReasonTag]);
+        Assert.Contains(harness.Logger.Collector.GetSnapshot(), r => r.Id.Id == 1 && r.Level == LogLevel.Debug);
+    }
+
+    [Fact]
+    public void OnConnectionAsync_ConnectionsOpenedTogether_JitterSpreadsClosesOverTheJitterWindow()
+    {
+        // 200 connections opened at the same instant, age 100 s ± 10 %: each must close inside [90 s, 110 s], and the
+        // closes must be spread over that window instead of all landing together. The seed makes it deterministic;
+        // with any seed, all 200 uniform draws falling into one half of the window has probability 2 × 0.5^200.
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(100), jitter: 0.1), seed: 42);
+        var connections = Enumerable.Range(0, 200).Select(_ => harness.Open()).ToList();
+        var closedAt = new Dictionary<FakeConnection, int>();
+
+        for (var second = 1; second <= 120; second++)
+        {
+            harness.Advance(TimeSpan.FromSeconds(1));
+            foreach (var c in connections.Where(c => c.CloseRequests > 0 && !closedAt.ContainsKey(c)))
+            {
+                closedAt[c] = second;
+            }
+        }
+
+        Assert.Equal(200, closedAt.Count);
+        Assert.All(closedAt.Values, s => Assert.InRange(s, 90, 111));
+        Assert.InRange(closedAt.Values.Min(), 90, 95);
+        Assert.InRange(closedAt.Values.Max(), 105, 111);
+        Assert.True(closedAt.Values.Distinct().Count() >= 15, "closes should land in many different seconds");
+        Assert.True(closedAt.Values.GroupBy(s => s).Max(g => g.Count()) <= 40, "no second should close a large share of connections");
+    }
+
+    [Fact]
+    public void OnConnectionAsync_JitterZero_ClosesAllAtExactlyMaxAge()
+    {
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(30)));
+        var connections = Enumerable.Range(0, 10).Select(_ => harness.Open()).ToList();
+
+        harness.Advance(TimeSpan.FromSeconds(30) - OneMs);
+        Assert.All(connections, c => Assert.Equal(0, c.CloseRequests));
+        harness.Advance(OneMs);
+        Assert.All(connections, c => Assert.Equal(1, c.CloseRequests));
+    }
+
+    [Fact]
+    public void OnConnectionAsync_GraceEndsWithCallsRunning_AbortsConnectionAtTheGrace()
+    {
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10), grace: TimeSpan.FromSeconds(5)));
+        var connection = harness.Open();
+        MiddlewareHarness.Counter(connection).CallStarted();
+
+        harness.Advance(TimeSpan.FromSeconds(10));
+        Assert.Equal(1, connection.CloseRequests);
+        Assert.Equal(TimeSpan.FromSeconds(5), connection.Closing!.GracePeriod);
+
+        harness.Advance(TimeSpan.FromSeconds(5) - OneMs);
+        Assert.Equal(0, connection.Aborts);
+
+        harness.Advance(OneMs);
+        Assert.Equal(1, connection.Aborts);
+        Assert.NotNull(connection.AbortReason);
+        var abort = Assert.Single(harness.Aborts.GetMeasurementSnapshot());
+        Assert.Equal("max_age", abort.Tags[ServerConnectionAgeMetrics.ReasonTag]);
+        Assert.Contains(harness.Logger.Collector.GetSnapshot(), r => r.Id.Id == 3 && r.Level == LogLevel.Warning);
+
+        // Only once, however long the connection takes to go away.
+        harness.Advance(TimeSpan.FromMinutes(10));
+        Assert.Equal(1, connection.Aborts);
+        Assert.Equal(1, connection.CloseRequests);
+    }
+
+    [Fact]
+    public async Task OnConnectionAsync_ConnectionEndsWithinGrace_IsNotAbortedAndAgeIsRecorded()
+    {
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10), grace: TimeSpan.FromSeconds(5)));
+        var connection = harness.Open();
+
+        harness.Advance(TimeSpan.FromSeconds(10));
+        harness.Advance(TimeSpan.FromSeconds(2));
+        await harness.EndAsync(connection);
+        harness.Advance(TimeSpan.FromSeconds(10));
+
+        Assert.Equal(0, connection.Aborts);
+        Assert.Empty(harness.Aborts.GetMeasurementSnapshot());
+        var age = Assert.Single(harness.Ages.GetMeasurementSnapshot());
+        Assert.Equal(12, age.Value, precision: 3);
+        Assert.Equal("max_age", age.Tags[ServerConnectionAgeMetrics.ReasonTag]);
+    }
+
+    [Fact]
+    public void OnConnectionAsync_GraceInfinite_NeverAborts()
+    {
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10)));
+        var connection = harness.Open();
+        MiddlewareHarness.Counter(connection).CallStarted();
+
+        harness.Advance(TimeSpan.FromSeconds(10));
+        harness.Advance(TimeSpan.FromDays(2));
+
+        Assert.Equal(1, connection.CloseRequests);
+        Assert.Equal(0, connection.Aborts);
+        Assert.Equal(Timeout.InfiniteTimeSpan, connection.Closing!.GracePeriod);
+    }
+
+    [Fact]
+    public void OnConnectionAsync_ZeroGrace_AbortsRightAfterTheGracefulClose()
+    {
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10), grace: TimeSpan.Zero));
+        var connection = harness.Open();
+
+        harness.Advance(TimeSpan.FromSeconds(10));
+
+        Assert.Equal(1, connection.CloseRequests);
+        Assert.Equal(1, connection.Aborts);
+    }
+
+    [Fact]
+    public async Task OnConnectionAsync_ConnectionEndsBeforeMaxAge_NothingHappensLaterAndAgeIsTaggedNone()
+    {
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10), grace: TimeSpan.FromSeconds(1), idle: TimeSpan.FromSeconds(3)));
+        var connection = harness.Open();
+        harness.Advance(TimeSpan.FromSeconds(2));
+
+        await harness.EndAsync(connection);
+        harness.Advance(TimeSpan.FromMinutes(1));
+
+        Assert.Equal(0, connection.CloseRequests);
+        Assert.False(connection.Closing!.ConnectionClosing.IsCancellationRequested);
+        var age = Assert.Single(harness.Ages.GetMeasurementSnapshot());
+        Assert.Equal("none", age.Tags[ServerConnectionAgeMetrics.ReasonTag]);
+    }
+
+    [Fact]
+    public void OnConnectionAsync_NoCallForMaxIdle_ClosesIdleConnection()
+    {
+        using var harness = new MiddlewareHarness(Options(idle: TimeSpan.FromSeconds(30)));
+        var connection = harness.Open();
+
+        harness.Advance(TimeSpan.FromSeconds(30) - OneMs);
+        Assert.Equal(0, connection.CloseRequests);
+        harness.Advance(OneMs);
+
+        Assert.Equal(1, connection.CloseRequests);
+        Assert.True(connection.Closing!.ConnectionClosing.IsCancellationRequested);
+        var close = Assert.Single(harness.Closes.GetMeasurementSnapshot());
+        Assert.Equal("max_idle", close.Tags[ServerConnectionAgeMetrics.ReasonTag]);
+    }
+
+    [Fact]
+    public void OnConnectionAsync_CallRunningLongerThanMaxIdle_DoesNotCloseBusyConnection()
+    {
+        using var harness = new MiddlewareHarness(Options(idle: TimeSpan.FromSeconds(30)));
+        var busy = harness.Open();
+        var idle = harness.Open();
+        MiddlewareHarness.Counter(busy).CallStarted();
+
+        harness.Advance(TimeSpan.FromMinutes(10));
+
+        Assert.Equal(0, busy.CloseRequests);
+        Assert.Equal(1, idle.CloseRequests);
+    }
+
+    [Fact]
+    public void OnConnectionAsync_LastCallEnds_IdleTimeCountsFromThen()
+    {
+        using var harness = new MiddlewareHarness(Options(idle: TimeSpan.FromSeconds(30)));
+        var connection = harness.Open();
+        var counter = MiddlewareHarness.Counter(connection);
+
+        counter.CallStarted();
+        counter.CallStarted();
+        harness.Advance(TimeSpan.FromSeconds(40));
+        counter.CallEnded();
+        harness.Advance(TimeSpan.FromSeconds(40));
+        Assert.Equal(0, connection.CloseRequests);
+
+        counter.CallEnded();
+        harness.Advance(TimeSpan.FromSeconds(30) - OneMs);
+        Assert.Equal(0, connection.CloseRequests);
+        harness.Advance(OneMs);
+        Assert.Equal(1, connection.CloseRequests);
+    }
+
+    [Fact]
+    public void OnConnectionAsync_ShortCallsKeepComing_ConnectionIsNeverIdle()
+    {
+        using var harness = new MiddlewareHarness(Options(idle: TimeSpan.FromSeconds(30)));
+        var connection = harness.Open();
+        var counter = MiddlewareHarness.Counter(connection);
+
+        for (var i = 0; i < 100; i++)
+        {
+            harness.Advance(TimeSpan.FromSeconds(20));
+            counter.CallStarted();
+            harness.Advance(TimeSpan.FromMilliseconds(5));
+            counter.CallEnded();
+        }
+
+        Assert.Equal(0, connection.CloseRequests);
+    }
+
+    [Fact]
+    public void OnConnectionAsync_BusyConnectionWithIdleAndAge_StillClosesAtMaxAge()
+    {
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromMinutes(2), idle: TimeSpan.FromSeconds(30)));
+        var connection = harness.Open();
+        MiddlewareHarness.Counter(connection).CallStarted();
+
+        harness.Advance(TimeSpan.FromMinutes(2));
+
+        Assert.Equal(1, connection.CloseRequests);
+        Assert.Equal("max_age", Assert.Single(harness.Closes.GetMeasurementSnapshot()).Tags[ServerConnectionAgeMetrics.ReasonTag]);
+    }
+
+    [Fact]
+    public void OnConnectionAsync_ClosingCallbackThrows_CloseStillRequestedAndErrorLogged()
+    {
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10)));
+        var connection = harness.Open();
+        connection.Closing!.ConnectionClosing.Register(() => throw new InvalidOperationException("handler bug"));
+
+        harness.Advance(TimeSpan.FromSeconds(10));
+
+        Assert.Equal(1, connection.CloseRequests);
+        Assert.Contains(harness.Logger.Collector.GetSnapshot(), r => r.Id.Id == 5 && r.Level == LogLevel.Error);
+    }
+
+    [Fact]
+    public async Task OnConnectionAsync_NoLifetimeNotificationFeature_PassesThroughAndWarns()
+    {
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10)));
+        var connection = harness.Open(withLifetimeNotification: false);
+
+        harness.Advance(TimeSpan.FromMinutes(1));
+        await harness.EndAsync(connection);
+
+        Assert.Null(connection.Closing);
+        Assert.Contains(harness.Logger.Collector.GetSnapshot(), r => r.Id.Id == 4);
+    }
+}

@@ -1,0 +1,79 @@
+using System.Diagnostics.Metrics;
+using ConnectionRefresh.Server.Internal;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Diagnostics.Metrics.Testing;
+using Microsoft.Extensions.Logging.Testing;
+using Microsoft.Extensions.Time.Testing;
+
+namespace ConnectionRefresh.Server.Tests.TestSupport;
+
+/// <summary>
+/// Runs <see cref="ServerConnectionAgeMiddleware"/> over <see cref="FakeConnection"/>s with a
+/// <see cref="FakeTimeProvider"/>: time moves only when a test calls <see cref="Advance"/>, and timer callbacks run
+/// synchronously inside it.
+/// </summary>
+internal sealed class MiddlewareHarness : IDisposable
+{
+    private readonly ServiceProvider _services;
+    private readonly ServerConnectionAgeMiddleware _middleware;
+    private readonly List<(FakeConnection Connection, Task Run)> _connections = [];
+
+    public MiddlewareHarness(ServerConnectionAgeOptions options, int seed = 1)
+    {
+        _services = new ServiceCollection().AddMetrics().BuildServiceProvider();
+        var meterFactory = _services.GetRequiredService<IMeterFactory>();
+        Closes = new MetricCollector<long>(meterFactory, ServerConnectionAgeMetrics.MeterName, ServerConnectionAgeMetrics.ClosesName);
+        Aborts = new MetricCollector<long>(meterFactory, ServerConnectionAgeMetrics.MeterName, ServerConnectionAgeMetrics.AbortsName);
+        Ages = new MetricCollector<double>(meterFactory, ServerConnectionAgeMetrics.MeterName, ServerConnectionAgeMetrics.AgeName);
+        _middleware = new ServerConnectionAgeMiddleware(
+            connection => ((FakeConnection)connection).End.Task,
+            ConnectionAgeSettings.From(options),
+            Time,
+            new ServerConnectionAgeMetrics(meterFactory),
+            Logger,
+            new Random(seed));
+    }
+
+    public FakeTimeProvider Time { get; } = new(new DateTimeOffset(2026, 1, 1, 0, 0, 0, TimeSpan.Zero));
+
+    public FakeLogger Logger { get; } = new();
+
+    public MetricCollector<long> Closes { get; }
+
+    public MetricCollector<long> Aborts { get; }
+
+    public MetricCollector<double> Ages { get; }
+
+    public FakeConnection Open(bool withLifetimeNotification = true)
+    {
+        var connection = new FakeConnection("c" + _connections.Count, withLifetimeNotification);
+        var run = _middleware.OnConnectionAsync(connection);
+        _connections.Add((connection, run));
+        return connection;
+    }
+
+    public void Advance(TimeSpan by) => Time.Advance(by);
+
+    /// <summary>Ends the connection (the client went away, or Kestrel closed it) and waits for the middleware.</summary>
+    public async Task EndAsync(FakeConnection connection)
+    {
+        connection.End.TrySetResult();
+        await _connections.Single(c => c.Connection == connection).Run;
+    }
+
+    public static IConnectionCallCounter Counter(FakeConnection connection) =>
+        connection.Features.Get<IConnectionCallCounter>() ?? throw new InvalidOperationException("no call counter");
+
+    public void Dispose()
+    {
+        foreach (var (connection, _) in _connections)
+        {
+            connection.End.TrySetResult();
+        }
+
+        Closes.Dispose();
+        Aborts.Dispose();
+        Ages.Dispose();
+        _services.Dispose();
+    }
+}
