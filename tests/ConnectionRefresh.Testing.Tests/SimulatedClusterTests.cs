@@ -1,0 +1,246 @@
+using System.Net;
+using System.Net.Sockets;
+using ConnectionRefresh.Protos;
+using ConnectionRefresh.Testing.Tests.TestSupport;
+using Grpc.Core;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace ConnectionRefresh.Testing.Tests;
+
+public sealed class SimulatedClusterTests
+{
+    [Fact]
+    public async Task StartAsync_ThreeReplicas_EveryPodReadyAndAnswersWithItsName()
+    {
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 3 });
+
+        Assert.Equal(["greeter-1", "greeter-2", "greeter-3"], cluster.Pods.Select(p => p.Name).Order());
+        Assert.All(cluster.Pods, p => Assert.True(p.IsReady));
+        Assert.All(cluster.Pods, p => Assert.Equal(SimulatedPodState.Running, p.State));
+        foreach (var pod in cluster.Pods)
+        {
+            using var client = new TestClient(pod.Address);
+            Assert.Equal(pod.Name, await client.HelloAsync());
+            Assert.Equal(1, pod.CallsServed);
+        }
+    }
+
+    [Fact]
+    public async Task Greeter_StreamingMethods_HonourCountAndNameThePod()
+    {
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1 });
+        var pod = cluster.Pods[0];
+        using var client = new TestClient(cluster.Address);
+
+        using var stream = client.Greeter.StreamHellos(new StreamRequest { Name = "s", Count = 5, DelayMs = 1 });
+        var replies = new List<HelloReply>();
+        await foreach (var reply in stream.ResponseStream.ReadAllAsync())
+        {
+            replies.Add(reply);
+        }
+
+        Assert.Equal([0, 1, 2, 3, 4], replies.Select(r => r.Sequence));
+        Assert.All(replies, r => Assert.Equal(pod.Name, r.Instance));
+
+        using var collect = client.Greeter.CollectHellos();
+        for (var i = 0; i < 3; i++)
+        {
+            await collect.RequestStream.WriteAsync(new HelloRequest { Name = "c" });
+        }
+
+        await collect.RequestStream.CompleteAsync();
+        var summary = await collect;
+        Assert.Equal(3, summary.Count);
+        Assert.Equal(pod.Name, summary.Instance);
+
+        using var chat = client.Greeter.Chat();
+        await chat.RequestStream.WriteAsync(new HelloRequest { Name = "a" });
+        Assert.True(await chat.ResponseStream.MoveNext(CancellationToken.None));
+        Assert.Equal("Hello a", chat.ResponseStream.Current.Message);
+        Assert.Equal(pod.Name, chat.ResponseStream.Current.Instance);
+        await chat.RequestStream.CompleteAsync();
+        Assert.False(await chat.ResponseStream.MoveNext(CancellationToken.None));
+
+        Assert.Equal(3, pod.CallsServed);
+        Assert.Equal(0, pod.CallsFailed);
+    }
+
+    [Fact]
+    public async Task Address_ManyNewConnections_SpreadUniformlyOverReadyPods()
+    {
+        const int Pods = 4;
+        const int Connections = 2000;
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = Pods });
+
+        await OpenConnectionsAsync(cluster, Connections);
+
+        var counts = cluster.Pods.Select(p => p.ConnectionsAccepted).ToArray();
+        // Chi-square goodness of fit against uniform, df = 3. The threshold is the 1e-5 upper quantile, so a truly
+        // uniform balancer fails this test once in 100,000 runs (< the 1e-4 budget); a balancer that favours one pod even
+        // slightly (e.g. 30 % instead of 25 % of 2000, chi² ≈ 27) fails it most of the time.
+        var chiSquare = Statistics.ChiSquareUniform(counts);
+        Assert.True(chiSquare < Statistics.CriticalValue1e5(Pods - 1), $"chi² = {chiSquare:0.00} for counts [{string.Join(", ", counts)}]");
+    }
+
+    [Fact]
+    public async Task ScaleAsync_ExistingConnection_StaysPinnedToItsPod()
+    {
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 2 });
+        using var client = new TestClient(cluster.Address);
+        var first = await client.HelloAsync();
+
+        await cluster.ScaleAsync(6);
+        var newPods = cluster.Pods.Where(p => p.Name is not ("greeter-1" or "greeter-2")).ToList();
+        var instances = new HashSet<string>();
+        for (var i = 0; i < 100; i++)
+        {
+            instances.Add(await client.HelloAsync());
+        }
+
+        Assert.Equal(6, cluster.ReadyPods.Count);
+        Assert.Equal([first], instances);
+        Assert.All(newPods, p => Assert.Equal(0, p.CallsServed));
+        Assert.All(newPods, p => Assert.Equal(0, p.ConnectionsAccepted));
+    }
+
+    [Fact]
+    public async Task ScaleAsync_Down_StopsNewestPodsGracefully()
+    {
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 3 });
+        var oldest = cluster.Pods[0];
+
+        await cluster.ScaleAsync(1);
+
+        Assert.Equal([oldest], cluster.Pods);
+        var summary = cluster.Summary();
+        Assert.Equal(2, summary.Pods.Count(p => p.State == SimulatedPodState.Terminated));
+        Assert.Equal(2, summary.Events.Count(e => e.Kind == ClusterEventKind.PodStopped));
+    }
+
+    [Fact]
+    public async Task RollingUpdateAsync_ThreePods_ReplacesEveryPod()
+    {
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 3 });
+
+        await cluster.RollingUpdateAsync();
+
+        Assert.Equal(["greeter-4", "greeter-5", "greeter-6"], cluster.Pods.Select(p => p.Name).Order());
+        Assert.All(cluster.Pods, p => Assert.True(p.IsReady));
+        var kinds = cluster.Summary().Events.Select(e => e.Kind).ToList();
+        Assert.Equal(ClusterEventKind.RollingUpdateCompleted, kinds[^1]);
+        // Surge 1: each new pod is ready before its old pod starts stopping.
+        var events = cluster.Summary().Events;
+        var firstStopping = events.First(e => e.Kind == ClusterEventKind.PodStopping);
+        Assert.Contains(events.TakeWhile(e => e != firstStopping), e => e is { Kind: ClusterEventKind.PodStarted, Pod: "greeter-4" });
+    }
+
+    [Fact]
+    public async Task SetReadyAsync_NotReady_NewConnectionsAvoidThePod()
+    {
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 2 });
+        var drained = cluster.Pods[0];
+
+        await cluster.SetReadyAsync(drained, false);
+        for (var i = 0; i < 40; i++)
+        {
+            using var client = new TestClient(cluster.Address);
+            Assert.Equal(cluster.Pods[1].Name, await client.HelloAsync());
+        }
+
+        Assert.Equal(0, drained.ConnectionsAccepted);
+    }
+
+    [Fact]
+    public async Task Summary_AfterCalls_CountsPerPodPerSecondAndShares()
+    {
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 2 });
+        for (var i = 0; i < 20; i++)
+        {
+            using var client = new TestClient(cluster.Address);
+            await client.HelloAsync();
+        }
+
+        var summary = cluster.Summary();
+
+        Assert.Equal(20, summary.TotalCalls);
+        Assert.Equal(0, summary.FailedCalls);
+        Assert.Equal(1.0, summary.Pods.Sum(p => p.Share), 9);
+        Assert.All(summary.Pods, p => Assert.Equal(p.CallsServed, p.CallsPerSecond.Sum()));
+        Assert.All(summary.Pods.Where(p => p.CallsServed > 0), p => Assert.NotNull(p.TimeToFirstCall));
+        Assert.Equal(20, summary.Pods.Sum(p => p.ConnectionsAccepted));
+    }
+
+    [Fact]
+    public async Task StartAsync_UserConfiguration_IsAppliedToEveryPod()
+    {
+        var listenConfigured = 0;
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions
+        {
+            Replicas = 2,
+            ConfigureServices = services => services.AddSingleton(new Marker("configured")),
+            ConfigureApp = app => app.MapGet("/whoami", (SimulatedPod pod, Marker marker) => $"{pod.Name}:{marker.Value}"),
+            ConfigureListen = _ => Interlocked.Increment(ref listenConfigured),
+        });
+
+        using var http = new HttpClient { DefaultRequestVersion = HttpVersion.Version20, DefaultVersionPolicy = HttpVersionPolicy.RequestVersionExact };
+        foreach (var pod in cluster.Pods)
+        {
+            Assert.Equal($"{pod.Name}:configured", await http.GetStringAsync(new Uri(pod.Address, "/whoami")));
+        }
+
+        Assert.Equal(2, listenConfigured);
+    }
+
+    [Fact]
+    public async Task DisposeAsync_WithOpenConnectionsAndRunningCall_LeavesNothingListeningOrOpen()
+    {
+        var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 2 });
+        var ports = cluster.Pods.Select(p => p.Address.Port).Append(cluster.Address.Port).ToList();
+        var pods = cluster.Pods;
+        using var client = new TestClient(cluster.Address);
+        using var stream = client.Greeter.StreamHellos(new StreamRequest { Count = 1000, DelayMs = 100 });
+        Assert.True(await stream.ResponseStream.MoveNext(CancellationToken.None));
+        using var idle = await RawSockets.ConnectAsync(cluster.Address);
+        await Poll.UntilAsync(() => pods.Sum(p => p.OpenConnections) == 2, "both connections reached a pod");
+
+        await cluster.DisposeAsync();
+
+        Assert.All(ports, port => Assert.False(RawSockets.IsListening(port), $"port {port} still listening"));
+        Assert.Equal(0, cluster.OpenConnections);
+        Assert.Empty(cluster.Pods);
+        Assert.All(pods, p => Assert.Equal(0, p.OpenConnections));
+        Assert.All(pods, p => Assert.Equal(SimulatedPodState.Killed, p.State));
+        await Assert.ThrowsAsync<RpcException>(() => stream.ResponseStream.MoveNext(CancellationToken.None));
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => cluster.AddPodAsync());
+    }
+
+    internal static async Task OpenConnectionsAsync(SimulatedCluster cluster, int count)
+    {
+        // Bounded: `count` connections, at most 100 open at a time; each batch waits until every pod-side accept happened.
+        var start = cluster.Pods.Sum(p => p.ConnectionsAccepted);
+        var opened = 0;
+        while (opened < count)
+        {
+            var batch = Math.Min(100, count - opened);
+            var sockets = new List<Socket>(batch);
+            try
+            {
+                for (var i = 0; i < batch; i++)
+                {
+                    sockets.Add(await RawSockets.ConnectAsync(cluster.Address));
+                }
+
+                opened += batch;
+                await Poll.UntilAsync(() => cluster.Pods.Sum(p => p.ConnectionsAccepted) - start == opened, $"{opened} connections accepted by pods");
+            }
+            finally
+            {
+                sockets.ForEach(s => s.Dispose());
+            }
+        }
+    }
+
+    private sealed record Marker(string Value);
+}
