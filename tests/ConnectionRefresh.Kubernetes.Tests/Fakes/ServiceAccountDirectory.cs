@@ -1,0 +1,37 @@
+namespace ConnectionRefresh.Kubernetes.Tests.Fakes;
+
+/// <summary>A temporary stand-in for /var/run/secrets/kubernetes.io/serviceaccount (token and namespace files).</summary>
+internal sealed class ServiceAccountDirectory : IDisposable
+{
+    public ServiceAccountDirectory(string token, string? ns = "default")
+    {
+        Path = Directory.CreateTempSubdirectory("k8s-sa-").FullName;
+        WriteToken(token);
+        if (ns is not null)
+        {
+            File.WriteAllText(System.IO.Path.Combine(Path, "namespace"), ns);
+        }
+    }
+
+    public string Path { get; }
+
+    /// <summary>Replaces the token atomically, as the kubelet does (write elsewhere, then rename).</summary>
+    public void WriteToken(string token)
+    {
+        var temp = System.IO.Path.Combine(Path, ".token.tmp");
+        File.WriteAllText(temp, token + "\n");
+        File.Move(temp, System.IO.Path.Combine(Path, "token"), overwrite: true);
+    }
+
+    public void Dispose()
+    {
+        try
+        {
+            Directory.Delete(Path, recursive: true);
+        }
+        catch (IOException)
+        {
+            // Best effort.
+        }
+    }
+}

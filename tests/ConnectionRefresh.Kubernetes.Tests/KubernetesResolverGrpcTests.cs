@@ -1,0 +1,172 @@
+using ConnectionRefresh.Kubernetes.Tests.Fakes;
+using ConnectionRefresh.Protos;
+
+namespace ConnectionRefresh.Kubernetes.Tests;
+
+/// <summary>
+/// End to end: the fake API server, real Kestrel Greeter pods on loopback, and a client built with
+/// AddKubernetesResolver + AddGrpcClient("kubernetes:///greeter.default:grpc") + round_robin.
+/// </summary>
+public sealed class KubernetesResolverGrpcTests
+{
+    // Generous deadlines for conditions that normally hold within tens of milliseconds: they only bound
+    // how long a broken build waits; on a loaded 2-core machine they are never the limiting factor.
+    private static readonly TimeSpan Deadline = TimeSpan.FromSeconds(30);
+
+    [Fact]
+    public async Task Calls_PodAddedToSlice_ReceivesCallsWithinTwoSecondsAndNoCallFails()
+    {
+        await using var cluster = await ResolverTestCluster.StartAsync(podCount: 4);
+        var ips = cluster.Pods.Ips;
+        cluster.Api.Apply("default", Slices.Ready("greeter-a", "greeter", ips.Take(3), cluster.Pods.Port));
+        await using var loop = new CallLoop(cluster.Client);
+        await Eventually.TrueAsync(() => ips.Take(3).All(loop.Total.ContainsKey), Deadline, "the first three pods serve calls");
+
+        cluster.Api.Apply("default", Slices.Ready("greeter-a", "greeter", ips, cluster.Pods.Port));
+        var elapsed = await Eventually.TrueAsync(() => loop.Total.ContainsKey(ips[3]), Deadline, "the added pod serves calls");
+
+        // Watch event → resolver → round_robin subchannel connect on loopback: ~10-100 ms when idle. The
+        // issue requires 2 s; the margin (>20x) absorbs a busy 2-core machine.
+        Assert.True(elapsed < TimeSpan.FromSeconds(2), $"the added pod got its first call after {elapsed}");
+        Assert.Empty(loop.Failures);
+    }
+
+    [Fact]
+    public async Task Calls_PodRemovedOrNotReady_ReceivesNoCallsAfterTheEventAndNoCallFails()
+    {
+        await using var cluster = await ResolverTestCluster.StartAsync(podCount: 4);
+        var ips = cluster.Pods.Ips;
+        var port = cluster.Pods.Port;
+        cluster.Api.Apply("default", Slices.Ready("greeter-a", "greeter", ips, port));
+        await using var loop = new CallLoop(cluster.Client);
+        await Eventually.TrueAsync(() => ips.All(loop.Total.ContainsKey), Deadline, "all pods serve calls");
+
+        // Pod 0 leaves the slice; pod 1 turns not ready.
+        cluster.Api.Apply("default", Slices.Create("greeter-a", "greeter",
+            [(ips[1], false), (ips[2], true), (ips[3], true)], ("grpc", port)));
+        await loop.WaitForWindowWithoutAsync(ips[0], calls: 200, Deadline);
+        await loop.WaitForWindowWithoutAsync(ips[1], calls: 200, Deadline);
+
+        // From now on neither gets a single call: a long window proves they stay out.
+        loop.StartWindow();
+        await Eventually.TrueAsync(() => loop.WindowTotal >= 1000, Deadline, "1000 more calls");
+        Assert.False(loop.Window.ContainsKey(ips[0]));
+        Assert.False(loop.Window.ContainsKey(ips[1]));
+        Assert.True(loop.Window.ContainsKey(ips[2]) && loop.Window.ContainsKey(ips[3]));
+        Assert.Empty(loop.Failures);
+    }
+
+    [Fact]
+    public async Task Calls_FourReadyPods_SpreadEvenly()
+    {
+        await using var cluster = await ResolverTestCluster.StartAsync(podCount: 4);
+        cluster.Api.Apply("default", Slices.Ready("greeter-a", "greeter", cluster.Pods.Ips, cluster.Pods.Port));
+        await WaitForAllAsync(cluster, cluster.Pods.Ips);
+
+        var counts = new Dictionary<string, int>();
+        for (var i = 0; i < 2000; i++)
+        {
+            var reply = await cluster.Client.SayHelloAsync(new HelloRequest { Name = "even" });
+            counts[reply.Instance] = counts.GetValueOrDefault(reply.Instance) + 1;
+        }
+
+        // round_robin over four READY subchannels: sequential calls rotate exactly, so max/mean is 1.0 unless
+        // a subchannel briefly leaves READY; 1.1 allows 50 such misses out of 2000 calls.
+        var ratio = counts.Values.Max() / counts.Values.Average();
+        Assert.Equal(4, counts.Count);
+        Assert.True(ratio < 1.1, $"max/mean = {ratio:F3} ({string.Join(", ", counts.Select(c => $"{c.Key}={c.Value}"))})");
+    }
+
+    [Fact]
+    public async Task Calls_ApiServerDown_KeepFlowingToLastKnownPodsAndWatchReconnects()
+    {
+        await using var cluster = await ResolverTestCluster.StartAsync(podCount: 3);
+        using var restarts = cluster.Collect<long>("connectionrefresh.kubernetes.errors");
+        var ips = cluster.Pods.Ips;
+        cluster.Api.Apply("default", Slices.Ready("greeter-a", "greeter", ips.Take(2), cluster.Pods.Port));
+        await using var loop = new CallLoop(cluster.Client);
+        await Eventually.TrueAsync(() => ips.Take(2).All(loop.Total.ContainsKey), Deadline, "both pods serve calls");
+        var watchesBefore = cluster.Api.WatchCount;
+
+        cluster.Api.SetOutage(true);
+        await Eventually.TrueAsync(() => restarts.GetMeasurementSnapshot().Count >= 3, Deadline, "the resolver noticed the outage and retried");
+        loop.StartWindow();
+        await Eventually.TrueAsync(() => loop.WindowTotal >= 500, Deadline, "500 calls during the outage");
+        Assert.True(ips.Take(2).All(loop.Window.ContainsKey), "both known pods keep serving during the outage");
+
+        cluster.Api.SetOutage(false);
+        await Eventually.TrueAsync(() => cluster.Api.ActiveWatches > 0 && cluster.Api.WatchCount > watchesBefore, Deadline, "the watch reconnected");
+        cluster.Api.Apply("default", Slices.Ready("greeter-a", "greeter", ips, cluster.Pods.Port));
+        await Eventually.TrueAsync(() => loop.Total.ContainsKey(ips[2]), Deadline, "a pod added after the outage serves calls");
+        Assert.Empty(loop.Failures);
+    }
+
+    [Fact]
+    public async Task Calls_TokenRotated_NewTokenUsedAndUpdatesKeepArriving()
+    {
+        await using var cluster = await ResolverTestCluster.StartAsync(podCount: 2);
+        var ips = cluster.Pods.Ips;
+        cluster.Api.Apply("default", Slices.Ready("greeter-a", "greeter", ips.Take(1), cluster.Pods.Port));
+        await using var loop = new CallLoop(cluster.Client);
+        await Eventually.TrueAsync(() => loop.Total.ContainsKey(ips[0]), Deadline, "the first pod serves calls");
+
+        // The kubelet writes a new token; the API server stops accepting the old one and the watch ends.
+        cluster.Account.WriteToken("token-2");
+        cluster.Api.SetAcceptedTokens("token-2");
+        cluster.Api.CloseWatches();
+        await Eventually.TrueAsync(() => cluster.Api.SeenTokens.Contains("token-2") && cluster.Api.ActiveWatches > 0, Deadline, "the resolver watches with the new token");
+
+        cluster.Api.Apply("default", Slices.Ready("greeter-a", "greeter", ips, cluster.Pods.Port));
+        await Eventually.TrueAsync(() => loop.Total.ContainsKey(ips[1]), Deadline, "a pod added after the rotation serves calls");
+        Assert.Empty(loop.Failures);
+    }
+
+    [Fact]
+    public async Task Calls_250EndpointsInThreeSlices_AllUsedAndDeletingASliceRemovesExactlyItsEndpoints()
+    {
+        await using var cluster = await ResolverTestCluster.StartAsync(podCount: 250);
+        var ips = cluster.Pods.Ips;
+        var port = cluster.Pods.Port;
+        // The EndpointSlice controller caps slices at 100 endpoints: 100 + 100 + 50.
+        cluster.Api.Apply("default", Slices.Ready("greeter-a", "greeter", ips.Take(100), port));
+        cluster.Api.Apply("default", Slices.Ready("greeter-b", "greeter", ips.Skip(100).Take(100), port));
+        cluster.Api.Apply("default", Slices.Ready("greeter-c", "greeter", ips.Skip(200), port));
+
+        var seen = new HashSet<string>();
+        await Eventually.TrueAsync(async () =>
+        {
+            for (var i = 0; i < 250; i++)
+            {
+                seen.Add((await cluster.Client.SayHelloAsync(new HelloRequest { Name = "many" })).Instance);
+            }
+
+            return seen.Count == 250;
+        }, TimeSpan.FromSeconds(60), "all 250 endpoints serve calls");
+        Assert.True(seen.SetEquals(ips));
+
+        cluster.Api.Delete("default", "greeter-b");
+        var remaining = ips.Take(100).Concat(ips.Skip(200)).ToHashSet();
+        var window = new HashSet<string>();
+        await Eventually.TrueAsync(async () =>
+        {
+            window.Clear();
+            for (var i = 0; i < 600; i++)
+            {
+                window.Add((await cluster.Client.SayHelloAsync(new HelloRequest { Name = "many" })).Instance);
+            }
+
+            // 600 round_robin calls over 150 endpoints visit each one four times.
+            return window.SetEquals(remaining);
+        }, TimeSpan.FromSeconds(60), "exactly the 150 endpoints of the remaining slices serve calls");
+    }
+
+    private static Task WaitForAllAsync(ResolverTestCluster cluster, IEnumerable<string> ips)
+    {
+        var seen = new HashSet<string>();
+        return Eventually.TrueAsync(async () =>
+        {
+            seen.Add((await cluster.Client.SayHelloAsync(new HelloRequest { Name = "warm-up" })).Instance);
+            return ips.All(seen.Contains);
+        }, Deadline, "all pods serve calls");
+    }
+}
