@@ -1,0 +1,148 @@
+using System.Net.Sockets;
+using ConnectionRefresh.Protos;
+using ConnectionRefresh.Testing.Tests.TestSupport;
+using Grpc.Core;
+
+namespace ConnectionRefresh.Testing.Tests;
+
+public sealed class SimulatedClusterFaultTests
+{
+    [Fact]
+    public async Task BlackHole_ConnectedClient_CallFailsWithDeadlineExceededAndPodSeesNothing()
+    {
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1 });
+        var pod = cluster.Pods[0];
+        using var client = new TestClient(cluster.Address);
+        await client.HelloAsync();
+
+        cluster.BlackHole(pod);
+
+        // 1 s deadline: on a healthy connection this call takes milliseconds; only stopped bytes make it time out.
+        var error = await Assert.ThrowsAsync<RpcException>(() => client.HelloAsync(deadline: TimeSpan.FromSeconds(1)));
+        Assert.Equal(StatusCode.DeadlineExceeded, error.StatusCode);
+        Assert.Equal(1, pod.CallsServed);
+        Assert.Equal(1, pod.OpenConnections); // Nothing was closed.
+        Assert.True(pod.IsReady);
+        Assert.Equal(1, cluster.OpenConnections);
+    }
+
+    [Fact]
+    public async Task BlackHole_NewConnectionToThePod_HangsToo()
+    {
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1 });
+        cluster.BlackHole(cluster.Pods[0]);
+        using var client = new TestClient(cluster.Address);
+
+        var error = await Assert.ThrowsAsync<RpcException>(() => client.HelloAsync(deadline: TimeSpan.FromSeconds(1)));
+
+        Assert.Equal(StatusCode.DeadlineExceeded, error.StatusCode);
+        Assert.Equal(0, cluster.Pods[0].CallsServed);
+    }
+
+    [Fact]
+    public async Task BlackHole_RawSocket_BytesStopInBothDirections()
+    {
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1 });
+        var pod = cluster.Pods[0];
+        using var socket = await RawSockets.ConnectAsync(cluster.Address);
+        await Poll.UntilAsync(() => pod.OpenConnections == 1, "the pod accepted the connection");
+
+        cluster.BlackHole(pod);
+        // An HTTP/2 preface: Kestrel would answer it with SETTINGS (server → client) after reading it (client → server).
+        await socket.SendAsync("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"u8.ToArray(), SocketFlags.None);
+        var buffer = new byte[64];
+        using var wait = new CancellationTokenSource(TimeSpan.FromSeconds(1));
+        // 1 s: Kestrel answers a preface in milliseconds; nothing arriving within a second means the bytes were stopped.
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(async () => await socket.ReceiveAsync(buffer, SocketFlags.None, wait.Token));
+        Assert.Equal(1, pod.OpenConnections);
+    }
+
+    [Fact]
+    public async Task KillPodAsync_OpenConnection_IsResetAndPodLeaves()
+    {
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 2 });
+        using var socket = await RawSockets.ConnectAsync(cluster.Address);
+        await Poll.UntilAsync(() => cluster.Pods.Sum(p => p.OpenConnections) == 1, "a pod accepted the connection");
+        var victim = cluster.Pods.Single(p => p.OpenConnections == 1);
+
+        await cluster.KillPodAsync(victim);
+
+        var error = await Assert.ThrowsAsync<SocketException>(async () => await socket.ReceiveAsync(new byte[16], SocketFlags.None));
+        Assert.Equal(SocketError.ConnectionReset, error.SocketErrorCode);
+        Assert.Equal(SimulatedPodState.Killed, victim.State);
+        Assert.DoesNotContain(victim, cluster.Pods);
+        Assert.False(RawSockets.IsListening(victim.Address.Port));
+    }
+
+    [Fact]
+    public async Task KillPodAsync_RunningStream_FailsAndNewCallsReachSurvivor()
+    {
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 2 });
+        using var client = new TestClient(cluster.Address);
+        using var stream = client.Greeter.StreamHellos(new StreamRequest { Count = 1000, DelayMs = 50 });
+        Assert.True(await stream.ResponseStream.MoveNext(CancellationToken.None));
+        var victim = cluster.Pods.Single(p => p.Name == stream.ResponseStream.Current.Instance);
+
+        await cluster.KillPodAsync(victim);
+
+        var error = await Assert.ThrowsAsync<RpcException>(async () =>
+        {
+            while (await stream.ResponseStream.MoveNext(CancellationToken.None))
+            {
+            }
+        });
+        Assert.NotEqual(StatusCode.OK, error.StatusCode);
+        var survivor = cluster.Pods.Single();
+        using var fresh = new TestClient(cluster.Address);
+        Assert.Equal(survivor.Name, await fresh.HelloAsync());
+    }
+
+    [Fact]
+    public async Task StopPodAsync_RunningCall_FinishesOkAndPodExits()
+    {
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 2 });
+        using var client = new TestClient(cluster.Address);
+        var first = await client.HelloAsync();
+        var pod = cluster.Pods.Single(p => p.Name == first);
+        var other = cluster.Pods.Single(p => p != pod);
+        // 2 s server-side delay: long enough that the stop certainly begins while the call runs (we wait until it does).
+        var running = client.HelloAsync(delayMs: 2000);
+        await Poll.UntilAsync(() => pod.CallsActive == 1, "the slow call is running");
+
+        var stopping = cluster.StopPodAsync(pod);
+        await Poll.UntilAsync(() => pod.State == SimulatedPodState.Terminating, "the pod is terminating");
+        Assert.False(pod.IsReady);
+        using (var fresh = new TestClient(cluster.Address))
+        {
+            Assert.Equal(other.Name, await fresh.HelloAsync());
+        }
+
+        Assert.Equal(pod.Name, await running);
+        await stopping;
+        Assert.Equal(SimulatedPodState.Terminated, pod.State);
+        Assert.DoesNotContain(pod, cluster.Pods);
+        Assert.Equal(0, pod.CallsFailed);
+        Assert.False(RawSockets.IsListening(pod.Address.Port));
+    }
+
+    [Fact]
+    public async Task StopPodAsync_GracePeriodShorterThanCall_AbortsTheCall()
+    {
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions
+        {
+            Replicas = 1,
+            TerminationGracePeriod = TimeSpan.FromMilliseconds(200),
+        });
+        var pod = cluster.Pods[0];
+        using var client = new TestClient(cluster.Address);
+        // A 60 s call against a 200 ms grace period: the stop must cut it long before it would end.
+        var running = client.HelloAsync(delayMs: 60_000);
+        await Poll.UntilAsync(() => pod.CallsActive == 1, "the slow call is running");
+
+        await cluster.StopPodAsync(pod);
+
+        var error = await Assert.ThrowsAsync<RpcException>(() => running);
+        Assert.NotEqual(StatusCode.OK, error.StatusCode);
+        Assert.Equal(SimulatedPodState.Terminated, pod.State);
+    }
+}
