@@ -33,7 +33,7 @@ internal static class ConnectionFailures
         slot.Retire(generation, RetirementReason.ConnectionFailure);
         return protocolError is null
             ? null
-            : new HttpIOException(HttpRequestError.HttpProtocolError, $"The connection to the server was lost: {protocolError.Message}");
+            : new HttpIOException(HttpRequestError.ConnectionError, $"The connection to the server was lost: {protocolError.Message}");
     }
 
     public static HttpIOException CutByDrainTimeout(Exception exception) => new(
