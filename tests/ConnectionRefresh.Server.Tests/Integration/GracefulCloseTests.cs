@@ -1,0 +1,152 @@
+using ConnectionRefresh.Protos;
+using ConnectionRefresh.Server.Tests.TestSupport;
+using Grpc.Core;
+using Grpc.Net.Client;
+using Microsoft.Extensions.Time.Testing;
+
+namespace ConnectionRefresh.Server.Tests.Integration;
+
+/// <summary>
+/// Real Kestrel on loopback; the connection age runs on a FakeTimeProvider, so the GOAWAY and the grace abort happen
+/// exactly when a test advances the clock, while sockets and the handlers' own delays run in real time.
+/// </summary>
+public sealed class GracefulCloseTests
+{
+    private static readonly TimeSpan Age = TimeSpan.FromMinutes(1);
+    private static readonly TimeSpan Grace = TimeSpan.FromSeconds(30);
+
+    private static FakeTimeProvider NewClock() => new(new DateTimeOffset(2026, 1, 1, 0, 0, 0, TimeSpan.Zero));
+
+    private static void Configure(ServerConnectionAgeOptions o)
+    {
+        o.MaxConnectionAge = Age;
+        o.MaxConnectionAgeJitter = 0;
+        o.MaxConnectionAgeGrace = Grace;
+    }
+
+    [Fact]
+    public async Task MaxConnectionAge_Reached_ConnectionClosesGracefullyAndNextCallUsesNewConnection()
+    {
+        var clock = NewClock();
+        await using var host = await GreeterTestHost.StartAsync(Configure, clock);
+        using var channel = GrpcChannel.ForAddress(host.Address);
+        var client = new Greeter.GreeterClient(channel);
+
+        await client.SayHelloAsync(new HelloRequest { Name = "a" });
+        Assert.Equal(1, host.ConnectionsAccepted);
+
+        clock.Advance(Age);
+        await Poll.UntilAsync(() => host.EndedCount == 1, "the idle connection closed after its GOAWAY");
+
+        var reply = await client.SayHelloAsync(new HelloRequest { Name = "b" });
+        Assert.Equal("pod-0", reply.Instance);
+        Assert.Equal(2, host.ConnectionsAccepted);
+        Assert.Equal(1, host.CloseCount);
+        Assert.Equal(0, host.AbortCount);
+    }
+
+    [Fact]
+    public async Task StreamHellos_ShorterThanGrace_CompletesAfterTheGracefulClose()
+    {
+        var clock = NewClock();
+        await using var host = await GreeterTestHost.StartAsync(Configure, clock);
+        using var channel = GrpcChannel.ForAddress(host.Address);
+        var client = new Greeter.GreeterClient(channel);
+        using var call = client.StreamHellos(new StreamRequest { Name = "short", Count = 20, DelayMs = 20 });
+
+        Assert.True(await call.ResponseStream.MoveNext());
+        clock.Advance(Age);
+        var sequenceAtClose = await Poll.WithTimeout(host.Probe.ClosingObserved.Task, "the closing token");
+
+        var received = 1;
+        while (await call.ResponseStream.MoveNext())
+        {
+            received++;
+        }
+
+        Assert.Equal(20, received);
+        Assert.True(sequenceAtClose < 20, "the graceful close started while the stream was running");
+        Assert.Equal(StatusCode.OK, call.GetStatus().StatusCode);
+        await Poll.UntilAsync(() => host.EndedCount == 1, "the connection ended once its last stream finished");
+
+        // The grace passing after the connection ended cuts nothing.
+        clock.Advance(Grace);
+        Assert.Equal(0, host.AbortCount);
+        Assert.False(host.Probe.FeatureMissing);
+    }
+
+    [Fact]
+    public async Task StreamHellos_LongerThanGrace_IsAbortedAtTheGraceAndTokenFiredAtCloseStart()
+    {
+        var clock = NewClock();
+        await using var host = await GreeterTestHost.StartAsync(Configure, clock);
+        using var channel = GrpcChannel.ForAddress(host.Address);
+        var client = new Greeter.GreeterClient(channel);
+        using var timeout = new CancellationTokenSource(Poll.DefaultTimeout);
+        using var call = client.StreamHellos(
+            new StreamRequest { Name = "long", Count = 1_000_000, DelayMs = 10 },
+            cancellationToken: timeout.Token);
+
+        Assert.True(await call.ResponseStream.MoveNext());
+        Assert.False(host.Probe.ClosingObserved.Task.IsCompleted);
+
+        // The graceful close starts: the token fires at once, the stream keeps running.
+        clock.Advance(Age);
+        Assert.True(host.Probe.ClosingObserved.Task.IsCompleted, "the token fired synchronously with the GOAWAY");
+        await ReadAsync(call, 3);
+
+        // One tick before the grace ends, nothing is cut.
+        clock.Advance(Grace - TimeSpan.FromMilliseconds(1));
+        await ReadAsync(call, 3);
+        Assert.Equal(0, host.AbortCount);
+
+        // At the grace, the connection is aborted and the stream fails.
+        clock.Advance(TimeSpan.FromMilliseconds(1));
+        Assert.Equal(1, host.AbortCount);
+        var ex = await Assert.ThrowsAsync<RpcException>(async () =>
+        {
+            while (await call.ResponseStream.MoveNext())
+            {
+            }
+        });
+        Assert.NotEqual(StatusCode.OK, ex.StatusCode);
+        Assert.NotEqual(StatusCode.Cancelled, ex.StatusCode);
+        await Poll.UntilAsync(() => host.EndedCount == 1, "the aborted connection ended");
+    }
+
+    [Fact]
+    public async Task StreamHellos_HandlerWatchesClosingToken_EndsCleanlyBeforeTheGrace()
+    {
+        var clock = NewClock();
+        await using var host = await GreeterTestHost.StartAsync(Configure, clock);
+        using var channel = GrpcChannel.ForAddress(host.Address);
+        var client = new Greeter.GreeterClient(channel);
+        using var timeout = new CancellationTokenSource(Poll.DefaultTimeout);
+        using var call = client.StreamHellos(
+            new StreamRequest { Name = TestGreeterService.UntilClosing, Count = 1_000_000, DelayMs = 10 },
+            cancellationToken: timeout.Token);
+
+        Assert.True(await call.ResponseStream.MoveNext());
+        clock.Advance(Age);
+
+        var received = 1;
+        while (await call.ResponseStream.MoveNext())
+        {
+            received++;
+        }
+
+        Assert.Equal(StatusCode.OK, call.GetStatus().StatusCode);
+        Assert.True(received < 1_000_000);
+        await Poll.UntilAsync(() => host.EndedCount == 1, "the connection ended once the stream ended");
+        clock.Advance(Grace);
+        Assert.Equal(0, host.AbortCount);
+    }
+
+    private static async Task ReadAsync(AsyncServerStreamingCall<HelloReply> call, int count)
+    {
+        for (var i = 0; i < count; i++)
+        {
+            Assert.True(await call.ResponseStream.MoveNext(), "the stream still runs");
+        }
+    }
+}

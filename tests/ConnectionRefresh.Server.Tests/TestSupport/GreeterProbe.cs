@@ -1,0 +1,19 @@
+namespace ConnectionRefresh.Server.Tests.TestSupport;
+
+/// <summary>What the test Greeter service saw, for assertions; thread-safe (interlocked counters, TCS).</summary>
+internal sealed class GreeterProbe
+{
+    private long _calls;
+
+    public string Instance { get; init; } = "pod-0";
+
+    public long Calls => Interlocked.Read(ref _calls);
+
+    /// <summary>Completes (with the call's sequence) when a streaming call saw its connection's closing token fire.</summary>
+    public TaskCompletionSource<int> ClosingObserved { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>Set when a call found no <see cref="IConnectionClosingFeature"/> on its connection.</summary>
+    public bool FeatureMissing { get; set; }
+
+    public void CallServed() => Interlocked.Increment(ref _calls);
+}

@@ -1,0 +1,97 @@
+using System.Diagnostics.Metrics;
+using System.Net;
+using ConnectionRefresh.Server.Internal;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Diagnostics.Metrics.Testing;
+using Microsoft.Extensions.Logging;
+
+namespace ConnectionRefresh.Server.Tests.TestSupport;
+
+/// <summary>
+/// A real Kestrel gRPC server on 127.0.0.1:0 (HTTP/2 without TLS) serving <see cref="TestGreeterService"/>, with the
+/// server-side connection age on its endpoint. When a <see cref="TimeProvider"/> is given, the connection age runs
+/// on it (tests advance a FakeTimeProvider); sockets always run in real time.
+/// </summary>
+internal sealed class GreeterTestHost : IAsyncDisposable
+{
+    private readonly WebApplication _app;
+    private long _connectionsAccepted;
+
+    private GreeterTestHost(WebApplication app, GreeterProbe probe)
+    {
+        _app = app;
+        Probe = probe;
+    }
+
+    public Uri Address { get; private set; } = null!;
+
+    public GreeterProbe Probe { get; }
+
+    public long ConnectionsAccepted => Interlocked.Read(ref _connectionsAccepted);
+
+    public MetricCollector<long> Closes { get; private set; } = null!;
+
+    public MetricCollector<long> Aborts { get; private set; } = null!;
+
+    public MetricCollector<double> Ages { get; private set; } = null!;
+
+    public long CloseCount => Closes.GetMeasurementSnapshot().Count;
+
+    public long AbortCount => Aborts.GetMeasurementSnapshot().Count;
+
+    /// <summary>Connections that have ended (their age was recorded).</summary>
+    public long EndedCount => Ages.GetMeasurementSnapshot().Count;
+
+    public static async Task<GreeterTestHost> StartAsync(Action<ServerConnectionAgeOptions> configure, TimeProvider? time = null)
+    {
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        var probe = new GreeterProbe();
+        builder.Services.AddSingleton(probe);
+        builder.Services.AddGrpc();
+        if (time is not null)
+        {
+            builder.Services.AddSingleton(time);
+        }
+
+        builder.Services.AddServerConnectionAge(configure);
+        GreeterTestHost? host = null;
+        builder.WebHost.ConfigureKestrel(kestrel => kestrel.Listen(IPAddress.Loopback, 0, listen =>
+        {
+            listen.Protocols = HttpProtocols.Http2;
+            listen.Use(next => connection =>
+            {
+                Interlocked.Increment(ref host!._connectionsAccepted);
+                return next(connection);
+            });
+            listen.UseServerConnectionAge();
+        }));
+
+        var app = builder.Build();
+        app.MapGrpcService<TestGreeterService>();
+        host = new GreeterTestHost(app, probe);
+        var meterFactory = app.Services.GetRequiredService<IMeterFactory>();
+        host.Closes = new MetricCollector<long>(meterFactory, ServerConnectionAgeMetrics.MeterName, ServerConnectionAgeMetrics.ClosesName);
+        host.Aborts = new MetricCollector<long>(meterFactory, ServerConnectionAgeMetrics.MeterName, ServerConnectionAgeMetrics.AbortsName);
+        host.Ages = new MetricCollector<double>(meterFactory, ServerConnectionAgeMetrics.MeterName, ServerConnectionAgeMetrics.AgeName);
+        await app.StartAsync();
+        var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.Single();
+        host.Address = new Uri(address);
+        return host;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+        await _app.StopAsync(stop.Token);
+        await _app.DisposeAsync();
+        Closes.Dispose();
+        Aborts.Dispose();
+        Ages.Dispose();
+    }
+}

@@ -1,0 +1,53 @@
+using System.Diagnostics;
+
+namespace ConnectionRefresh.Server.Tests.TestSupport;
+
+/// <summary>
+/// Waits for a condition by polling it, with a generous deadline: other engineers build and test on the same
+/// 2-core machine, so anything that is merely "soon" may take seconds. The wait between checks is a poll interval,
+/// never the synchronisation itself.
+/// </summary>
+internal static class Poll
+{
+    public static readonly TimeSpan DefaultTimeout = TimeSpan.FromSeconds(30);
+
+    public static async Task UntilAsync(Func<bool> condition, string what, TimeSpan? timeout = null)
+    {
+        var stopwatch = Stopwatch.StartNew();
+        var limit = timeout ?? DefaultTimeout;
+        while (!condition())
+        {
+            if (stopwatch.Elapsed > limit)
+            {
+                throw new TimeoutException($"Timed out after {limit} waiting until {what}.");
+            }
+
+            await Task.Delay(10);
+        }
+    }
+
+    /// <summary>Awaits <paramref name="task"/> with a deadline.</summary>
+    public static async Task<T> WithTimeout<T>(Task<T> task, string what, TimeSpan? timeout = null)
+    {
+        try
+        {
+            return await task.WaitAsync(timeout ?? DefaultTimeout);
+        }
+        catch (TimeoutException ex)
+        {
+            throw new TimeoutException($"Timed out waiting for {what}.", ex);
+        }
+    }
+
+    public static async Task WithTimeout(Task task, string what, TimeSpan? timeout = null)
+    {
+        try
+        {
+            await task.WaitAsync(timeout ?? DefaultTimeout);
+        }
+        catch (TimeoutException ex)
+        {
+            throw new TimeoutException($"Timed out waiting for {what}.", ex);
+        }
+    }
+}
