@@ -76,4 +76,22 @@ public sealed class StreamingTests
         // Each stream lasts ≥ 4 s against a 1 s age, and the unary load spends a 10-call budget in milliseconds.
         Assert.InRange(retired.GetMeasurementSnapshot().Sum(m => m.Value), 4, long.MaxValue);
     }
+
+    [Fact]
+    public async Task UnaryInFlight_ConnectionRetires_CompletesWhileNewCallsUseNewConnection()
+    {
+        await using var cluster = await SimulatedCluster.StartAsync(new() { Replicas = 1 });
+        using var host = GreeterClientHost.WithRefresh(cluster.Address, o => o.MaxRequestsPerConnection = 2);
+        var pod = cluster.Pods[0];
+
+        var slow = host.Client.SayHelloAsync(new HelloRequest { Name = "slow", DelayMs = 3000 }).ResponseAsync;
+        await host.Client.SayHelloAsync(new HelloRequest { Name = "budget" }); // second call: the budget is spent
+        await host.Client.SayHelloAsync(new HelloRequest { Name = "new" });
+
+        Assert.Equal(2, pod.ConnectionsAccepted);
+        Assert.False(slow.IsCompleted, "the slow call should still be running on the retired connection");
+        Assert.Equal("Hello slow", (await slow).Message);
+        // Its connection closes once it has ended.
+        Assert.True(await Eventually.HoldsAsync(() => pod.OpenConnections == 1, TimeSpan.FromSeconds(10)));
+    }
 }

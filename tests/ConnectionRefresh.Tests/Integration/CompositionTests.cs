@@ -1,0 +1,112 @@
+using System.Diagnostics.Metrics;
+using System.Net;
+using System.Net.Sockets;
+using ConnectionRefresh.Protos;
+using ConnectionRefresh.Testing;
+using ConnectionRefresh.Tests.Infrastructure;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Diagnostics.Metrics.Testing;
+
+namespace ConnectionRefresh.Tests.Integration;
+
+/// <summary>ConnectionRefresh next to what applications already configure on their clients.</summary>
+public sealed class CompositionTests
+{
+    private sealed class CountingHandler : DelegatingHandler
+    {
+        private int _calls;
+
+        public int Calls => Volatile.Read(ref _calls);
+
+        protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
+        {
+            Interlocked.Increment(ref _calls);
+            return base.SendAsync(request, cancellationToken);
+        }
+    }
+
+    [Fact]
+    public async Task UserDelegatingHandlerAndChannelOptions_WithRefresh_KeepWorking()
+    {
+        await using var cluster = await SimulatedCluster.StartAsync(new() { Replicas = 2 });
+        var counting = new CountingHandler();
+        using var host = GreeterClientHost.WithRefresh(cluster.Address, o => o.MaxRequestsPerConnection = 5, b => b
+            .AddHttpMessageHandler(() => counting)
+            .ConfigureChannel(o => o.MaxReceiveMessageSize = 64 * 1024));
+
+        for (var i = 0; i < 20; i++)
+        {
+            await host.Client.SayHelloAsync(new HelloRequest { Name = "c" });
+        }
+
+        Assert.Equal(20, counting.Calls);
+        Assert.Equal(4, cluster.Pods.Sum(p => p.ConnectionsAccepted));
+    }
+
+    [Fact]
+    public async Task TransientResolution_ManyClients_ShareTheRefreshedConnections()
+    {
+        await using var cluster = await SimulatedCluster.StartAsync(new() { Replicas = 1 });
+        using var host = GreeterClientHost.WithRefresh(cluster.Address, o => o.MaxRequestsPerConnection = 10);
+
+        for (var i = 0; i < 30; i++)
+        {
+            var client = host.Services.GetRequiredService<Greeter.GreeterClient>();
+            await client.SayHelloAsync(new HelloRequest { Name = "t" });
+        }
+
+        Assert.Equal(3, cluster.Pods[0].ConnectionsAccepted);
+    }
+
+    [Fact]
+    public async Task ConfigureConnectionRefreshHandler_ReachesEveryRealConnection()
+    {
+        await using var cluster = await SimulatedCluster.StartAsync(new() { Replicas = 1 });
+        var connects = 0;
+        using var host = GreeterClientHost.WithRefresh(cluster.Address, o => o.MaxRequestsPerConnection = 10, b => b
+            .ConfigureConnectionRefreshHandler((handler, _) => handler.ConnectCallback = async (context, token) =>
+            {
+                Interlocked.Increment(ref connects);
+                var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+                await socket.ConnectAsync(context.DnsEndPoint, token);
+                return new NetworkStream(socket, ownsSocket: true);
+            }));
+        using var opened = new MetricCollector<long>(host.Services.GetRequiredService<IMeterFactory>(), "ConnectionRefresh", "connectionrefresh.connections.opened");
+
+        for (var i = 0; i < 30; i++)
+        {
+            await host.Client.SayHelloAsync(new HelloRequest { Name = "t" });
+        }
+
+        Assert.Equal(3, Volatile.Read(ref connects));
+        Assert.Equal(3, cluster.Pods[0].ConnectionsAccepted);
+        Assert.Equal(3, opened.GetMeasurementSnapshot().Sum(m => m.Value));
+    }
+
+    [Fact]
+    public async Task PlainHttpClient_Http2Calls_AreRecycled()
+    {
+        await using var cluster = await SimulatedCluster.StartAsync(new() { Replicas = 1 });
+        var services = new ServiceCollection();
+        services.AddHttpClient("plain", c =>
+        {
+            c.BaseAddress = cluster.Address;
+            c.DefaultRequestVersion = HttpVersion.Version20;
+            c.DefaultVersionPolicy = HttpVersionPolicy.RequestVersionExact;
+        }).AddConnectionRefresh(o => o.MaxRequestsPerConnection = 10);
+        using var provider = services.BuildServiceProvider();
+        var http = provider.GetRequiredService<IHttpClientFactory>().CreateClient("plain");
+
+        for (var i = 0; i < 30; i++)
+        {
+            // A raw gRPC call: an empty HelloRequest in a 5-byte gRPC frame.
+            using var content = new ByteArrayContent(new byte[5]);
+            content.Headers.ContentType = new("application/grpc");
+            using var response = await http.PostAsync("/greet.Greeter/SayHello", content);
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+            Assert.NotEmpty(await response.Content.ReadAsByteArrayAsync());
+        }
+
+        Assert.Equal(3, cluster.Pods[0].ConnectionsAccepted);
+    }
+}
