@@ -1,0 +1,93 @@
+using ConnectionRefresh.Kubernetes.Internal;
+using ConnectionRefresh.Kubernetes.Tests.Fakes;
+using k8s.Models;
+
+namespace ConnectionRefresh.Kubernetes.Tests.Internal;
+
+public sealed class EndpointSelectorTests
+{
+    private static readonly KubernetesTarget Named = new("greeter", "default", null, "grpc");
+
+    [Fact]
+    public void Select_ReadyNotReadyAndTerminating_UsesReadyOnlyByDefault()
+    {
+        var slice = WithConditions(("10.0.0.1", true, true, false), ("10.0.0.2", false, false, false), ("10.0.0.3", false, true, true));
+
+        var endpoints = new EndpointSelector(Named, includeTerminating: false).Select([slice], out _);
+
+        Assert.Equal([new ResolvedEndpoint("10.0.0.1", 8080)], endpoints);
+    }
+
+    [Fact]
+    public void Select_IncludeTerminating_AddsServingTerminatingEndpoints()
+    {
+        var slice = WithConditions(("10.0.0.1", true, true, false), ("10.0.0.2", false, false, true), ("10.0.0.3", false, true, true));
+
+        var endpoints = new EndpointSelector(Named, includeTerminating: true).Select([slice], out _);
+
+        Assert.Equal([new ResolvedEndpoint("10.0.0.1", 8080), new ResolvedEndpoint("10.0.0.3", 8080)], endpoints);
+    }
+
+    [Fact]
+    public void Select_NullReadyCondition_CountsAsReady()
+    {
+        var slice = Slices.Ready("a", "greeter", ["10.0.0.1"], 8080);
+        slice.Endpoints[0].Conditions = null;
+
+        Assert.Single(new EndpointSelector(Named, false).Select([slice], out _));
+    }
+
+    [Fact]
+    public void Select_SameEndpointInTwoSlices_DeDuplicated()
+    {
+        var endpoints = new EndpointSelector(Named, false).Select(
+            [Slices.Ready("a", "greeter", ["10.0.0.1", "10.0.0.2"], 8080), Slices.Ready("b", "greeter", ["10.0.0.2"], 8080)], out _);
+
+        Assert.Equal(2, endpoints.Count);
+    }
+
+    [Fact]
+    public void Select_NoPortAndSeveralPorts_SkipsAmbiguousSlice()
+    {
+        var target = new KubernetesTarget("greeter", "default", null, null);
+        var single = Slices.Create("a", "greeter", [("10.0.0.1", true)], ("grpc", 8080));
+        var several = Slices.Create("b", "greeter", [("10.0.0.2", true)], ("grpc", 8080), ("metrics", 9090));
+
+        var endpoints = new EndpointSelector(target, false).Select([single, several], out var skipped);
+
+        Assert.Equal([new ResolvedEndpoint("10.0.0.1", 8080)], endpoints);
+        Assert.Equal(1, skipped);
+    }
+
+    [Fact]
+    public void Select_PortNumber_UsedForEveryEndpoint()
+    {
+        var target = new KubernetesTarget("greeter", "default", 5000, null);
+
+        var endpoints = new EndpointSelector(target, false).Select([Slices.Ready("a", "greeter", ["10.0.0.1"], 8080)], out _);
+
+        Assert.Equal([new ResolvedEndpoint("10.0.0.1", 5000)], endpoints);
+    }
+
+    [Fact]
+    public void Select_DualStackSlices_PublishesBothFamilies()
+    {
+        var v6 = Slices.Ready("a-v6", "greeter", ["fd00::1"], 8080);
+        v6.AddressType = "IPv6";
+
+        var endpoints = new EndpointSelector(Named, false).Select([Slices.Ready("a-v4", "greeter", ["10.0.0.1"], 8080), v6], out _);
+
+        Assert.Equal(["10.0.0.1:8080", "[fd00::1]:8080"], endpoints.Select(e => e.ToString()));
+    }
+
+    private static V1EndpointSlice WithConditions(params (string Ip, bool Ready, bool Serving, bool Terminating)[] endpoints)
+    {
+        var slice = Slices.Ready("a", "greeter", endpoints.Select(e => e.Ip), 8080);
+        for (var i = 0; i < endpoints.Length; i++)
+        {
+            slice.Endpoints[i].Conditions = new V1EndpointConditions { Ready = endpoints[i].Ready, Serving = endpoints[i].Serving, Terminating = endpoints[i].Terminating };
+        }
+
+        return slice;
+    }
+}

@@ -1,0 +1,36 @@
+using ConnectionRefresh.Kubernetes.Internal;
+
+namespace ConnectionRefresh.Kubernetes.Tests.Internal;
+
+public sealed class KubernetesTargetTests
+{
+    [Theory]
+    [InlineData("kubernetes:///greeter.default:grpc", "greeter", "default", null, "grpc")]
+    [InlineData("kubernetes:///greeter.prod:8080", "greeter", "prod", 8080, null)]
+    [InlineData("kubernetes:///greeter:grpc", "greeter", null, null, "grpc")]
+    [InlineData("kubernetes:///greeter", "greeter", null, null, null)]
+    [InlineData("kubernetes://prod/greeter:8080", "greeter", "prod", 8080, null)]
+    [InlineData("kubernetes:///greeter.prod.svc.cluster.local:grpc", "greeter", "prod", null, "grpc")]
+    public void Parse_ValidTarget_ReturnsParts(string address, string service, string? ns, int? port, string? portName)
+    {
+        var target = KubernetesTarget.Parse(new Uri(address));
+
+        Assert.Equal(new KubernetesTarget(service, ns, port, portName), target);
+    }
+
+    [Theory]
+    [InlineData("dns:///greeter.default:80", "scheme")]
+    [InlineData("kubernetes:///greeter.default:70000", "out of range")]
+    [InlineData("kubernetes:///greeter.default:Not_A_Port", "port name")]
+    [InlineData("kubernetes:///Greeter_1.default:80", "DNS label")]
+    [InlineData("kubernetes://prod/greeter.default:80", "twice")]
+    [InlineData("kubernetes:///greeter.default.example.com:80", "service.namespace")]
+    [InlineData("kubernetes:///", "expected")]
+    public void Parse_InvalidTarget_ThrowsNamingTheProblem(string address, string expected)
+    {
+        var ex = Assert.Throws<FormatException>(() => KubernetesTarget.Parse(new Uri(address)));
+
+        Assert.Contains(expected, ex.Message, StringComparison.OrdinalIgnoreCase);
+        Assert.Contains("is not a valid Kubernetes target", ex.Message, StringComparison.Ordinal);
+    }
+}

@@ -1,0 +1,136 @@
+using ConnectionRefresh.Kubernetes.Internal;
+using Grpc.Net.Client.Balancer;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Options;
+
+namespace ConnectionRefresh.Kubernetes.Tests;
+
+public sealed class KubernetesResolverServiceCollectionExtensionsTests
+{
+    [Fact]
+    public void AddKubernetesResolver_Twice_RegistersOneKubernetesResolverFactory()
+    {
+        var services = new ServiceCollection();
+
+        var returned = services.AddKubernetesResolver().AddKubernetesResolver();
+
+        Assert.Same(services, returned);
+        using var provider = services.BuildServiceProvider();
+        var factory = Assert.Single(provider.GetServices<ResolverFactory>());
+        Assert.Equal("kubernetes", factory.Name);
+    }
+
+    [Fact]
+    public void AddKubernetesResolver_NullArguments_Throw()
+    {
+        Assert.Throws<ArgumentNullException>(() => KubernetesResolverServiceCollectionExtensions.AddKubernetesResolver(null!));
+        Assert.Throws<ArgumentNullException>(() => new ServiceCollection().AddKubernetesResolver((Action<KubernetesResolverOptions>)null!));
+        Assert.Throws<ArgumentNullException>(() => new ServiceCollection().AddKubernetesResolver((IConfigurationSection)null!));
+    }
+
+    [Fact]
+    public void Options_FromConfiguration_BoundFromConnectionRefreshKubernetes()
+    {
+        var options = Build(new()
+        {
+            ["ConnectionRefresh:Kubernetes:ResyncInterval"] = "00:02:00",
+            ["ConnectionRefresh:Kubernetes:IncludeTerminatingEndpoints"] = "true",
+            ["ConnectionRefresh:Kubernetes:ApiServer"] = "http://127.0.0.1:8001",
+        });
+
+        Assert.Equal(TimeSpan.FromMinutes(2), options.ResyncInterval);
+        Assert.True(options.IncludeTerminatingEndpoints);
+        Assert.Equal(new Uri("http://127.0.0.1:8001"), options.ApiServer);
+        Assert.Equal(TimeSpan.FromSeconds(1), options.InitialBackoff);
+    }
+
+    [Fact]
+    public void Options_Defaults_AreTheDocumentedOnes()
+    {
+        var options = new KubernetesResolverOptions();
+
+        Assert.Equal(TimeSpan.FromMinutes(5), options.ResyncInterval);
+        Assert.Equal(TimeSpan.FromSeconds(1), options.InitialBackoff);
+        Assert.Equal(TimeSpan.FromSeconds(30), options.MaxBackoff);
+        Assert.Equal("/var/run/secrets/kubernetes.io/serviceaccount", options.ServiceAccountPath);
+        Assert.Null(options.ApiServer);
+        Assert.Null(options.KubeconfigPath);
+        Assert.False(options.IncludeTerminatingEndpoints);
+    }
+
+    [Theory]
+    [InlineData("ResyncInterval", "00:00:00.5", "ConnectionRefresh:Kubernetes:ResyncInterval = 00:00:00.5000000 is out of range")]
+    [InlineData("InitialBackoff", "00:05:00", "ConnectionRefresh:Kubernetes:InitialBackoff = 00:05:00 is out of range")]
+    [InlineData("MaxBackoff", "00:00:00.05", "ConnectionRefresh:Kubernetes:MaxBackoff = 00:00:00.0500000 is out of range")]
+    [InlineData("ApiServer", "ftp://example", "ConnectionRefresh:Kubernetes:ApiServer = 'ftp://example/' is not valid")]
+    [InlineData("ServiceAccountPath", " ", "ConnectionRefresh:Kubernetes:ServiceAccountPath")]
+    public void Options_InvalidValue_FailsNamingKeyAndValue(string key, string value, string expected)
+    {
+        var ex = Assert.Throws<OptionsValidationException>(() => Build(new() { ["ConnectionRefresh:Kubernetes:" + key] = value }));
+
+        Assert.Contains(expected, ex.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Options_MaxBackoffBelowInitial_Fails()
+    {
+        var ex = Assert.Throws<OptionsValidationException>(() => Build(new()
+        {
+            ["ConnectionRefresh:Kubernetes:InitialBackoff"] = "00:00:10",
+            ["ConnectionRefresh:Kubernetes:MaxBackoff"] = "00:00:05",
+        }));
+
+        Assert.Contains("MaxBackoff = 00:00:05 is less than", ex.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Options_UnknownKey_Rejected()
+    {
+        var ex = Assert.Throws<OptionsValidationException>(() => Build(new() { ["ConnectionRefresh:Kubernetes:ResyncIntervall"] = "00:01:00" }));
+
+        Assert.Contains("ResyncIntervall", ex.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Options_InvalidValue_FailsAtHostStart()
+    {
+        var builder = Microsoft.Extensions.Hosting.Host.CreateApplicationBuilder();
+        builder.Configuration.AddInMemoryCollection(new Dictionary<string, string?> { ["ConnectionRefresh:Kubernetes:ResyncInterval"] = "00:00:00" });
+        builder.Services.AddKubernetesResolver();
+        using var host = builder.Build();
+
+        var ex = await Assert.ThrowsAsync<OptionsValidationException>(() => host.StartAsync());
+
+        Assert.Contains("ResyncInterval", ex.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Options_ConfigurationSectionOverload_BindsThatSection()
+    {
+        var configuration = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?> { ["Mine:MaxBackoff"] = "00:01:00" }).Build();
+        var services = new ServiceCollection().AddKubernetesResolver(configuration.GetSection("Mine"));
+        using var provider = services.BuildServiceProvider();
+
+        Assert.Equal(TimeSpan.FromMinutes(1), provider.GetRequiredService<IOptions<KubernetesResolverOptions>>().Value.MaxBackoff);
+    }
+
+    [Fact]
+    public void Factory_NamespaceFromServiceAccountFile_UsedForTargetsWithoutNamespace()
+    {
+        using var account = new Fakes.ServiceAccountDirectory("t", ns: "team-a");
+        var options = new KubernetesResolverOptions { ServiceAccountPath = account.Path };
+
+        Assert.Equal("team-a", KubernetesClientConfigurationFactory.DefaultNamespace(options));
+        Assert.Equal("default", KubernetesClientConfigurationFactory.DefaultNamespace(new KubernetesResolverOptions { ServiceAccountPath = "/nonexistent" }));
+    }
+
+    private static KubernetesResolverOptions Build(Dictionary<string, string?> values)
+    {
+        var services = new ServiceCollection();
+        services.AddSingleton<IConfiguration>(new ConfigurationBuilder().AddInMemoryCollection(values).Build());
+        services.AddKubernetesResolver();
+        using var provider = services.BuildServiceProvider();
+        return provider.GetRequiredService<IOptions<KubernetesResolverOptions>>().Value;
+    }
+}
