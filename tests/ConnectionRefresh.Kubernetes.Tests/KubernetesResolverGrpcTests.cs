@@ -68,6 +68,7 @@ public sealed class KubernetesResolverGrpcTests
         {
             var reply = await cluster.Client.SayHelloAsync(new HelloRequest { Name = "even" });
             counts[reply.Instance] = counts.GetValueOrDefault(reply.Instance) + 1;
+            Assert.Equal($"greeter.default.svc:{cluster.Pods.Port}", reply.Message);
         }
 
         // round_robin over four READY subchannels: sequential calls rotate exactly, so max/mean is 1.0 unless
@@ -125,6 +126,7 @@ public sealed class KubernetesResolverGrpcTests
     public async Task Calls_250EndpointsInThreeSlices_AllUsedAndDeletingASliceRemovesExactlyItsEndpoints()
     {
         await using var cluster = await ResolverTestCluster.StartAsync(podCount: 250);
+        using var endpointsGauge = cluster.Collect<int>("connectionrefresh.kubernetes.endpoints");
         var ips = cluster.Pods.Ips;
         var port = cluster.Pods.Port;
         // The EndpointSlice controller caps slices at 100 endpoints: 100 + 100 + 50.
@@ -143,6 +145,10 @@ public sealed class KubernetesResolverGrpcTests
             return seen.Count == 250;
         }, TimeSpan.FromSeconds(60), "all 250 endpoints serve calls");
         Assert.True(seen.SetEquals(ips));
+        var measurement = endpointsGauge.LastMeasurement!;
+        Assert.Equal(250, measurement.Value);
+        Assert.Equal("greeter", measurement.Tags["k8s.service.name"]);
+        Assert.Equal("default", measurement.Tags["k8s.namespace.name"]);
 
         cluster.Api.Delete("default", "greeter-b");
         var remaining = ips.Take(100).Concat(ips.Skip(200)).ToHashSet();
@@ -158,6 +164,7 @@ public sealed class KubernetesResolverGrpcTests
             // 600 round_robin calls over 150 endpoints visit each one four times.
             return window.SetEquals(remaining);
         }, TimeSpan.FromSeconds(60), "exactly the 150 endpoints of the remaining slices serve calls");
+        Assert.Equal(150, endpointsGauge.LastMeasurement!.Value);
     }
 
     private static Task WaitForAllAsync(ResolverTestCluster cluster, IEnumerable<string> ips)

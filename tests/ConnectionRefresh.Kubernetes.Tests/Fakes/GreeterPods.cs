@@ -90,7 +90,7 @@ internal sealed class GreeterPods : IAsyncDisposable
         public override Task<HelloReply> SayHello(HelloRequest request, ServerCallContext context) =>
             Task.FromResult(new HelloReply
             {
-                Message = "Hello " + request.Name,
+                Message = context.Host, // the :authority the client sent
                 Instance = context.GetHttpContext().Connection.LocalIpAddress!.ToString(),
             });
     }
