@@ -10,17 +10,20 @@ namespace ConnectionRefresh.Testing.Internal;
 /// The <see cref="KubeProxyMode.Iptables"/> ClusterIP: a network namespace (<c>crsim-…</c>) with loopback up, pods listening
 /// inside it, and the kube-proxy iptables pattern in its <c>nat</c> table: OUTPUT → KUBE-SERVICES → KUBE-SVC (one
 /// <c>statistic random</c> jump per endpoint, probability 1/(n−i) for the i-th of n so each is picked with 1/n) →
-/// KUBE-SEP (DNAT to the pod). The whole table is rewritten with iptables-restore on every endpoint change; conntrack keeps
+/// KUBE-SEP (DNAT to the pod). The service's chains are rewritten with iptables-restore on every endpoint change; conntrack keeps
 /// established connections on the pod they were DNATed to. The kernel picks the pod; the ClusterIP's userspace part only
 /// carries bytes between the host namespace (where clients run) and the namespace.
 /// </summary>
-/// <remarks>Thread-safe: rule rewrites are serialised by a semaphore; sockets are created on the namespace thread.</remarks>
+/// <remarks>Thread-safe: rule rewrites (and the chain bookkeeping) are serialised by a semaphore; sockets are created on the namespace thread.</remarks>
 internal sealed class IptablesProxy : IAsyncDisposable
 {
     /// <summary>The service's virtual IP inside the namespace; any 127/8 address is local there, nothing listens on it.</summary>
     public static readonly IPEndPoint ServiceEndPoint = new(IPAddress.Parse("127.10.0.1"), 80);
 
+    private const string ServiceChain = "KUBE-SVC-CRSIM";
     private readonly SemaphoreSlim _rulesGate = new(1, 1);
+    private readonly HashSet<int> _endpointChains = [];
+    private bool _initialized;
     private readonly NamespaceThread _thread;
 
     private IptablesProxy(string namespaceName, NamespaceThread thread)
@@ -79,7 +82,7 @@ internal sealed class IptablesProxy : IAsyncDisposable
         }
     }
 
-    /// <summary>Rewrites the nat table from <paramref name="snapshot"/>, taken under the rule lock (null: skip).</summary>
+    /// <summary>Rewrites the service's chains from <paramref name="snapshot"/>, taken under the rule lock (null: skip).</summary>
     public async Task ApplyEndpointsAsync(Func<IReadOnlyList<IPEndPoint>?> snapshot, CancellationToken cancellationToken)
     {
         await _rulesGate.WaitAsync(cancellationToken).ConfigureAwait(false);
@@ -91,7 +94,16 @@ internal sealed class IptablesProxy : IAsyncDisposable
                 return;
             }
 
-            await ProcessRunner.RunAsync("ip", ["netns", "exec", NamespaceName, "iptables-restore"], BuildRules(ServiceEndPoint, endpoints), cancellationToken).ConfigureAwait(false);
+            if (!_initialized)
+            {
+                await RestoreAsync(BuildBaseRules(ServiceEndPoint), noFlush: false, cancellationToken).ConfigureAwait(false);
+                _initialized = true;
+            }
+
+            var stale = _endpointChains.Except(endpoints.Select(e => e.Port)).ToList();
+            await RestoreAsync(BuildServiceRules(endpoints, stale), noFlush: true, cancellationToken).ConfigureAwait(false);
+            _endpointChains.Clear();
+            _endpointChains.UnionWith(endpoints.Select(e => e.Port));
         }
         finally
         {
@@ -99,35 +111,74 @@ internal sealed class IptablesProxy : IAsyncDisposable
         }
     }
 
-    /// <summary>The nat table in iptables-restore format, as kube-proxy's iptables mode writes it for one service.</summary>
-    internal static string BuildRules(IPEndPoint service, IReadOnlyList<IPEndPoint> endpoints)
+    private Task RestoreAsync(string rules, bool noFlush, CancellationToken cancellationToken) =>
+        ProcessRunner.RunAsync(
+            "ip",
+            noFlush ? ["netns", "exec", NamespaceName, "iptables-restore", "--noflush"] : ["netns", "exec", NamespaceName, "iptables-restore"],
+            rules,
+            cancellationToken);
+
+    /// <summary>
+    /// The nat table written once: base chains, OUTPUT → KUBE-SERVICES → KUBE-SVC for the service address. Later changes
+    /// only touch the KUBE-SVC and KUBE-SEP chains (<c>--noflush</c>), as kube-proxy does: replacing the whole table while
+    /// connections are established can break the NAT of those connections.
+    /// KUBE-SEP-NONE is never jumped to; its DNAT rule only exists so that the table always holds one. Observed with
+    /// iptables-nft (1.8.9, Linux 6.x): when the last DNAT rule of a namespace goes (scale to zero ready pods), replies on
+    /// connections that were DNATed earlier are no longer translated back and those connections die, which a real node,
+    /// with its many other services, never sees.
+    /// </summary>
+    internal static string BuildBaseRules(IPEndPoint service) => string.Create(
+        CultureInfo.InvariantCulture,
+        $"""
+        *nat
+        :PREROUTING ACCEPT [0:0]
+        :INPUT ACCEPT [0:0]
+        :OUTPUT ACCEPT [0:0]
+        :POSTROUTING ACCEPT [0:0]
+        :KUBE-SERVICES - [0:0]
+        :{ServiceChain} - [0:0]
+        :KUBE-SEP-NONE - [0:0]
+        -A OUTPUT -j KUBE-SERVICES
+        -A KUBE-SEP-NONE -p tcp -m tcp -j DNAT --to-destination 127.0.0.1:9
+        -A KUBE-SERVICES -d {service.Address}/32 -p tcp -m tcp --dport {service.Port} -j {ServiceChain}
+        COMMIT
+
+        """);
+
+    /// <summary>
+    /// The service's chains for <c>iptables-restore --noflush</c>: one KUBE-SEP chain per endpoint (named by its port)
+    /// with its DNAT, the KUBE-SVC chain jumping to the i-th of n endpoints with probability 1/(n−i) (so each is picked
+    /// with 1/n), and the chains of endpoints that left deleted.
+    /// </summary>
+    internal static string BuildServiceRules(IReadOnlyList<IPEndPoint> endpoints, IReadOnlyList<int> staleEndpointPorts)
     {
-        const string Svc = "KUBE-SVC-CRSIM";
-        var rules = new StringBuilder();
-        rules.Append("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n");
-        rules.Append(":KUBE-SERVICES - [0:0]\n").Append(CultureInfo.InvariantCulture, $":{Svc} - [0:0]\n");
-        for (var i = 0; i < endpoints.Count; i++)
+        var rules = new StringBuilder("*nat\n");
+        rules.Append(CultureInfo.InvariantCulture, $":{ServiceChain} - [0:0]\n");
+        foreach (var port in endpoints.Select(e => e.Port).Concat(staleEndpointPorts))
         {
-            rules.Append(CultureInfo.InvariantCulture, $":KUBE-SEP-{i + 1} - [0:0]\n");
+            rules.Append(CultureInfo.InvariantCulture, $":KUBE-SEP-{port} - [0:0]\n");
         }
 
-        rules.Append("-A OUTPUT -j KUBE-SERVICES\n");
-        rules.Append(CultureInfo.InvariantCulture, $"-A KUBE-SERVICES -d {service.Address}/32 -p tcp -m tcp --dport {service.Port} -j {Svc}\n");
         for (var i = 0; i < endpoints.Count; i++)
         {
             var remaining = endpoints.Count - i;
-            rules.Append(CultureInfo.InvariantCulture, $"-A {Svc}");
+            rules.Append(CultureInfo.InvariantCulture, $"-A {ServiceChain}");
             if (remaining > 1)
             {
                 rules.Append(CultureInfo.InvariantCulture, $" -m statistic --mode random --probability {(1.0 / remaining).ToString("F10", CultureInfo.InvariantCulture)}");
             }
 
-            rules.Append(CultureInfo.InvariantCulture, $" -j KUBE-SEP-{i + 1}\n");
+            rules.Append(CultureInfo.InvariantCulture, $" -j KUBE-SEP-{endpoints[i].Port}\n");
         }
 
-        for (var i = 0; i < endpoints.Count; i++)
+        foreach (var endpoint in endpoints)
         {
-            rules.Append(CultureInfo.InvariantCulture, $"-A KUBE-SEP-{i + 1} -p tcp -m tcp -j DNAT --to-destination {endpoints[i].Address}:{endpoints[i].Port}\n");
+            rules.Append(CultureInfo.InvariantCulture, $"-A KUBE-SEP-{endpoint.Port} -p tcp -m tcp -j DNAT --to-destination {endpoint.Address}:{endpoint.Port}\n");
+        }
+
+        foreach (var port in staleEndpointPorts)
+        {
+            rules.Append(CultureInfo.InvariantCulture, $"-X KUBE-SEP-{port}\n");
         }
 
         rules.Append("COMMIT\n");

@@ -1,0 +1,174 @@
+using System.Diagnostics;
+using System.Net.Sockets;
+using ConnectionRefresh.Protos;
+using ConnectionRefresh.Testing.Tests.TestSupport;
+using Grpc.Core;
+
+namespace ConnectionRefresh.Testing.Tests;
+
+/// <summary>The real kube-proxy (iptables) mode. Skips, with the reason, where it cannot run (not Linux, not root, no iptables).</summary>
+public sealed class SimulatedClusterIptablesTests
+{
+    private static SimulatedClusterOptions Options(int replicas) => new() { Replicas = replicas, ProxyMode = KubeProxyMode.Iptables };
+
+    private static void SkipIfUnsupported() =>
+        Skip.IfNot(KubeProxySupport.IsIptablesSupported(out var reason), reason);
+
+    [SkippableFact]
+    public async Task StartAsync_Iptables_PodsAnswerThroughKernelDnat()
+    {
+        SkipIfUnsupported();
+        await using var cluster = await SimulatedCluster.StartAsync(Options(3));
+
+        Assert.NotNull(cluster.NetworkNamespace);
+        Assert.Contains(cluster.NetworkNamespace, await ListNamespacesAsync());
+        using var client = new TestClient(cluster.Address);
+        var instance = await client.HelloAsync();
+        Assert.Contains(instance, cluster.Pods.Select(p => p.Name));
+        var rules = await RunAsync("ip", "netns", "exec", cluster.NetworkNamespace!, "iptables-save", "-t", "nat");
+        Assert.Contains("KUBE-SVC-CRSIM -m statistic --mode random --probability 0.333333333", rules, StringComparison.Ordinal);
+        Assert.Equal(3, cluster.Pods.Count(p => rules.Contains($"--to-destination 127.0.0.1:{p.Address.Port}", StringComparison.Ordinal)));
+    }
+
+    [SkippableFact]
+    public async Task Address_Iptables_ManyNewConnectionsSpreadUniformly()
+    {
+        SkipIfUnsupported();
+        const int Pods = 4;
+        await using var cluster = await SimulatedCluster.StartAsync(Options(Pods));
+
+        await SimulatedClusterTests.OpenConnectionsAsync(cluster, 2000);
+
+        var counts = cluster.Pods.Select(p => p.ConnectionsAccepted).ToArray();
+        // Same reasoning as the userspace test: the 1e-5 upper quantile of chi² with df = 3 (false failure 1 in 100,000).
+        var chiSquare = Statistics.ChiSquareUniform(counts);
+        Assert.True(chiSquare < Statistics.CriticalValue1e5(Pods - 1), $"chi² = {chiSquare:0.00} for counts [{string.Join(", ", counts)}]");
+    }
+
+    [SkippableFact]
+    public async Task ScaleAsync_Iptables_ExistingConnectionPinnedAndNewConnectionsReachNewPods()
+    {
+        SkipIfUnsupported();
+        await using var cluster = await SimulatedCluster.StartAsync(Options(2));
+        using var client = new TestClient(cluster.Address);
+        var first = await client.HelloAsync();
+
+        await cluster.ScaleAsync(4);
+        var instances = new HashSet<string>();
+        for (var i = 0; i < 50; i++)
+        {
+            instances.Add(await client.HelloAsync());
+        }
+
+        Assert.Equal([first], instances);
+        // 200 new connections over 4 pods: the chance that the two new pods get none is 2 × 0.5^200 (or less), i.e. never.
+        await SimulatedClusterTests.OpenConnectionsAsync(cluster, 200);
+        Assert.All(cluster.Pods.Where(p => p.Name is "greeter-3" or "greeter-4"), p => Assert.True(p.ConnectionsAccepted > 0, p.Name));
+    }
+
+    [SkippableFact]
+    public async Task SetReadyAsync_Iptables_RulesRewrittenAndPodAvoided()
+    {
+        SkipIfUnsupported();
+        await using var cluster = await SimulatedCluster.StartAsync(Options(2));
+        var drained = cluster.Pods[0];
+
+        await cluster.SetReadyAsync(drained, false);
+        await SimulatedClusterTests.OpenConnectionsAsync(cluster, 100);
+
+        Assert.Equal(0, drained.ConnectionsAccepted);
+        Assert.Equal(100, cluster.Pods[1].ConnectionsAccepted);
+    }
+
+    [SkippableFact]
+    public async Task KillPodAsync_Iptables_ConnectionReset()
+    {
+        SkipIfUnsupported();
+        await using var cluster = await SimulatedCluster.StartAsync(Options(1));
+        var pod = cluster.Pods[0];
+        using var socket = await RawSockets.ConnectAsync(cluster.Address);
+        await Poll.UntilAsync(() => pod.OpenConnections == 1, "the pod accepted the connection");
+        await Poll.UntilAsync(() => cluster.Pods[0].OpenConnections == 1 && cluster.OpenConnections == 1, "the connection is attributed");
+
+        await cluster.KillPodAsync(pod);
+
+        var error = await Assert.ThrowsAsync<SocketException>(async () => await socket.ReceiveAsync(new byte[16], SocketFlags.None));
+        Assert.Equal(SocketError.ConnectionReset, error.SocketErrorCode);
+    }
+
+    [SkippableFact]
+    public async Task BlackHole_Iptables_CallFailsWithDeadlineExceeded()
+    {
+        SkipIfUnsupported();
+        await using var cluster = await SimulatedCluster.StartAsync(Options(1));
+        using var client = new TestClient(cluster.Address);
+        await client.HelloAsync();
+
+        cluster.BlackHole(cluster.Pods[0]);
+
+        // 1 s deadline: a healthy call takes milliseconds.
+        var error = await Assert.ThrowsAsync<RpcException>(() => client.HelloAsync(deadline: TimeSpan.FromSeconds(1)));
+        Assert.Equal(StatusCode.DeadlineExceeded, error.StatusCode);
+    }
+
+    [SkippableFact]
+    public async Task StopPodAsync_IptablesLastPod_RunningCallFinishes()
+    {
+        SkipIfUnsupported();
+        await using var cluster = await SimulatedCluster.StartAsync(Options(1));
+        var pod = cluster.Pods[0];
+        using var client = new TestClient(cluster.Address);
+        var running = client.HelloAsync(delayMs: 1500);
+        await Poll.UntilAsync(() => pod.CallsActive == 1, "the slow call is running");
+
+        // The only pod leaves the endpoints (no DNAT rule for the service remains) while its connection carries a call:
+        // conntrack must keep that connection working until the call ends.
+        await cluster.StopPodAsync(pod);
+
+        Assert.Equal(pod.Name, await running);
+        Assert.Equal(SimulatedPodState.Terminated, pod.State);
+    }
+
+    [SkippableFact]
+    public async Task DisposeAsync_Iptables_RemovesNamespaceAndClosesPort()
+    {
+        SkipIfUnsupported();
+        var cluster = await SimulatedCluster.StartAsync(Options(2));
+        var name = cluster.NetworkNamespace!;
+        var port = cluster.Address.Port;
+        using var client = new TestClient(cluster.Address);
+        await client.HelloAsync();
+
+        await cluster.DisposeAsync();
+
+        Assert.DoesNotContain(name, await ListNamespacesAsync());
+        Assert.False(RawSockets.IsListening(port));
+        Assert.Equal(0, cluster.OpenConnections);
+    }
+
+    [Fact]
+    public void IsIptablesSupported_Always_GivesReasonExactlyWhenUnsupported()
+    {
+        var supported = KubeProxySupport.IsIptablesSupported(out var reason);
+
+        Assert.Equal(supported, reason is null);
+        Assert.Equal(supported, KubeProxySupport.IsIptablesSupported(out _));
+    }
+
+    private static async Task<string> ListNamespacesAsync() => await RunAsync("ip", "netns", "list");
+
+    private static async Task<string> RunAsync(string file, params string[] arguments)
+    {
+        var info = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var argument in arguments)
+        {
+            info.ArgumentList.Add(argument);
+        }
+
+        using var process = Process.Start(info)!;
+        var output = await process.StandardOutput.ReadToEndAsync();
+        await process.WaitForExitAsync();
+        Assert.True(process.ExitCode == 0, $"{file} failed: {await process.StandardError.ReadToEndAsync()}");
+        return output;
+    }
+}
