@@ -1,0 +1,98 @@
+using System.Diagnostics;
+
+namespace ConnectionRefresh.Benchmarks.Infrastructure;
+
+/// <summary>
+/// The benchmark server in a child process (this program with the <c>server</c> command), so that the client's
+/// allocations and GC pauses are measured alone. The child prints its endpoints on one line and exits when its
+/// standard input closes, i.e. when this process ends or disposes it.
+/// </summary>
+internal sealed class ServerProcess : IDisposable
+{
+    public const string H2cVariable = "CR_BENCH_H2C";
+    public const string TlsVariable = "CR_BENCH_TLS";
+    public const string ThumbprintVariable = "CR_BENCH_THUMBPRINT";
+
+    private readonly Process _process;
+
+    private ServerProcess(Process process, Uri h2c, Uri tls, string thumbprint)
+    {
+        _process = process;
+        H2c = h2c;
+        Tls = tls;
+        Thumbprint = thumbprint;
+    }
+
+    public Uri H2c { get; }
+
+    public Uri Tls { get; }
+
+    public string Thumbprint { get; }
+
+    public static async Task<ServerProcess> StartAsync()
+    {
+        var start = new ProcessStartInfo(Environment.ProcessPath!)
+        {
+            RedirectStandardInput = true,
+            RedirectStandardOutput = true,
+            UseShellExecute = false,
+        };
+        // Under `dotnet run` the process is the app host; under `dotnet x.dll` it is dotnet itself.
+        if (Path.GetFileNameWithoutExtension(Environment.ProcessPath!).Equals("dotnet", StringComparison.OrdinalIgnoreCase))
+        {
+            start.ArgumentList.Add(typeof(ServerProcess).Assembly.Location);
+        }
+
+        start.ArgumentList.Add("server");
+        var process = Process.Start(start)!;
+        try
+        {
+            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+            var line = await process.StandardOutput.ReadLineAsync(timeout.Token).ConfigureAwait(false)
+                ?? throw new InvalidOperationException("The benchmark server exited before it listened.");
+            var fields = line.Split(' ').Select(f => f.Split('=', 2)).ToDictionary(f => f[0], f => f[1]);
+            return new ServerProcess(process, new Uri(fields["h2c"]), new Uri(fields["tls"]), fields["thumbprint"]);
+        }
+        catch
+        {
+            process.Kill();
+            process.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Runs the server until standard input closes (the <c>server</c> command).</summary>
+    public static async Task RunChildAsync()
+    {
+        await using var server = await BenchServer.StartAsync().ConfigureAwait(false);
+        Console.WriteLine($"h2c={server.H2c} tls={server.Tls} thumbprint={server.Thumbprint}");
+        Console.Out.Flush();
+        while (await Console.In.ReadLineAsync().ConfigureAwait(false) is not null)
+        {
+        }
+    }
+
+    /// <summary>Makes the endpoints visible to BenchmarkDotNet's child processes, which inherit the environment.</summary>
+    public void Export()
+    {
+        Environment.SetEnvironmentVariable(H2cVariable, H2c.ToString());
+        Environment.SetEnvironmentVariable(TlsVariable, Tls.ToString());
+        Environment.SetEnvironmentVariable(ThumbprintVariable, Thumbprint);
+    }
+
+    public void Dispose()
+    {
+        try
+        {
+            _process.StandardInput.Close();
+            if (!_process.WaitForExit(TimeSpan.FromSeconds(10)))
+            {
+                _process.Kill();
+            }
+        }
+        finally
+        {
+            _process.Dispose();
+        }
+    }
+}

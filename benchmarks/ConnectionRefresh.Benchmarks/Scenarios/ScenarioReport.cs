@@ -1,0 +1,215 @@
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using ConnectionRefresh.Benchmarks.Infrastructure;
+using Spectre.Console;
+
+namespace ConnectionRefresh.Benchmarks.Scenarios;
+
+/// <summary>Writes the scenario results: console tables, <c>scenarios.json</c> and <c>scenarios.png</c>.</summary>
+internal static class ScenarioReport
+{
+    private static readonly JsonSerializerOptions Json = new()
+    {
+        WriteIndented = true,
+        Converters = { new JsonStringEnumConverter() },
+        NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals,
+    };
+
+    public static void Print(IReadOnlyList<ThroughputResult> throughput, IReadOnlyList<BalanceRound> balance)
+    {
+        if (throughput.Count > 0)
+        {
+            var table = new Table().Title("Unary calls/s, closed loop (median of rounds)")
+                .AddColumns("transport", "strategy", "calls/s", "rounds", "vs bare", "vs per-call", "p50 µs", "p99 µs", "failed");
+            foreach (var r in throughput)
+            {
+                var bare = throughput.Single(x => x.Transport == r.Transport && x.Strategy == Strategy.BareChannel).CallsPerSecond;
+                var perCall = throughput.Single(x => x.Transport == r.Transport && x.Strategy == Strategy.NewConnectionPerCall).CallsPerSecond;
+                table.AddRow(
+                    r.Transport,
+                    Markup.Escape(r.Label),
+                    N(r.CallsPerSecond),
+                    string.Join(" / ", r.Rounds.Select(x => N(x.CallsPerSecond))),
+                    (r.CallsPerSecond / bare).ToString("P0", CultureInfo.InvariantCulture),
+                    (r.CallsPerSecond / perCall).ToString("0.0", CultureInfo.InvariantCulture) + "×",
+                    N(r.P50Micros),
+                    N(r.P99Micros),
+                    r.Failures.ToString(CultureInfo.InvariantCulture));
+            }
+
+            AnsiConsole.Write(table);
+        }
+
+        if (balance.Count > 0)
+        {
+            var table = new Table().Title("Balance: calls per pod over the window")
+                .AddColumns("strategy", "round", "calls", "connections", "max/mean", "idle pods", "calls per pod");
+            foreach (var r in balance.OrderBy(r => r.Strategy).ThenBy(r => r.Round))
+            {
+                table.AddRow(
+                    Markup.Escape(r.Label),
+                    r.Round.ToString(CultureInfo.InvariantCulture),
+                    N(r.Calls),
+                    N(r.ConnectionsOpened),
+                    r.MaxToMean.ToString("0.00", CultureInfo.InvariantCulture),
+                    r.IdlePods.ToString(CultureInfo.InvariantCulture),
+                    string.Join(" ", r.CallsPerPod.Select(c => N(c))));
+            }
+
+            AnsiConsole.Write(table);
+        }
+    }
+
+    public static string WriteJson(string directory, ScenarioSettings settings, MachineInfo machine, DateTimeOffset started, IReadOnlyList<ThroughputResult> throughput, IReadOnlyList<BalanceRound> balance)
+    {
+        var path = Path.Combine(directory, "scenarios.json");
+        var document = new
+        {
+            started,
+            machine,
+            settings = new
+            {
+                settings.Rounds,
+                durationSeconds = settings.Duration.TotalSeconds,
+                warmupSeconds = settings.Warmup.TotalSeconds,
+                settings.Concurrency,
+                settings.MaxCalls,
+                settings.BalanceRounds,
+                balanceWindowSeconds = settings.BalanceWindow.TotalSeconds,
+                balanceConnectionAgeSeconds = settings.BalanceConnectionAge.TotalSeconds,
+                settings.BalanceClients,
+                settings.BalancePods,
+                settings.BalanceWorkersPerClient,
+                settings.Seed,
+            },
+            throughput = throughput.Select(r => new
+            {
+                transport = r.Transport,
+                strategy = r.Strategy,
+                label = r.Label,
+                callsPerSecond = r.CallsPerSecond,
+                p50Micros = r.P50Micros,
+                p99Micros = r.P99Micros,
+                failures = r.Failures,
+                rounds = r.Rounds,
+            }),
+            balance = balance.Select(r => new
+            {
+                strategy = r.Strategy,
+                label = r.Label,
+                r.Round,
+                r.Calls,
+                r.Failures,
+                r.ConnectionsOpened,
+                r.MaxToMean,
+                r.IdlePods,
+                r.CallsPerPod,
+                r.FirstError,
+            }),
+        };
+        File.WriteAllText(path, JsonSerializer.Serialize(document, Json));
+        return path;
+    }
+
+    /// <summary>Two small PNGs: calls/s per strategy (h2c and TLS), and the worst max/mean pod load per strategy.</summary>
+    public static IReadOnlyList<string> WriteCharts(string directory, IReadOnlyList<ThroughputResult> throughput, IReadOnlyList<BalanceRound> balance)
+    {
+        var written = new List<string>();
+        if (throughput.Count > 0)
+        {
+            var path = Path.Combine(directory, "scenarios-throughput.png");
+            ThroughputPlot(throughput).SavePng(path, 720, 400);
+            written.Add(path);
+        }
+
+        if (balance.Count > 0)
+        {
+            var path = Path.Combine(directory, "scenarios-balance.png");
+            BalancePlot(balance).SavePng(path, 720, 400);
+            written.Add(path);
+        }
+
+        return written;
+    }
+
+    private static ScottPlot.Plot ThroughputPlot(IReadOnlyList<ThroughputResult> throughput)
+    {
+        var plot = new ScottPlot.Plot();
+        var strategies = throughput.Select(r => r.Strategy).Distinct().ToArray();
+        var transports = throughput.Select(r => r.Transport).Distinct().ToArray();
+        var palette = new[] { ScottPlot.Color.FromHex("#4C78A8"), ScottPlot.Color.FromHex("#F58518") };
+        var bars = new List<ScottPlot.Bar>();
+        for (var s = 0; s < strategies.Length; s++)
+        {
+            for (var t = 0; t < transports.Length; t++)
+            {
+                var value = throughput.Single(r => r.Strategy == strategies[s] && r.Transport == transports[t]).CallsPerSecond;
+                bars.Add(new ScottPlot.Bar
+                {
+                    Position = (s * (transports.Length + 1)) + t,
+                    Value = value,
+                    FillColor = palette[t % palette.Length],
+                    Label = N(value),
+                });
+            }
+        }
+
+        var barPlot = plot.Add.Bars(bars);
+        barPlot.ValueLabelStyle.FontSize = 9;
+        plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual(
+            [.. strategies.Select((_, s) => (s * (transports.Length + 1)) + ((transports.Length - 1) / 2.0))],
+            [.. strategies.Select(ShortLabel)]);
+        plot.Axes.Bottom.TickLabelStyle.FontSize = 10;
+        plot.Axes.Margins(bottom: 0, top: 0.15);
+        for (var t = 0; t < transports.Length; t++)
+        {
+            plot.Legend.ManualItems.Add(new ScottPlot.LegendItem { LabelText = transports[t], FillColor = palette[t % palette.Length] });
+        }
+
+        plot.Legend.Alignment = ScottPlot.Alignment.UpperLeft;
+        plot.Title("Unary calls/s (higher is better)");
+        plot.YLabel("calls/s");
+        return plot;
+    }
+
+    private static ScottPlot.Plot BalancePlot(IReadOnlyList<BalanceRound> balance)
+    {
+        var plot = new ScottPlot.Plot();
+        var strategies = balance.Select(r => r.Strategy).Distinct().Order().ToArray();
+        var bars = strategies.Select((s, i) =>
+        {
+            var worst = balance.Where(r => r.Strategy == s).Max(r => r.MaxToMean);
+            return new ScottPlot.Bar
+            {
+                Position = i,
+                Value = worst,
+                FillColor = worst <= 1.5 ? ScottPlot.Color.FromHex("#54A24B") : ScottPlot.Color.FromHex("#E45756"),
+                Label = worst.ToString("0.00", CultureInfo.InvariantCulture),
+            };
+        }).ToList();
+        plot.Add.Bars(bars);
+        var target = plot.Add.HorizontalLine(1.5);
+        target.LinePattern = ScottPlot.LinePattern.Dashed;
+        target.Color = ScottPlot.Colors.Gray;
+        plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual(
+            [.. strategies.Select((_, i) => (double)i)],
+            [.. strategies.Select(s => s.Label().Replace("AddConnectionRefresh ", "refresh ", StringComparison.Ordinal).Replace(" (reference)", "", StringComparison.Ordinal))]);
+        plot.Axes.Bottom.TickLabelStyle.FontSize = 10;
+        plot.Axes.Margins(bottom: 0, top: 0.15);
+        plot.Title("Max/mean pod load, 2 clients × 6 pods (lower is better; dashed: 1.5)");
+        return plot;
+    }
+
+    private static string ShortLabel(Strategy strategy) => strategy switch
+    {
+        Strategy.NewConnectionPerCall => "per-call dial",
+        Strategy.BareChannel => "bare channel",
+        Strategy.GrpcClientDefaults => "AddGrpcClient",
+        Strategy.Refresh1 => "refresh K=1",
+        Strategy.Refresh4 => "refresh K=4",
+        _ => strategy.Label(),
+    };
+
+    private static string N(double value) => double.IsNaN(value) ? "-" : value.ToString("N0", CultureInfo.InvariantCulture);
+}

@@ -1,0 +1,79 @@
+using System.Globalization;
+
+namespace ConnectionRefresh.Benchmarks.Scenarios;
+
+/// <summary>Command-line settings of the <c>scenarios</c> command; every load loop is bounded by them.</summary>
+internal sealed record ScenarioSettings
+{
+    public int Rounds { get; init; } = 3;
+
+    public TimeSpan Duration { get; init; } = TimeSpan.FromSeconds(3);
+
+    public TimeSpan Warmup { get; init; } = TimeSpan.FromSeconds(0.5);
+
+    public int Concurrency { get; init; } = 8;
+
+    /// <summary>Upper bound on calls per measured run (and on latency samples kept).</summary>
+    public int MaxCalls { get; init; } = 2_000_000;
+
+    public int BalanceRounds { get; init; } = 2;
+
+    public TimeSpan BalanceWindow { get; init; } = TimeSpan.FromSeconds(15);
+
+    public TimeSpan BalanceConnectionAge { get; init; } = TimeSpan.FromSeconds(1);
+
+    public int BalanceClients { get; init; } = 2;
+
+    public int BalancePods { get; init; } = 6;
+
+    public int BalanceWorkersPerClient { get; init; } = 4;
+
+    public int Seed { get; init; } = 20251127;
+
+    public bool SkipThroughput { get; init; }
+
+    public bool SkipBalance { get; init; }
+
+    public string OutputDirectory { get; init; } = "";
+
+    public static ScenarioSettings Parse(IReadOnlyList<string> args, string defaultOutput)
+    {
+        var settings = new ScenarioSettings { OutputDirectory = defaultOutput };
+        for (var i = 0; i < args.Count; i++)
+        {
+            string Next() => i + 1 < args.Count ? args[++i] : throw new ArgumentException($"{args[i]} needs a value.");
+            double Seconds() => double.Parse(Next(), CultureInfo.InvariantCulture);
+            int Int() => int.Parse(Next(), CultureInfo.InvariantCulture);
+            settings = args[i] switch
+            {
+                "--out" => settings with { OutputDirectory = Path.GetFullPath(Next()) },
+                "--rounds" => settings with { Rounds = Int() },
+                "--seconds" => settings with { Duration = TimeSpan.FromSeconds(Seconds()) },
+                "--warmup" => settings with { Warmup = TimeSpan.FromSeconds(Seconds()) },
+                "--concurrency" => settings with { Concurrency = Int() },
+                "--balance-rounds" => settings with { BalanceRounds = Int() },
+                "--balance-window" => settings with { BalanceWindow = TimeSpan.FromSeconds(Seconds()) },
+                "--balance-age" => settings with { BalanceConnectionAge = TimeSpan.FromSeconds(Seconds()) },
+                "--seed" => settings with { Seed = Int() },
+                "--no-throughput" => settings with { SkipThroughput = true },
+                "--no-balance" => settings with { SkipBalance = true },
+                "--quick" => settings with
+                {
+                    Rounds = 1,
+                    Duration = TimeSpan.FromSeconds(1),
+                    BalanceRounds = 1,
+                    BalanceWindow = TimeSpan.FromSeconds(10),
+                },
+                _ => throw new ArgumentException($"Unknown option '{args[i]}'. See benchmarks/README.md."),
+            };
+        }
+
+        if (settings.Rounds < 1 || settings.Concurrency < 1 || settings.BalanceRounds < 1 || settings.Duration <= TimeSpan.Zero
+            || settings.BalanceWindow <= TimeSpan.Zero || settings.BalanceConnectionAge < TimeSpan.FromSeconds(1))
+        {
+            throw new ArgumentException("Rounds and concurrency must be at least 1, durations positive, --balance-age at least 1 s.");
+        }
+
+        return settings;
+    }
+}

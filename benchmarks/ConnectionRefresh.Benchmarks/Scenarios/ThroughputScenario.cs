@@ -1,0 +1,93 @@
+using ConnectionRefresh.Benchmarks.Infrastructure;
+
+namespace ConnectionRefresh.Benchmarks.Scenarios;
+
+internal sealed record ThroughputRound(int Round, double CallsPerSecond, long Calls, long Failures, double P50Micros, double P99Micros, string? FirstError);
+
+internal sealed record ThroughputResult(string Transport, Strategy Strategy, IReadOnlyList<ThroughputRound> Rounds)
+{
+    public string Label => Strategy.Label();
+
+    /// <summary>Median over rounds: robust to one round disturbed by other work on the machine.</summary>
+    public double CallsPerSecond => Median(Rounds.Select(r => r.CallsPerSecond));
+
+    public double P50Micros => Median(Rounds.Select(r => r.P50Micros));
+
+    public double P99Micros => Median(Rounds.Select(r => r.P99Micros));
+
+    public long Failures => Rounds.Sum(r => r.Failures);
+
+    public static double Median(IEnumerable<double> values)
+    {
+        var sorted = values.Order().ToArray();
+        return sorted.Length == 0 ? double.NaN
+            : sorted.Length % 2 == 1 ? sorted[sorted.Length / 2]
+            : (sorted[(sorted.Length / 2) - 1] + sorted[sorted.Length / 2]) / 2;
+    }
+}
+
+/// <summary>
+/// Calls per second and latency of each strategy over h2c and TLS against the out-of-process server, interleaved:
+/// every round runs every (transport, strategy) once, in an order rotated from round to round, so that slow
+/// phases of a noisy machine spread over all strategies instead of hitting one.
+/// </summary>
+internal static class ThroughputScenario
+{
+    public static readonly Strategy[] Strategies =
+    [
+        Strategy.NewConnectionPerCall,
+        Strategy.BareChannel,
+        Strategy.GrpcClientDefaults,
+        Strategy.Refresh1,
+        Strategy.Refresh4,
+    ];
+
+    public static async Task<IReadOnlyList<ThroughputResult>> RunAsync(ScenarioSettings settings, ServerProcess server, Action<string> progress)
+    {
+        var transports = new (string Name, Uri Address, string? Thumbprint)[]
+        {
+            ("h2c", server.H2c, null),
+            ("TLS", server.Tls, server.Thumbprint),
+        };
+        var rounds = new Dictionary<(string, Strategy), List<ThroughputRound>>();
+        for (var round = 1; round <= settings.Rounds; round++)
+        {
+            for (var t = 0; t < transports.Length; t++)
+            {
+                var transport = transports[t];
+                for (var s = 0; s < Strategies.Length; s++)
+                {
+                    var strategy = Strategies[(s + round - 1 + t) % Strategies.Length];
+                    var result = await RunOneAsync(settings, strategy, transport.Address, transport.Thumbprint).ConfigureAwait(false);
+                    progress($"round {round}/{settings.Rounds} {transport.Name,-3} {strategy.Label(),-28} {result.CallsPerSecond,10:N0} calls/s  p99 {result.P99Micros,8:N0} µs{(result.Failures > 0 ? $"  {result.Failures} failed: {result.FirstError}" : "")}");
+                    var key = (transport.Name, strategy);
+                    if (!rounds.TryGetValue(key, out var list))
+                    {
+                        rounds[key] = list = [];
+                    }
+
+                    list.Add(result with { Round = round });
+                }
+            }
+        }
+
+        return [.. transports.SelectMany(t => Strategies.Select(s => new ThroughputResult(t.Name, s, rounds[(t.Name, s)])))];
+    }
+
+    private static async Task<ThroughputRound> RunOneAsync(ScenarioSettings settings, Strategy strategy, Uri address, string? thumbprint)
+    {
+        // Start every run from the same state: garbage of the previous strategy collected.
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        var target = GreeterTarget.Create(strategy, address, thumbprint);
+        await using (target.ConfigureAwait(false))
+        {
+            // Warm-up: connections opened, JIT done, pools filled; not measured.
+            await LoadLoop.RunAsync([target], settings.Concurrency, settings.Warmup, settings.MaxCalls, recordLatency: false).ConfigureAwait(false);
+            var load = await LoadLoop.RunAsync([target], settings.Concurrency, settings.Duration, settings.MaxCalls, recordLatency: true).ConfigureAwait(false);
+            Array.Sort(load.LatencyTicks);
+            return new ThroughputRound(0, load.CallsPerSecond, load.Calls, load.Failures,
+                LoadLoop.Percentile(load.LatencyTicks, 50), LoadLoop.Percentile(load.LatencyTicks, 99), load.FirstError);
+        }
+    }
+}
