@@ -1,12 +1,31 @@
-using ConnectionRefresh.Protos;
+using Grpc.Core;
+using Grpc.Net.Client.Configuration;
 using Greeter.Client;
+using GreeterClient = ConnectionRefresh.Protos.Greeter.GreeterClient;
 
 var builder = Host.CreateApplicationBuilder(args);
+var address = new Uri(builder.Configuration["Greeter:Address"] ?? "http://localhost:5000");
 
-// The one line: AddConnectionRefresh() reads the "ConnectionRefresh" section of appsettings.json.
-builder.Services
-    .AddGrpcClient<ConnectionRefresh.Protos.Greeter.GreeterClient>(o => o.Address = new Uri(builder.Configuration["Greeter:Address"] ?? "http://localhost:5000"))
-    .AddConnectionRefresh();
+if (address.Scheme == "kubernetes")
+{
+    // Per-call balancing: watch the Service's EndpointSlices, round_robin over every ready pod
+    // (options from "ConnectionRefresh:Kubernetes"; needs list + watch on endpointslices, see examples/k8s).
+    builder.Services.AddKubernetesResolver();
+    builder.Services
+        .AddGrpcClient<GreeterClient>(o => o.Address = address)
+        .ConfigureChannel(o =>
+        {
+            o.Credentials = ChannelCredentials.Insecure;
+            o.ServiceConfig = new ServiceConfig { LoadBalancingConfigs = { new RoundRobinConfig() } };
+        });
+}
+else
+{
+    // The one line: AddConnectionRefresh() reads the "ConnectionRefresh" section of appsettings.json.
+    builder.Services
+        .AddGrpcClient<GreeterClient>(o => o.Address = address)
+        .AddConnectionRefresh();
+}
 
 builder.Services.AddHostedService<GreeterWorker>();
 await builder.Build().RunAsync();

@@ -196,6 +196,23 @@ public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
     }
 
     [Fact]
+    public void ValidateOnStart_SiblingPackageSections_AreNotClientSettings()
+    {
+        var services = new ServiceCollection();
+        services.AddSingleton<IConfiguration>(new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["ConnectionRefresh:ConnectionsPerEndpoint"] = "2",
+            ["ConnectionRefresh:Server:MaxConnectionAge"] = "00:05:00",
+            ["ConnectionRefresh:Kubernetes:ResyncInterval"] = "00:05:00",
+        }).Build());
+        GrpcClient(services).AddConnectionRefresh();
+        using var provider = services.BuildServiceProvider();
+
+        ValidateOnStart(provider);
+        Assert.Equal(2, provider.GetRequiredService<IOptionsMonitor<ConnectionRefreshOptions>>().Get(nameof(TestClient)).ConnectionsPerEndpoint);
+    }
+
+    [Fact]
     public void ValidateOnStart_UnparsableValue_FailsNamingKeyValueAndRange()
     {
         var services = new ServiceCollection();

@@ -13,10 +13,18 @@ internal static class ConnectionRefreshConfiguration
         .GetProperties(BindingFlags.Public | BindingFlags.Instance)
         .ToDictionary(p => p.Name, StringComparer.OrdinalIgnoreCase);
 
+    // Sub-sections that belong to the sibling packages (ConnectionRefresh.Server, ConnectionRefresh.Kubernetes).
+    private static readonly HashSet<string> SiblingSections = new(StringComparer.OrdinalIgnoreCase) { "Server", "Kubernetes" };
+
     public static void Bind(ConnectionRefreshOptions options, IConfigurationSection section, string clientName)
     {
         foreach (var entry in section.GetChildren())
         {
+            if (SiblingSections.Contains(entry.Key) && entry.Value is null)
+            {
+                continue;
+            }
+
             if (!Settings.TryGetValue(entry.Key, out var property))
             {
                 throw new InvalidOperationException(

@@ -4,6 +4,7 @@ using System.Net.Sockets;
 using ConnectionRefresh.Protos;
 using ConnectionRefresh.Testing;
 using ConnectionRefresh.Tests.Infrastructure;
+using Microsoft.AspNetCore.Hosting;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Diagnostics.Metrics.Testing;
 
@@ -81,6 +82,34 @@ public sealed class CompositionTests
         Assert.Equal(3, Volatile.Read(ref connects));
         Assert.Equal(3, cluster.Pods[0].ConnectionsAccepted);
         Assert.Equal(3, opened.GetMeasurementSnapshot().Sum(m => m.Value));
+    }
+
+    [Fact]
+    public async Task ConfigureConnectionRefreshHandler_Tls_CallsSucceedAndRecycle()
+    {
+        using var certificate = SelfSignedCertificate.Create();
+        await using var cluster = await SimulatedCluster.StartAsync(new()
+        {
+            Replicas = 2,
+            ConfigureListen = listen => listen.UseHttps(certificate),
+        });
+        var address = new UriBuilder(cluster.Address) { Scheme = Uri.UriSchemeHttps }.Uri;
+        var validated = 0;
+        using var host = GreeterClientHost.WithRefresh(address, o => o.MaxRequestsPerConnection = 10, b => b
+            .ConfigureConnectionRefreshHandler((handler, _) => handler.SslOptions.RemoteCertificateValidationCallback = (_, presented, _, _) =>
+            {
+                Interlocked.Increment(ref validated);
+                return presented?.GetCertHashString() == certificate.GetCertHashString();
+            }));
+
+        for (var i = 0; i < 30; i++)
+        {
+            await host.Client.SayHelloAsync(new HelloRequest { Name = "tls" });
+        }
+
+        // Every connection is a new TLS session, checked by the application's own callback.
+        Assert.Equal(3, cluster.Pods.Sum(p => p.ConnectionsAccepted));
+        Assert.Equal(3, Volatile.Read(ref validated));
     }
 
     [Fact]
