@@ -84,6 +84,21 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
         }
     }
 
+    /// <summary>
+    /// Whether this package started a graceful close and did not abort the connection: then the client may still be
+    /// reading the GOAWAY when Kestrel is done, and the socket should linger.
+    /// </summary>
+    public bool ClosedGracefully
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _reason != CloseReason.None && !_aborted;
+            }
+        }
+    }
+
     public int ActiveCalls
     {
         get

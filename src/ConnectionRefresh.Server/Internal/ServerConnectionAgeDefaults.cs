@@ -11,6 +11,13 @@ internal static class ServerConnectionAgeDefaults
     public static readonly TimeSpan MaxConnectionAgeGrace = Timeout.InfiniteTimeSpan;
     public static readonly TimeSpan MaxConnectionIdle = Timeout.InfiniteTimeSpan;
 
+    /// <summary>
+    /// Longest time a connection closed gracefully by this package stays open after Kestrel finished with it,
+    /// waiting for the client to close its side (see <see cref="LingeringTransport"/>). Clients close within
+    /// milliseconds of reading the GOAWAY; the bound is for clients that never do.
+    /// </summary>
+    public static readonly TimeSpan MaxGoAwayLinger = TimeSpan.FromSeconds(5);
+
     public static readonly TimeSpan MinAge = TimeSpan.FromSeconds(1);
     public static readonly TimeSpan MaxAge = TimeSpan.FromHours(24);
     public const double MinJitter = 0;

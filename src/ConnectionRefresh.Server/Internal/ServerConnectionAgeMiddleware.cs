@@ -6,7 +6,8 @@ namespace ConnectionRefresh.Server.Internal;
 
 /// <summary>
 /// Kestrel connection middleware: gives every connection a <see cref="ConnectionAgeTracker"/>, reachable by the
-/// connection's requests as <see cref="IConnectionClosingFeature"/>, and stops it when the connection ends.
+/// connection's requests as <see cref="IConnectionClosingFeature"/>, and stops it when the connection ends. After a
+/// graceful close it started, the socket lingers until the client has closed its side (see <see cref="LingeringTransport"/>).
 /// </summary>
 /// <remarks>
 /// Thread safety: shared by all connections of an endpoint; it holds only immutable settings and thread-safe
@@ -54,6 +55,8 @@ internal sealed class ServerConnectionAgeMiddleware
         // (HTTP/2 stream) of this connection sees these two.
         connection.Features.Set<IConnectionClosingFeature>(tracker);
         connection.Features.Set<IConnectionCallCounter>(tracker);
+        var transport = new LingeringTransport(connection.Transport);
+        connection.Transport = transport;
         tracker.Start();
         try
         {
@@ -61,7 +64,13 @@ internal sealed class ServerConnectionAgeMiddleware
         }
         finally
         {
+            connection.Transport = transport.Inner;
+
+            // The linger's deadline is set before the connection counts as ended, so that whoever sees it ended
+            // (metrics, tests) sees the deadline already running.
+            var closing = transport.CloseAsync(tracker.ClosedGracefully, ServerConnectionAgeDefaults.MaxGoAwayLinger, _time);
             tracker.Ended();
+            await closing.ConfigureAwait(false);
         }
     }
 }

@@ -270,4 +270,71 @@ public sealed class ServerConnectionAgeMiddlewareTests
         Assert.Null(connection.Closing);
         Assert.Contains(harness.Logger.Collector.GetSnapshot(), r => r.Id.Id == 4);
     }
+
+    [Fact]
+    public async Task OnConnectionAsync_KestrelDoneAfterGracefulClose_SocketLingersUntilClientCloses()
+    {
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10)));
+        var connection = harness.Open();
+        harness.Advance(TimeSpan.FromSeconds(10));
+
+        MiddlewareHarness.EndServerSide(connection);
+        // Kestrel is done, but the client may not have read the GOAWAY yet: the socket stays open, and what the
+        // client still sends (a racing request) is read and discarded.
+        await connection.ClientToServer.Writer.WriteAsync(new byte[] { 1, 2, 3 });
+        await Task.Yield();
+        Assert.False(harness.Run(connection).IsCompleted);
+        Assert.False(connection.SocketClosed);
+
+        // The client closes its side once it processed the GOAWAY: the socket closes at once.
+        connection.ClientToServer.Writer.Complete();
+        await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
+        Assert.True(connection.SocketClosed);
+    }
+
+    [Fact]
+    public async Task OnConnectionAsync_ClientNeverClosesAfterGracefulClose_SocketClosesAfterMaxLinger()
+    {
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10)));
+        var connection = harness.Open();
+        harness.Advance(TimeSpan.FromSeconds(10));
+
+        MiddlewareHarness.EndServerSide(connection);
+        // The middleware continues on another thread; once it recorded the connection's end, its linger deadline runs.
+        await Poll.UntilAsync(() => harness.Ages.GetMeasurementSnapshot().Count == 1, "the middleware saw Kestrel finish");
+        harness.Advance(ServerConnectionAgeDefaults.MaxGoAwayLinger - OneMs);
+        Assert.False(harness.Run(connection).IsCompleted);
+
+        harness.Advance(OneMs);
+        await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
+        Assert.True(connection.SocketClosed);
+    }
+
+    [Fact]
+    public async Task OnConnectionAsync_ConnectionEndsWithoutGracefulClose_SocketClosesWithoutLinger()
+    {
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10)));
+        var connection = harness.Open();
+
+        MiddlewareHarness.EndServerSide(connection);
+
+        await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
+        Assert.True(connection.SocketClosed);
+    }
+
+    [Fact]
+    public async Task OnConnectionAsync_AbortedAtGrace_SocketClosesWithoutLinger()
+    {
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10), grace: TimeSpan.FromSeconds(1)));
+        var connection = harness.Open();
+        MiddlewareHarness.Counter(connection).CallStarted();
+        harness.Advance(TimeSpan.FromSeconds(10));
+        harness.Advance(TimeSpan.FromSeconds(1));
+        Assert.Equal(1, connection.Aborts);
+
+        MiddlewareHarness.EndServerSide(connection);
+
+        await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
+        Assert.True(connection.SocketClosed);
+    }
 }

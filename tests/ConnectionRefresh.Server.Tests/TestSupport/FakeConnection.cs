@@ -14,6 +14,7 @@ internal sealed class FakeConnection : ConnectionContext, IConnectionLifetimeNot
     public FakeConnection(string id, bool withLifetimeNotification = true)
     {
         ConnectionId = id;
+        Transport = new DuplexPipe(ClientToServer.Reader, ServerToClient.Writer);
         if (withLifetimeNotification)
         {
             Features.Set<IConnectionLifetimeNotificationFeature>(this);
@@ -26,7 +27,16 @@ internal sealed class FakeConnection : ConnectionContext, IConnectionLifetimeNot
 
     public override IDictionary<object, object?> Items { get; set; } = new Dictionary<object, object?>();
 
-    public override IDuplexPipe Transport { get; set; } = null!;
+    public override IDuplexPipe Transport { get; set; }
+
+    /// <summary>What the "client" sends: the server reads it from <see cref="Transport"/>.</summary>
+    public Pipe ClientToServer { get; } = new();
+
+    /// <summary>What the server sends: completed when the server closes the socket.</summary>
+    public Pipe ServerToClient { get; } = new();
+
+    /// <summary>Whether the server side has closed the (fake) socket.</summary>
+    public bool SocketClosed => ServerToClient.Reader.TryRead(out var result) && result.IsCompleted;
 
     public CancellationToken ConnectionClosedRequested { get; set; }
 
@@ -36,8 +46,11 @@ internal sealed class FakeConnection : ConnectionContext, IConnectionLifetimeNot
 
     public ConnectionAbortedException? AbortReason { get; private set; }
 
-    /// <summary>Completes when the application (the "next" delegate) should return: the connection ends.</summary>
-    public TaskCompletionSource End { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    /// <summary>
+    /// Completes when the application (the "next" delegate) should return: the connection ends. Continuations run
+    /// synchronously, so that when <c>TrySetResult</c> returns the middleware has run up to its next real wait.
+    /// </summary>
+    public TaskCompletionSource End { get; } = new();
 
     public void RequestClose() => Interlocked.Increment(ref _closeRequests);
 
@@ -48,4 +61,13 @@ internal sealed class FakeConnection : ConnectionContext, IConnectionLifetimeNot
     }
 
     public IConnectionClosingFeature? Closing => Features.Get<IConnectionClosingFeature>();
+
+    /// <summary>What Kestrel does when it is done with a connection: complete the transport it was given.</summary>
+    public void ServerCompletesTransport()
+    {
+        Transport.Input.Complete();
+        Transport.Output.Complete();
+    }
+
+    private sealed record DuplexPipe(PipeReader Input, PipeWriter Output) : IDuplexPipe;
 }

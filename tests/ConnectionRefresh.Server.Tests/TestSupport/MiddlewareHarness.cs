@@ -54,12 +54,25 @@ internal sealed class MiddlewareHarness : IDisposable
 
     public void Advance(TimeSpan by) => Time.Advance(by);
 
-    /// <summary>Ends the connection (the client went away, or Kestrel closed it) and waits for the middleware.</summary>
+    /// <summary>
+    /// Ends the connection the way it ends for real: Kestrel completes the transport and returns, the client closes
+    /// its side; then waits for the middleware.
+    /// </summary>
     public async Task EndAsync(FakeConnection connection)
     {
-        connection.End.TrySetResult();
-        await _connections.Single(c => c.Connection == connection).Run;
+        EndServerSide(connection);
+        connection.ClientToServer.Writer.Complete();
+        await Run(connection);
     }
+
+    /// <summary>Kestrel is done with the connection (completes the transport it was given and returns).</summary>
+    public static void EndServerSide(FakeConnection connection)
+    {
+        connection.ServerCompletesTransport();
+        connection.End.TrySetResult();
+    }
+
+    public Task Run(FakeConnection connection) => _connections.Single(c => c.Connection == connection).Run;
 
     public static IConnectionCallCounter Counter(FakeConnection connection) =>
         connection.Features.Get<IConnectionCallCounter>() ?? throw new InvalidOperationException("no call counter");
@@ -69,6 +82,7 @@ internal sealed class MiddlewareHarness : IDisposable
         foreach (var (connection, _) in _connections)
         {
             connection.End.TrySetResult();
+            connection.ClientToServer.Writer.Complete();
         }
 
         Closes.Dispose();

@@ -1,0 +1,133 @@
+using System.IO.Pipelines;
+
+namespace ConnectionRefresh.Server.Internal;
+
+/// <summary>
+/// Wraps a connection's transport so that the socket can stay open for a moment after Kestrel has finished with it:
+/// Kestrel's completions of the input and output are held back until <see cref="CloseAsync"/> decides.
+/// </summary>
+/// <remarks>
+/// Why: when Kestrel closes an HTTP/2 connection gracefully while no stream runs, it writes GOAWAY and closes the
+/// socket at once. A client that picked the connection for a new call just before then reads GOAWAY and end-of-stream
+/// together, and .NET's SocketsHttpHandler fails that call instead of retrying it elsewhere. grpc-go avoids the race
+/// with a PING round-trip before its final GOAWAY; here the socket lingers, still open, until the client closes its
+/// side (it does so as soon as it has processed the GOAWAY) or <c>maxLinger</c> passes.
+/// Thread safety: Kestrel calls the reader and writer from its own loops, as with any transport; the completion
+/// flags are written by Kestrel before the connection delegate returns and read by <see cref="CloseAsync"/> after it.
+/// </remarks>
+internal sealed class LingeringTransport : IDuplexPipe
+{
+    private readonly IDuplexPipe _inner;
+    private readonly HeldReader _input;
+    private readonly HeldWriter _output;
+
+    public LingeringTransport(IDuplexPipe inner)
+    {
+        _inner = inner;
+        _input = new HeldReader(inner.Input);
+        _output = new HeldWriter(inner.Output);
+    }
+
+    /// <summary>The transport this one wraps.</summary>
+    public IDuplexPipe Inner => _inner;
+
+    public PipeReader Input => _input;
+
+    public PipeWriter Output => _output;
+
+    /// <summary>
+    /// Completes the real transport. With <paramref name="linger"/>, first keeps the socket open, discarding whatever
+    /// the client still sends, until the client closes its side or <paramref name="maxLinger"/> passes.
+    /// </summary>
+    public async Task CloseAsync(bool linger, TimeSpan maxLinger, TimeProvider time)
+    {
+        if (linger && !_input.Failed && !_output.Failed)
+        {
+            using var timeout = new CancellationTokenSource(maxLinger, time);
+            try
+            {
+                while (true)
+                {
+                    var result = await _inner.Input.ReadAsync(timeout.Token).ConfigureAwait(false);
+                    _inner.Input.AdvanceTo(result.Buffer.End);
+                    if (result.IsCompleted || result.IsCanceled)
+                    {
+                        break;
+                    }
+                }
+            }
+            catch (OperationCanceledException)
+            {
+                // maxLinger passed: close anyway.
+            }
+            catch (Exception ex) when (ex is IOException or InvalidOperationException or System.Net.Sockets.SocketException)
+            {
+                // The connection broke or was aborted meanwhile: nothing left to wait for.
+            }
+        }
+
+        await _input.ReleaseAsync().ConfigureAwait(false);
+        await _output.ReleaseAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>A reader whose completion is held until <see cref="ReleaseAsync"/>.</summary>
+    private sealed class HeldReader(PipeReader inner) : PipeReader
+    {
+        private bool _completed;
+        private Exception? _error;
+
+        public bool Failed => _error is not null;
+
+        public override void AdvanceTo(SequencePosition consumed) => inner.AdvanceTo(consumed);
+
+        public override void AdvanceTo(SequencePosition consumed, SequencePosition examined) => inner.AdvanceTo(consumed, examined);
+
+        public override void CancelPendingRead() => inner.CancelPendingRead();
+
+        public override ValueTask<ReadResult> ReadAsync(CancellationToken cancellationToken = default) => inner.ReadAsync(cancellationToken);
+
+        public override bool TryRead(out ReadResult result) => inner.TryRead(out result);
+
+        public override void Complete(Exception? exception = null)
+        {
+            _completed = true;
+            _error = exception;
+        }
+
+        public ValueTask ReleaseAsync() => inner.CompleteAsync(_completed ? _error : null);
+    }
+
+    /// <summary>A writer whose completion is held until <see cref="ReleaseAsync"/>.</summary>
+    private sealed class HeldWriter(PipeWriter inner) : PipeWriter
+    {
+        private bool _completed;
+        private Exception? _error;
+
+        public bool Failed => _error is not null;
+
+        public override bool CanGetUnflushedBytes => inner.CanGetUnflushedBytes;
+
+        public override long UnflushedBytes => inner.UnflushedBytes;
+
+        public override void Advance(int bytes) => inner.Advance(bytes);
+
+        public override void CancelPendingFlush() => inner.CancelPendingFlush();
+
+        public override ValueTask<FlushResult> FlushAsync(CancellationToken cancellationToken = default) => inner.FlushAsync(cancellationToken);
+
+        public override Memory<byte> GetMemory(int sizeHint = 0) => inner.GetMemory(sizeHint);
+
+        public override Span<byte> GetSpan(int sizeHint = 0) => inner.GetSpan(sizeHint);
+
+        public override ValueTask<FlushResult> WriteAsync(ReadOnlyMemory<byte> source, CancellationToken cancellationToken = default) =>
+            inner.WriteAsync(source, cancellationToken);
+
+        public override void Complete(Exception? exception = null)
+        {
+            _completed = true;
+            _error = exception;
+        }
+
+        public ValueTask ReleaseAsync() => inner.CompleteAsync(_completed ? _error : null);
+    }
+}
