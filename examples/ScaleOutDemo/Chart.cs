@@ -33,7 +33,7 @@ internal static class Chart
     private static Plot Panel(StrategyResult result, double maxSeconds, double maxRate)
     {
         var plot = new Plot();
-        var palette = new ScottPlot.Palettes.Category10();
+        var palette = new ScottPlot.Palettes.Category20();
         for (var i = 0; i < result.Pods.Length; i++)
         {
             var pod = result.Pods[i];
