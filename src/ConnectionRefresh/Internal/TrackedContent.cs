@@ -9,6 +9,11 @@ namespace ConnectionRefresh.Internal;
 /// <remarks>Thread-safe: completion is decided by one Interlocked exchange.</remarks>
 internal sealed class TrackedContent : HttpContent
 {
+    // The content of SocketsHttpHandler's responses (an internal type): its stream is ready as soon as the
+    // headers are, so ReadAsStream does not block. Null if the runtime renames it; then the async path is used.
+    private static readonly Type? SocketsResponseContentType =
+        typeof(HttpClient).Assembly.GetType("System.Net.Http.HttpConnectionResponseContent", throwOnError: false);
+
     private readonly HttpContent _inner;
     private readonly ConnectionSlot _slot;
     private readonly HandlerGeneration _generation;
@@ -73,7 +78,12 @@ internal sealed class TrackedContent : HttpContent
     {
         try
         {
-            return new TrackedStream(await _inner.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false), this);
+            // SocketsHttpHandler's response content hands out its stream synchronously either way; taking it
+            // through the synchronous API saves the Task<Stream> the asynchronous one allocates on every call.
+            var inner = _inner.GetType() == SocketsResponseContentType
+                ? _inner.ReadAsStream(cancellationToken)
+                : await _inner.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
+            return new TrackedStream(inner, this);
         }
         catch (Exception exception)
         {
