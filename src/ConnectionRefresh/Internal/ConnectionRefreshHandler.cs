@@ -56,7 +56,7 @@ internal sealed class ConnectionRefreshHandler : HttpMessageHandler
             throw replacement;
         }
 
-        response.Content = new TrackedContent(response.Content, slot, generation, _telemetry, linked);
+        response.Content = new TrackedContent(response.Content, slot, generation, linked);
         return response;
     }
 

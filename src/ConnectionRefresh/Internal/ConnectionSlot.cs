@@ -23,6 +23,9 @@ internal sealed class ConnectionSlot
         _index = index;
     }
 
+    /// <summary>Metrics and logs of the client this slot belongs to.</summary>
+    public ConnectionRefreshTelemetry Telemetry => _factory.Telemetry;
+
     /// <summary>The generation taking new calls now, if any (for tests and diagnostics).</summary>
     public HandlerGeneration? Current => Volatile.Read(ref _current);
 

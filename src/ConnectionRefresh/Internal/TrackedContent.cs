@@ -17,24 +17,20 @@ internal sealed class TrackedContent : HttpContent
     private readonly HttpContent _inner;
     private readonly ConnectionSlot _slot;
     private readonly HandlerGeneration _generation;
-    private readonly ConnectionRefreshTelemetry _telemetry;
-    private readonly CancellationTokenSource? _linked;
-    private CancellationTokenRegistration _cutRegistration;
-    private volatile bool _cut;
+
+    // Only with a DrainTimeout: the default (no limit) allocates nothing for it on the call path.
+    private readonly DrainLimit? _drain;
     private int _completed;
 
     public TrackedContent(
         HttpContent inner,
         ConnectionSlot slot,
         HandlerGeneration generation,
-        ConnectionRefreshTelemetry telemetry,
         CancellationTokenSource? linked)
     {
         _inner = inner;
         _slot = slot;
         _generation = generation;
-        _telemetry = telemetry;
-        _linked = linked;
         foreach (var header in inner.Headers.NonValidated)
         {
             foreach (var value in header.Value)
@@ -45,12 +41,13 @@ internal sealed class TrackedContent : HttpContent
 
         if (generation.CutToken.CanBeCanceled)
         {
-            _cutRegistration = generation.CutToken.UnsafeRegister(static s => ((TrackedContent)s!).Cut(), this);
+            _drain = new DrainLimit(linked);
+            _drain.Registration = generation.CutToken.UnsafeRegister(static s => ((TrackedContent)s!).Cut(), this);
         }
     }
 
     /// <summary>True once DrainTimeout cut this call.</summary>
-    public bool WasCut => _cut;
+    public bool WasCut => _drain?.Cut == true;
 
     /// <summary>Releases the call's lease; only the first call counts.</summary>
     public void Complete()
@@ -60,8 +57,12 @@ internal sealed class TrackedContent : HttpContent
             return;
         }
 
-        _cutRegistration.Dispose();
-        _linked?.Dispose();
+        if (_drain is not null)
+        {
+            _drain.Registration.Dispose();
+            _drain.Linked?.Dispose();
+        }
+
         _generation.Release();
     }
 
@@ -69,9 +70,9 @@ internal sealed class TrackedContent : HttpContent
     public Exception? Fail(Exception exception, CancellationToken cancellationToken)
     {
         Complete();
-        return _cut
+        return WasCut
             ? ConnectionFailures.CutByDrainTimeout(exception)
-            : ConnectionFailures.OnCallFailed(exception, _slot, _generation, _telemetry, cancellationToken);
+            : ConnectionFailures.OnCallFailed(exception, _slot, _generation, _slot.Telemetry, cancellationToken);
     }
 
     protected override async Task<Stream> CreateContentReadStreamAsync(CancellationToken cancellationToken)
@@ -133,7 +134,15 @@ internal sealed class TrackedContent : HttpContent
 
     private void Cut()
     {
-        _cut = true;
+        _drain!.Cut = true;
         _inner.Dispose();
+    }
+
+    /// <summary>The linked token source and cut registration of a call under a DrainTimeout.</summary>
+    private sealed class DrainLimit(CancellationTokenSource? linked)
+    {
+        public readonly CancellationTokenSource? Linked = linked;
+        public CancellationTokenRegistration Registration;
+        public volatile bool Cut;
     }
 }
