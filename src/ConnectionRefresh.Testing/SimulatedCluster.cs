@@ -81,14 +81,17 @@ public sealed class SimulatedCluster : IAsyncDisposable
     /// </summary>
     public string? NetworkNamespace => _iptables?.NamespaceName;
 
-    /// <summary>The pods in the cluster now (pending, running or terminating), in order of creation.</summary>
+    /// <summary>
+    /// The pods in the cluster now, ready or not (running or terminating), in order of creation. A pod appears once its
+    /// server listens; stopped and killed pods leave (they stay in <see cref="Summary"/>).
+    /// </summary>
     public IReadOnlyList<SimulatedPod> Pods
     {
         get
         {
             lock (_gate)
             {
-                return [.. _pods];
+                return [.. _pods.Where(p => p.State != SimulatedPodState.Pending)];
             }
         }
     }
@@ -165,7 +168,10 @@ public sealed class SimulatedCluster : IAsyncDisposable
                 throw new InvalidOperationException($"A simulated cluster holds at most {MaxPods} pods.");
             }
 
-            pod = new SimulatedPod(this, $"{_options.PodNamePrefix}-{++_podSequence}");
+            pod = new SimulatedPod(this, $"{_options.PodNamePrefix}-{++_podSequence}")
+            {
+                Capacity = _options.MaxConcurrentCallsPerPod is { } limit ? new SemaphoreSlim(limit, limit) : null,
+            };
             _pods.Add(pod);
             _allPods.Add(pod);
         }
@@ -224,7 +230,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
     }
 
     /// <summary>
-    /// Scales to <paramref name="replicas"/> pods (pending, running): adds pods in parallel, or stops the newest ones gracefully.
+    /// Scales to <paramref name="replicas"/> pods (starting or running; terminating pods do not count): adds pods in parallel, or stops the newest ones gracefully.
     /// Existing connections are not moved, as in Kubernetes.
     /// </summary>
     /// <param name="replicas">The number of pods wanted, 0 to 64.</param>
@@ -600,13 +606,29 @@ public sealed class SimulatedCluster : IAsyncDisposable
     {
         pod.OnCallStarted();
         var succeeded = false;
+        var admitted = false;
         try
         {
+            if (pod.Capacity is { } capacity)
+            {
+                await capacity.WaitAsync(context.RequestAborted).ConfigureAwait(false);
+                admitted = true;
+            }
+
             await next(context).ConfigureAwait(false);
             succeeded = !context.RequestAborted.IsCancellationRequested && IsSuccess(context);
         }
+        catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
+        {
+            // The client went away while the call queued or ran: a failed call, nothing to answer.
+        }
         finally
         {
+            if (admitted)
+            {
+                pod.Capacity!.Release();
+            }
+
             pod.OnCallCompleted(succeeded);
         }
     }

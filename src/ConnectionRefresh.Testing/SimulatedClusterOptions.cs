@@ -54,6 +54,13 @@ public sealed class SimulatedClusterOptions
     public TimeSpan TerminationGracePeriod { get; set; } = TimeSpan.FromSeconds(30);
 
     /// <summary>
+    /// Calls one pod runs at the same time, like the CPU of a pod with a limit: further calls wait in a queue, so an
+    /// overloaded pod answers more slowly than an idle one. Calls count as served when they arrive.
+    /// <see langword="null"/> (the default) means no limit. Range: 1 to 10,000.
+    /// </summary>
+    public int? MaxConcurrentCallsPerPod { get; set; }
+
+    /// <summary>
     /// Seed of the random pod choice of the <see cref="KubeProxyMode.Userspace"/> ClusterIP, for reproducible runs;
     /// <see langword="null"/> (the default) uses a shared random source. The kernel's choice in
     /// <see cref="KubeProxyMode.Iptables"/> mode cannot be seeded.
@@ -75,6 +82,11 @@ public sealed class SimulatedClusterOptions
         if (string.IsNullOrWhiteSpace(PodNamePrefix))
         {
             throw new ArgumentException("PodNamePrefix must not be empty.", nameof(PodNamePrefix));
+        }
+
+        if (MaxConcurrentCallsPerPod is < 1 or > 10_000)
+        {
+            throw new ArgumentOutOfRangeException(nameof(MaxConcurrentCallsPerPod), MaxConcurrentCallsPerPod, "MaxConcurrentCallsPerPod must be between 1 and 10,000, or null.");
         }
 
         ArgumentNullException.ThrowIfNull(TimeProvider);

@@ -84,6 +84,9 @@ public sealed class SimulatedPod
 
     internal System.Net.IPEndPoint? EndPoint { get; set; }
 
+    /// <summary>The pod's call capacity (<see cref="SimulatedClusterOptions.MaxConcurrentCallsPerPod"/>), or null.</summary>
+    internal SemaphoreSlim? Capacity { get; init; }
+
     /// <summary>Cancelled to make a graceful stop hard (kill, dispose).</summary>
     internal CancellationTokenSource KillSwitch { get; } = new();
 

@@ -3,7 +3,7 @@ namespace ConnectionRefresh.Testing;
 /// <summary>The life-cycle state of a <see cref="SimulatedPod"/>.</summary>
 public enum SimulatedPodState
 {
-    /// <summary>Starting: in the cluster but not ready yet.</summary>
+    /// <summary>Starting: its server does not listen yet; not listed in <see cref="SimulatedCluster.Pods"/> until it does.</summary>
     Pending = 0,
 
     /// <summary>Serving; receives new connections while <see cref="SimulatedPod.IsReady"/> is true.</summary>

@@ -194,6 +194,22 @@ public sealed class SimulatedClusterTests
     }
 
     [Fact]
+    public async Task MaxConcurrentCallsPerPod_One_CallsQueue()
+    {
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1, MaxConcurrentCallsPerPod = 1 });
+        using var client = new TestClient(cluster.Address);
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+
+        var instances = await Task.WhenAll(client.HelloAsync(delayMs: 500), client.HelloAsync(delayMs: 500));
+
+        // With one call at a time, two 500 ms calls take at least 1 s (a lower bound: load can only make it slower;
+        // 0.95 s allows for timer granularity).
+        Assert.True(watch.Elapsed >= TimeSpan.FromSeconds(0.95), $"took {watch.Elapsed}");
+        Assert.All(instances, i => Assert.Equal("greeter-1", i));
+        Assert.Equal(0, cluster.Pods[0].CallsFailed);
+    }
+
+    [Fact]
     public async Task DisposeAsync_WithOpenConnectionsAndRunningCall_LeavesNothingListeningOrOpen()
     {
         var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 2 });
