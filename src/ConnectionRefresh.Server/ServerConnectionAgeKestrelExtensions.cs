@@ -119,7 +119,7 @@ public static class ServerConnectionAgeKestrelExtensions
         var services = (IServiceProvider?)listenOptions.ApplicationServices;
         ThrowIfIdleWithoutCallCounting(services, options);
 
-        var settings = ConnectionAgeSettings.From(options);
+        var settings = ConnectionAgeSettings.From(options, callsCounted: services?.GetService<ServerConnectionAgeRegistration>() is not null);
         var time = services?.GetService<TimeProvider>() ?? TimeProvider.System;
         var metrics = services?.GetService<ServerConnectionAgeMetrics>()
             ?? new ServerConnectionAgeMetrics(services?.GetService<IMeterFactory>());

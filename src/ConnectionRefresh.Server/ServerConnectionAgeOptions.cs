@@ -20,6 +20,12 @@ public sealed class ServerConnectionAgeOptions
     /// measurable. <see cref="Timeout.InfiniteTimeSpan"/> disables it (for example to use only
     /// <see cref="MaxConnectionIdle"/>). Range: 1 second to 24 hours, or infinite.
     /// </summary>
+    /// <remarks>
+    /// With <c>services.AddServerConnectionAge(...)</c> registered, a connection that reaches its age before its
+    /// first call (a client's pre-connected spare socket) is closed when that first call starts, while the call runs:
+    /// Kestrel closes a connection that has not begun HTTP/2 without a GOAWAY, and a client starting to use it at
+    /// that moment would fail its call.
+    /// </remarks>
     public TimeSpan MaxConnectionAge { get; set; } = ServerConnectionAgeDefaults.MaxConnectionAge;
 
     /// <summary>

@@ -1,13 +1,22 @@
 namespace ConnectionRefresh.Server.Internal;
 
 /// <summary>The validated settings one middleware applies to each of its connections. Immutable.</summary>
-internal sealed record ConnectionAgeSettings(TimeSpan MaxAge, double Jitter, TimeSpan Grace, TimeSpan MaxIdle)
+/// <param name="MaxAge">MaxConnectionAge.</param>
+/// <param name="Jitter">MaxConnectionAgeJitter.</param>
+/// <param name="Grace">MaxConnectionAgeGrace.</param>
+/// <param name="MaxIdle">MaxConnectionIdle.</param>
+/// <param name="CallsCounted">
+/// Whether the calls of each connection are counted (<c>services.AddServerConnectionAge(...)</c> ran); then a
+/// connection that reaches its age before its first call is closed when that call starts, not before.
+/// </param>
+internal sealed record ConnectionAgeSettings(TimeSpan MaxAge, double Jitter, TimeSpan Grace, TimeSpan MaxIdle, bool CallsCounted)
 {
-    public static ConnectionAgeSettings From(ServerConnectionAgeOptions options) => new(
+    public static ConnectionAgeSettings From(ServerConnectionAgeOptions options, bool callsCounted) => new(
         options.MaxConnectionAge,
         options.MaxConnectionAgeJitter,
         options.MaxConnectionAgeGrace,
-        options.MaxConnectionIdle);
+        options.MaxConnectionIdle,
+        callsCounted);
 
     /// <summary>
     /// The age of one connection: <see cref="MaxAge"/> × (1 + j × u), u uniform in [−1, 1), as gRFC A9.

@@ -39,6 +39,8 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
     private ITimer? _idleTimer;
     private ITimer? _graceTimer;
     private int _activeCalls;
+    private bool _hadCall;
+    private bool _agedBeforeFirstCall;
     private long _idleSince;
     private CloseReason _reason;
     private bool _aborted;
@@ -131,11 +133,21 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
 
     public void CallStarted()
     {
+        bool closeNow;
         lock (_gate)
         {
             // The idle timer is left running: when it fires it sees the call and does nothing; the end of the
             // last call re-arms it.
             _activeCalls++;
+            closeNow = _agedBeforeFirstCall && !_hadCall;
+            _hadCall = true;
+        }
+
+        if (closeNow)
+        {
+            // The connection reached its age before its first call: close it now, while this call runs. Kestrel then
+            // sends a GOAWAY that still admits streams in flight, and this call completes normally.
+            BeginClose(CloseReason.MaxAge);
         }
     }
 
@@ -171,7 +183,22 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
         _metrics.Ended(reason, _time.GetElapsedTime(_openedAt));
     }
 
-    private void OnMaxAge() => BeginClose(CloseReason.MaxAge);
+    private void OnMaxAge()
+    {
+        lock (_gate)
+        {
+            // A connection that never carried a call (a client's pre-connected spare socket, or one still in its
+            // HTTP/2 handshake) is not closed yet: Kestrel would close it without a GOAWAY, and a client that starts
+            // using it at that moment fails its call. It is closed when its first call starts instead.
+            if (_settings.CallsCounted && !_hadCall)
+            {
+                _agedBeforeFirstCall = true;
+                return;
+            }
+        }
+
+        BeginClose(CloseReason.MaxAge);
+    }
 
     private void OnIdleTimer()
     {

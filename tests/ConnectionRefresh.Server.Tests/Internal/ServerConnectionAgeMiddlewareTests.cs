@@ -337,4 +337,35 @@ public sealed class ServerConnectionAgeMiddlewareTests
         await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
         Assert.True(connection.SocketClosed);
     }
+
+    [Fact]
+    public void OnConnectionAsync_AgeReachedBeforeFirstCall_ClosesWhenTheFirstCallStarts()
+    {
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10)), callsCounted: true);
+        var connection = harness.Open();
+
+        harness.Advance(TimeSpan.FromMinutes(5));
+        Assert.Equal(0, connection.CloseRequests);
+
+        MiddlewareHarness.Counter(connection).CallStarted();
+        Assert.Equal(1, connection.CloseRequests);
+        Assert.True(connection.Closing!.ConnectionClosing.IsCancellationRequested);
+        Assert.Equal("max_age", Assert.Single(harness.Closes.GetMeasurementSnapshot()).Tags[ServerConnectionAgeMetrics.ReasonTag]);
+    }
+
+    [Fact]
+    public void OnConnectionAsync_CallsCountedAndConnectionUsed_ClosesAtMaxAge()
+    {
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10)), callsCounted: true);
+        var connection = harness.Open();
+        var counter = MiddlewareHarness.Counter(connection);
+        counter.CallStarted();
+        counter.CallEnded();
+
+        harness.Advance(TimeSpan.FromSeconds(10));
+
+        Assert.Equal(1, connection.CloseRequests);
+        counter.CallStarted();
+        Assert.Equal(1, connection.CloseRequests);
+    }
 }

@@ -18,7 +18,7 @@ internal sealed class MiddlewareHarness : IDisposable
     private readonly ServerConnectionAgeMiddleware _middleware;
     private readonly List<(FakeConnection Connection, Task Run)> _connections = [];
 
-    public MiddlewareHarness(ServerConnectionAgeOptions options, int seed = 1)
+    public MiddlewareHarness(ServerConnectionAgeOptions options, int seed = 1, bool callsCounted = false)
     {
         _services = new ServiceCollection().AddMetrics().BuildServiceProvider();
         var meterFactory = _services.GetRequiredService<IMeterFactory>();
@@ -27,7 +27,7 @@ internal sealed class MiddlewareHarness : IDisposable
         Ages = new MetricCollector<double>(meterFactory, ServerConnectionAgeMetrics.MeterName, ServerConnectionAgeMetrics.AgeName);
         _middleware = new ServerConnectionAgeMiddleware(
             connection => ((FakeConnection)connection).End.Task,
-            ConnectionAgeSettings.From(options),
+            ConnectionAgeSettings.From(options, callsCounted),
             Time,
             new ServerConnectionAgeMetrics(meterFactory),
             Logger,
