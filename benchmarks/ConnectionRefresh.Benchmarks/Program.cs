@@ -6,6 +6,7 @@ using ConnectionRefresh.Benchmarks.Scenarios;
 // Commands (see benchmarks/README.md):
 //   (none) | micro [--full] [BenchmarkDotNet options]   the BenchmarkDotNet micro benchmark of one unary call
 //   scenarios [--quick] [--out dir] [...]               throughput h2c/TLS and balance, table + JSON + PNG
+//   alloc [calls]                                       quick allocated-bytes-per-call check of each strategy
 //   server                                              the loopback benchmark server (started by the others)
 var command = args.Length > 0 && !args[0].StartsWith('-') ? args[0] : "micro";
 var rest = args.Length > 0 && !args[0].StartsWith('-') ? args[1..] : args;
@@ -16,6 +17,9 @@ switch (command)
     case "server":
         await ServerProcess.RunChildAsync();
         return 0;
+
+    case "alloc":
+        return await AllocationCheck.RunAsync(rest);
 
     case "scenarios":
         return await ScenarioCommand.RunAsync(ScenarioSettings.Parse(rest, results));

@@ -16,8 +16,14 @@ internal enum Strategy
     /// <summary><c>AddGrpcClient</c> with its defaults.</summary>
     GrpcClientDefaults,
 
+    /// <summary><c>AddGrpcClient</c> with its defaults, without HttpClientFactory's logging handlers (<c>RemoveAllLoggers</c>).</summary>
+    GrpcClientNoLoggers,
+
     /// <summary><c>AddGrpcClient().AddConnectionRefresh()</c>, one connection per endpoint.</summary>
     Refresh1,
+
+    /// <summary><c>AddConnectionRefresh</c>, one connection, without HttpClientFactory's logging handlers.</summary>
+    Refresh1NoLoggers,
 
     /// <summary><c>AddConnectionRefresh</c>, four connections per endpoint.</summary>
     Refresh4,
@@ -39,6 +45,8 @@ internal static class StrategyNames
         Strategy.NewConnectionPerCall => "new connection per call",
         Strategy.BareChannel => "bare GrpcChannel",
         Strategy.GrpcClientDefaults => "AddGrpcClient defaults",
+        Strategy.GrpcClientNoLoggers => "AddGrpcClient, RemoveAllLoggers",
+        Strategy.Refresh1NoLoggers => "AddConnectionRefresh K=1, RemoveAllLoggers",
         Strategy.Refresh1 => "AddConnectionRefresh K=1",
         Strategy.Refresh4 => "AddConnectionRefresh K=4",
         Strategy.Refresh16 => "AddConnectionRefresh K=16",
@@ -63,6 +71,8 @@ internal abstract class GreeterTarget : IAsyncDisposable
         Strategy.NewConnectionPerCall => new PerCallTarget(address, thumbprint),
         Strategy.BareChannel => new ChannelTarget(BareChannel(address, thumbprint)),
         Strategy.GrpcClientDefaults => new ServiceProviderTarget(address, thumbprint, refresh: null),
+        Strategy.GrpcClientNoLoggers => new ServiceProviderTarget(address, thumbprint, refresh: null, removeLoggers: true),
+        Strategy.Refresh1NoLoggers => Refresh(address, thumbprint, 1, null, configure, removeLoggers: true),
         Strategy.Refresh1 => Refresh(address, thumbprint, 1, null, configure),
         Strategy.Refresh4 => Refresh(address, thumbprint, 4, null, configure),
         Strategy.Refresh16 => Refresh(address, thumbprint, 16, null, configure),
@@ -71,13 +81,14 @@ internal abstract class GreeterTarget : IAsyncDisposable
         _ => throw new ArgumentOutOfRangeException(nameof(strategy)),
     };
 
-    private static ServiceProviderTarget Refresh(Uri address, string? thumbprint, int connections, int? maxRequests, Action<ConnectionRefreshOptions>? configure) =>
+    private static ServiceProviderTarget Refresh(
+        Uri address, string? thumbprint, int connections, int? maxRequests, Action<ConnectionRefreshOptions>? configure, bool removeLoggers = false) =>
         new(address, thumbprint, options =>
         {
             options.ConnectionsPerEndpoint = connections;
             options.MaxRequestsPerConnection = maxRequests;
             configure?.Invoke(options);
-        });
+        }, removeLoggers);
 
     /// <summary>
     /// A GrpcChannel as an application would create one. Over h2c exactly <c>GrpcChannel.ForAddress(address)</c>;
@@ -127,10 +138,16 @@ internal sealed class ServiceProviderTarget : GreeterTarget
     private readonly ServiceProvider _services;
     private readonly Greeter.GreeterClient _client;
 
-    public ServiceProviderTarget(Uri address, string? thumbprint, Action<ConnectionRefreshOptions>? refresh)
+    public ServiceProviderTarget(Uri address, string? thumbprint, Action<ConnectionRefreshOptions>? refresh, bool removeLoggers = false)
     {
         var services = new ServiceCollection();
         var builder = services.AddGrpcClient<Greeter.GreeterClient>(o => o.Address = address);
+        if (removeLoggers)
+        {
+            // HttpClientFactory's per-request logging handlers; not part of what AddConnectionRefresh costs.
+            builder.RemoveAllLoggers();
+        }
+
         if (refresh is null)
         {
             if (thumbprint is not null)

@@ -18,7 +18,9 @@ public class UnaryCallBenchmarks
     private BenchServer? _inProcessServer;
     private GreeterTarget _bare = null!;
     private GreeterTarget _defaults = null!;
+    private GreeterTarget _defaultsNoLoggers = null!;
     private GreeterTarget _refresh1 = null!;
+    private GreeterTarget _refresh1NoLoggers = null!;
     private GreeterTarget _refresh4 = null!;
     private GreeterTarget _refresh16 = null!;
     private GreeterTarget _recycle1 = null!;
@@ -43,7 +45,9 @@ public class UnaryCallBenchmarks
         // Clients open their connections on first use, so only the running benchmark's connections exist.
         _bare = GreeterTarget.Create(Strategy.BareChannel, address, null);
         _defaults = GreeterTarget.Create(Strategy.GrpcClientDefaults, address, null);
+        _defaultsNoLoggers = GreeterTarget.Create(Strategy.GrpcClientNoLoggers, address, null);
         _refresh1 = GreeterTarget.Create(Strategy.Refresh1, address, null);
+        _refresh1NoLoggers = GreeterTarget.Create(Strategy.Refresh1NoLoggers, address, null);
         _refresh4 = GreeterTarget.Create(Strategy.Refresh4, address, null);
         _refresh16 = GreeterTarget.Create(Strategy.Refresh16, address, null);
         _recycle1 = GreeterTarget.Create(Strategy.Refresh1Recycle1000, address, null);
@@ -53,7 +57,7 @@ public class UnaryCallBenchmarks
     [GlobalCleanup]
     public async Task CleanupAsync()
     {
-        foreach (var target in new[] { _bare, _defaults, _refresh1, _refresh4, _refresh16, _recycle1, _recycle4 })
+        foreach (var target in new[] { _bare, _defaults, _defaultsNoLoggers, _refresh1, _refresh1NoLoggers, _refresh4, _refresh16, _recycle1, _recycle4 })
         {
             await target.DisposeAsync();
         }
@@ -70,8 +74,14 @@ public class UnaryCallBenchmarks
     [Benchmark(Description = "AddGrpcClient defaults")]
     public Task<HelloReply> GrpcClientDefaults() => _defaults.CallAsync(Request);
 
+    [Benchmark(Description = "AddGrpcClient, RemoveAllLoggers")]
+    public Task<HelloReply> GrpcClientNoLoggers() => _defaultsNoLoggers.CallAsync(Request);
+
     [Benchmark(Description = "AddConnectionRefresh K=1")]
     public Task<HelloReply> Refresh1() => _refresh1.CallAsync(Request);
+
+    [Benchmark(Description = "AddConnectionRefresh K=1, RemoveAllLoggers")]
+    public Task<HelloReply> Refresh1NoLoggers() => _refresh1NoLoggers.CallAsync(Request);
 
     [Benchmark(Description = "AddConnectionRefresh K=4")]
     public Task<HelloReply> Refresh4() => _refresh4.CallAsync(Request);
