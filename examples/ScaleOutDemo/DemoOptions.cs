@@ -16,6 +16,8 @@ internal sealed class DemoOptions
 
     public int WorkMs { get; private set; } = 10;
 
+    public int PodCapacity { get; private set; } = 4;
+
     public bool KubeProxy { get; private set; }
 
     public string OutputDirectory { get; private set; } = Path.Combine("out", "demo");
@@ -39,6 +41,8 @@ internal sealed class DemoOptions
           --workers <n>          concurrent callers per client replica (default 4, 1–32)
           --pods <n>             pods at start; scale-out doubles them (default 3, 1–16)
           --work-ms <ms>         server-side work per call (default 10, 0–1000)
+          --pod-capacity <n>     calls a pod runs at once, like its CPU limit; more wait in a queue, so an
+                                 overloaded pod is slower (default 4, 1–1000)
           --strategies <list>    comma-separated, from: {string.Join(", ", StrategyCatalog.All.Select(s => s.Name))} (default all)
           --kube-proxy           use the real kube-proxy iptables mode (Linux, root, iptables) instead of the
                                  in-process ClusterIP
@@ -71,6 +75,7 @@ internal sealed class DemoOptions
                 case "--workers": options.WorkersPerClient = Int(1, 32); break;
                 case "--pods": options.Pods = Int(1, 16); break;
                 case "--work-ms": options.WorkMs = Int(0, 1000); break;
+                case "--pod-capacity": options.PodCapacity = Int(1, 1000); break;
                 case "--kube-proxy": options.KubeProxy = true; break;
                 case "--out": options.OutputDirectory = Value(); break;
                 case "--strategies":

@@ -44,7 +44,7 @@ ThreadPool.SetMinThreads(Math.Max(64, Environment.ProcessorCount * 8), Math.Max(
 var scenario = new Scenario(options.Duration);
 AnsiConsole.MarkupLine($"[bold]ScaleOutDemo[/]: {options.Strategies.Count} strategies side by side, each against its own cluster " +
     $"({(options.KubeProxy ? "kube-proxy iptables mode" : "in-process ClusterIP")}), {options.Clients} client replicas × {options.WorkersPerClient} callers, " +
-    $"{options.Pods} pods, {options.Duration.TotalSeconds:0} s.");
+    $"{options.Pods} pods running {options.PodCapacity} calls at once each ({options.WorkMs} ms of work per call), {options.Duration.TotalSeconds:0} s.");
 AnsiConsole.MarkupLine($"Script: scale {options.Pods} → {options.Pods * 2} at {scenario.ScaleOutAt.TotalSeconds:0} s, rolling update at {scenario.RollingUpdateAt.TotalSeconds:0} s, " +
     $"busiest pod black-holed at {scenario.BlackHoleAt.TotalSeconds:0} s, removed from endpoints at {scenario.EndpointRemovalAt.TotalSeconds:0} s.");
 
@@ -97,6 +97,7 @@ try
         options.WorkersPerClient,
         options.Pods,
         options.WorkMs,
+        options.PodCapacity,
         options.KubeProxy ? "iptables" : "userspace",
         results);
     await File.WriteAllTextAsync(jsonPath, JsonSerializer.Serialize(report, new JsonSerializerOptions { WriteIndented = true }));

@@ -120,5 +120,6 @@ internal sealed record DemoReport(
     int WorkersPerClient,
     int InitialPods,
     int WorkMs,
+    int PodCapacity,
     string ProxyMode,
     IReadOnlyList<StrategyResult> Strategies);

@@ -52,6 +52,7 @@ internal sealed class StrategyRun(IClientStrategy strategy, DemoOptions options,
             Replicas = options.Pods,
             ProxyMode = options.KubeProxy ? KubeProxyMode.Iptables : KubeProxyMode.Userspace,
             TerminationGracePeriod = TimeSpan.FromSeconds(10),
+            MaxConcurrentCallsPerPod = options.PodCapacity,
         });
     }
 
