@@ -126,7 +126,7 @@ static IRenderable LiveView(IReadOnlyList<StrategyRun> runs, Stopwatch clock, Sc
         var second = (int)run.Cluster.Elapsed().TotalSeconds - 1;
         var series = run.Cluster.Summary().Pods.ToDictionary(p => p.Name, p => p.CallsPerSecond);
         var pods = run.Cluster.Pods.Where(p => p.IsReady || p.IsBlackHoled).Select(p =>
-            (p.Name, p.IsBlackHoled, Count: second >= 0 && second < series[p.Name].Count ? series[p.Name][second] : 0));
+            (p.Name, p.IsBlackHoled, Count: series.TryGetValue(p.Name, out var counts) && second >= 0 && second < counts.Count ? counts[second] : 0));
         var cells = string.Join("  ", pods.Select(p => $"{(p.IsBlackHoled ? "[red]" : "")}{Markup.Escape(p.Name.Replace("greeter-", "p", StringComparison.Ordinal))}:{p.Count,4}{(p.IsBlackHoled ? "[/]" : "")}"));
         table.AddRow(Markup.Escape(run.Strategy.Name), run.Ok.ToString(CultureInfo.InvariantCulture), run.Failed > 0 ? $"[red]{run.Failed}[/]" : "0", cells);
     }
@@ -139,14 +139,14 @@ static Table ResultTable(IReadOnlyList<StrategyResult> results, DemoOptions opti
     var table = new Table().Border(TableBorder.Markdown)
         .AddColumn("strategy")
         .AddColumn(new TableColumn("calls/s").RightAligned())
-        .AddColumn(new TableColumn("failed calls").RightAligned())
+        .AddColumn(new TableColumn("failed").RightAligned())
         .AddColumn(new TableColumn("p50 ms").RightAligned())
         .AddColumn(new TableColumn("p99 ms").RightAligned())
-        .AddColumn(new TableColumn("connections").RightAligned())
-        .AddColumn(new TableColumn("max/mean pod load¹").RightAligned())
-        .AddColumn(new TableColumn("calls on new pods¹").RightAligned())
-        .AddColumn(new TableColumn("new pods' first call").RightAligned())
-        .AddColumn(new TableColumn("recovery after black-hole²").RightAligned());
+        .AddColumn(new TableColumn("conns").RightAligned())
+        .AddColumn(new TableColumn("max/mean¹").RightAligned())
+        .AddColumn(new TableColumn("new pods¹").RightAligned())
+        .AddColumn(new TableColumn("1st call²").RightAligned())
+        .AddColumn(new TableColumn("recovery³").RightAligned());
     foreach (var r in results)
     {
         table.AddRow(
@@ -158,11 +158,12 @@ static Table ResultTable(IReadOnlyList<StrategyResult> results, DemoOptions opti
             r.ConnectionsOpened.ToString(CultureInfo.InvariantCulture),
             $"{r.MaxToMeanLoadAfterScaleOut:0.00}",
             $"{r.NewPodShareAfterScaleOut:P0}",
-            r.SlowestNewPodFirstCallSeconds is { } s ? $"{s:0.0} s" : $"never ({r.NewPodsNeverCalled} of {r.NewPods})",
-            r.RecoverySeconds is { } rec ? $"{rec:0.0} s ({r.FailedCallsAfterBlackHole} failed)" : $"not recovered ({r.FailedCallsAfterBlackHole} failed)");
+            r.SlowestNewPodFirstCallSeconds is { } s ? $"{s:0.0} s" : $"never ({r.NewPodsNeverCalled}/{r.NewPods})",
+            r.RecoverySeconds is { } rec ? $"{rec:0.0} s" : "never");
     }
 
-    table.Caption($"¹ between scale-out ({options.Pods} → {options.Pods * 2}) and the rolling update; ideal: 1.00 and 50 %.  " +
-        "² until the last failed call; calls have a 2 s deadline.");
+    table.Caption(
+        $"¹ between the scale-out ({options.Pods} → {options.Pods * 2}) and the rolling update: max/mean calls per pod (ideal 1.00) and the new pods' share of calls (ideal 50 %).\n" +
+        "² until the slowest new pod served its first call.  ³ after the black-hole, until the last failed call (calls have a 2 s deadline); never = still failing at the end.");
     return table;
 }
