@@ -9,6 +9,11 @@ internal static class ScenarioCommand
     public static async Task<int> RunAsync(ScenarioSettings settings)
     {
         var machine = MachineInfo.Current();
+        if (Console.IsOutputRedirected)
+        {
+            AnsiConsole.Profile.Width = 200;
+        }
+
         var started = DateTimeOffset.UtcNow;
         AnsiConsole.MarkupLine($"[bold]ConnectionRefresh scenarios[/] on {Markup.Escape(machine.ToString())}");
         Directory.CreateDirectory(settings.OutputDirectory);
@@ -32,6 +37,7 @@ internal static class ScenarioCommand
         ScenarioReport.Print(throughput, balance);
         var json = ScenarioReport.WriteJson(settings.OutputDirectory, settings, machine, started, throughput, balance);
         Progress($"wrote {json}");
+        Progress($"wrote {ScenarioReport.WriteMarkdown(settings.OutputDirectory, settings, machine, started, throughput, balance)}");
         foreach (var chart in ScenarioReport.WriteCharts(settings.OutputDirectory, throughput, balance))
         {
             Progress($"wrote {chart}");

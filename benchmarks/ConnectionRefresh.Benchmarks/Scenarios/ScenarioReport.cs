@@ -112,6 +112,42 @@ internal static class ScenarioReport
         return path;
     }
 
+    /// <summary>The tables as Markdown (<c>scenarios.md</c>), for the READMEs.</summary>
+    public static string WriteMarkdown(string directory, ScenarioSettings settings, MachineInfo machine, DateTimeOffset started, IReadOnlyList<ThroughputResult> throughput, IReadOnlyList<BalanceRound> balance)
+    {
+        var path = Path.Combine(directory, "scenarios.md");
+        var text = new System.Text.StringBuilder();
+        text.Append(CultureInfo.InvariantCulture, $"Measured {started:yyyy-MM-dd HH:mm} UTC on {machine}.").AppendLine().AppendLine();
+        if (throughput.Count > 0)
+        {
+            text.Append(CultureInfo.InvariantCulture, $"Throughput: {settings.Concurrency} concurrent unary calls, closed loop, {settings.Rounds} interleaved rounds × {settings.Duration.TotalSeconds:0.#} s per strategy and transport (median of rounds; p50/p99 are medians of the rounds' percentiles).").AppendLine().AppendLine();
+            text.AppendLine("| transport | strategy | calls/s | vs bare channel | vs per-call dial | p50 µs | p99 µs | failed |");
+            text.AppendLine("|---|---|---:|---:|---:|---:|---:|---:|");
+            foreach (var r in throughput)
+            {
+                var bare = throughput.Single(x => x.Transport == r.Transport && x.Strategy == Strategy.BareChannel).CallsPerSecond;
+                var perCall = throughput.Single(x => x.Transport == r.Transport && x.Strategy == Strategy.NewConnectionPerCall).CallsPerSecond;
+                text.Append(CultureInfo.InvariantCulture, $"| {r.Transport} | {r.Label} | {N(r.CallsPerSecond)} | {r.CallsPerSecond / bare:P0} | {r.CallsPerSecond / perCall:0.0}× | {N(r.P50Micros)} | {N(r.P99Micros)} | {r.Failures} |").AppendLine();
+            }
+
+            text.AppendLine();
+        }
+
+        if (balance.Count > 0)
+        {
+            text.Append(CultureInfo.InvariantCulture, $"Balance: {settings.BalanceClients} client replicas × {settings.BalancePods} pods behind a per-connection random ClusterIP, {settings.BalanceWorkersPerClient} concurrent calls per client, MaxConnectionAge {settings.BalanceConnectionAge.TotalSeconds:0.#} s, window {settings.BalanceWindow.TotalSeconds:0.#} s, {settings.BalanceRounds} rounds.").AppendLine().AppendLine();
+            text.AppendLine("| strategy | round | calls | connections opened | max/mean | idle pods | calls per pod |");
+            text.AppendLine("|---|---:|---:|---:|---:|---:|---|");
+            foreach (var r in balance.OrderBy(r => r.Strategy).ThenBy(r => r.Round))
+            {
+                text.Append(CultureInfo.InvariantCulture, $"| {r.Label} | {r.Round} | {N(r.Calls)} | {r.ConnectionsOpened} | {r.MaxToMean:0.00} | {r.IdlePods} | {string.Join(" ", r.CallsPerPod.Select(c => N(c)))} |").AppendLine();
+            }
+        }
+
+        File.WriteAllText(path, text.ToString());
+        return path;
+    }
+
     /// <summary>Two small PNGs: calls/s per strategy (h2c and TLS), and the worst max/mean pod load per strategy.</summary>
     public static IReadOnlyList<string> WriteCharts(string directory, IReadOnlyList<ThroughputResult> throughput, IReadOnlyList<BalanceRound> balance)
     {

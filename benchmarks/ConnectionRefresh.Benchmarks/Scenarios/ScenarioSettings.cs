@@ -5,9 +5,9 @@ namespace ConnectionRefresh.Benchmarks.Scenarios;
 /// <summary>Command-line settings of the <c>scenarios</c> command; every load loop is bounded by them.</summary>
 internal sealed record ScenarioSettings
 {
-    public int Rounds { get; init; } = 3;
+    public int Rounds { get; init; } = 5;
 
-    public TimeSpan Duration { get; init; } = TimeSpan.FromSeconds(3);
+    public TimeSpan Duration { get; init; } = TimeSpan.FromSeconds(2);
 
     public TimeSpan Warmup { get; init; } = TimeSpan.FromSeconds(0.5);
 
