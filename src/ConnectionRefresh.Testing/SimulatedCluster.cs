@@ -569,7 +569,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
         builder.Services.AddLogging();
         builder.Services.AddGrpc();
         builder.Services.AddSingleton(pod);
-        builder.Services.AddSingleton(_time);
+        // Not registered as TimeProvider: Kestrel and other framework services would pick it up (a fake clock would stop
+        // their timers); only the Greeter uses the cluster's clock.
+        builder.Services.AddSingleton(new PodClock(_time));
         _options.ConfigureServices?.Invoke(builder.Services);
 
         var app = builder.Build();

@@ -27,7 +27,7 @@ public sealed class SimulatedClusterOptions
 
     /// <summary>
     /// Registers extra services in every pod (for example your own gRPC service implementation). Runs after the simulator's
-    /// own registrations (<c>AddGrpc</c>, <see cref="SimulatedPod"/> as a singleton, <see cref="System.TimeProvider"/>).
+    /// own registrations (<c>AddGrpc</c>, <see cref="SimulatedPod"/> as a singleton).
     /// Default none.
     /// </summary>
     public Action<IServiceCollection>? ConfigureServices { get; set; }

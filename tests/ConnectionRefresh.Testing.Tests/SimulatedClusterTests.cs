@@ -194,6 +194,24 @@ public sealed class SimulatedClusterTests
     }
 
     [Fact]
+    public async Task Summary_FakeTimeProvider_TimelineAndPerSecondCountsFollowIt()
+    {
+        var time = new Microsoft.Extensions.Time.Testing.FakeTimeProvider();
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1, TimeProvider = time });
+        time.Advance(TimeSpan.FromSeconds(5));
+        cluster.Mark("five");
+        using var client = new TestClient(cluster.Address);
+
+        await client.HelloAsync();
+
+        var summary = cluster.Summary();
+        Assert.Equal(TimeSpan.FromSeconds(5), summary.Elapsed);
+        Assert.Equal(TimeSpan.FromSeconds(5), summary.Events.Single(e => e.Kind == ClusterEventKind.Mark).At);
+        Assert.Equal([0L, 0, 0, 0, 0, 1], summary.Pods[0].CallsPerSecond);
+        Assert.Equal(TimeSpan.FromSeconds(5), summary.Pods[0].TimeToFirstCall);
+    }
+
+    [Fact]
     public async Task MaxConcurrentCallsPerPod_One_CallsQueue()
     {
         await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1, MaxConcurrentCallsPerPod = 1 });

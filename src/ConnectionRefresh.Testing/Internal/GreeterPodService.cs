@@ -4,7 +4,7 @@ using Grpc.Core;
 namespace ConnectionRefresh.Testing.Internal;
 
 /// <summary>The pods' Greeter: every reply names the pod; <c>delay_ms</c> and <c>count</c> are honoured. Stateless.</summary>
-internal sealed class GreeterPodService(SimulatedPod pod, TimeProvider timeProvider) : Greeter.GreeterBase
+internal sealed class GreeterPodService(SimulatedPod pod, PodClock clock) : Greeter.GreeterBase
 {
     private const int MaxDelayMs = 3_600_000;
     private const int MaxCount = 1_000_000;
@@ -58,5 +58,5 @@ internal sealed class GreeterPodService(SimulatedPod pod, TimeProvider timeProvi
     private Task DelayAsync(int delayMs, CancellationToken cancellationToken) =>
         delayMs <= 0
             ? Task.CompletedTask
-            : Task.Delay(TimeSpan.FromMilliseconds(Math.Min(delayMs, MaxDelayMs)), timeProvider, cancellationToken);
+            : Task.Delay(TimeSpan.FromMilliseconds(Math.Min(delayMs, MaxDelayMs)), clock.TimeProvider, cancellationToken);
 }
