@@ -78,8 +78,8 @@ public sealed class SimulatedClusterTests
 
         var counts = cluster.Pods.Select(p => p.ConnectionsAccepted).ToArray();
         // Chi-square goodness of fit against uniform, df = 3. The threshold is the 1e-5 upper quantile, so a truly
-        // uniform balancer fails this test once in 100,000 runs (< the 1e-4 budget); a balancer that favours one pod even
-        // slightly (e.g. 30 % instead of 25 % of 2000, chi² ≈ 27) fails it most of the time.
+        // uniform balancer fails this test once in 100,000 runs (< the 1e-4 budget); a balancer that gives one pod 30 %
+        // instead of 25 % (chi² ≈ 27) fails it about half the time, one that gives it 35 % (chi² ≈ 107) always.
         var chiSquare = Statistics.ChiSquareUniform(counts);
         Assert.True(chiSquare < Statistics.CriticalValue1e5(Pods - 1), $"chi² = {chiSquare:0.00} for counts [{string.Join(", ", counts)}]");
     }
