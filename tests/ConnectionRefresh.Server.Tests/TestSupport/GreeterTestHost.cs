@@ -14,8 +14,9 @@ namespace ConnectionRefresh.Server.Tests.TestSupport;
 
 /// <summary>
 /// A real Kestrel gRPC server on 127.0.0.1:0 (HTTP/2 without TLS) serving <see cref="TestGreeterService"/>, with the
-/// server-side connection age on its endpoint. When a <see cref="TimeProvider"/> is given, the connection age runs
-/// on it (tests advance a FakeTimeProvider); sockets always run in real time.
+/// server-side connection age on its endpoint. When a <see cref="TimeProvider"/> is given it is registered in the
+/// container, so the connection age runs on it (tests advance a FakeTimeProvider); Kestrel's own timeouts then use it
+/// too and stay frozen, which none of these tests relies on. Sockets and handlers' delays run in real time.
 /// </summary>
 internal sealed class GreeterTestHost : IAsyncDisposable
 {
