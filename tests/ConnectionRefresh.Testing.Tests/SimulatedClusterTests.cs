@@ -27,6 +27,29 @@ public sealed class SimulatedClusterTests
         }
     }
 
+    [Theory]
+    [InlineData(-1, 30)]
+    [InlineData(65, 30)]
+    [InlineData(3, -1)]
+    public async Task StartAsync_InvalidOptions_ThrowsNamingTheOption(int replicas, int graceSeconds)
+    {
+        var options = new SimulatedClusterOptions { Replicas = replicas, TerminationGracePeriod = TimeSpan.FromSeconds(graceSeconds) };
+
+        var error = await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => SimulatedCluster.StartAsync(options));
+
+        Assert.Equal(replicas is < 0 or > 64 ? "Replicas" : "TerminationGracePeriod", error.ParamName);
+    }
+
+    [Fact]
+    public async Task StopPodAsync_PodOfAnotherCluster_Throws()
+    {
+        await using var first = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1 });
+        await using var second = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1 });
+
+        await Assert.ThrowsAsync<ArgumentException>(() => second.StopPodAsync(first.Pods[0]));
+        Assert.Throws<ArgumentException>(() => second.BlackHole(first.Pods[0]));
+    }
+
     [Fact]
     public async Task Greeter_StreamingMethods_HonourCountAndNameThePod()
     {

@@ -29,8 +29,8 @@ internal sealed class ScenarioClient : IDisposable
     public void Dispose() => _provider.Dispose();
 }
 
-/// <summary>One finished call: when it started and ended (seconds on the load's clock), who served it or why it failed.</summary>
-internal sealed record CallRecord(double Started, double Ended, string? Instance, RpcException? Error);
+/// <summary>One finished call: which client made it, when it started and ended (seconds on the load's clock), who served it or why it failed.</summary>
+internal sealed record CallRecord(int Client, double Started, double Ended, string? Instance, RpcException? Error);
 
 /// <summary>
 /// A bounded load: <c>workers</c> callers per client, each calling in a loop until stopped, at most
@@ -46,7 +46,7 @@ internal sealed class ScenarioLoad : IAsyncDisposable
 
     private ScenarioLoad(IReadOnlyList<ScenarioClient> clients, int workers, int delayMs, TimeSpan callDeadline)
     {
-        _workers = [.. clients.SelectMany(c => Enumerable.Range(0, workers).Select(_ => Task.Run(() => WorkerAsync(c, delayMs, callDeadline))))];
+        _workers = [.. clients.SelectMany((c, i) => Enumerable.Range(0, workers).Select(_ => Task.Run(() => WorkerAsync(c, i, delayMs, callDeadline))))];
     }
 
     public Stopwatch Clock { get; } = Stopwatch.StartNew();
@@ -79,7 +79,7 @@ internal sealed class ScenarioLoad : IAsyncDisposable
         _stop.Dispose();
     }
 
-    private async Task WorkerAsync(ScenarioClient client, int delayMs, TimeSpan callDeadline)
+    private async Task WorkerAsync(ScenarioClient client, int clientIndex, int delayMs, TimeSpan callDeadline)
     {
         var request = new HelloRequest { Name = "scenario", DelayMs = delayMs };
         for (var i = 0; i < MaxCallsPerWorker && !_stop.IsCancellationRequested; i++)
@@ -88,7 +88,7 @@ internal sealed class ScenarioLoad : IAsyncDisposable
             try
             {
                 var reply = await client.Greeter.SayHelloAsync(request, new CallOptions(deadline: DateTime.UtcNow + callDeadline, cancellationToken: _stop.Token));
-                Calls.Enqueue(new CallRecord(started, Now, reply.Instance, null));
+                Calls.Enqueue(new CallRecord(clientIndex, started, Now, reply.Instance, null));
             }
             catch (RpcException) when (_stop.IsCancellationRequested)
             {
@@ -96,7 +96,7 @@ internal sealed class ScenarioLoad : IAsyncDisposable
             }
             catch (RpcException ex)
             {
-                Calls.Enqueue(new CallRecord(started, Now, null, ex));
+                Calls.Enqueue(new CallRecord(clientIndex, started, Now, null, ex));
                 // A caller's retry back-off (load pacing, not synchronisation): a failing loop must not spin.
                 await Task.Delay(10);
             }
