@@ -12,6 +12,7 @@ internal static class ScenarioReport
     private static readonly JsonSerializerOptions Json = new()
     {
         WriteIndented = true,
+        PropertyNamingPolicy = JsonNamingPolicy.CamelCase,
         Converters = { new JsonStringEnumConverter() },
         NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals,
     };
@@ -21,7 +22,7 @@ internal static class ScenarioReport
         if (throughput.Count > 0)
         {
             var table = new Table().Title("Unary calls/s, closed loop (median of rounds)")
-                .AddColumns("transport", "strategy", "calls/s", "rounds", "vs bare", "vs per-call", "p50 µs", "p99 µs", "failed");
+                .AddColumns("transport", "strategy", "calls/s", "rounds", "vs bare", "vs per-call", "p50 µs", "p99 µs", "client CPU µs/call", "failed");
             foreach (var r in throughput)
             {
                 var bare = throughput.Single(x => x.Transport == r.Transport && x.Strategy == Strategy.BareChannel).CallsPerSecond;
@@ -35,6 +36,7 @@ internal static class ScenarioReport
                     (r.CallsPerSecond / perCall).ToString("0.0", CultureInfo.InvariantCulture) + "×",
                     N(r.P50Micros),
                     N(r.P99Micros),
+                    r.CpuMicrosPerCall.ToString("0.0", CultureInfo.InvariantCulture),
                     r.Failures.ToString(CultureInfo.InvariantCulture));
             }
 
@@ -91,6 +93,7 @@ internal static class ScenarioReport
                 callsPerSecond = r.CallsPerSecond,
                 p50Micros = r.P50Micros,
                 p99Micros = r.P99Micros,
+                cpuMicrosPerCall = r.CpuMicrosPerCall,
                 failures = r.Failures,
                 rounds = r.Rounds,
             }),
@@ -120,14 +123,15 @@ internal static class ScenarioReport
         text.Append(CultureInfo.InvariantCulture, $"Measured {started:yyyy-MM-dd HH:mm} UTC on {machine}.").AppendLine().AppendLine();
         if (throughput.Count > 0)
         {
-            text.Append(CultureInfo.InvariantCulture, $"Throughput: {settings.Concurrency} concurrent unary calls, closed loop, {settings.Rounds} interleaved rounds × {settings.Duration.TotalSeconds:0.#} s per strategy and transport (median of rounds; p50/p99 are medians of the rounds' percentiles).").AppendLine().AppendLine();
-            text.AppendLine("| transport | strategy | calls/s | vs bare channel | vs per-call dial | p50 µs | p99 µs | failed |");
-            text.AppendLine("|---|---|---:|---:|---:|---:|---:|---:|");
+            text.Append(CultureInfo.InvariantCulture, $"Throughput: {settings.Concurrency} concurrent unary calls, closed loop, {settings.Rounds} interleaved rounds × {settings.Duration.TotalSeconds:0.#} s per strategy and transport (median of rounds; p50/p99 are medians of the rounds' percentiles; client CPU is this process's CPU time per call, the server runs in another process).").AppendLine().AppendLine();
+            text.AppendLine("| transport | strategy | calls/s | vs bare channel | vs per-call dial | p50 µs | p99 µs | client CPU µs/call | CPU vs bare | failed |");
+            text.AppendLine("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
             foreach (var r in throughput)
             {
                 var bare = throughput.Single(x => x.Transport == r.Transport && x.Strategy == Strategy.BareChannel).CallsPerSecond;
                 var perCall = throughput.Single(x => x.Transport == r.Transport && x.Strategy == Strategy.NewConnectionPerCall).CallsPerSecond;
-                text.Append(CultureInfo.InvariantCulture, $"| {r.Transport} | {r.Label} | {N(r.CallsPerSecond)} | {r.CallsPerSecond / bare:P0} | {r.CallsPerSecond / perCall:0.0}× | {N(r.P50Micros)} | {N(r.P99Micros)} | {r.Failures} |").AppendLine();
+                var bareCpu = throughput.Single(x => x.Transport == r.Transport && x.Strategy == Strategy.BareChannel).CpuMicrosPerCall;
+                text.Append(CultureInfo.InvariantCulture, $"| {r.Transport} | {r.Label} | {N(r.CallsPerSecond)} | {r.CallsPerSecond / bare:P0} | {r.CallsPerSecond / perCall:0.0}× | {N(r.P50Micros)} | {N(r.P99Micros)} | {r.CpuMicrosPerCall:0.0} | {r.CpuMicrosPerCall / bareCpu:P0} | {r.Failures} |").AppendLine();
             }
 
             text.AppendLine();
@@ -233,7 +237,7 @@ internal static class ScenarioReport
             [.. strategies.Select(s => s.Label().Replace("AddConnectionRefresh ", "refresh ", StringComparison.Ordinal).Replace(" (reference)", "", StringComparison.Ordinal))]);
         plot.Axes.Bottom.TickLabelStyle.FontSize = 10;
         plot.Axes.Margins(bottom: 0, top: 0.15);
-        plot.Title("Max/mean pod load, 2 clients × 6 pods (lower is better; dashed: 1.5)");
+        plot.Title("Max/mean pod load (worst round), 2 clients × 6 pods; dashed: 1.5");
         return plot;
     }
 

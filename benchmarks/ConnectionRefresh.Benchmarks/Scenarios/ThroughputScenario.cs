@@ -2,7 +2,9 @@ using ConnectionRefresh.Benchmarks.Infrastructure;
 
 namespace ConnectionRefresh.Benchmarks.Scenarios;
 
-internal sealed record ThroughputRound(int Round, double CallsPerSecond, long Calls, long Failures, double P50Micros, double P99Micros, string? FirstError);
+/// <param name="CpuMicrosPerCall">CPU time of this (client) process per call: what a call costs the caller, much less
+/// disturbed by other work on the machine than calls/s.</param>
+internal sealed record ThroughputRound(int Round, double CallsPerSecond, long Calls, long Failures, double P50Micros, double P99Micros, double CpuMicrosPerCall, string? FirstError);
 
 internal sealed record ThroughputResult(string Transport, Strategy Strategy, IReadOnlyList<ThroughputRound> Rounds)
 {
@@ -14,6 +16,8 @@ internal sealed record ThroughputResult(string Transport, Strategy Strategy, IRe
     public double P50Micros => Median(Rounds.Select(r => r.P50Micros));
 
     public double P99Micros => Median(Rounds.Select(r => r.P99Micros));
+
+    public double CpuMicrosPerCall => Median(Rounds.Select(r => r.CpuMicrosPerCall));
 
     public long Failures => Rounds.Sum(r => r.Failures);
 
@@ -59,7 +63,7 @@ internal static class ThroughputScenario
                 {
                     var strategy = Strategies[(s + round - 1 + t) % Strategies.Length];
                     var result = await RunOneAsync(settings, strategy, transport.Address, transport.Thumbprint).ConfigureAwait(false);
-                    progress($"round {round}/{settings.Rounds} {transport.Name,-3} {strategy.Label(),-28} {result.CallsPerSecond,10:N0} calls/s  p99 {result.P99Micros,8:N0} µs{(result.Failures > 0 ? $"  {result.Failures} failed: {result.FirstError}" : "")}");
+                    progress($"round {round}/{settings.Rounds} {transport.Name,-3} {strategy.Label(),-28} {result.CallsPerSecond,10:N0} calls/s  p99 {result.P99Micros,8:N0} µs  CPU {result.CpuMicrosPerCall,6:N1} µs/call{(result.Failures > 0 ? $"  {result.Failures} failed: {result.FirstError}" : "")}");
                     var key = (transport.Name, strategy);
                     if (!rounds.TryGetValue(key, out var list))
                     {
@@ -74,6 +78,12 @@ internal static class ThroughputScenario
         return [.. transports.SelectMany(t => Strategies.Select(s => new ThroughputResult(t.Name, s, rounds[(t.Name, s)])))];
     }
 
+    private static TimeSpan CpuTime()
+    {
+        using var process = System.Diagnostics.Process.GetCurrentProcess();
+        return process.TotalProcessorTime;
+    }
+
     private static async Task<ThroughputRound> RunOneAsync(ScenarioSettings settings, Strategy strategy, Uri address, string? thumbprint)
     {
         // Start every run from the same state: garbage of the previous strategy collected.
@@ -84,10 +94,13 @@ internal static class ThroughputScenario
         {
             // Warm-up: connections opened, JIT done, pools filled; not measured.
             await LoadLoop.RunAsync([target], settings.Concurrency, settings.Warmup, settings.MaxCalls, recordLatency: false).ConfigureAwait(false);
+            var cpuBefore = CpuTime();
             var load = await LoadLoop.RunAsync([target], settings.Concurrency, settings.Duration, settings.MaxCalls, recordLatency: true).ConfigureAwait(false);
+            var cpu = CpuTime() - cpuBefore;
             Array.Sort(load.LatencyTicks);
             return new ThroughputRound(0, load.CallsPerSecond, load.Calls, load.Failures,
-                LoadLoop.Percentile(load.LatencyTicks, 50), LoadLoop.Percentile(load.LatencyTicks, 99), load.FirstError);
+                LoadLoop.Percentile(load.LatencyTicks, 50), LoadLoop.Percentile(load.LatencyTicks, 99),
+                load.Calls == 0 ? double.NaN : cpu.TotalMicroseconds / load.Calls, load.FirstError);
         }
     }
 }
