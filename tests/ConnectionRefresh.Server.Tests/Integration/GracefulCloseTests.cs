@@ -142,6 +142,29 @@ public sealed class GracefulCloseTests
         Assert.Equal(0, host.AbortCount);
     }
 
+    [Fact]
+    public async Task UseServerConnectionAge_ListenOptionsOnlyWithoutServiceRegistration_ClosesByAgeAndExposesClosingToken()
+    {
+        var clock = NewClock();
+        await using var host = await GreeterTestHost.StartAsync(Configure, clock, registerServices: false);
+        using var channel = GrpcChannel.ForAddress(host.Address);
+        var client = new Greeter.GreeterClient(channel);
+        using var call = client.StreamHellos(new StreamRequest { Name = "short", Count = 10, DelayMs = 20 });
+
+        Assert.True(await call.ResponseStream.MoveNext());
+        clock.Advance(Age);
+        await Poll.WithTimeout(host.Probe.ClosingObserved.Task, "the closing token");
+        while (await call.ResponseStream.MoveNext())
+        {
+        }
+
+        Assert.Equal(StatusCode.OK, call.GetStatus().StatusCode);
+        await Poll.UntilAsync(() => host.EndedCount == 1, "the connection ended after its stream");
+        await client.SayHelloAsync(new HelloRequest { Name = "next" });
+        Assert.Equal(2, host.ConnectionsAccepted);
+        Assert.Equal(1, host.CloseCount);
+    }
+
     private static async Task ReadAsync(AsyncServerStreamingCall<HelloReply> call, int count)
     {
         for (var i = 0; i < count; i++)

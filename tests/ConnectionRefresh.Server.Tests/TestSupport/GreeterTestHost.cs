@@ -48,7 +48,13 @@ internal sealed class GreeterTestHost : IAsyncDisposable
     /// <summary>Connections that have ended (their age was recorded).</summary>
     public long EndedCount => Ages.GetMeasurementSnapshot().Count;
 
-    public static async Task<GreeterTestHost> StartAsync(Action<ServerConnectionAgeOptions> configure, TimeProvider? time = null)
+    /// <param name="configure">The options.</param>
+    /// <param name="time">The clock of the connection age, or <see langword="null"/> for the system clock.</param>
+    /// <param name="registerServices">
+    /// <see langword="true"/>: <c>services.AddServerConnectionAge(configure)</c> and <c>listen.UseServerConnectionAge()</c>;
+    /// <see langword="false"/>: only <c>listen.UseServerConnectionAge(configure)</c> (no call counting).
+    /// </param>
+    public static async Task<GreeterTestHost> StartAsync(Action<ServerConnectionAgeOptions> configure, TimeProvider? time = null, bool registerServices = true)
     {
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
@@ -60,7 +66,10 @@ internal sealed class GreeterTestHost : IAsyncDisposable
             builder.Services.AddSingleton(time);
         }
 
-        builder.Services.AddServerConnectionAge(configure);
+        if (registerServices)
+        {
+            builder.Services.AddServerConnectionAge(configure);
+        }
         GreeterTestHost? host = null;
         builder.WebHost.ConfigureKestrel(kestrel => kestrel.Listen(IPAddress.Loopback, 0, listen =>
         {
@@ -70,7 +79,14 @@ internal sealed class GreeterTestHost : IAsyncDisposable
                 Interlocked.Increment(ref host!._connectionsAccepted);
                 return next(connection);
             });
-            listen.UseServerConnectionAge();
+            if (registerServices)
+            {
+                listen.UseServerConnectionAge();
+            }
+            else
+            {
+                listen.UseServerConnectionAge(configure);
+            }
         }));
 
         var app = builder.Build();
