@@ -47,13 +47,15 @@ internal sealed class StrategyRun(IClientStrategy strategy, DemoOptions options,
 
     public async Task StartClusterAsync()
     {
-        Cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions
+        var clusterOptions = new SimulatedClusterOptions
         {
             Replicas = options.Pods,
             ProxyMode = options.KubeProxy ? KubeProxyMode.Iptables : KubeProxyMode.Userspace,
             TerminationGracePeriod = TimeSpan.FromSeconds(10),
             MaxConcurrentCallsPerPod = options.PodCapacity,
-        });
+        };
+        strategy.ConfigureCluster(clusterOptions);
+        Cluster = await SimulatedCluster.StartAsync(clusterOptions);
     }
 
     /// <summary>Runs load and script together until the scenario's duration has passed since <paramref name="clock"/> started.</summary>
@@ -61,7 +63,7 @@ internal sealed class StrategyRun(IClientStrategy strategy, DemoOptions options,
     {
         for (var i = 0; i < options.Clients; i++)
         {
-            _replicas.Add(strategy.CreateReplica(Cluster.Address));
+            _replicas.Add(strategy.CreateReplica(Cluster));
         }
 
         using var stop = new CancellationTokenSource();

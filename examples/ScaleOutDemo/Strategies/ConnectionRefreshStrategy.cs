@@ -1,5 +1,6 @@
 using ConnectionRefresh;
 using ConnectionRefresh.Protos;
+using ConnectionRefresh.Testing;
 using Microsoft.Extensions.DependencyInjection;
 
 namespace ScaleOutDemo.Strategies;
@@ -23,10 +24,10 @@ internal sealed class ConnectionRefreshStrategy(string name, string description,
         options.KeepAlivePingTimeout = TimeSpan.FromSeconds(1);
     }
 
-    public IClientReplica CreateReplica(Uri clusterAddress)
+    public IClientReplica CreateReplica(SimulatedCluster cluster)
     {
         var services = new ServiceCollection();
-        services.AddGrpcClient<Greeter.GreeterClient>(o => o.Address = clusterAddress)
+        services.AddGrpcClient<Greeter.GreeterClient>(o => o.Address = cluster.Address)
             .AddConnectionRefresh(options =>
             {
                 DemoScale(options);

@@ -1,4 +1,5 @@
 using ConnectionRefresh.Protos;
+using ConnectionRefresh.Testing;
 using Microsoft.Extensions.DependencyInjection;
 
 namespace ScaleOutDemo.Strategies;
@@ -10,10 +11,10 @@ internal sealed class GrpcClientFactoryDefaultsStrategy : IClientStrategy
 
     public string Description => "AddGrpcClient<T>() defaults: one channel, one HTTP/2 connection, kept";
 
-    public IClientReplica CreateReplica(Uri clusterAddress)
+    public IClientReplica CreateReplica(SimulatedCluster cluster)
     {
         var services = new ServiceCollection();
-        services.AddGrpcClient<Greeter.GreeterClient>(o => o.Address = clusterAddress);
+        services.AddGrpcClient<Greeter.GreeterClient>(o => o.Address = cluster.Address);
         var provider = services.BuildServiceProvider();
         return new GreeterClientReplica(provider.GetRequiredService<Greeter.GreeterClient>(), provider);
     }

@@ -1,4 +1,5 @@
 using ConnectionRefresh.Protos;
+using ConnectionRefresh.Testing;
 using Grpc.Core;
 
 namespace ScaleOutDemo.Strategies;
@@ -15,8 +16,19 @@ internal interface IClientStrategy
     /// <summary>One line: what the strategy does.</summary>
     string Description { get; }
 
-    /// <summary>Creates one client replica (one client pod): its own connections, held until disposed.</summary>
-    IClientReplica CreateReplica(Uri clusterAddress);
+    /// <summary>
+    /// Adjusts the strategy's cluster before it starts, for strategies that need the server side too (e.g. a server-side
+    /// max connection age through <see cref="SimulatedClusterOptions.ConfigureListen"/>). Default: nothing.
+    /// </summary>
+    void ConfigureCluster(SimulatedClusterOptions options)
+    {
+    }
+
+    /// <summary>
+    /// Creates one client replica (one client pod): its own connections, held until disposed. Most strategies only need
+    /// <see cref="SimulatedCluster.Address"/> (the ClusterIP); the cluster is there for those that resolve pods themselves.
+    /// </summary>
+    IClientReplica CreateReplica(SimulatedCluster cluster);
 }
 
 /// <summary>One client pod's view of the Greeter.</summary>

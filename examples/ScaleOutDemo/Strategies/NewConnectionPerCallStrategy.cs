@@ -1,4 +1,5 @@
 using ConnectionRefresh.Protos;
+using ConnectionRefresh.Testing;
 using Grpc.Core;
 using Grpc.Net.Client;
 
@@ -11,7 +12,7 @@ internal sealed class NewConnectionPerCallStrategy : IClientStrategy
 
     public string Description => "new GrpcChannel (new TCP + HTTP/2 connection) for every call";
 
-    public IClientReplica CreateReplica(Uri clusterAddress) => new Replica(clusterAddress);
+    public IClientReplica CreateReplica(SimulatedCluster cluster) => new Replica(cluster.Address);
 
     private sealed class Replica(Uri address) : IClientReplica
     {
