@@ -99,6 +99,21 @@ public sealed class ServerConnectionAgeOptionsTests
         Assert.Contains("MaxConnectionAge, MaxConnectionAgeJitter, MaxConnectionAgeGrace, MaxConnectionIdle", ex.Message, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData("MaxConnectionAge", "5 minutes", "ConnectionRefresh:Server:MaxConnectionAge is '5 minutes', which is not a time span")]
+    [InlineData("MaxConnectionAgeJitter", "ten percent", "ConnectionRefresh:Server:MaxConnectionAgeJitter is 'ten percent', which is not a number")]
+    public void AddServerConnectionAge_UnparsableValue_FailsAtStartNamingKeyAndValue(string key, string value, string expected)
+    {
+        using var services = new ServiceCollection()
+            .AddSingleton<IConfiguration>(Config(("ConnectionRefresh:Server:" + key, value)))
+            .AddServerConnectionAge()
+            .BuildServiceProvider();
+
+        var ex = Assert.Throws<InvalidOperationException>(() => services.GetRequiredService<IStartupValidator>().Validate());
+
+        Assert.Contains(expected, ex.Message, StringComparison.Ordinal);
+    }
+
     [Fact]
     public void AddServerConnectionAge_InfiniteValues_AreValid()
     {

@@ -71,21 +71,6 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
 
     public TimeSpan GracePeriod => _settings.Grace;
 
-    /// <summary>The age this connection is closed at (<c>MaxConnectionAge</c> with this connection's jitter).</summary>
-    public TimeSpan MaxAge => _maxAge;
-
-    /// <summary>Why the graceful close started, or <see cref="CloseReason.None"/>.</summary>
-    public CloseReason Reason
-    {
-        get
-        {
-            lock (_gate)
-            {
-                return _reason;
-            }
-        }
-    }
-
     /// <summary>
     /// Whether this package started a graceful close and did not abort the connection: then the client may still be
     /// reading the GOAWAY when Kestrel is done, and the socket should linger.
@@ -97,17 +82,6 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
             lock (_gate)
             {
                 return _reason != CloseReason.None && !_aborted;
-            }
-        }
-    }
-
-    public int ActiveCalls
-    {
-        get
-        {
-            lock (_gate)
-            {
-                return _activeCalls;
             }
         }
     }

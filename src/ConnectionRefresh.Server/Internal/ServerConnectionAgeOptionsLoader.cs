@@ -1,3 +1,4 @@
+using System.Globalization;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Options;
@@ -33,8 +34,27 @@ internal static class ServerConnectionAgeOptionsLoader
                 + $"the keys of {path ?? nameof(ServerConnectionAgeOptions)} are {string.Join(", ", KnownKeys)}.");
         }
 
+        foreach (var child in section.GetChildren())
+        {
+            ThrowIfUnparsable(child);
+        }
+
         section.Bind(options);
         options.ConfigurationPath = path;
+    }
+
+    private static void ThrowIfUnparsable(IConfigurationSection child)
+    {
+        var isJitter = string.Equals(child.Key, nameof(ServerConnectionAgeOptions.MaxConnectionAgeJitter), StringComparison.OrdinalIgnoreCase);
+        var parsable = isJitter
+            ? double.TryParse(child.Value, NumberStyles.Float, CultureInfo.InvariantCulture, out _)
+            : TimeSpan.TryParse(child.Value, CultureInfo.InvariantCulture, out _);
+        if (!parsable)
+        {
+            throw new InvalidOperationException(isJitter
+                ? $"{child.Path} is '{child.Value}', which is not a number; expected a fraction such as 0.1."
+                : $"{child.Path} is '{child.Value}', which is not a time span; expected for example 00:02:00 (2 minutes), or -00:00:00.001 for off.");
+        }
     }
 
     /// <summary>Options bound from <paramref name="section"/> and validated.</summary>
