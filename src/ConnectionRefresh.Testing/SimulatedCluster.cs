@@ -718,7 +718,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
             }
             catch (SocketException)
             {
-                continue; // E.g. a connection reset while queued; the listener itself is fine.
+                // E.g. a connection reset while queued, or out of file descriptors: back off briefly, keep accepting.
+                await Task.Delay(10).ConfigureAwait(false);
+                continue;
             }
 
             client.NoDelay = true;

@@ -69,7 +69,9 @@ internal sealed class ProxiedConnection : IDisposable
             {
                 backend = await connectBackend(this, _cts.Token).ConfigureAwait(false);
             }
-            catch (Exception ex) when (ex is SocketException or OperationCanceledException or ObjectDisposedException or TimeoutException)
+#pragma warning disable CA1031 // Whatever failed, the answer is the same: the connection is rejected (reset).
+            catch (Exception)
+#pragma warning restore CA1031
             {
             }
 
