@@ -22,17 +22,19 @@ internal static class ScenarioReport
         if (throughput.Count > 0)
         {
             var table = new Table().Title("Unary calls/s, closed loop (median of rounds)")
-                .AddColumns("transport", "strategy", "calls/s", "rounds", "vs bare", "vs per-call", "p50 µs", "p99 µs", "client CPU µs/call", "failed");
+                .AddColumns("transport", "strategy", "calls/s", "rounds", "vs bare", "paired vs bare", "vs per-call", "p50 µs", "p99 µs", "client CPU µs/call", "failed");
             foreach (var r in throughput)
             {
-                var bare = throughput.Single(x => x.Transport == r.Transport && x.Strategy == Strategy.BareChannel).CallsPerSecond;
-                var perCall = throughput.Single(x => x.Transport == r.Transport && x.Strategy == Strategy.NewConnectionPerCall).CallsPerSecond;
+                var bareResult = throughput.Single(x => x.Transport == r.Transport && x.Strategy == Strategy.BareChannel);
+                var bare = bareResult.CallsPerSecond;
+                var perCall = PerCall(throughput, r.Transport);
                 table.AddRow(
                     r.Transport,
                     Markup.Escape(r.Label),
                     N(r.CallsPerSecond),
                     string.Join(" / ", r.Rounds.Select(x => N(x.CallsPerSecond))),
                     (r.CallsPerSecond / bare).ToString("P0", CultureInfo.InvariantCulture),
+                    r.PairedRatio(bareResult).ToString("P0", CultureInfo.InvariantCulture),
                     (r.CallsPerSecond / perCall).ToString("0.0", CultureInfo.InvariantCulture) + "×",
                     N(r.P50Micros),
                     N(r.P99Micros),
@@ -94,6 +96,7 @@ internal static class ScenarioReport
                 p50Micros = r.P50Micros,
                 p99Micros = r.P99Micros,
                 cpuMicrosPerCall = r.CpuMicrosPerCall,
+                pairedRatioToBare = r.PairedRatio(throughput.Single(x => x.Transport == r.Transport && x.Strategy == Strategy.BareChannel)),
                 failures = r.Failures,
                 rounds = r.Rounds,
             }),
@@ -124,17 +127,18 @@ internal static class ScenarioReport
         if (throughput.Count > 0)
         {
             text.Append(CultureInfo.InvariantCulture, $"Throughput: {settings.Concurrency} concurrent unary calls, closed loop, {settings.Rounds} interleaved rounds × {settings.Duration.TotalSeconds:0.#} s per strategy and transport (median of rounds; p50/p99 are medians of the rounds' percentiles; client CPU is this process's CPU time per call, the server runs in another process).").AppendLine().AppendLine();
-            text.AppendLine("| transport | strategy | calls/s | vs bare channel | vs per-call dial | p50 µs | p99 µs | client CPU µs/call | CPU vs bare | failed |");
-            text.AppendLine("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+            text.AppendLine("| transport | strategy | calls/s | vs bare channel | paired vs bare¹ | vs per-call dial | p50 µs | p99 µs | client CPU µs/call | CPU vs bare | failed |");
+            text.AppendLine("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
             foreach (var r in throughput)
             {
-                var bare = throughput.Single(x => x.Transport == r.Transport && x.Strategy == Strategy.BareChannel).CallsPerSecond;
-                var perCall = throughput.Single(x => x.Transport == r.Transport && x.Strategy == Strategy.NewConnectionPerCall).CallsPerSecond;
-                var bareCpu = throughput.Single(x => x.Transport == r.Transport && x.Strategy == Strategy.BareChannel).CpuMicrosPerCall;
-                text.Append(CultureInfo.InvariantCulture, $"| {r.Transport} | {r.Label} | {N(r.CallsPerSecond)} | {r.CallsPerSecond / bare:P0} | {r.CallsPerSecond / perCall:0.0}× | {N(r.P50Micros)} | {N(r.P99Micros)} | {r.CpuMicrosPerCall:0.0} | {r.CpuMicrosPerCall / bareCpu:P0} | {r.Failures} |").AppendLine();
+                var bareResult = throughput.Single(x => x.Transport == r.Transport && x.Strategy == Strategy.BareChannel);
+                var bare = bareResult.CallsPerSecond;
+                var perCall = PerCall(throughput, r.Transport);
+                var bareCpu = bareResult.CpuMicrosPerCall;
+                text.Append(CultureInfo.InvariantCulture, $"| {r.Transport} | {r.Label} | {N(r.CallsPerSecond)} | {r.CallsPerSecond / bare:P0} | {r.PairedRatio(bareResult):P0} | {r.CallsPerSecond / perCall:0.0}× | {N(r.P50Micros)} | {N(r.P99Micros)} | {r.CpuMicrosPerCall:0.0} | {r.CpuMicrosPerCall / bareCpu:P0} | {r.Failures} |").AppendLine();
             }
 
-            text.AppendLine();
+            text.AppendLine().AppendLine("¹ median over rounds of (calls/s ÷ the bare channel's calls/s in the same round).").AppendLine();
         }
 
         if (balance.Count > 0)
@@ -240,6 +244,9 @@ internal static class ScenarioReport
         plot.Title("Max/mean pod load (worst round), 2 clients × 6 pods; dashed: 1.5");
         return plot;
     }
+
+    private static double PerCall(IReadOnlyList<ThroughputResult> throughput, string transport) =>
+        throughput.SingleOrDefault(x => x.Transport == transport && x.Strategy == Strategy.NewConnectionPerCall)?.CallsPerSecond ?? double.NaN;
 
     private static string ShortLabel(Strategy strategy) => strategy switch
     {

@@ -30,6 +30,9 @@ internal sealed record ScenarioSettings
 
     public int Seed { get; init; } = 20251127;
 
+    /// <summary>Throughput strategies to run; the bare channel is always included (everything is compared with it).</summary>
+    public IReadOnlyList<ConnectionRefresh.Benchmarks.Infrastructure.Strategy> Strategies { get; init; } = ThroughputScenario.Strategies;
+
     public bool SkipThroughput { get; init; }
 
     public bool SkipBalance { get; init; }
@@ -55,6 +58,11 @@ internal sealed record ScenarioSettings
                 "--balance-window" => settings with { BalanceWindow = TimeSpan.FromSeconds(Seconds()) },
                 "--balance-age" => settings with { BalanceConnectionAge = TimeSpan.FromSeconds(Seconds()) },
                 "--seed" => settings with { Seed = Int() },
+                "--strategies" => settings with
+                {
+                    Strategies = [.. Next().Split(',').Select(Enum.Parse<ConnectionRefresh.Benchmarks.Infrastructure.Strategy>)
+                        .Append(ConnectionRefresh.Benchmarks.Infrastructure.Strategy.BareChannel).Distinct()],
+                },
                 "--no-throughput" => settings with { SkipThroughput = true },
                 "--no-balance" => settings with { SkipBalance = true },
                 "--quick" => settings with

@@ -21,6 +21,13 @@ internal sealed record ThroughputResult(string Transport, Strategy Strategy, IRe
 
     public long Failures => Rounds.Sum(r => r.Failures);
 
+    /// <summary>
+    /// Median over rounds of this strategy's calls/s divided by <paramref name="baseline"/>'s in the same round: pairs
+    /// runs made seconds apart, so that slow phases of the machine cancel out.
+    /// </summary>
+    public double PairedRatio(ThroughputResult baseline) => Median(Rounds.Select(r =>
+        r.CallsPerSecond / baseline.Rounds.Single(b => b.Round == r.Round).CallsPerSecond));
+
     public static double Median(IEnumerable<double> values)
     {
         var sorted = values.Order().ToArray();
@@ -53,15 +60,16 @@ internal static class ThroughputScenario
             ("h2c", server.H2c, null),
             ("TLS", server.Tls, server.Thumbprint),
         };
+        var strategies = settings.Strategies;
         var rounds = new Dictionary<(string, Strategy), List<ThroughputRound>>();
         for (var round = 1; round <= settings.Rounds; round++)
         {
             for (var t = 0; t < transports.Length; t++)
             {
                 var transport = transports[t];
-                for (var s = 0; s < Strategies.Length; s++)
+                for (var s = 0; s < strategies.Count; s++)
                 {
-                    var strategy = Strategies[(s + round - 1 + t) % Strategies.Length];
+                    var strategy = strategies[(s + round - 1 + t) % strategies.Count];
                     var result = await RunOneAsync(settings, strategy, transport.Address, transport.Thumbprint).ConfigureAwait(false);
                     progress($"round {round}/{settings.Rounds} {transport.Name,-3} {strategy.Label(),-28} {result.CallsPerSecond,10:N0} calls/s  p99 {result.P99Micros,8:N0} µs  CPU {result.CpuMicrosPerCall,6:N1} µs/call{(result.Failures > 0 ? $"  {result.Failures} failed: {result.FirstError}" : "")}");
                     var key = (transport.Name, strategy);
@@ -75,7 +83,7 @@ internal static class ThroughputScenario
             }
         }
 
-        return [.. transports.SelectMany(t => Strategies.Select(s => new ThroughputResult(t.Name, s, rounds[(t.Name, s)])))];
+        return [.. transports.SelectMany(t => strategies.Select(s => new ThroughputResult(t.Name, s, rounds[(t.Name, s)])))];
     }
 
     private static TimeSpan CpuTime()
