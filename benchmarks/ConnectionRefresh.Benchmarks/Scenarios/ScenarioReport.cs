@@ -35,7 +35,7 @@ internal static class ScenarioReport
                     string.Join(" / ", r.Rounds.Select(x => N(x.CallsPerSecond))),
                     (r.CallsPerSecond / bare).ToString("P0", CultureInfo.InvariantCulture),
                     r.PairedRatio(bareResult).ToString("P0", CultureInfo.InvariantCulture),
-                    (r.CallsPerSecond / perCall).ToString("0.0", CultureInfo.InvariantCulture) + "×",
+                    X(r.CallsPerSecond / perCall),
                     N(r.P50Micros),
                     N(r.P99Micros),
                     r.CpuMicrosPerCall.ToString("0.0", CultureInfo.InvariantCulture),
@@ -135,7 +135,7 @@ internal static class ScenarioReport
                 var bare = bareResult.CallsPerSecond;
                 var perCall = PerCall(throughput, r.Transport);
                 var bareCpu = bareResult.CpuMicrosPerCall;
-                text.Append(CultureInfo.InvariantCulture, $"| {r.Transport} | {r.Label} | {N(r.CallsPerSecond)} | {r.CallsPerSecond / bare:P0} | {r.PairedRatio(bareResult):P0} | {r.CallsPerSecond / perCall:0.0}× | {N(r.P50Micros)} | {N(r.P99Micros)} | {r.CpuMicrosPerCall:0.0} | {r.CpuMicrosPerCall / bareCpu:P0} | {r.Failures} |").AppendLine();
+                text.Append(CultureInfo.InvariantCulture, $"| {r.Transport} | {r.Label} | {N(r.CallsPerSecond)} | {r.CallsPerSecond / bare:P0} | {r.PairedRatio(bareResult):P0} | {X(r.CallsPerSecond / perCall)} | {N(r.P50Micros)} | {N(r.P99Micros)} | {r.CpuMicrosPerCall:0.0} | {r.CpuMicrosPerCall / bareCpu:P0} | {r.Failures} |").AppendLine();
             }
 
             text.AppendLine().AppendLine("¹ median over rounds of (calls/s ÷ the bare channel's calls/s in the same round).").AppendLine();
@@ -257,6 +257,8 @@ internal static class ScenarioReport
         Strategy.Refresh4 => "refresh K=4",
         _ => strategy.Label(),
     };
+
+    private static string X(double ratio) => double.IsNaN(ratio) ? "-" : ratio.ToString("0.0", CultureInfo.InvariantCulture) + "×";
 
     private static string N(double value) => double.IsNaN(value) ? "-" : value.ToString("N0", CultureInfo.InvariantCulture);
 }
