@@ -36,7 +36,8 @@ public sealed class ConnectionRefreshOptions
     public int? MaxRequestsPerConnection { get; set; }
 
     /// <summary>
-    /// Number of independent connections kept to the target; calls are spread over them round-robin. Each one
+    /// Number of independent connections kept to the target; calls are spread over them round-robin, skipping to
+    /// the next connection when it has fewer calls running (so a slow or silently dead pod gets few new calls). Each one
     /// is its own kube-proxy pick, so K connections reach up to K pods. Their retirements are staggered so
     /// that at most one of them reconnects per <c>MaxConnectionAge / K</c>. Default 1. Range: 1 to 64.
     /// </summary>

@@ -1,10 +1,15 @@
 namespace ConnectionRefresh.Internal;
 
 /// <summary>
-/// The primary handler of a client: spreads calls round-robin over K <see cref="ConnectionSlot"/>s and ties each
-/// response to its generation until the response ends, so that retiring a connection never cuts a call.
+/// The primary handler of a client: spreads calls over K <see cref="ConnectionSlot"/>s and ties each response to its
+/// generation until the response ends, so that retiring a connection never cuts a call. Slots are taken
+/// round-robin, but of the slot in turn and the next one the one with fewer calls running wins: a connection to a
+/// slow or silently dead pod, where calls pile up, gets few new calls until keepalive or age retires it.
 /// </summary>
-/// <remarks>Thread-safe: the slot array is immutable and the round-robin cursor moves with Interlocked.</remarks>
+/// <remarks>
+/// Thread-safe: the slot array is immutable, the cursor moves with Interlocked, and the call counts are read
+/// without locks (a stale count only makes one choice less good).
+/// </remarks>
 internal sealed class ConnectionRefreshHandler : HttpMessageHandler
 {
     private readonly ConnectionSlot[] _slots;
@@ -26,10 +31,21 @@ internal sealed class ConnectionRefreshHandler : HttpMessageHandler
 
     protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
     {
-        var slot = _slots.Length == 1
-            ? _slots[0]
-            : _slots[(uint)Interlocked.Increment(ref _cursor) % (uint)_slots.Length];
+        var slot = PickSlot();
         return SendAsync(slot, slot.Start(), request, cancellationToken);
+    }
+
+    private ConnectionSlot PickSlot()
+    {
+        if (_slots.Length == 1)
+        {
+            return _slots[0];
+        }
+
+        var turn = (int)((uint)Interlocked.Increment(ref _cursor) % (uint)_slots.Length);
+        var slot = _slots[turn];
+        var next = _slots[turn + 1 == _slots.Length ? 0 : turn + 1];
+        return next.ActiveCalls < slot.ActiveCalls ? next : slot;
     }
 
     private async Task<HttpResponseMessage> SendAsync(

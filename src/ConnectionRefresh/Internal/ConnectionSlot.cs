@@ -29,6 +29,9 @@ internal sealed class ConnectionSlot
     /// <summary>The generation taking new calls now, if any (for tests and diagnostics).</summary>
     public HandlerGeneration? Current => Volatile.Read(ref _current);
 
+    /// <summary>Calls running on the current generation.</summary>
+    public int ActiveCalls => Volatile.Read(ref _current)?.ActiveCalls ?? 0;
+
     /// <summary>Starts a call: returns a generation on which the caller holds a lease.</summary>
     public HandlerGeneration Start()
     {

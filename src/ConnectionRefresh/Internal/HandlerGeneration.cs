@@ -48,6 +48,9 @@ internal sealed class HandlerGeneration
 
     public bool IsDisposed => Volatile.Read(ref _leases) == 0;
 
+    /// <summary>Calls running on this generation now: every lease but the slot's own.</summary>
+    public int ActiveCalls => Volatile.Read(ref _leases) - (IsRetired ? 0 : 1);
+
     /// <summary>Number of calls started on this generation.</summary>
     public int Requests => Volatile.Read(ref _requests);
 

@@ -146,6 +146,24 @@ public sealed class ConnectionRefreshHandlerTests
     }
 
     [Fact]
+    public async Task SendAsync_ConnectionWithCallsPilingUp_GetsNoNewCallsWhileOthersAreFree()
+    {
+        var stubs = new StubGenerations(Options(o => o.ConnectionsPerEndpoint = 2));
+        using var invoker = stubs.CreateInvoker(out var handler);
+
+        // A call that does not end (a slow or silently dead pod) holds slot 0.
+        using var stuck = await invoker.Send();
+        for (var i = 0; i < 10; i++)
+        {
+            await invoker.SendAndRead();
+        }
+
+        Assert.Equal([1, 10], stubs.Created.Select(h => h.Calls));
+        Assert.Equal(1, handler.Slots[0].ActiveCalls);
+        Assert.Equal(0, handler.Slots[1].ActiveCalls);
+    }
+
+    [Fact]
     public async Task SendAsync_SeveralConnections_StaggersFirstRetirements()
     {
         // Slot i of K first lives (i + 1) / K of an age: with K = 4 and age 10 s, at 2.5, 5, 7.5 and 10 s.
