@@ -681,10 +681,20 @@ public sealed class SimulatedCluster : IAsyncDisposable
                 AddEvent(ClusterEventKind.PodStopped, pod, $"{pod.Name} exited");
             }
         }
+
+        EndpointsChanged?.Invoke();
     }
+
+    /// <summary>
+    /// Raised (outside the lock, on the thread that made the change) after the set of pods or their readiness changed:
+    /// a pod became ready, turned not ready, started stopping, exited or was killed. Handlers must be quick and must not throw.
+    /// Used by <see cref="SimulatedKubernetesApi"/> to mirror the pods as EndpointSlices.
+    /// </summary>
+    internal event Action? EndpointsChanged;
 
     private async Task EndpointsChangedAsync()
     {
+        EndpointsChanged?.Invoke();
         if (_iptables is null)
         {
             return;

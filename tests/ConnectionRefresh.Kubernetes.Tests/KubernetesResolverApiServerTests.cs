@@ -1,5 +1,6 @@
 using ConnectionRefresh.Kubernetes.Internal;
 using ConnectionRefresh.Kubernetes.Tests.Fakes;
+using ConnectionRefresh.Testing;
 using Grpc.Core;
 using k8s;
 
@@ -18,7 +19,7 @@ public sealed class KubernetesResolverApiServerTests
     [InlineData(true)]
     public async Task Watch_ResourceVersionCompacted_RelistsAndKeepsEndpoints(bool goneAsHttpStatus)
     {
-        await using var api = await FakeKubernetesApiServer.StartAsync("t");
+        await using var api = await SimulatedKubernetesApi.StartAsync("t");
         api.GoneAsHttpStatus = goneAsHttpStatus;
         api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080));
         using var harness = new ResolverHarness(Client(api, "t"), options: FastRetry);
@@ -39,7 +40,7 @@ public sealed class KubernetesResolverApiServerTests
     [Fact]
     public async Task Watch_Bookmark_AdvancesResourceVersionSoNoRelistIsNeeded()
     {
-        await using var api = await FakeKubernetesApiServer.StartAsync("t");
+        await using var api = await SimulatedKubernetesApi.StartAsync("t");
         api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080));
         using var harness = new ResolverHarness(Client(api, "t"), options: FastRetry);
         await Eventually.TrueAsync(() => api.ActiveWatches == 1, Deadline, "watching");
@@ -61,7 +62,7 @@ public sealed class KubernetesResolverApiServerTests
     [Fact]
     public async Task Token_Wrong_FailsFastThenRecoversWhenTheFileIsFixed()
     {
-        await using var api = await FakeKubernetesApiServer.StartAsync("good");
+        await using var api = await SimulatedKubernetesApi.StartAsync("good");
         api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080));
         using var account = new ServiceAccountDirectory("bad");
         var configuration = new KubernetesClientConfiguration
@@ -81,7 +82,7 @@ public sealed class KubernetesResolverApiServerTests
     [Fact]
     public async Task NamedPort_DifferentNumberPerSlice_ResolvedPerSlice()
     {
-        await using var api = await FakeKubernetesApiServer.StartAsync("t");
+        await using var api = await SimulatedKubernetesApi.StartAsync("t");
         api.Apply("default", Slices.Create("a", "greeter", [("10.0.0.1", true)], ("grpc", 8080), ("metrics", 9090)));
         api.Apply("default", Slices.Create("b", "greeter", [("10.0.0.2", true)], ("metrics", 9090), ("grpc", 8081)));
         api.Apply("default", Slices.Create("c", "greeter", [("10.0.0.3", true)], ("http", 80)));
@@ -94,7 +95,7 @@ public sealed class KubernetesResolverApiServerTests
     [Fact]
     public async Task Target_NamespaceInAuthority_WatchesThatNamespaceOnly()
     {
-        await using var api = await FakeKubernetesApiServer.StartAsync("t");
+        await using var api = await SimulatedKubernetesApi.StartAsync("t");
         api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080));
         api.Apply("prod", Slices.Ready("a", "greeter", ["10.1.0.1"], 8080));
         using var harness = new ResolverHarness(Client(api, "t"), target: "kubernetes://prod/greeter:8080", options: FastRetry);
@@ -103,6 +104,6 @@ public sealed class KubernetesResolverApiServerTests
         Assert.Equal(["10.1.0.1:8080"], harness.LastAddresses!);
     }
 
-    private static KubernetesEndpointSliceClient Client(FakeKubernetesApiServer api, string token) =>
+    private static KubernetesEndpointSliceClient Client(SimulatedKubernetesApi api, string token) =>
         new(new k8s.Kubernetes(new KubernetesClientConfiguration { Host = api.Url.ToString(), AccessToken = token }));
 }

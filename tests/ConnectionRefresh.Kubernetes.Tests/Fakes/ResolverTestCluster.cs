@@ -1,4 +1,5 @@
 using ConnectionRefresh.Protos;
+using ConnectionRefresh.Testing;
 using Grpc.Core;
 using Grpc.Net.Client.Configuration;
 using Microsoft.Extensions.DependencyInjection;
@@ -15,7 +16,7 @@ internal sealed class ResolverTestCluster : IAsyncDisposable
     public const string Service = "greeter";
     public const string Namespace = "default";
 
-    private ResolverTestCluster(FakeKubernetesApiServer api, GreeterPods pods, ServiceAccountDirectory account, ServiceProvider services)
+    private ResolverTestCluster(SimulatedKubernetesApi api, GreeterPods pods, ServiceAccountDirectory account, ServiceProvider services)
     {
         Api = api;
         Pods = pods;
@@ -24,7 +25,7 @@ internal sealed class ResolverTestCluster : IAsyncDisposable
         Client = services.GetRequiredService<Greeter.GreeterClient>();
     }
 
-    public FakeKubernetesApiServer Api { get; }
+    public SimulatedKubernetesApi Api { get; }
 
     public GreeterPods Pods { get; }
 
@@ -38,7 +39,7 @@ internal sealed class ResolverTestCluster : IAsyncDisposable
     public static async Task<ResolverTestCluster> StartAsync(int podCount, string target = "kubernetes:///greeter.default:grpc", Action<KubernetesResolverOptions>? configure = null)
     {
         var account = new ServiceAccountDirectory("token-1");
-        var api = await FakeKubernetesApiServer.StartAsync("token-1");
+        var api = await SimulatedKubernetesApi.StartAsync("token-1");
         var pods = await GreeterPods.StartAsync(podCount);
         var services = new ServiceCollection();
         services.AddLogging();

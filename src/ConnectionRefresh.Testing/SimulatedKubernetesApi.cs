@@ -1,0 +1,554 @@
+using System.Collections.Concurrent;
+using System.Globalization;
+using System.Net;
+using System.Threading.Channels;
+using k8s;
+using k8s.Models;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Connections;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.Logging;
+
+namespace ConnectionRefresh.Testing;
+
+/// <summary>
+/// A Kubernetes API server in a process, for EndpointSlices only: Kestrel on <c>127.0.0.1</c> (a free port) speaking the
+/// real wire format, so a real Kubernetes client (for example the <c>kubernetes:///</c> resolver of
+/// ConnectionRefresh.Kubernetes) can watch it. It serves
+/// <c>GET /apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices</c> as a LIST (a JSON <c>EndpointSliceList</c>
+/// with <c>metadata.resourceVersion</c>; <c>labelSelector=kubernetes.io/service-name=NAME</c> filters) or, with
+/// <c>watch=true</c>, as a chunked stream of newline-separated watch events from a <c>resourceVersion</c>
+/// (<c>ADDED</c>/<c>MODIFIED</c>/<c>DELETED</c>, <c>BOOKMARK</c> when <c>allowWatchBookmarks=true</c>, an <c>ERROR</c>
+/// 410 Gone for a compacted resourceVersion); bearer tokens are checked (401 with a <c>Status</c> otherwise).
+/// Slices are written with <see cref="Apply"/> and <see cref="Delete"/>, or follow a <see cref="SimulatedCluster"/>'s
+/// pods with <see cref="MirrorEndpoints"/>. Faults: <see cref="Compact"/>, <see cref="CloseWatches"/>, <see cref="SetOutage"/>.
+/// </summary>
+/// <example>
+/// <code>
+/// await using var cluster = await SimulatedCluster.StartAsync(new() { Replicas = 3 });
+/// await using var api = await SimulatedKubernetesApi.StartAsync();
+/// using var mirror = api.MirrorEndpoints(cluster, service: "greeter", ns: "default", portName: "grpc");
+/// services.AddKubernetesResolver(o =&gt; { o.ApiServer = api.Url; o.ServiceAccountPath = tempDirWithTokenFile; });
+/// services.AddGrpcClient&lt;Greeter.GreeterClient&gt;(o =&gt; o.Address = new("kubernetes:///greeter.default:grpc"))
+///     .ConfigureChannel(o =&gt; { o.Credentials = ChannelCredentials.Insecure; o.ServiceConfig = roundRobin; });
+/// </code>
+/// </example>
+/// <remarks>Thread-safe: state is guarded by one lock; watchers get their lines through channels.</remarks>
+public sealed class SimulatedKubernetesApi : IAsyncDisposable
+{
+    private const string ServiceLabel = "kubernetes.io/service-name";
+
+    private readonly Lock _lock = new();
+    private readonly Dictionary<(string Ns, string Name), V1EndpointSlice> _slices = [];
+    private readonly List<HistoryEntry> _history = [];
+    private readonly List<Watcher> _watchers = [];
+    private readonly HashSet<string> _acceptedTokens = new(StringComparer.Ordinal);
+    private readonly ConcurrentQueue<string> _seenTokens = new();
+    private readonly ConcurrentDictionary<string, ConnectionContext> _connections = new();
+    private readonly WebApplication _app;
+    private long _resourceVersion = 1000;
+    private long _compactedBelow;
+    private volatile bool _outage;
+    private int _listCount;
+    private int _watchCount;
+    private readonly List<EndpointMirror> _mirrors = [];
+
+    private SimulatedKubernetesApi(WebApplication app) => _app = app;
+
+    /// <summary>The API server's address, <c>http://127.0.0.1:port</c>: set it as the client's API server (e.g. <c>KubernetesResolverOptions.ApiServer</c>).</summary>
+    public Uri Url { get; private set; } = null!;
+
+    /// <summary>Requests with the watch flag that got a 200 stream (or a 410).</summary>
+    public int WatchCount => Volatile.Read(ref _watchCount);
+
+    /// <summary>Successful LIST requests.</summary>
+    public int ListCount => Volatile.Read(ref _listCount);
+
+    /// <summary>Every bearer token presented, in order.</summary>
+    public IReadOnlyCollection<string> SeenTokens => _seenTokens;
+
+    /// <summary>Watch streams currently open.</summary>
+    public int ActiveWatches
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _watchers.Count;
+            }
+        }
+    }
+
+    /// <summary>When true, 410 Gone is the HTTP status of the watch request instead of an ERROR event in the stream.</summary>
+    public bool GoneAsHttpStatus { get; set; }
+
+    /// <summary>Starts an API server with no slices.</summary>
+    /// <param name="acceptedTokens">
+    /// The bearer tokens it accepts (any other gets 401 Unauthorized); none means every request is accepted, with or
+    /// without a token.
+    /// </param>
+    /// <returns>The started server. Dispose it to stop it and close every connection.</returns>
+    public static async Task<SimulatedKubernetesApi> StartAsync(params string[] acceptedTokens)
+    {
+        ArgumentNullException.ThrowIfNull(acceptedTokens);
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        SimulatedKubernetesApi? server = null;
+        builder.WebHost.ConfigureKestrel(kestrel => kestrel.Listen(IPAddress.Loopback, 0, listen =>
+        {
+            listen.Protocols = HttpProtocols.Http1AndHttp2;
+            listen.Use(next => async connection =>
+            {
+                if (server!._outage)
+                {
+                    connection.Abort();
+                    return;
+                }
+
+                server._connections[connection.ConnectionId] = connection;
+                try
+                {
+                    await next(connection).ConfigureAwait(false);
+                }
+                finally
+                {
+                    server._connections.TryRemove(connection.ConnectionId, out _);
+                }
+            });
+        }));
+        var app = builder.Build();
+        server = new SimulatedKubernetesApi(app);
+        foreach (var token in acceptedTokens)
+        {
+            server._acceptedTokens.Add(token);
+        }
+
+        app.MapGet("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices", (Func<HttpContext, string, Task>)server.HandleAsync);
+        await app.StartAsync().ConfigureAwait(false);
+        server.Url = new Uri(app.Urls.Single());
+        return server;
+    }
+
+    /// <summary>Replaces the accepted bearer tokens (a rotation revokes the old one).</summary>
+    /// <param name="tokens">The tokens accepted from now on; none means every request is accepted.</param>
+    public void SetAcceptedTokens(params string[] tokens)
+    {
+        ArgumentNullException.ThrowIfNull(tokens);
+        lock (_lock)
+        {
+            _acceptedTokens.Clear();
+            _acceptedTokens.UnionWith(tokens);
+        }
+    }
+
+    /// <summary>Creates or replaces a slice (matched by namespace and <c>metadata.name</c>): ADDED or MODIFIED for watchers.</summary>
+    /// <param name="ns">The namespace.</param>
+    /// <param name="slice">
+    /// The slice, with a <c>metadata.name</c> and the label <c>kubernetes.io/service-name</c> for clients that watch a
+    /// Service. A copy is stored, with the namespace and a new <c>resourceVersion</c>.
+    /// </param>
+    public void Apply(string ns, V1EndpointSlice slice)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(ns);
+        ArgumentNullException.ThrowIfNull(slice);
+        ArgumentException.ThrowIfNullOrEmpty(slice.Metadata?.Name, nameof(slice));
+        lock (_lock)
+        {
+            var key = (ns, slice.Metadata.Name);
+            var type = _slices.ContainsKey(key) ? "MODIFIED" : "ADDED";
+            var copy = Clone(slice);
+            copy.Metadata.NamespaceProperty = ns;
+            copy.Metadata.ResourceVersion = NextResourceVersion();
+            _slices[key] = copy;
+            Record(ns, copy, type);
+        }
+    }
+
+    /// <summary>Deletes a slice: DELETED for watchers. Deleting a slice that does not exist does nothing.</summary>
+    /// <param name="ns">The namespace.</param>
+    /// <param name="name">The slice's <c>metadata.name</c>.</param>
+    public void Delete(string ns, string name)
+    {
+        lock (_lock)
+        {
+            if (_slices.Remove((ns, name), out var slice))
+            {
+                var copy = Clone(slice);
+                copy.Metadata.ResourceVersion = NextResourceVersion();
+                Record(ns, copy, "DELETED");
+            }
+        }
+    }
+
+    /// <summary>Sends a BOOKMARK with the current resourceVersion to watchers that allowed bookmarks.</summary>
+    public void SendBookmark()
+    {
+        lock (_lock)
+        {
+            var line = KubernetesJson.Serialize(new WatchLine("BOOKMARK", new V1EndpointSlice
+            {
+                ApiVersion = "discovery.k8s.io/v1",
+                Kind = "EndpointSlice",
+                Metadata = new V1ObjectMeta { ResourceVersion = _resourceVersion.ToString(CultureInfo.InvariantCulture) },
+            }));
+            foreach (var watcher in _watchers.Where(w => w.Bookmarks))
+            {
+                watcher.Lines.Writer.TryWrite(line);
+            }
+        }
+    }
+
+    /// <summary>Forgets the event history: a watch from any earlier resourceVersion gets 410 Gone.</summary>
+    public void Compact()
+    {
+        lock (_lock)
+        {
+            _history.Clear();
+            _compactedBelow = _resourceVersion;
+        }
+    }
+
+    /// <summary>Ends every open watch stream (the server side of a watch timeout or an API server restart).</summary>
+    public void CloseWatches()
+    {
+        lock (_lock)
+        {
+            foreach (var watcher in _watchers)
+            {
+                watcher.Lines.Writer.TryComplete();
+            }
+        }
+    }
+
+    /// <summary>While on, the server is unreachable: every connection, open or new, is aborted.</summary>
+    /// <param name="outage">Whether the server is unreachable.</param>
+    public void SetOutage(bool outage)
+    {
+        _outage = outage;
+        if (outage)
+        {
+            foreach (var connection in _connections.Values)
+            {
+                connection.Abort();
+            }
+        }
+    }
+
+    /// <summary>
+    /// Publishes the pods of <paramref name="cluster"/> as EndpointSlices of the Service <paramref name="service"/> and
+    /// keeps them up to date until the returned handle or this server is disposed. The pods listen on
+    /// <c>127.0.0.1</c> with a different port each, so each pod gets its own slice (<c>{service}-{pod name}</c>)
+    /// with one endpoint and one port named <paramref name="portName"/>; a client resolves the named port per slice,
+    /// as it must with real EndpointSlices. Conditions follow the simulator: <c>ready</c> and <c>serving</c> while the pod
+    /// is ready (a black-holed pod stays ready, as it does until its node is declared dead), <c>terminating</c> while it
+    /// stops gracefully; the slice is deleted when the pod exits or is killed. The current pods are published before
+    /// this method returns; later changes within a few milliseconds of the cluster's change.
+    /// </summary>
+    /// <param name="cluster">A cluster in <see cref="KubeProxyMode.Userspace"/> mode (in iptables mode the pods cannot be reached from the test process).</param>
+    /// <param name="service">The Service name (label <c>kubernetes.io/service-name</c>). Default <c>greeter</c>.</param>
+    /// <param name="ns">The namespace. Default <c>default</c>.</param>
+    /// <param name="portName">The Service port's name. Default <c>grpc</c>.</param>
+    /// <returns>A handle; dispose it to stop following the cluster (the slices stay as they are).</returns>
+    /// <exception cref="NotSupportedException">The cluster runs in <see cref="KubeProxyMode.Iptables"/> mode.</exception>
+    public IDisposable MirrorEndpoints(SimulatedCluster cluster, string service = "greeter", string ns = "default", string portName = "grpc")
+    {
+        ArgumentNullException.ThrowIfNull(cluster);
+        ArgumentException.ThrowIfNullOrEmpty(service);
+        ArgumentException.ThrowIfNullOrEmpty(ns);
+        ArgumentException.ThrowIfNullOrEmpty(portName);
+        if (cluster.ProxyMode != KubeProxyMode.Userspace)
+        {
+            throw new NotSupportedException("MirrorEndpoints needs a cluster in KubeProxyMode.Userspace: in iptables mode the pods live in a network namespace the test process cannot reach.");
+        }
+
+        var mirror = new EndpointMirror(this, cluster, service, ns, portName);
+        lock (_lock)
+        {
+            _mirrors.Add(mirror);
+        }
+
+        mirror.Start();
+        return mirror;
+    }
+
+    /// <summary>Stops following clusters, ends every watch and stops the server.</summary>
+    /// <returns>A task that completes when the server has stopped.</returns>
+    public async ValueTask DisposeAsync()
+    {
+        List<EndpointMirror> mirrors;
+        lock (_lock)
+        {
+            mirrors = [.. _mirrors];
+        }
+
+        foreach (var mirror in mirrors)
+        {
+            mirror.Dispose();
+        }
+
+        CloseWatches();
+        await _app.StopAsync().ConfigureAwait(false);
+        await _app.DisposeAsync().ConfigureAwait(false);
+    }
+
+    private async Task HandleAsync(HttpContext context, string ns)
+    {
+        var token = context.Request.Headers.Authorization.ToString();
+        token = token.StartsWith("Bearer ", StringComparison.Ordinal) ? token["Bearer ".Length..] : "";
+        _seenTokens.Enqueue(token);
+        bool authorized;
+        lock (_lock)
+        {
+            authorized = _acceptedTokens.Count == 0 || _acceptedTokens.Contains(token);
+        }
+
+        if (!authorized)
+        {
+            await WriteStatusAsync(context, 401, "Unauthorized", "Unauthorized").ConfigureAwait(false);
+            return;
+        }
+
+        var query = context.Request.Query;
+        var service = ParseServiceSelector(query["labelSelector"].ToString());
+        if (string.Equals(query["watch"], "true", StringComparison.OrdinalIgnoreCase))
+        {
+            await WatchAsync(context, ns, service, query["resourceVersion"].ToString(),
+                string.Equals(query["allowWatchBookmarks"], "true", StringComparison.OrdinalIgnoreCase),
+                int.TryParse(query["timeoutSeconds"], CultureInfo.InvariantCulture, out var timeout) ? timeout : 0).ConfigureAwait(false);
+        }
+        else
+        {
+            await ListAsync(context, ns, service).ConfigureAwait(false);
+        }
+    }
+
+    private async Task ListAsync(HttpContext context, string ns, string? service)
+    {
+        V1EndpointSliceList list;
+        lock (_lock)
+        {
+            list = new V1EndpointSliceList
+            {
+                ApiVersion = "discovery.k8s.io/v1",
+                Kind = "EndpointSliceList",
+                Metadata = new V1ListMeta { ResourceVersion = _resourceVersion.ToString(CultureInfo.InvariantCulture) },
+                Items = _slices.Where(s => s.Key.Ns == ns && Matches(s.Value, service)).Select(s => Clone(s.Value)).ToList(),
+            };
+        }
+
+        Interlocked.Increment(ref _listCount);
+        context.Response.ContentType = "application/json";
+        await context.Response.WriteAsync(KubernetesJson.Serialize(list), context.RequestAborted).ConfigureAwait(false);
+    }
+
+    private async Task WatchAsync(HttpContext context, string ns, string? service, string resourceVersion, bool bookmarks, int timeoutSeconds)
+    {
+        var from = long.TryParse(resourceVersion, CultureInfo.InvariantCulture, out var rv) ? rv : 0;
+        var watcher = new Watcher(ns, service, bookmarks);
+        bool gone;
+        lock (_lock)
+        {
+            gone = from != 0 && from < _compactedBelow;
+            if (!gone)
+            {
+                foreach (var entry in _history.Where(e => e.ResourceVersion > from && e.Ns == ns && Matches(e.Slice, service)))
+                {
+                    watcher.Lines.Writer.TryWrite(entry.Line);
+                }
+
+                _watchers.Add(watcher);
+            }
+        }
+
+        Interlocked.Increment(ref _watchCount);
+        var goneMessage = $"too old resource version: {from} ({_compactedBelow})";
+        if (gone && GoneAsHttpStatus)
+        {
+            await WriteStatusAsync(context, 410, "Expired", goneMessage).ConfigureAwait(false);
+            return;
+        }
+
+        context.Response.ContentType = "application/json";
+        await context.Response.StartAsync(context.RequestAborted).ConfigureAwait(false);
+        if (gone)
+        {
+            var status = new V1Status { ApiVersion = "v1", Kind = "Status", Status = "Failure", Code = 410, Reason = "Expired", Message = goneMessage };
+            await context.Response.WriteAsync(KubernetesJson.Serialize(new WatchLine("ERROR", status)) + "\n", context.RequestAborted).ConfigureAwait(false);
+            return;
+        }
+
+        using var timeout = timeoutSeconds > 0 ? new CancellationTokenSource(TimeSpan.FromSeconds(timeoutSeconds)) : new CancellationTokenSource();
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(context.RequestAborted, timeout.Token);
+        try
+        {
+            await foreach (var line in watcher.Lines.Reader.ReadAllAsync(stop.Token).ConfigureAwait(false))
+            {
+                await context.Response.WriteAsync(line + "\n", stop.Token).ConfigureAwait(false);
+                await context.Response.Body.FlushAsync(stop.Token).ConfigureAwait(false);
+            }
+        }
+        catch (OperationCanceledException)
+        {
+            // Client went away, or the watch timed out: end the stream.
+        }
+        finally
+        {
+            lock (_lock)
+            {
+                _watchers.Remove(watcher);
+            }
+        }
+    }
+
+    private static async Task WriteStatusAsync(HttpContext context, int code, string reason, string message)
+    {
+        context.Response.StatusCode = code;
+        context.Response.ContentType = "application/json";
+        var status = new V1Status { ApiVersion = "v1", Kind = "Status", Status = "Failure", Code = code, Reason = reason, Message = message };
+        await context.Response.WriteAsync(KubernetesJson.Serialize(status), context.RequestAborted).ConfigureAwait(false);
+    }
+
+    private void Record(string ns, V1EndpointSlice slice, string type)
+    {
+        var line = KubernetesJson.Serialize(new WatchLine(type, slice));
+        _history.Add(new HistoryEntry(long.Parse(slice.Metadata.ResourceVersion, CultureInfo.InvariantCulture), ns, slice, line));
+        foreach (var watcher in _watchers.Where(w => w.Ns == ns && Matches(slice, w.Service)))
+        {
+            watcher.Lines.Writer.TryWrite(line);
+        }
+    }
+
+    private string NextResourceVersion() => (++_resourceVersion).ToString(CultureInfo.InvariantCulture);
+
+    private static string? ParseServiceSelector(string selector)
+    {
+        if (string.IsNullOrEmpty(selector))
+        {
+            return null;
+        }
+
+        var parts = selector.Split('=', 2);
+        return parts.Length == 2 && parts[0] == ServiceLabel ? parts[1] : "<unsupported selector>";
+    }
+
+    private static bool Matches(V1EndpointSlice slice, string? service) =>
+        service is null || (slice.Metadata?.Labels?.TryGetValue(ServiceLabel, out var value) == true && value == service);
+
+    private static V1EndpointSlice Clone(V1EndpointSlice slice) =>
+        KubernetesJson.Deserialize<V1EndpointSlice>(KubernetesJson.Serialize(slice));
+
+    private sealed record HistoryEntry(long ResourceVersion, string Ns, V1EndpointSlice Slice, string Line);
+
+    private sealed record WatchLine(
+        [property: System.Text.Json.Serialization.JsonPropertyName("type")] string Type,
+        [property: System.Text.Json.Serialization.JsonPropertyName("object")] object Object);
+
+    private sealed class Watcher(string ns, string? service, bool bookmarks)
+    {
+        public string Ns { get; } = ns;
+
+        public string? Service { get; } = service;
+
+        public bool Bookmarks { get; } = bookmarks;
+
+        public Channel<string> Lines { get; } = Channel.CreateUnbounded<string>();
+    }
+
+    private void RemoveMirror(EndpointMirror mirror)
+    {
+        lock (_lock)
+        {
+            _mirrors.Remove(mirror);
+        }
+    }
+
+    /// <summary>
+    /// Follows one cluster: on every change notification, publishes what changed. Reconciliation runs under its own lock
+    /// and reads the cluster's state inside it, so the last reconciliation always reflects the latest state.
+    /// </summary>
+    private sealed class EndpointMirror(SimulatedKubernetesApi api, SimulatedCluster cluster, string service, string ns, string portName) : IDisposable
+    {
+        private readonly Lock _gate = new();
+        private readonly Dictionary<string, string> _published = new(StringComparer.Ordinal);
+        private bool _disposed;
+
+        public void Start()
+        {
+            cluster.EndpointsChanged += Reconcile;
+            Reconcile();
+        }
+
+        public void Dispose()
+        {
+            cluster.EndpointsChanged -= Reconcile;
+            lock (_gate)
+            {
+                _disposed = true;
+            }
+
+            api.RemoveMirror(this);
+        }
+
+        private void Reconcile()
+        {
+            lock (_gate)
+            {
+                if (_disposed)
+                {
+                    return;
+                }
+
+                var pods = cluster.Pods.Where(p => p.State is SimulatedPodState.Running or SimulatedPodState.Terminating && p.Address is not null).ToList();
+                var wanted = new HashSet<string>(StringComparer.Ordinal);
+                foreach (var pod in pods)
+                {
+                    var name = $"{service}-{pod.Name}";
+                    wanted.Add(name);
+                    var terminating = pod.State == SimulatedPodState.Terminating;
+                    var state = $"{pod.Address.Port}/{pod.IsReady}/{terminating}";
+                    if (_published.TryGetValue(name, out var published) && published == state)
+                    {
+                        continue;
+                    }
+
+                    api.Apply(ns, CreateSlice(name, pod, terminating));
+                    _published[name] = state;
+                }
+
+                foreach (var name in _published.Keys.Where(n => !wanted.Contains(n)).ToList())
+                {
+                    api.Delete(ns, name);
+                    _published.Remove(name);
+                }
+            }
+        }
+
+        private V1EndpointSlice CreateSlice(string name, SimulatedPod pod, bool terminating) => new()
+        {
+            ApiVersion = "discovery.k8s.io/v1",
+            Kind = "EndpointSlice",
+            Metadata = new V1ObjectMeta
+            {
+                Name = name,
+                Labels = new Dictionary<string, string>
+                {
+                    [ServiceLabel] = service,
+                    ["endpointslice.kubernetes.io/managed-by"] = "connectionrefresh-testing",
+                },
+            },
+            AddressType = "IPv4",
+            Ports = [new Discoveryv1EndpointPort { Name = portName, Port = pod.Address.Port, Protocol = "TCP" }],
+            Endpoints =
+            [
+                new V1Endpoint
+                {
+                    Addresses = ["127.0.0.1"],
+                    Conditions = new V1EndpointConditions { Ready = pod.IsReady, Serving = pod.IsReady, Terminating = terminating },
+                    TargetRef = new V1ObjectReference { Kind = "Pod", Name = pod.Name, NamespaceProperty = ns },
+                },
+            ],
+        };
+    }
+}
