@@ -1,0 +1,206 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using ConnectionRefresh.Kubernetes;
+using ConnectionRefresh.Protos;
+using ConnectionRefresh.Testing.Tests.TestSupport;
+using Grpc.Core;
+using Grpc.Net.Client.Configuration;
+using k8s.Models;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace ConnectionRefresh.Testing.Tests;
+
+/// <summary>
+/// <see cref="SimulatedKubernetesApi.MirrorEndpoints"/> with the real <c>kubernetes:///</c> resolver and round_robin in front
+/// of a <see cref="SimulatedCluster"/>: the resolver follows scale-out, readiness and graceful stops.
+/// </summary>
+public sealed class SimulatedKubernetesApiTests
+{
+    /// <summary>The promise: a pod added to the endpoints receives calls within 2 s (loopback: normally ~0.1 s).</summary>
+    private static readonly TimeSpan NewPodFirstCallLimit = TimeSpan.FromSeconds(2);
+
+    [Fact]
+    public async Task MirrorEndpoints_ResolverClient_FollowsScaleOutReadinessAndStopsWithoutFailedCalls()
+    {
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 2, TerminationGracePeriod = TimeSpan.FromSeconds(10) });
+        await using var api = await SimulatedKubernetesApi.StartAsync("token-1");
+        using var mirror = api.MirrorEndpoints(cluster);
+        using var account = new TempServiceAccount("token-1");
+        await using var services = ResolverClient(api, account.Path);
+        await using var load = new CallLoop(services.GetRequiredService<Greeter.GreeterClient>());
+
+        // Both pods are found through the API and called.
+        await Poll.UntilAsync(() => cluster.Pods.All(p => p.CallsServed > 0), "both initial pods receive calls");
+
+        // Scale-out: ScaleAsync returns when the new pods are ready, i.e. in the endpoints.
+        var before = cluster.Pods.Select(p => p.Name).ToHashSet();
+        await cluster.ScaleAsync(4);
+        var added = cluster.Pods.Where(p => !before.Contains(p.Name)).ToList();
+        Assert.Equal(2, added.Count);
+        await Poll.UntilAsync(() => added.All(p => p.FirstCallAt is not null), "the new pods receive calls");
+        Assert.All(added, p => Assert.True(p.FirstCallAt!.Value - p.AddedAt <= NewPodFirstCallLimit,
+            $"{p.Name} got its first call {(p.FirstCallAt!.Value - p.AddedAt).TotalSeconds:0.00} s after it became ready"));
+
+        // Readiness off: the pod keeps running and would answer, so any call it still serves was routed to it by the client.
+        var unready = cluster.Pods.First(p => before.Contains(p.Name));
+        var readinessOff = Stopwatch.StartNew();
+        await cluster.SetReadyAsync(unready, false);
+        await load.WaitForQuietAsync(unready, calls: 400);
+        // Generous bound for the resolver to drop the pod under machine load (watch event + subchannel shutdown; normally ms).
+        Assert.True(readinessOff.Elapsed < TimeSpan.FromSeconds(10), $"dropping the not-ready pod took {readinessOff.Elapsed.TotalSeconds:0.0} s");
+        var servedWhenDropped = unready.CallsServed;
+        await load.WaitForCallsAsync(1000);
+        Assert.Equal(servedWhenDropped, unready.CallsServed);
+
+        // Graceful stop of another pod: it leaves the endpoints and exits; nothing fails, and it receives nothing afterwards.
+        var stopped = added[0];
+        await cluster.StopPodAsync(stopped);
+        var servedWhenStopped = stopped.CallsServed;
+        await load.WaitForCallsAsync(1000);
+        Assert.Equal(servedWhenStopped, stopped.CallsServed);
+        Assert.DoesNotContain(cluster.Pods, p => p.Name == stopped.Name);
+
+        // The remaining ready pods share the calls, and no call failed at any point.
+        Assert.All(cluster.ReadyPods, p => Assert.True(load.Replies.GetValueOrDefault(p.Name) > 0, $"{p.Name} got no calls"));
+        Assert.Empty(load.Failures);
+    }
+
+    [Fact]
+    public async Task MirrorEndpoints_PublishesOneSlicePerPodWithTheNamedPortAndFollowsPodExit()
+    {
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 2, TerminationGracePeriod = TimeSpan.Zero });
+        await using var api = await SimulatedKubernetesApi.StartAsync();
+        using var mirror = api.MirrorEndpoints(cluster, service: "svc", ns: "ns1", portName: "h2");
+        using var http = new HttpClient { BaseAddress = api.Url };
+
+        var slices = await ListAsync(http, "ns1", "svc");
+        Assert.Equal(cluster.Pods.Select(p => "svc-" + p.Name).Order(), slices.Select(s => s.Metadata.Name).Order());
+        foreach (var pod in cluster.Pods)
+        {
+            var slice = slices.Single(s => s.Metadata.Name == "svc-" + pod.Name);
+            Assert.Equal(("h2", pod.Address.Port), (slice.Ports.Single().Name, slice.Ports.Single().Port));
+            Assert.Equal("127.0.0.1", slice.Endpoints.Single().Addresses.Single());
+            Assert.True(slice.Endpoints.Single().Conditions.Ready);
+        }
+
+        Assert.Empty(await ListAsync(http, "default", "svc"));
+
+        var victim = cluster.Pods[0];
+        await cluster.SetReadyAsync(victim, false);
+        Assert.False((await ListAsync(http, "ns1", "svc")).Single(s => s.Metadata.Name == "svc-" + victim.Name).Endpoints.Single().Conditions.Ready);
+
+        await cluster.KillPodAsync(victim);
+        Assert.DoesNotContain(await ListAsync(http, "ns1", "svc"), s => s.Metadata.Name == "svc-" + victim.Name);
+    }
+
+    private static async Task<IList<V1EndpointSlice>> ListAsync(HttpClient http, string ns, string service)
+    {
+        var json = await http.GetStringAsync($"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices?labelSelector=kubernetes.io/service-name={service}");
+        return k8s.KubernetesJson.Deserialize<V1EndpointSliceList>(json).Items;
+    }
+
+    /// <summary>A client built the way the README shows: AddKubernetesResolver, kubernetes:/// target, round_robin.</summary>
+    private static ServiceProvider ResolverClient(SimulatedKubernetesApi api, string serviceAccountPath)
+    {
+        var services = new ServiceCollection();
+        services.AddLogging();
+        services.AddKubernetesResolver(o =>
+        {
+            o.ApiServer = api.Url;
+            o.ServiceAccountPath = serviceAccountPath;
+            o.InitialBackoff = TimeSpan.FromMilliseconds(50);
+            o.MaxBackoff = TimeSpan.FromMilliseconds(500);
+        });
+        services.AddGrpcClient<Greeter.GreeterClient>(o => o.Address = new Uri("kubernetes:///greeter.default:grpc"))
+            .ConfigureChannel(o =>
+            {
+                o.Credentials = ChannelCredentials.Insecure;
+                o.ServiceConfig = new ServiceConfig { LoadBalancingConfigs = { new RoundRobinConfig() } };
+            });
+        return services.BuildServiceProvider();
+    }
+
+    /// <summary>A temporary service account directory holding a token file.</summary>
+    private sealed class TempServiceAccount : IDisposable
+    {
+        public TempServiceAccount(string token)
+        {
+            Path = Directory.CreateTempSubdirectory("crsim-sa-").FullName;
+            File.WriteAllText(System.IO.Path.Combine(Path, "token"), token);
+        }
+
+        public string Path { get; }
+
+        public void Dispose() => Directory.Delete(Path, recursive: true);
+    }
+
+    /// <summary>Unary calls without pause on a few workers, bounded in count and time; replies counted per pod.</summary>
+    private sealed class CallLoop : IAsyncDisposable
+    {
+        private const int MaxCallsPerWorker = 200_000;
+        private static readonly TimeSpan MaxRun = TimeSpan.FromMinutes(3);
+        private readonly CancellationTokenSource _stop = new(MaxRun);
+        private readonly Task[] _workers;
+        private long _succeeded;
+
+        public CallLoop(Greeter.GreeterClient client, int workers = 4) =>
+            _workers = [.. Enumerable.Range(0, workers).Select(_ => Task.Run(() => RunAsync(client)))];
+
+        public ConcurrentDictionary<string, long> Replies { get; } = new();
+
+        public ConcurrentQueue<Exception> Failures { get; } = new();
+
+        public long Succeeded => Interlocked.Read(ref _succeeded);
+
+        public Task WaitForCallsAsync(int calls)
+        {
+            var target = Succeeded + calls;
+            return Poll.UntilAsync(() => Succeeded >= target || !Failures.IsEmpty, $"{calls} more calls");
+        }
+
+        /// <summary>Waits until <paramref name="pod"/> served nothing during <paramref name="calls"/> successful calls in a row.</summary>
+        public Task WaitForQuietAsync(SimulatedPod pod, int calls)
+        {
+            var served = pod.CallsServed;
+            var from = Succeeded;
+            return Poll.UntilAsync(() =>
+            {
+                if (pod.CallsServed != served)
+                {
+                    (served, from) = (pod.CallsServed, Succeeded);
+                    return false;
+                }
+
+                return Succeeded - from >= calls;
+            }, $"{calls} calls in a row without {pod.Name}");
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            await _stop.CancelAsync();
+            await Task.WhenAll(_workers);
+            _stop.Dispose();
+        }
+
+        private async Task RunAsync(Greeter.GreeterClient client)
+        {
+            for (var i = 0; i < MaxCallsPerWorker && !_stop.IsCancellationRequested; i++)
+            {
+                try
+                {
+                    var reply = await client.SayHelloAsync(new HelloRequest { Name = "loop" }, deadline: DateTime.UtcNow.AddSeconds(30), cancellationToken: _stop.Token);
+                    Replies.AddOrUpdate(reply.Instance, 1, (_, n) => n + 1);
+                    Interlocked.Increment(ref _succeeded);
+                }
+                catch (RpcException) when (_stop.IsCancellationRequested)
+                {
+                    return;
+                }
+                catch (Exception ex)
+                {
+                    Failures.Enqueue(ex);
+                }
+            }
+        }
+    }
+}
