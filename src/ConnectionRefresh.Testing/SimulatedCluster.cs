@@ -54,6 +54,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
     private readonly Socket _listener;
     private IptablesProxy? _iptables;
     private Task _acceptLoop = Task.CompletedTask;
+    private readonly List<Task> _podAcceptLoops = [];
     private int _podSequence;
     private bool _disposed;
 
@@ -143,7 +144,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
                 await cluster._iptables.ApplyEndpointsAsync(() => [], cancellationToken).ConfigureAwait(false);
             }
 
-            cluster._acceptLoop = cluster.AcceptLoopAsync();
+            cluster._acceptLoop = cluster.AcceptLoopAsync(cluster._listener, cluster.ConnectBackendAsync);
             await Task.WhenAll(Enumerable.Range(0, options.Replicas).Select(_ => cluster.AddPodAsync(cancellationToken))).ConfigureAwait(false);
             return cluster;
         }
@@ -319,6 +320,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
             pod.RemovedAt = Elapsed();
             _pods.Remove(pod);
             connections = [.. pod.Connections];
+            pod.NetworkListener?.Dispose();
             AddEvent(ClusterEventKind.PodKilled, pod, $"{pod.Name} killed");
         }
 
@@ -487,6 +489,18 @@ public sealed class SimulatedCluster : IAsyncDisposable
         await _shutdown.CancelAsync().ConfigureAwait(false);
         _listener.Dispose();
         await _acceptLoop.ConfigureAwait(false);
+        List<Task> podLoops;
+        lock (_gate)
+        {
+            foreach (var pod in _allPods)
+            {
+                pod.NetworkListener?.Dispose();
+            }
+
+            podLoops = [.. _podAcceptLoops];
+        }
+
+        await Task.WhenAll(podLoops).ConfigureAwait(false);
 
         List<ProxiedConnection> connections;
         List<SimulatedPod> pods;
@@ -680,6 +694,8 @@ public sealed class SimulatedCluster : IAsyncDisposable
                 _pods.Remove(pod);
                 AddEvent(ClusterEventKind.PodStopped, pod, $"{pod.Name} exited");
             }
+
+            pod.NetworkListener?.Dispose();
         }
 
         EndpointsChanged?.Invoke();
@@ -712,7 +728,52 @@ public sealed class SimulatedCluster : IAsyncDisposable
             CancellationToken.None).ConfigureAwait(false);
     }
 
-    private async Task AcceptLoopAsync()
+    /// <summary>
+    /// Gives a started pod (userspace mode) its own address in the simulated network: a loopback listener whose
+    /// connections are relayed to that pod only, and are black-holed, reset and closed like ClusterIP connections. It is
+    /// the pod IP that <see cref="SimulatedKubernetesApi.MirrorEndpoints"/> publishes, so clients that resolve pods
+    /// themselves see a black-holed pod hang. Closed when the pod exits or is killed (new connections are then refused).
+    /// </summary>
+    internal IPEndPoint EnsureNetworkEndPoint(SimulatedPod pod)
+    {
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (pod.NetworkListener is null)
+            {
+                var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+                listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+                listener.Listen(256);
+                pod.NetworkListener = listener;
+                pod.NetworkEndPoint = (IPEndPoint)listener.LocalEndPoint!;
+                _podAcceptLoops.Add(AcceptLoopAsync(listener, (connection, ct) => ConnectToPodAsync(connection, pod, ct)));
+                if (pod.State is SimulatedPodState.Terminated or SimulatedPodState.Killed)
+                {
+                    listener.Dispose();
+                }
+            }
+
+            return pod.NetworkEndPoint!;
+        }
+    }
+
+    private async ValueTask<Socket?> ConnectToPodAsync(ProxiedConnection connection, SimulatedPod pod, CancellationToken cancellationToken)
+    {
+        var backend = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        try
+        {
+            await backend.ConnectAsync(pod.EndPoint!, cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            backend.Dispose();
+            throw;
+        }
+
+        return Attach(connection, pod, backend);
+    }
+
+    private async Task AcceptLoopAsync(Socket listener, Func<ProxiedConnection, CancellationToken, ValueTask<Socket?>> connectBackend)
     {
         await Task.Yield();
         while (true)
@@ -720,11 +781,15 @@ public sealed class SimulatedCluster : IAsyncDisposable
             Socket client;
             try
             {
-                client = await _listener.AcceptAsync(_shutdown.Token).ConfigureAwait(false);
+                client = await listener.AcceptAsync(_shutdown.Token).ConfigureAwait(false);
             }
             catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException || _shutdown.IsCancellationRequested)
             {
                 return;
+            }
+            catch (SocketException ex) when (ex.SocketErrorCode is SocketError.OperationAborted or SocketError.Interrupted)
+            {
+                return; // The listener was closed: a pod's network address when the pod left.
             }
             catch (SocketException)
             {
@@ -746,7 +811,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
                 _connections.Add(connection);
             }
 
-            connection.Start(ConnectBackendAsync, OnConnectionCompleted);
+            connection.Start(connectBackend, OnConnectionCompleted);
         }
     }
 

@@ -238,10 +238,12 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
 
     /// <summary>
     /// Publishes the pods of <paramref name="cluster"/> as EndpointSlices of the Service <paramref name="service"/> and
-    /// keeps them up to date until the returned handle or this server is disposed. The pods listen on
-    /// <c>127.0.0.1</c> with a different port each, so each pod gets its own slice (<c>{service}-{pod name}</c>)
-    /// with one endpoint and one port named <paramref name="portName"/>; a client resolves the named port per slice,
-    /// as it must with real EndpointSlices. Conditions follow the simulator: <c>ready</c> and <c>serving</c> while the pod
+    /// keeps them up to date until the returned handle or this server is disposed. Each pod is published at its address in
+    /// the simulated network: <c>127.0.0.1</c> and a port of its own that relays to the pod, so that
+    /// <see cref="SimulatedCluster.BlackHole"/>, kills and exits affect clients that connect to pods directly as they
+    /// affect ClusterIP clients (<see cref="SimulatedPod.Address"/> would bypass them). As the ports differ, each pod gets
+    /// its own slice (<c>{service}-{pod name}</c>) with one endpoint and one port named <paramref name="portName"/>; a
+    /// client resolves the named port per slice, as it must with real EndpointSlices. Conditions follow the simulator: <c>ready</c> and <c>serving</c> while the pod
     /// is ready (a black-holed pod stays ready, as it does until its node is declared dead), <c>terminating</c> while it
     /// stops gracefully; the slice is deleted when the pod exits or is killed. The current pods are published before
     /// this method returns; later changes within a few milliseconds of the cluster's change.
@@ -500,20 +502,30 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
                     return;
                 }
 
-                var pods = cluster.Pods.Where(p => p.State is SimulatedPodState.Running or SimulatedPodState.Terminating && p.Address is not null).ToList();
+                var pods = cluster.Pods.Where(p => p.State is SimulatedPodState.Running or SimulatedPodState.Terminating).ToList();
                 var wanted = new HashSet<string>(StringComparer.Ordinal);
                 foreach (var pod in pods)
                 {
+                    IPEndPoint endPoint;
+                    try
+                    {
+                        endPoint = cluster.EnsureNetworkEndPoint(pod);
+                    }
+                    catch (ObjectDisposedException)
+                    {
+                        return; // The cluster is shutting down.
+                    }
+
                     var name = $"{service}-{pod.Name}";
                     wanted.Add(name);
                     var terminating = pod.State == SimulatedPodState.Terminating;
-                    var state = $"{pod.Address.Port}/{pod.IsReady}/{terminating}";
+                    var state = $"{endPoint.Port}/{pod.IsReady}/{terminating}";
                     if (_published.TryGetValue(name, out var published) && published == state)
                     {
                         continue;
                     }
 
-                    api.Apply(ns, CreateSlice(name, pod, terminating));
+                    api.Apply(ns, CreateSlice(name, pod, endPoint.Port, terminating));
                     _published[name] = state;
                 }
 
@@ -525,7 +537,7 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
             }
         }
 
-        private V1EndpointSlice CreateSlice(string name, SimulatedPod pod, bool terminating) => new()
+        private V1EndpointSlice CreateSlice(string name, SimulatedPod pod, int port, bool terminating) => new()
         {
             ApiVersion = "discovery.k8s.io/v1",
             Kind = "EndpointSlice",
@@ -539,7 +551,7 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
                 },
             },
             AddressType = "IPv4",
-            Ports = [new Discoveryv1EndpointPort { Name = portName, Port = pod.Address.Port, Protocol = "TCP" }],
+            Ports = [new Discoveryv1EndpointPort { Name = portName, Port = port, Protocol = "TCP" }],
             Endpoints =
             [
                 new V1Endpoint

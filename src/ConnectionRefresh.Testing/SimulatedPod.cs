@@ -84,6 +84,12 @@ public sealed class SimulatedPod
 
     internal System.Net.IPEndPoint? EndPoint { get; set; }
 
+    /// <summary>The pod's address in the simulated network (see <see cref="SimulatedCluster.EnsureNetworkEndPoint"/>), or null; set under the cluster's lock.</summary>
+    internal System.Net.IPEndPoint? NetworkEndPoint { get; set; }
+
+    /// <summary>The listener behind <see cref="NetworkEndPoint"/>; closed when the pod leaves.</summary>
+    internal System.Net.Sockets.Socket? NetworkListener { get; set; }
+
     /// <summary>The pod's call capacity (<see cref="SimulatedClusterOptions.MaxConcurrentCallsPerPod"/>), or null.</summary>
     internal SemaphoreSlim? Capacity { get; init; }
 
