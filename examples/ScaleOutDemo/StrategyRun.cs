@@ -26,6 +26,7 @@ internal sealed class StrategyRun(IClientStrategy strategy, DemoOptions options,
     private readonly List<long> _failedPerSecond = [];
     private readonly List<float> _latenciesMs = [];
     private readonly List<IClientReplica> _replicas = [];
+    private IAsyncDisposable? _environment;
     private long _ok;
     private long _failed;
 
@@ -56,6 +57,7 @@ internal sealed class StrategyRun(IClientStrategy strategy, DemoOptions options,
         };
         strategy.ConfigureCluster(clusterOptions);
         Cluster = await SimulatedCluster.StartAsync(clusterOptions);
+        _environment = await strategy.StartEnvironmentAsync(Cluster);
     }
 
     /// <summary>Runs load and script together until the scenario's duration has passed since <paramref name="clock"/> started.</summary>
@@ -100,6 +102,11 @@ internal sealed class StrategyRun(IClientStrategy strategy, DemoOptions options,
         foreach (var replica in _replicas)
         {
             replica.Dispose();
+        }
+
+        if (_environment is not null)
+        {
+            await _environment.DisposeAsync();
         }
 
         if (Cluster is not null)

@@ -25,6 +25,13 @@ internal interface IClientStrategy
     }
 
     /// <summary>
+    /// Starts what the strategy needs next to its cluster (e.g. a Kubernetes API server that mirrors the pods), once per
+    /// run, after the cluster started and before the replicas are created. The result is disposed after the replicas and
+    /// before the cluster. Default: nothing.
+    /// </summary>
+    Task<IAsyncDisposable?> StartEnvironmentAsync(SimulatedCluster cluster) => Task.FromResult<IAsyncDisposable?>(null);
+
+    /// <summary>
     /// Creates one client replica (one client pod): its own connections, held until disposed. Most strategies only need
     /// <see cref="SimulatedCluster.Address"/> (the ClusterIP); the cluster is there for those that resolve pods themselves.
     /// </summary>
