@@ -827,7 +827,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
     private ValueTask<Socket?> ConnectBackendAsync(ProxiedConnection connection, CancellationToken cancellationToken) =>
         _iptables is null ? ConnectUserspaceAsync(connection, cancellationToken) : ConnectIptablesAsync(connection, cancellationToken);
 
-    private async ValueTask<Socket?> ConnectUserspaceAsync(ProxiedConnection connection, CancellationToken cancellationToken)
+    private ValueTask<Socket?> ConnectUserspaceAsync(ProxiedConnection connection, CancellationToken cancellationToken)
     {
         SimulatedPod? pod;
         lock (_gate)
@@ -836,23 +836,8 @@ public sealed class SimulatedCluster : IAsyncDisposable
             pod = ready.Count == 0 ? null : ready[_random.Next(ready.Count)];
         }
 
-        if (pod is null)
-        {
-            return null; // No endpoints: kube-proxy rejects the connection.
-        }
-
-        var backend = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-        try
-        {
-            await backend.ConnectAsync(pod.EndPoint!, cancellationToken).ConfigureAwait(false);
-        }
-        catch
-        {
-            backend.Dispose();
-            throw;
-        }
-
-        return Attach(connection, pod, backend);
+        // No endpoints: kube-proxy rejects the connection.
+        return pod is null ? ValueTask.FromResult<Socket?>(null) : ConnectToPodAsync(connection, pod, cancellationToken);
     }
 
     private async ValueTask<Socket?> ConnectIptablesAsync(ProxiedConnection connection, CancellationToken cancellationToken)
