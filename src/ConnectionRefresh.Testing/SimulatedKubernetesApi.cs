@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using System.Globalization;
 using System.Net;
+using System.Security.Cryptography.X509Certificates;
 using System.Threading.Channels;
 using k8s;
 using k8s.Models;
@@ -57,7 +58,7 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
 
     private SimulatedKubernetesApi(WebApplication app) => _app = app;
 
-    /// <summary>The API server's address, <c>http://127.0.0.1:port</c>: set it as the client's API server (e.g. <c>KubernetesResolverOptions.ApiServer</c>).</summary>
+    /// <summary>The API server's address, <c>http://127.0.0.1:port</c> (<c>https://</c> when started with <see cref="StartHttpsAsync"/>): set it as the client's API server (e.g. <c>KubernetesResolverOptions.ApiServer</c>).</summary>
     public Uri Url { get; private set; } = null!;
 
     /// <summary>Requests with the watch flag that got a 200 stream (or a 410).</summary>
@@ -90,7 +91,26 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
     /// without a token.
     /// </param>
     /// <returns>The started server. Dispose it to stop it and close every connection.</returns>
-    public static async Task<SimulatedKubernetesApi> StartAsync(params string[] acceptedTokens)
+    public static Task<SimulatedKubernetesApi> StartAsync(params string[] acceptedTokens) => StartCoreAsync(null, acceptedTokens);
+
+    /// <summary>
+    /// Starts an API server with no slices that serves HTTPS with <paramref name="serverCertificate"/>, as a real one does
+    /// in a pod (<c>https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT</c>, verified with the service account's
+    /// <c>ca.crt</c>).
+    /// </summary>
+    /// <param name="serverCertificate">
+    /// The server certificate, with its private key; for clients that check the host name it needs the subject alternative
+    /// name <c>IP:127.0.0.1</c>.
+    /// </param>
+    /// <param name="acceptedTokens">The bearer tokens it accepts, as for <see cref="StartAsync"/>.</param>
+    /// <returns>The started server, at <c>https://127.0.0.1:port</c>. Dispose it to stop it and close every connection.</returns>
+    public static Task<SimulatedKubernetesApi> StartHttpsAsync(X509Certificate2 serverCertificate, params string[] acceptedTokens)
+    {
+        ArgumentNullException.ThrowIfNull(serverCertificate);
+        return StartCoreAsync(serverCertificate, acceptedTokens);
+    }
+
+    private static async Task<SimulatedKubernetesApi> StartCoreAsync(X509Certificate2? serverCertificate, string[] acceptedTokens)
     {
         ArgumentNullException.ThrowIfNull(acceptedTokens);
         var builder = WebApplication.CreateSlimBuilder();
@@ -117,6 +137,10 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
                     server._connections.TryRemove(connection.ConnectionId, out _);
                 }
             });
+            if (serverCertificate is not null)
+            {
+                listen.UseHttps(serverCertificate);
+            }
         }));
         var app = builder.Build();
         server = new SimulatedKubernetesApi(app);

@@ -20,19 +20,29 @@ internal sealed class KubernetesResolverFactory : ResolverFactory, IDisposable
     private readonly Lazy<IEndpointSliceClient> _client;
     private readonly Lazy<string> _defaultNamespace;
 
-    public KubernetesResolverFactory(IOptions<KubernetesResolverOptions> options, KubernetesResolverMetrics metrics, TimeProvider? timeProvider = null)
+    /// <param name="options">The options.</param>
+    /// <param name="metrics">The metrics.</param>
+    /// <param name="timeProvider">Delays; default the system clock.</param>
+    /// <param name="environment">
+    /// Where <c>KUBERNETES_SERVICE_HOST/PORT</c>, <c>KUBECONFIG</c> and <c>HOME</c> are read; default the process
+    /// environment (tests register their own instead of changing the process-wide one).
+    /// </param>
+    public KubernetesResolverFactory(IOptions<KubernetesResolverOptions> options, KubernetesResolverMetrics metrics, TimeProvider? timeProvider = null,
+        EnvironmentReader? environment = null)
     {
         ArgumentNullException.ThrowIfNull(options);
+        var env = environment ?? EnvironmentReader.Process;
         _options = options.Value;
         _metrics = metrics;
         _time = timeProvider ?? TimeProvider.System;
 #pragma warning disable CA5394 // Jitter, not security.
         _random = Random.Shared.NextDouble;
 #pragma warning restore CA5394
-        var kubernetes = new Lazy<IKubernetes>(() => CreateKubernetes());
+        var configuration = new Lazy<KubernetesClientConfiguration>(() => CreateConfiguration(env));
+        var kubernetes = new Lazy<IKubernetes>(() => new k8s.Kubernetes(configuration.Value));
         _kubernetes = kubernetes;
         _client = new Lazy<IEndpointSliceClient>(() => new KubernetesEndpointSliceClient(kubernetes.Value));
-        _defaultNamespace = new Lazy<string>(() => KubernetesClientConfigurationFactory.DefaultNamespace(_options));
+        _defaultNamespace = new Lazy<string>(() => KubernetesClientConfigurationFactory.DefaultNamespace(_options, configuration.Value));
     }
 
     /// <summary>For tests: a given API client and random source.</summary>
@@ -53,10 +63,16 @@ internal sealed class KubernetesResolverFactory : ResolverFactory, IDisposable
     public override Resolver Create(ResolverOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
-        var target = KubernetesTarget.Parse(options.Address);
+        return CreateResolver(options.Address, options.LoggerFactory);
+    }
+
+    /// <summary><see cref="Create"/> without <see cref="ResolverOptions"/>, whose constructor grpc-dotnet keeps internal (tests).</summary>
+    internal KubernetesResolver CreateResolver(Uri address, ILoggerFactory loggerFactory)
+    {
+        var target = KubernetesTarget.Parse(address);
         var ns = target.Namespace ?? _defaultNamespace.Value;
         return new KubernetesResolver(target, ns, _client.Value, _options, _metrics, _time, _random,
-            options.LoggerFactory.CreateLogger<KubernetesResolver>());
+            loggerFactory.CreateLogger<KubernetesResolver>());
     }
 
     public void Dispose()
@@ -67,17 +83,18 @@ internal sealed class KubernetesResolverFactory : ResolverFactory, IDisposable
         }
     }
 
-    private k8s.Kubernetes CreateKubernetes()
+    private KubernetesClientConfiguration CreateConfiguration(EnvironmentReader environment)
     {
         try
         {
-            return new k8s.Kubernetes(KubernetesClientConfigurationFactory.Create(_options));
+            return KubernetesClientConfigurationFactory.Create(_options, environment);
         }
         catch (Exception ex) when (ex is not OperationCanceledException)
         {
             throw new InvalidOperationException(
-                "The Kubernetes resolver could not configure its API client: not running in a pod and no usable kubeconfig. " +
-                $"Set {KubernetesResolverDefaults.ConfigurationSection}:{nameof(KubernetesResolverOptions.ApiServer)} or :{nameof(KubernetesResolverOptions.KubeconfigPath)}.", ex);
+                $"The Kubernetes resolver could not configure its API client ({ex.Message}). In a pod, {KubernetesClientConfigurationFactory.ServiceHostVariable}/" +
+                $"{KubernetesClientConfigurationFactory.ServicePortVariable} and the service account in '{_options.ServiceAccountPath}' are used; elsewhere set " +
+                $"{KubernetesResolverDefaults.ConfigurationSection}:{nameof(KubernetesResolverOptions.ApiServer)} or :{nameof(KubernetesResolverOptions.KubeconfigPath)}.", ex);
         }
     }
 }

@@ -1,6 +1,6 @@
 namespace ConnectionRefresh.Kubernetes.Tests.Fakes;
 
-/// <summary>A temporary stand-in for /var/run/secrets/kubernetes.io/serviceaccount (token and namespace files).</summary>
+/// <summary>A temporary stand-in for /var/run/secrets/kubernetes.io/serviceaccount (token, namespace and, optionally, ca.crt files).</summary>
 internal sealed class ServiceAccountDirectory : IDisposable
 {
     public ServiceAccountDirectory(string token, string? ns = "default")
@@ -22,6 +22,9 @@ internal sealed class ServiceAccountDirectory : IDisposable
         File.WriteAllText(temp, token + "\n");
         File.Move(temp, System.IO.Path.Combine(Path, "token"), overwrite: true);
     }
+
+    /// <summary>Writes <c>ca.crt</c>, the PEM of the cluster's CA.</summary>
+    public void WriteCa(string pem) => File.WriteAllText(System.IO.Path.Combine(Path, "ca.crt"), pem);
 
     public void Dispose()
     {

@@ -1,0 +1,256 @@
+using System.Security.Authentication;
+using System.Text;
+using ConnectionRefresh.Kubernetes.Internal;
+using ConnectionRefresh.Kubernetes.Tests.Fakes;
+using ConnectionRefresh.Testing;
+using Grpc.Core;
+using Microsoft.Extensions.Logging;
+
+namespace ConnectionRefresh.Kubernetes.Tests;
+
+/// <summary>
+/// How the resolver finds and trusts the API server when <see cref="KubernetesResolverOptions.ApiServer"/> is not set:
+/// in a pod (KUBERNETES_SERVICE_HOST/PORT, the service account's token, ca.crt and namespace) and with a kubeconfig.
+/// The fake API server serves HTTPS with a certificate from a test CA. The environment is passed through
+/// <see cref="EnvironmentReader"/>, never set on the process, so these tests can run in parallel with any other.
+/// </summary>
+public sealed class KubernetesResolverConfigurationTests
+{
+    // Bounds waits for loopback HTTPS round trips that normally take milliseconds.
+    private static readonly TimeSpan Deadline = TimeSpan.FromSeconds(30);
+
+    [Fact]
+    public async Task InCluster_ServiceHostPortAndServiceAccount_ResolvesOverVerifiedHttpsWithTheBearerToken()
+    {
+        using var ca = new TestCertificates();
+        using var serverCertificate = ca.IssueServerCertificate();
+        await using var api = await SimulatedKubernetesApi.StartHttpsAsync(serverCertificate, "token-1");
+        api.Apply("prod", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080));
+        api.Apply("default", Slices.Ready("a", "greeter", ["10.9.9.9"], 8080));
+        using var account = new ServiceAccountDirectory("token-1", ns: "prod");
+        account.WriteCa(ca.CaPem);
+
+        // kubernetes:///greeter:8080 has no namespace: the service account's (prod) is used.
+        using var harness = new FactoryResolverHarness(Options(account), InCluster(api));
+
+        await Eventually.TrueAsync(() => harness.LastAddresses is not null, Deadline, "resolved through the in-cluster configuration");
+        Assert.Equal(["10.0.0.1:8080"], harness.LastAddresses!);
+        Assert.Equal("prod", harness.Resolver.Namespace);
+        Assert.Equal(Uri.UriSchemeHttps, api.Url.Scheme);
+        Assert.NotEmpty(api.SeenTokens);
+        Assert.All(api.SeenTokens, token => Assert.Equal("token-1", token));
+    }
+
+    [Fact]
+    public async Task InCluster_TokenFileRotated_NewTokenUsedOnceTheOldOneIsRevoked()
+    {
+        using var ca = new TestCertificates();
+        using var serverCertificate = ca.IssueServerCertificate();
+        await using var api = await SimulatedKubernetesApi.StartHttpsAsync(serverCertificate, "token-1");
+        api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080));
+        using var account = new ServiceAccountDirectory("token-1");
+        account.WriteCa(ca.CaPem);
+        using var harness = new FactoryResolverHarness(Options(account), InCluster(api));
+        await Eventually.TrueAsync(() => api.ActiveWatches == 1, Deadline, "watching with the first token");
+
+        // The kubelet renews the projected token (atomic rename) and the API server stops accepting the old one;
+        // the open watch ends (as on a server-side timeout) and the next requests must carry the new token.
+        account.WriteToken("token-2");
+        api.SetAcceptedTokens("token-2");
+        api.CloseWatches();
+        api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1", "10.0.0.2"], 8080));
+
+        await Eventually.TrueAsync(() => harness.LastAddresses?.Count == 2, Deadline, "resolved the change with the rotated token");
+        Assert.Equal("token-1", api.SeenTokens.First());
+        Assert.Equal("token-2", api.SeenTokens.Last());
+        Assert.All(harness.Results, r => Assert.Equal(StatusCode.OK, r.Status.StatusCode));
+    }
+
+    [Fact]
+    public async Task InCluster_ServerCertificateFromAnotherCa_RejectedBeforeTheTokenIsSentAndReported()
+    {
+        using var clusterCa = new TestCertificates("cluster-ca");
+        using var otherCa = new TestCertificates("impostor-ca");
+        using var impostorCertificate = otherCa.IssueServerCertificate();
+        await using var api = await SimulatedKubernetesApi.StartHttpsAsync(impostorCertificate, "token-1");
+        api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080));
+        using var account = new ServiceAccountDirectory("token-1");
+        account.WriteCa(clusterCa.CaPem);
+
+        using var harness = new FactoryResolverHarness(Options(account), InCluster(api));
+
+        // Reported to the channel (calls fail fast with Unavailable), counted and logged, naming service and namespace.
+        await Eventually.TrueAsync(() => harness.Last is not null && harness.Errors.GetMeasurementSnapshot().Count > 0 &&
+            harness.Logs.Collector.GetSnapshot().Any(r => r.Level == LogLevel.Warning), Deadline, "the TLS failure is reported");
+        var result = harness.Last!;
+        Assert.Equal(StatusCode.Unavailable, result.Status.StatusCode);
+        Assert.Contains("service 'greeter' in namespace 'default'", result.Status.Detail, StringComparison.Ordinal);
+        Assert.IsType<AuthenticationException>(InnermostOfType<AuthenticationException>(result.Status.DebugException));
+        var warning = harness.Logs.Collector.GetSnapshot().First(r => r.Level == LogLevel.Warning);
+        Assert.Contains("greeter", warning.Message, StringComparison.Ordinal);
+        Assert.NotNull(InnermostOfType<AuthenticationException>(warning.Exception));
+        Assert.Equal("HttpRequestException", harness.Errors.GetMeasurementSnapshot()[0].Tags["error.type"]);
+
+        // The handshake failed before any request: the untrusted server never saw the token.
+        Assert.Empty(api.SeenTokens);
+        Assert.Equal(0, api.ListCount);
+    }
+
+    [Fact]
+    public async Task InCluster_Ipv6ServiceHost_BracketedHttpsUri()
+    {
+        var uri = KubernetesClientConfigurationFactory.InClusterApiServer(Env(new()
+        {
+            ["KUBERNETES_SERVICE_HOST"] = "fd00::1",
+            ["KUBERNETES_SERVICE_PORT"] = "443",
+        }));
+
+        Assert.Equal(new Uri("https://[fd00::1]:443/"), uri);
+        await Task.CompletedTask;
+    }
+
+    [Theory]
+    [InlineData(null, "443")]
+    [InlineData("10.96.0.1", null)]
+    [InlineData("10.96.0.1", "https")]
+    [InlineData("10.96.0.1", "0")]
+    public void InClusterApiServer_MissingOrInvalidVariables_Null(string? host, string? port)
+    {
+        var environment = new Dictionary<string, string>();
+        if (host is not null)
+        {
+            environment["KUBERNETES_SERVICE_HOST"] = host;
+        }
+
+        if (port is not null)
+        {
+            environment["KUBERNETES_SERVICE_PORT"] = port;
+        }
+
+        Assert.Null(KubernetesClientConfigurationFactory.InClusterApiServer(Env(environment)));
+    }
+
+    [Fact]
+    public async Task Kubeconfig_TokenUserAndContextNamespace_ResolvesOverVerifiedHttps()
+    {
+        using var ca = new TestCertificates();
+        using var serverCertificate = ca.IssueServerCertificate();
+        await using var api = await SimulatedKubernetesApi.StartHttpsAsync(serverCertificate, "dev-token");
+        api.Apply("staging", Slices.Ready("a", "greeter", ["10.0.0.7"], 8080));
+        api.Apply("default", Slices.Ready("a", "greeter", ["10.9.9.9"], 8080));
+        using var dir = new TempDirectory();
+        var kubeconfig = dir.Write("config", Kubeconfig(api.Url, ca.CaPem, "dev-token", "staging"));
+
+        // No service account (a developer machine): the kubeconfig gives server, CA, token and the namespace.
+        var options = new KubernetesResolverOptions { KubeconfigPath = kubeconfig, ServiceAccountPath = dir.Combine("no-service-account") };
+        using var harness = new FactoryResolverHarness(Fast(options), new Dictionary<string, string>());
+
+        await Eventually.TrueAsync(() => harness.LastAddresses is not null, Deadline, "resolved through the kubeconfig");
+        Assert.Equal(["10.0.0.7:8080"], harness.LastAddresses!);
+        Assert.Equal("staging", harness.Resolver.Namespace);
+        Assert.All(api.SeenTokens, token => Assert.Equal("dev-token", token));
+    }
+
+    [Fact]
+    public async Task DefaultKubeconfig_FromKubeconfigVariable_UsedWhenNotInAPod()
+    {
+        await using var api = await SimulatedKubernetesApi.StartAsync("dev-token");
+        api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.8"], 8080));
+        using var dir = new TempDirectory();
+        var kubeconfig = dir.Write("config", Kubeconfig(api.Url, caPem: null, "dev-token", ns: null));
+        var options = new KubernetesResolverOptions { ServiceAccountPath = dir.Combine("no-service-account") };
+
+        using var harness = new FactoryResolverHarness(Fast(options), new Dictionary<string, string>
+        {
+            ["KUBECONFIG"] = dir.Combine("missing") + Path.PathSeparator + kubeconfig,
+            ["HOME"] = dir.Path,
+        });
+
+        await Eventually.TrueAsync(() => harness.LastAddresses is not null, Deadline, "resolved through $KUBECONFIG");
+        Assert.Equal(["10.0.0.8:8080"], harness.LastAddresses!);
+        Assert.Equal("default", harness.Resolver.Namespace);
+    }
+
+    [Fact]
+    public void Create_NotInAPodAndNoKubeconfig_ThrowsNamingWhatWasTried()
+    {
+        using var dir = new TempDirectory();
+        var options = new KubernetesResolverOptions { ServiceAccountPath = dir.Combine("no-service-account") };
+
+        var ex = Assert.Throws<InvalidOperationException>(() =>
+            KubernetesClientConfigurationFactory.Create(options, Env(new() { ["HOME"] = dir.Path })));
+
+        Assert.Contains("KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT are not set", ex.Message, StringComparison.Ordinal);
+        Assert.Contains(Path.Combine(dir.Path, ".kube", "config"), ex.Message, StringComparison.Ordinal);
+    }
+
+    private static KubernetesResolverOptions Options(ServiceAccountDirectory account) =>
+        Fast(new KubernetesResolverOptions { ServiceAccountPath = account.Path });
+
+    private static KubernetesResolverOptions Fast(KubernetesResolverOptions options)
+    {
+        options.InitialBackoff = TimeSpan.FromMilliseconds(20);
+        options.MaxBackoff = TimeSpan.FromMilliseconds(200);
+        return options;
+    }
+
+    private static Dictionary<string, string> InCluster(SimulatedKubernetesApi api) => new()
+    {
+        ["KUBERNETES_SERVICE_HOST"] = "127.0.0.1",
+        ["KUBERNETES_SERVICE_PORT"] = api.Url.Port.ToString(System.Globalization.CultureInfo.InvariantCulture),
+    };
+
+    private static EnvironmentReader Env(Dictionary<string, string> variables) => new(name => variables.GetValueOrDefault(name));
+
+    private static T? InnermostOfType<T>(Exception? exception)
+        where T : Exception
+    {
+        T? found = null;
+        for (var e = exception; e is not null; e = e.InnerException)
+        {
+            found = e as T ?? found;
+        }
+
+        return found;
+    }
+
+    private static string Kubeconfig(Uri server, string? caPem, string token, string? ns)
+    {
+        var ca = caPem is null ? "" : $"\n    certificate-authority-data: {Convert.ToBase64String(Encoding.ASCII.GetBytes(caPem))}";
+        var nsLine = ns is null ? "" : $"\n    namespace: {ns}";
+        return $"""
+            apiVersion: v1
+            kind: Config
+            clusters:
+            - name: fake
+              cluster:
+                server: {server.GetLeftPart(UriPartial.Authority)}{ca}
+            users:
+            - name: developer
+              user:
+                token: {token}
+            contexts:
+            - name: fake
+              context:
+                cluster: fake
+                user: developer{nsLine}
+            current-context: fake
+            """;
+    }
+
+    private sealed class TempDirectory : IDisposable
+    {
+        public string Path { get; } = Directory.CreateTempSubdirectory("k8s-config-").FullName;
+
+        public string Combine(string name) => System.IO.Path.Combine(Path, name);
+
+        public string Write(string name, string content)
+        {
+            var path = Combine(name);
+            File.WriteAllText(path, content);
+            return path;
+        }
+
+        public void Dispose() => Directory.Delete(Path, recursive: true);
+    }
+}
