@@ -2,8 +2,11 @@ using System.Security.Authentication;
 using System.Text;
 using ConnectionRefresh.Kubernetes.Internal;
 using ConnectionRefresh.Kubernetes.Tests.Fakes;
+using ConnectionRefresh.Protos;
 using ConnectionRefresh.Testing;
 using Grpc.Core;
+using Grpc.Net.Client.Configuration;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 
 namespace ConnectionRefresh.Kubernetes.Tests;
@@ -39,6 +42,60 @@ public sealed class KubernetesResolverConfigurationTests
         Assert.Equal(Uri.UriSchemeHttps, api.Url.Scheme);
         Assert.NotEmpty(api.SeenTokens);
         Assert.All(api.SeenTokens, token => Assert.Equal("token-1", token));
+    }
+
+    [Fact]
+    public async Task AddKubernetesResolver_InClusterWithoutApiServer_CallsReachThePods()
+    {
+        using var ca = new TestCertificates();
+        using var serverCertificate = ca.IssueServerCertificate();
+        await using var api = await SimulatedKubernetesApi.StartHttpsAsync(serverCertificate, "token-1");
+        await using var pods = await GreeterPods.StartAsync(2);
+        api.Apply("default", Slices.Ready("greeter-a", "greeter", pods.Ips, pods.Port));
+        using var account = new ServiceAccountDirectory("token-1");
+        account.WriteCa(ca.CaPem);
+
+        // The README's registration with only the service account directory changed; the process environment is
+        // replaced by the internal EnvironmentReader the factory takes from DI.
+        var services = new ServiceCollection();
+        services.AddLogging();
+        services.AddSingleton(Env(InCluster(api)));
+        services.AddKubernetesResolver(o => o.ServiceAccountPath = account.Path);
+        services.AddGrpcClient<Greeter.GreeterClient>(o => o.Address = new Uri("kubernetes:///greeter:grpc"))
+            .ConfigureChannel(o =>
+            {
+                o.Credentials = ChannelCredentials.Insecure;
+                o.ServiceConfig = new ServiceConfig { LoadBalancingConfigs = { new RoundRobinConfig() } };
+            });
+        await using var provider = services.BuildServiceProvider(validateScopes: true);
+        var client = provider.GetRequiredService<Greeter.GreeterClient>();
+
+        var seen = new HashSet<string>();
+        await Eventually.TrueAsync(async () =>
+        {
+            seen.Add((await client.SayHelloAsync(new HelloRequest { Name = "in-cluster" }, deadline: DateTime.UtcNow.AddSeconds(10))).Instance);
+            return pods.Ips.All(seen.Contains);
+        }, Deadline, "both pods serve calls");
+        Assert.All(api.SeenTokens, token => Assert.Equal("token-1", token));
+    }
+
+    [Fact]
+    public void AddKubernetesResolver_NotInAPodAndNoKubeconfig_CreatingTheClientThrowsAClearError()
+    {
+        using var dir = new TempDirectory();
+        var services = new ServiceCollection();
+        services.AddLogging();
+        services.AddSingleton(Env(new() { ["HOME"] = dir.Path }));
+        services.AddKubernetesResolver(o => o.ServiceAccountPath = dir.Combine("no-service-account"));
+        services.AddGrpcClient<Greeter.GreeterClient>(o => o.Address = new Uri("kubernetes:///greeter.default:grpc"))
+            .ConfigureChannel(o => o.Credentials = ChannelCredentials.Insecure);
+        using var provider = services.BuildServiceProvider(validateScopes: true);
+
+        var ex = Assert.ThrowsAny<Exception>(() => provider.GetRequiredService<Greeter.GreeterClient>());
+
+        var error = InnermostOfType<InvalidOperationException>(ex);
+        Assert.NotNull(error);
+        Assert.Contains("KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT are not set", error.Message, StringComparison.Ordinal);
     }
 
     [Fact]
