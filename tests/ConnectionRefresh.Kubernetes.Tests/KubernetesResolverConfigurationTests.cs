@@ -154,7 +154,7 @@ public sealed class KubernetesResolverConfigurationTests
     }
 
     [Fact]
-    public async Task InCluster_Ipv6ServiceHost_BracketedHttpsUri()
+    public void InClusterApiServer_Ipv6ServiceHost_BracketedHttpsUri()
     {
         var uri = KubernetesClientConfigurationFactory.InClusterApiServer(Env(new()
         {
@@ -163,7 +163,6 @@ public sealed class KubernetesResolverConfigurationTests
         }));
 
         Assert.Equal(new Uri("https://[fd00::1]:443/"), uri);
-        await Task.CompletedTask;
     }
 
     [Theory]
