@@ -106,11 +106,14 @@ public static class ConnectionRefreshHttpClientBuilderExtensions
         services.AddOptions<ConnectionRefreshOptions>(name).ValidateOnStart();
         services.AddOptions<GrpcClientFactoryOptions>(name).ValidateOnStart();
 
+        // AddGrpcClient leaves this marker for every gRPC client (Grpc.Net.ClientFactory checks it the same way).
+        var grpc = services.Any(d => d.ServiceType == typeof(IConfigureOptions<GrpcClientFactoryOptions>)
+            && d.ImplementationInstance is ConfigureNamedOptions<GrpcClientFactoryOptions> marker && marker.Name == name);
         services.Configure<HttpClientFactoryOptions>(name, options => options.HttpMessageHandlerBuilderActions.Add(handlerBuilder =>
         {
             PrimaryHandlerGuard.ThrowIfConfigured(handlerBuilder.PrimaryHandler, name);
             handlerBuilder.PrimaryHandler?.Dispose();
-            handlerBuilder.PrimaryHandler = CreateHandler(handlerBuilder.Services, name);
+            handlerBuilder.PrimaryHandler = CreateHandler(handlerBuilder.Services, name, grpc);
         }));
 
         // Runs after every Configure of this client: nothing may replace our handler later on.
@@ -119,13 +122,13 @@ public static class ConnectionRefreshHttpClientBuilderExtensions
         return builder;
     }
 
-    private static ConnectionRefreshHandler CreateHandler(IServiceProvider services, string name)
+    private static ConnectionRefreshHandler CreateHandler(IServiceProvider services, string name, bool grpc)
     {
         var options = services.GetRequiredService<IOptionsMonitor<ConnectionRefreshOptions>>().Get(name);
         var configure = services.GetRequiredService<IOptionsMonitor<SocketsHttpHandlerActions>>().Get(name).Actions;
         var logger = services.GetService<ILoggerFactory>()?.CreateLogger(ConnectionRefreshMetrics.MeterName) ?? NullLogger.Instance;
         var telemetry = new ConnectionRefreshTelemetry(name, services.GetRequiredService<ConnectionRefreshMetrics>(), logger);
-        var sockets = new SocketsHttpHandlerFactory(options, configure.ToArray(), services, telemetry);
+        var sockets = new SocketsHttpHandlerFactory(options, configure.ToArray(), services, telemetry, grpc);
         var generations = new GenerationFactory(options, sockets.Create, services.GetService<TimeProvider>() ?? TimeProvider.System, telemetry);
         return new ConnectionRefreshHandler(generations, options.ConnectionsPerEndpoint);
     }

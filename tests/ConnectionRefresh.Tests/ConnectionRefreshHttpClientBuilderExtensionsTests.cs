@@ -312,6 +312,28 @@ public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
     }
 
     [Fact]
+    public void AddConnectionRefresh_GrpcAndPlainClients_FollowRedirectsOnlyForPlainOnes()
+    {
+        var followsRedirects = new Dictionary<string, bool>();
+        var services = new ServiceCollection();
+        GrpcClient(services).AddConnectionRefresh()
+            .ConfigureConnectionRefreshHandler((h, _) => followsRedirects[nameof(TestClient)] = h.AllowAutoRedirect);
+        services.AddHttpClient("plain").AddConnectionRefresh()
+            .ConfigureConnectionRefreshHandler((h, _) => followsRedirects["plain"] = h.AllowAutoRedirect);
+        using var provider = services.BuildServiceProvider();
+
+        foreach (var name in new[] { nameof(TestClient), "plain" })
+        {
+            // Starting a call on a slot creates its first handler, which runs the configuration.
+            var handler = (ConnectionRefreshHandler)Walk(BuildChain(provider, name))[^1];
+            handler.Slots[0].Start().Release();
+        }
+
+        Assert.False(followsRedirects[nameof(TestClient)]);
+        Assert.True(followsRedirects["plain"]);
+    }
+
+    [Fact]
     public void Extensions_NullArguments_Throw()
     {
         IHttpClientBuilder builder = new ServiceCollection().AddHttpClient("x");

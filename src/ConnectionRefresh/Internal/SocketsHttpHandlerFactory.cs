@@ -13,17 +13,20 @@ internal sealed class SocketsHttpHandlerFactory
     private readonly IReadOnlyList<Action<SocketsHttpHandler, IServiceProvider>> _configure;
     private readonly IServiceProvider _services;
     private readonly ConnectionRefreshTelemetry _telemetry;
+    private readonly bool _grpc;
 
     public SocketsHttpHandlerFactory(
         ConnectionRefreshOptions options,
         IReadOnlyList<Action<SocketsHttpHandler, IServiceProvider>> configure,
         IServiceProvider services,
-        ConnectionRefreshTelemetry telemetry)
+        ConnectionRefreshTelemetry telemetry,
+        bool grpc)
     {
         _options = options;
         _configure = configure;
         _services = services;
         _telemetry = telemetry;
+        _grpc = grpc;
     }
 
     public SocketsHttpHandler Create()
@@ -39,6 +42,8 @@ internal sealed class SocketsHttpHandlerFactory
             KeepAlivePingPolicy = _options.KeepAlivePingPolicy,
             // Past the server's stream limit a slot opens another connection instead of queueing calls.
             EnableMultipleHttp2Connections = true,
+            // gRPC never follows redirects; without them SocketsHttpHandler skips a layer on every call.
+            AllowAutoRedirect = !_grpc,
         };
 
         foreach (var configure in _configure)

@@ -7,8 +7,21 @@ namespace ConnectionRefresh.Tests.Internal;
 public sealed class SocketsHttpHandlerFactoryTests
 {
     private static SocketsHttpHandlerFactory Factory(ConnectionRefreshOptions options, params Action<SocketsHttpHandler, IServiceProvider>[] configure)
+        => Factory(options, grpc: true, configure);
+
+    private static SocketsHttpHandlerFactory Factory(ConnectionRefreshOptions options, bool grpc, params Action<SocketsHttpHandler, IServiceProvider>[] configure)
         => new(options, configure, new ServiceCollection().BuildServiceProvider(),
-            new ConnectionRefreshTelemetry("test", new ConnectionRefreshMetrics(null), NullLogger.Instance));
+            new ConnectionRefreshTelemetry("test", new ConnectionRefreshMetrics(null), NullLogger.Instance), grpc);
+
+    [Theory]
+    [InlineData(true, false)]  // gRPC never redirects: one layer less per call
+    [InlineData(false, true)]  // plain HTTP clients keep SocketsHttpHandler's default
+    public void Create_RedirectsFollowedOnlyForPlainHttpClients(bool grpc, bool followsRedirects)
+    {
+        using var handler = Factory(new ConnectionRefreshOptions(), grpc).Create();
+
+        Assert.Equal(followsRedirects, handler.AllowAutoRedirect);
+    }
 
     [Fact]
     public void Create_AppliesRefreshSettings()
