@@ -89,9 +89,11 @@ public sealed class StreamingTests
         await host.Client.SayHelloAsync(new HelloRequest { Name = "new" });
 
         Assert.Equal(2, pod.ConnectionsAccepted);
+        // Two loopback calls take milliseconds; the slow one sleeps 3 s on the server, ample on a loaded machine.
         Assert.False(slow.IsCompleted, "the slow call should still be running on the retired connection");
         Assert.Equal("Hello slow", (await slow).Message);
-        // Its connection closes once it has ended.
+        // Its connection closes once it has ended; the close crosses the proxy asynchronously (10 s: generous for a
+        // local close, and the poll ends as soon as it holds).
         Assert.True(await Eventually.HoldsAsync(() => pod.OpenConnections == 1, TimeSpan.FromSeconds(10)));
     }
 }
