@@ -44,8 +44,7 @@ public sealed class RecyclingTests
         Assert.InRange(pod.ConnectionsAccepted, 400, 402);
         // Every retired handler is disposed after its last call, closing its connection: only the two current
         // connections stay open. Closing crosses the proxy asynchronously, hence the poll (10 s: generous).
-        Assert.True(await Eventually.HoldsAsync(() => pod.OpenConnections <= 2, TimeSpan.FromSeconds(10)),
-            $"{pod.OpenConnections} connections still open");
+        await Poll.UntilAsync(() => pod.OpenConnections <= 2, "only the two current connections open", TimeSpan.FromSeconds(10));
     }
 
     [Fact]

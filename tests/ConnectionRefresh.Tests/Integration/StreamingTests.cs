@@ -94,6 +94,6 @@ public sealed class StreamingTests
         Assert.Equal("Hello slow", (await slow).Message);
         // Its connection closes once it has ended; the close crosses the proxy asynchronously (10 s: generous for a
         // local close, and the poll ends as soon as it holds).
-        Assert.True(await Eventually.HoldsAsync(() => pod.OpenConnections == 1, TimeSpan.FromSeconds(10)));
+        await Poll.UntilAsync(() => pod.OpenConnections == 1, "the retired connection closed", TimeSpan.FromSeconds(10));
     }
 }

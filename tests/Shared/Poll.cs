@@ -1,10 +1,10 @@
 using System.Diagnostics;
 
-namespace ConnectionRefresh.Server.Tests.TestSupport;
+namespace ConnectionRefresh.TestSupport;
 
 /// <summary>
-/// Waits for a condition by polling it, with a generous deadline: other engineers build and test on the same
-/// 2-core machine, so anything that is merely "soon" may take seconds. The wait between checks is a poll interval,
+/// Waits for a condition by polling it, with a generous deadline (shared by every test project): CI and developers run on
+/// loaded 2-core machines, so anything that is merely "soon" may take seconds. The wait between checks is a poll interval,
 /// never the synchronisation itself.
 /// </summary>
 internal static class Poll
