@@ -6,6 +6,7 @@ using ConnectionRefresh.Benchmarks.Scenarios;
 // Commands (see benchmarks/README.md):
 //   (none) | micro [--full] [BenchmarkDotNet options]   the BenchmarkDotNet micro benchmark of one unary call
 //   scenarios [--quick] [--out dir] [...]               throughput h2c/TLS and balance, table + JSON + PNG
+//   ab [--seconds S] [--strategies A,B] [...]          paired calls/s against the bare channel, alternated in short slices
 //   alloc [calls]                                       quick allocated-bytes-per-call check of each strategy
 //   server                                              the loopback benchmark server (started by the others)
 var command = args.Length > 0 && !args[0].StartsWith('-') ? args[0] : "micro";
@@ -17,6 +18,9 @@ switch (command)
     case "server":
         await ServerProcess.RunChildAsync();
         return 0;
+
+    case "ab":
+        return await AbCommand.RunAsync(rest);
 
     case "alloc":
         return await AllocationCheck.RunAsync(rest);
@@ -36,7 +40,7 @@ switch (command)
     }
 
     default:
-        Console.Error.WriteLine($"Unknown command '{command}'. Use micro, scenarios or server; see benchmarks/README.md.");
+        Console.Error.WriteLine($"Unknown command '{command}'. Use micro, scenarios, ab, alloc or server; see benchmarks/README.md.");
         return 2;
 }
 

@@ -29,6 +29,16 @@ internal sealed class ServerProcess : IDisposable
 
     public string Thumbprint { get; }
 
+    /// <summary>CPU time the server process has used so far (to attribute per-call cost to both sides).</summary>
+    public TimeSpan CpuTime
+    {
+        get
+        {
+            _process.Refresh();
+            return _process.TotalProcessorTime;
+        }
+    }
+
     public static async Task<ServerProcess> StartAsync()
     {
         var start = new ProcessStartInfo(Environment.ProcessPath!)
