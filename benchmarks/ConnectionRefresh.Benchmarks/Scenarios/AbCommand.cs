@@ -38,9 +38,10 @@ internal static class AbCommand
             }
         }
 
-        if (seconds is <= 0 or > 3600 || slice <= TimeSpan.Zero || concurrency < 1 || strategies.Contains(Strategy.NewConnectionPerCall))
+        if (seconds is <= 0 or > 3600 || slice <= TimeSpan.Zero || concurrency < 1 || strategies.Contains(Strategy.NewConnectionPerCall)
+            || transports.Any(t => t is not ("h2c" or "TLS")))
         {
-            throw new ArgumentException("ab: --seconds must be in (0, 3600], --slice-ms and --concurrency positive; per-call dialing is for `scenarios`.");
+            throw new ArgumentException("ab: --seconds must be in (0, 3600], --slice-ms and --concurrency positive, --transports h2c and/or TLS; per-call dialing is for `scenarios`.");
         }
 
         using var server = await ServerProcess.StartAsync().ConfigureAwait(false);
@@ -53,7 +54,7 @@ internal static class AbCommand
         report.AppendLine("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         foreach (var transport in transports)
         {
-            var (address, thumbprint) = transport.Equals("TLS", StringComparison.OrdinalIgnoreCase)
+            var (address, thumbprint) = transport == "TLS"
                 ? (server.Tls, (string?)server.Thumbprint)
                 : (server.H2c, null);
             var slices = await MeasureAsync(server, strategies, address, thumbprint, seconds, slice, concurrency).ConfigureAwait(false);
