@@ -9,9 +9,6 @@ namespace ConnectionRefresh.Kubernetes.Tests;
 /// <summary>The resolver with the real KubernetesClient against the fake API server (wire format, 410, bookmarks, tokens).</summary>
 public sealed class KubernetesResolverApiServerTests
 {
-    // Bounds waits for loopback HTTP round trips that normally take milliseconds.
-    private static readonly TimeSpan Deadline = TimeSpan.FromSeconds(30);
-
     private static readonly KubernetesResolverOptions FastRetry = new() { InitialBackoff = TimeSpan.FromMilliseconds(20), MaxBackoff = TimeSpan.FromMilliseconds(200) };
 
     [Theory]
@@ -23,17 +20,17 @@ public sealed class KubernetesResolverApiServerTests
         api.GoneAsHttpStatus = goneAsHttpStatus;
         api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080));
         using var harness = new ResolverHarness(Client(api, "t"), options: FastRetry);
-        await Eventually.TrueAsync(() => api.ActiveWatches == 1, Deadline, "watching");
+        await Poll.UntilAsync(() => api.ActiveWatches == 1, "watching");
 
         // Another service changes (the resourceVersion moves on), history is compacted and the watch drops:
         // re-watching from the old resourceVersion gets 410 Gone, so the resolver must relist.
         api.Apply("default", Slices.Ready("x", "other", ["10.9.9.9"], 8080));
         api.Compact();
         api.CloseWatches();
-        await Eventually.TrueAsync(() => api.ListCount == 2 && api.ActiveWatches == 1, Deadline, "relisted after 410 Gone and watching again");
+        await Poll.UntilAsync(() => api.ListCount == 2 && api.ActiveWatches == 1, "relisted after 410 Gone and watching again");
 
         api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1", "10.0.0.2"], 8080));
-        await Eventually.TrueAsync(() => harness.LastAddresses?.Count == 2, Deadline, "updates after the relist");
+        await Poll.UntilAsync(() => harness.LastAddresses?.Count == 2, "updates after the relist");
         Assert.All(harness.Results, r => Assert.Equal(StatusCode.OK, r.Status.StatusCode));
     }
 
@@ -43,19 +40,19 @@ public sealed class KubernetesResolverApiServerTests
         await using var api = await SimulatedKubernetesApi.StartAsync("t");
         api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080));
         using var harness = new ResolverHarness(Client(api, "t"), options: FastRetry);
-        await Eventually.TrueAsync(() => api.ActiveWatches == 1, Deadline, "watching");
+        await Poll.UntilAsync(() => api.ActiveWatches == 1, "watching");
 
         var watches = api.WatchCount;
         api.Apply("default", Slices.Ready("x", "other", ["10.9.9.9"], 8080));
         api.SendBookmark();
         // Nothing observable changes for the resolver; close the watch only once the bookmark was read, which
         // the test sees as the resolver's next watch starting from the bookmark's resourceVersion.
-        await Eventually.TrueAsync(() =>
+        await Poll.UntilAsync(() =>
         {
             api.Compact();
             api.CloseWatches();
             return api.WatchCount > watches && api.ActiveWatches == 1;
-        }, Deadline, "re-watching");
+        }, "re-watching");
         Assert.Equal(1, api.ListCount);
     }
 
@@ -73,9 +70,9 @@ public sealed class KubernetesResolverApiServerTests
         using var kubernetes = new k8s.Kubernetes(configuration);
         using var harness = new ResolverHarness(new KubernetesEndpointSliceClient(kubernetes), options: FastRetry);
 
-        await Eventually.TrueAsync(() => harness.Last?.Status.StatusCode == StatusCode.Unavailable, Deadline, "401 reported as Unavailable");
+        await Poll.UntilAsync(() => harness.Last?.Status.StatusCode == StatusCode.Unavailable, "401 reported as Unavailable");
         account.WriteToken("good");
-        await Eventually.TrueAsync(() => harness.LastAddresses?.Count == 1, Deadline, "resolved with the new token");
+        await Poll.UntilAsync(() => harness.LastAddresses?.Count == 1, "resolved with the new token");
         Assert.Equal("bad", api.SeenTokens.First());
     }
 
@@ -88,7 +85,7 @@ public sealed class KubernetesResolverApiServerTests
         api.Apply("default", Slices.Create("c", "greeter", [("10.0.0.3", true)], ("http", 80)));
         using var harness = new ResolverHarness(Client(api, "t"), options: FastRetry);
 
-        await Eventually.TrueAsync(() => harness.LastAddresses is not null, Deadline, "resolved");
+        await Poll.UntilAsync(() => harness.LastAddresses is not null, "resolved");
         Assert.Equal(["10.0.0.1:8080", "10.0.0.2:8081"], harness.LastAddresses!.Order());
     }
 
@@ -100,7 +97,7 @@ public sealed class KubernetesResolverApiServerTests
         api.Apply("prod", Slices.Ready("a", "greeter", ["10.1.0.1"], 8080));
         using var harness = new ResolverHarness(Client(api, "t"), target: "kubernetes://prod/greeter:8080", options: FastRetry);
 
-        await Eventually.TrueAsync(() => harness.LastAddresses is not null, Deadline, "resolved");
+        await Poll.UntilAsync(() => harness.LastAddresses is not null, "resolved");
         Assert.Equal(["10.1.0.1:8080"], harness.LastAddresses!);
     }
 

@@ -19,9 +19,6 @@ namespace ConnectionRefresh.Kubernetes.Tests;
 /// </summary>
 public sealed class KubernetesResolverConfigurationTests
 {
-    // Bounds waits for loopback HTTPS round trips that normally take milliseconds.
-    private static readonly TimeSpan Deadline = TimeSpan.FromSeconds(30);
-
     [Fact]
     public async Task InCluster_ServiceHostPortAndServiceAccount_ResolvesOverVerifiedHttpsWithTheBearerToken()
     {
@@ -36,7 +33,7 @@ public sealed class KubernetesResolverConfigurationTests
         // kubernetes:///greeter:8080 has no namespace: the service account's (prod) is used.
         using var harness = new FactoryResolverHarness(Options(account), InCluster(api));
 
-        await Eventually.TrueAsync(() => harness.LastAddresses is not null, Deadline, "resolved through the in-cluster configuration");
+        await Poll.UntilAsync(() => harness.LastAddresses is not null, "resolved through the in-cluster configuration");
         Assert.Equal(["10.0.0.1:8080"], harness.LastAddresses!);
         Assert.Equal("prod", harness.Resolver.Namespace);
         Assert.Equal(Uri.UriSchemeHttps, api.Url.Scheme);
@@ -71,11 +68,11 @@ public sealed class KubernetesResolverConfigurationTests
         var client = provider.GetRequiredService<Greeter.GreeterClient>();
 
         var seen = new HashSet<string>();
-        await Eventually.TrueAsync(async () =>
+        await Poll.UntilAsync(async () =>
         {
             seen.Add((await client.SayHelloAsync(new HelloRequest { Name = "in-cluster" }, deadline: DateTime.UtcNow.AddSeconds(10))).Instance);
             return pods.Ips.All(seen.Contains);
-        }, Deadline, "both pods serve calls");
+        }, "both pods serve calls");
         Assert.All(api.SeenTokens, token => Assert.Equal("token-1", token));
     }
 
@@ -108,7 +105,7 @@ public sealed class KubernetesResolverConfigurationTests
         using var account = new ServiceAccountDirectory("token-1");
         account.WriteCa(ca.CaPem);
         using var harness = new FactoryResolverHarness(Options(account), InCluster(api));
-        await Eventually.TrueAsync(() => api.ActiveWatches == 1, Deadline, "watching with the first token");
+        await Poll.UntilAsync(() => api.ActiveWatches == 1, "watching with the first token");
 
         // The kubelet renews the projected token (atomic rename) and the API server stops accepting the old one;
         // the open watch ends (as on a server-side timeout) and the next requests must carry the new token.
@@ -117,7 +114,7 @@ public sealed class KubernetesResolverConfigurationTests
         api.CloseWatches();
         api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1", "10.0.0.2"], 8080));
 
-        await Eventually.TrueAsync(() => harness.LastAddresses?.Count == 2, Deadline, "resolved the change with the rotated token");
+        await Poll.UntilAsync(() => harness.LastAddresses?.Count == 2, "resolved the change with the rotated token");
         Assert.Equal("token-1", api.SeenTokens.First());
         Assert.Equal("token-2", api.SeenTokens.Last());
         Assert.All(harness.Results, r => Assert.Equal(StatusCode.OK, r.Status.StatusCode));
@@ -137,8 +134,8 @@ public sealed class KubernetesResolverConfigurationTests
         using var harness = new FactoryResolverHarness(Options(account), InCluster(api));
 
         // Reported to the channel (calls fail fast with Unavailable), counted and logged, naming service and namespace.
-        await Eventually.TrueAsync(() => harness.Last is not null && harness.Errors.GetMeasurementSnapshot().Count > 0 &&
-            harness.Logs.Collector.GetSnapshot().Any(r => r.Level == LogLevel.Warning), Deadline, "the TLS failure is reported");
+        await Poll.UntilAsync(() => harness.Last is not null && harness.Errors.GetMeasurementSnapshot().Count > 0 &&
+            harness.Logs.Collector.GetSnapshot().Any(r => r.Level == LogLevel.Warning), "the TLS failure is reported");
         var result = harness.Last!;
         Assert.Equal(StatusCode.Unavailable, result.Status.StatusCode);
         Assert.Contains("service 'greeter' in namespace 'default'", result.Status.Detail, StringComparison.Ordinal);
@@ -201,7 +198,7 @@ public sealed class KubernetesResolverConfigurationTests
         var options = new KubernetesResolverOptions { KubeconfigPath = kubeconfig, ServiceAccountPath = dir.Combine("no-service-account") };
         using var harness = new FactoryResolverHarness(Fast(options), new Dictionary<string, string>());
 
-        await Eventually.TrueAsync(() => harness.LastAddresses is not null, Deadline, "resolved through the kubeconfig");
+        await Poll.UntilAsync(() => harness.LastAddresses is not null, "resolved through the kubeconfig");
         Assert.Equal(["10.0.0.7:8080"], harness.LastAddresses!);
         Assert.Equal("staging", harness.Resolver.Namespace);
         Assert.All(api.SeenTokens, token => Assert.Equal("dev-token", token));
@@ -222,7 +219,7 @@ public sealed class KubernetesResolverConfigurationTests
             ["HOME"] = dir.Path,
         });
 
-        await Eventually.TrueAsync(() => harness.LastAddresses is not null, Deadline, "resolved through $KUBECONFIG");
+        await Poll.UntilAsync(() => harness.LastAddresses is not null, "resolved through $KUBECONFIG");
         Assert.Equal(["10.0.0.8:8080"], harness.LastAddresses!);
         Assert.Equal("default", harness.Resolver.Namespace);
     }

@@ -9,10 +9,6 @@ namespace ConnectionRefresh.Kubernetes.Tests;
 /// </summary>
 public sealed class KubernetesResolverGrpcTests
 {
-    // Generous deadlines for conditions that normally hold within tens of milliseconds: they only bound
-    // how long a broken build waits; on a loaded 2-core machine they are never the limiting factor.
-    private static readonly TimeSpan Deadline = TimeSpan.FromSeconds(30);
-
     [Fact]
     public async Task Calls_PodAddedToSlice_ReceivesCallsWithinTwoSecondsAndNoCallFails()
     {
@@ -20,10 +16,10 @@ public sealed class KubernetesResolverGrpcTests
         var ips = cluster.Pods.Ips;
         cluster.Api.Apply("default", Slices.Ready("greeter-a", "greeter", ips.Take(3), cluster.Pods.Port));
         await using var loop = new CallLoop(cluster.Client);
-        await Eventually.TrueAsync(() => ips.Take(3).All(loop.Total.ContainsKey), Deadline, "the first three pods serve calls");
+        await Poll.UntilAsync(() => ips.Take(3).All(loop.Total.ContainsKey), "the first three pods serve calls");
 
         cluster.Api.Apply("default", Slices.Ready("greeter-a", "greeter", ips, cluster.Pods.Port));
-        var elapsed = await Eventually.TrueAsync(() => loop.Total.ContainsKey(ips[3]), Deadline, "the added pod serves calls");
+        var elapsed = await Poll.UntilAsync(() => loop.Total.ContainsKey(ips[3]), "the added pod serves calls");
 
         // Watch event → resolver → round_robin subchannel connect on loopback: ~10-100 ms when idle. The
         // issue requires 2 s; the margin (>20x) absorbs a busy 2-core machine.
@@ -39,17 +35,17 @@ public sealed class KubernetesResolverGrpcTests
         var port = cluster.Pods.Port;
         cluster.Api.Apply("default", Slices.Ready("greeter-a", "greeter", ips, port));
         await using var loop = new CallLoop(cluster.Client);
-        await Eventually.TrueAsync(() => ips.All(loop.Total.ContainsKey), Deadline, "all pods serve calls");
+        await Poll.UntilAsync(() => ips.All(loop.Total.ContainsKey), "all pods serve calls");
 
         // Pod 0 leaves the slice; pod 1 turns not ready.
         cluster.Api.Apply("default", Slices.Create("greeter-a", "greeter",
             [(ips[1], false), (ips[2], true), (ips[3], true)], ("grpc", port)));
-        await loop.WaitForWindowWithoutAsync(ips[0], calls: 200, Deadline);
-        await loop.WaitForWindowWithoutAsync(ips[1], calls: 200, Deadline);
+        await loop.WaitForWindowWithoutAsync(ips[0], calls: 200);
+        await loop.WaitForWindowWithoutAsync(ips[1], calls: 200);
 
         // From now on neither gets a single call: a long window proves they stay out.
         loop.StartWindow();
-        await Eventually.TrueAsync(() => loop.WindowTotal >= 1000, Deadline, "1000 more calls");
+        await Poll.UntilAsync(() => loop.WindowTotal >= 1000, "1000 more calls");
         Assert.False(loop.Window.ContainsKey(ips[0]));
         Assert.False(loop.Window.ContainsKey(ips[1]));
         Assert.True(loop.Window.ContainsKey(ips[2]) && loop.Window.ContainsKey(ips[3]));
@@ -86,19 +82,19 @@ public sealed class KubernetesResolverGrpcTests
         var ips = cluster.Pods.Ips;
         cluster.Api.Apply("default", Slices.Ready("greeter-a", "greeter", ips.Take(2), cluster.Pods.Port));
         await using var loop = new CallLoop(cluster.Client);
-        await Eventually.TrueAsync(() => ips.Take(2).All(loop.Total.ContainsKey), Deadline, "both pods serve calls");
+        await Poll.UntilAsync(() => ips.Take(2).All(loop.Total.ContainsKey), "both pods serve calls");
         var watchesBefore = cluster.Api.WatchCount;
 
         cluster.Api.SetOutage(true);
-        await Eventually.TrueAsync(() => restarts.GetMeasurementSnapshot().Count >= 3, Deadline, "the resolver noticed the outage and retried");
+        await Poll.UntilAsync(() => restarts.GetMeasurementSnapshot().Count >= 3, "the resolver noticed the outage and retried");
         loop.StartWindow();
-        await Eventually.TrueAsync(() => loop.WindowTotal >= 500, Deadline, "500 calls during the outage");
+        await Poll.UntilAsync(() => loop.WindowTotal >= 500, "500 calls during the outage");
         Assert.True(ips.Take(2).All(loop.Window.ContainsKey), "both known pods keep serving during the outage");
 
         cluster.Api.SetOutage(false);
-        await Eventually.TrueAsync(() => cluster.Api.ActiveWatches > 0 && cluster.Api.WatchCount > watchesBefore, Deadline, "the watch reconnected");
+        await Poll.UntilAsync(() => cluster.Api.ActiveWatches > 0 && cluster.Api.WatchCount > watchesBefore, "the watch reconnected");
         cluster.Api.Apply("default", Slices.Ready("greeter-a", "greeter", ips, cluster.Pods.Port));
-        await Eventually.TrueAsync(() => loop.Total.ContainsKey(ips[2]), Deadline, "a pod added after the outage serves calls");
+        await Poll.UntilAsync(() => loop.Total.ContainsKey(ips[2]), "a pod added after the outage serves calls");
         Assert.Empty(loop.Failures);
     }
 
@@ -109,16 +105,16 @@ public sealed class KubernetesResolverGrpcTests
         var ips = cluster.Pods.Ips;
         cluster.Api.Apply("default", Slices.Ready("greeter-a", "greeter", ips.Take(1), cluster.Pods.Port));
         await using var loop = new CallLoop(cluster.Client);
-        await Eventually.TrueAsync(() => loop.Total.ContainsKey(ips[0]), Deadline, "the first pod serves calls");
+        await Poll.UntilAsync(() => loop.Total.ContainsKey(ips[0]), "the first pod serves calls");
 
         // The kubelet writes a new token; the API server stops accepting the old one and the watch ends.
         cluster.Account.WriteToken("token-2");
         cluster.Api.SetAcceptedTokens("token-2");
         cluster.Api.CloseWatches();
-        await Eventually.TrueAsync(() => cluster.Api.SeenTokens.Contains("token-2") && cluster.Api.ActiveWatches > 0, Deadline, "the resolver watches with the new token");
+        await Poll.UntilAsync(() => cluster.Api.SeenTokens.Contains("token-2") && cluster.Api.ActiveWatches > 0, "the resolver watches with the new token");
 
         cluster.Api.Apply("default", Slices.Ready("greeter-a", "greeter", ips, cluster.Pods.Port));
-        await Eventually.TrueAsync(() => loop.Total.ContainsKey(ips[1]), Deadline, "a pod added after the rotation serves calls");
+        await Poll.UntilAsync(() => loop.Total.ContainsKey(ips[1]), "a pod added after the rotation serves calls");
         Assert.Empty(loop.Failures);
     }
 
@@ -135,7 +131,7 @@ public sealed class KubernetesResolverGrpcTests
         cluster.Api.Apply("default", Slices.Ready("greeter-c", "greeter", ips.Skip(200), port));
 
         var seen = new HashSet<string>();
-        await Eventually.TrueAsync(async () =>
+        await Poll.UntilAsync(async () =>
         {
             for (var i = 0; i < 250; i++)
             {
@@ -143,7 +139,7 @@ public sealed class KubernetesResolverGrpcTests
             }
 
             return seen.Count == 250;
-        }, TimeSpan.FromSeconds(60), "all 250 endpoints serve calls");
+        }, "all 250 endpoints serve calls", TimeSpan.FromSeconds(60));
         Assert.True(seen.SetEquals(ips));
         var measurement = endpointsGauge.LastMeasurement!;
         Assert.Equal(250, measurement.Value);
@@ -153,7 +149,7 @@ public sealed class KubernetesResolverGrpcTests
         cluster.Api.Delete("default", "greeter-b");
         var remaining = ips.Take(100).Concat(ips.Skip(200)).ToHashSet();
         var window = new HashSet<string>();
-        await Eventually.TrueAsync(async () =>
+        await Poll.UntilAsync(async () =>
         {
             window.Clear();
             for (var i = 0; i < 600; i++)
@@ -163,17 +159,17 @@ public sealed class KubernetesResolverGrpcTests
 
             // 600 round_robin calls over 150 endpoints visit each one four times.
             return window.SetEquals(remaining);
-        }, TimeSpan.FromSeconds(60), "exactly the 150 endpoints of the remaining slices serve calls");
+        }, "exactly the 150 endpoints of the remaining slices serve calls", TimeSpan.FromSeconds(60));
         Assert.Equal(150, endpointsGauge.LastMeasurement!.Value);
     }
 
     private static Task WaitForAllAsync(ResolverTestCluster cluster, IEnumerable<string> ips)
     {
         var seen = new HashSet<string>();
-        return Eventually.TrueAsync(async () =>
+        return Poll.UntilAsync(async () =>
         {
             seen.Add((await cluster.Client.SayHelloAsync(new HelloRequest { Name = "warm-up" })).Instance);
             return ips.All(seen.Contains);
-        }, Deadline, "all pods serve calls");
+        }, "all pods serve calls");
     }
 }

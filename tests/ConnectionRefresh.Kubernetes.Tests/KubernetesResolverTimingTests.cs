@@ -8,9 +8,6 @@ namespace ConnectionRefresh.Kubernetes.Tests;
 /// <summary>Backoff, resync and refresh driven by a FakeTimeProvider; the API is an in-memory script.</summary>
 public sealed class KubernetesResolverTimingTests
 {
-    // Only bounds waits for the resolver's background loop to reach its next await; normally microseconds.
-    private static readonly TimeSpan Deadline = TimeSpan.FromSeconds(30);
-
     [Fact]
     public async Task Backoff_ApiUnreachable_RetriesAfterJitteredExponentialDelays()
     {
@@ -25,13 +22,13 @@ public sealed class KubernetesResolverTimingTests
         for (var i = 0; i < expected.Length; i++)
         {
             var timers = i + 1;
-            await Eventually.TrueAsync(() => client.Lists == i + 1 && time.TimersCreated == timers, Deadline, $"attempt {i + 1} failed and its delay is armed");
+            await Poll.UntilAsync(() => client.Lists == i + 1 && time.TimersCreated == timers, $"attempt {i + 1} failed and its delay is armed");
             time.Advance(expected[i] - TimeSpan.FromMilliseconds(1));
             Assert.Equal(i + 1, client.Lists);
             time.Advance(TimeSpan.FromMilliseconds(1));
         }
 
-        await Eventually.TrueAsync(() => client.Lists == expected.Length + 1, Deadline, "the fifth attempt");
+        await Poll.UntilAsync(() => client.Lists == expected.Length + 1, "the fifth attempt");
         // Nothing was ever known: each failure is published, so calls fail fast instead of waiting.
         Assert.All(harness.Results, r => Assert.Equal(StatusCode.Unavailable, r.Status.StatusCode));
     }
@@ -47,19 +44,19 @@ public sealed class KubernetesResolverTimingTests
         var options = new KubernetesResolverOptions { InitialBackoff = TimeSpan.FromSeconds(1), MaxBackoff = TimeSpan.FromSeconds(30) };
         using var harness = new ResolverHarness(client, options: options, time: time, random: () => 0.5);
 
-        await Eventually.TrueAsync(() => client.Lists == 1 && time.TimersCreated == 1, Deadline, "first failure");
+        await Poll.UntilAsync(() => client.Lists == 1 && time.TimersCreated == 1, "first failure");
         time.Advance(TimeSpan.FromSeconds(1));
-        await Eventually.TrueAsync(() => client.Lists == 2 && time.TimersCreated == 2, Deadline, "second failure");
+        await Poll.UntilAsync(() => client.Lists == 2 && time.TimersCreated == 2, "second failure");
         time.Advance(TimeSpan.FromSeconds(2));
-        await Eventually.TrueAsync(() => client.Watches == 1, Deadline, "third attempt lists and watches");
+        await Poll.UntilAsync(() => client.Watches == 1, "third attempt lists and watches");
 
         // The watch delivers an event (healthy), then breaks: the next delay is the initial one again, not 4 s.
         var events = client.Events;
         events.Writer.TryWrite(new EndpointSliceEvent(WatchEventType.Bookmark, new k8s.Models.V1EndpointSlice { Metadata = new() { ResourceVersion = "11" } }));
         events.Writer.TryComplete(new IOException("connection reset"));
-        await Eventually.TrueAsync(() => time.TimersCreated == 4, Deadline, "the failure's delay is armed (after the watch's resync timer)");
+        await Poll.UntilAsync(() => time.TimersCreated == 4, "the failure's delay is armed (after the watch's resync timer)");
         time.Advance(TimeSpan.FromSeconds(1));
-        await Eventually.TrueAsync(() => client.Lists == 4, Deadline, "relisted after the initial delay");
+        await Poll.UntilAsync(() => client.Lists == 4, "relisted after the initial delay");
         Assert.All(harness.Results, r => Assert.True(r.Status.StatusCode != StatusCode.OK || r.Addresses!.Count == 1));
         Assert.DoesNotContain(harness.Results.SkipWhile(r => r.Status.StatusCode != StatusCode.OK), r => r.Status.StatusCode != StatusCode.OK);
     }
@@ -72,11 +69,11 @@ public sealed class KubernetesResolverTimingTests
         var options = new KubernetesResolverOptions { ResyncInterval = TimeSpan.FromMinutes(1) };
         using var harness = new ResolverHarness(client, options: options, time: time, random: () => 0.5);
 
-        await Eventually.TrueAsync(() => client.Watches == 1 && time.TimersCreated == 1, Deadline, "watching with the resync timer armed");
+        await Poll.UntilAsync(() => client.Watches == 1 && time.TimersCreated == 1, "watching with the resync timer armed");
         time.Advance(TimeSpan.FromSeconds(59));
         Assert.Equal(1, client.Lists);
         time.Advance(TimeSpan.FromSeconds(1));
-        await Eventually.TrueAsync(() => client.Lists == 2 && client.Watches == 2, Deadline, "relisted and watching again");
+        await Poll.UntilAsync(() => client.Lists == 2 && client.Watches == 2, "relisted and watching again");
     }
 
     [Fact]
@@ -85,13 +82,13 @@ public sealed class KubernetesResolverTimingTests
         var time = new CountingTimeProvider();
         var client = new ScriptedEndpointSliceClient { OnList = n => ScriptedEndpointSliceClient.Snapshot("10", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080)) };
         using var harness = new ResolverHarness(client, time: time, random: () => 0.5);
-        await Eventually.TrueAsync(() => client.Watches == 1, Deadline, "watching");
+        await Poll.UntilAsync(() => client.Watches == 1, "watching");
 
         harness.Resolver.Refresh();
-        await Eventually.TrueAsync(() => time.TimersCreated == 2, Deadline, "the refresh waits out the minimum interval");
+        await Poll.UntilAsync(() => time.TimersCreated == 2, "the refresh waits out the minimum interval");
         Assert.Equal(1, client.Lists);
         time.Advance(TimeSpan.FromSeconds(1));
-        await Eventually.TrueAsync(() => client.Lists == 2 && client.Watches == 2, Deadline, "relisted after Refresh()");
+        await Poll.UntilAsync(() => client.Lists == 2 && client.Watches == 2, "relisted after Refresh()");
     }
 
     [Fact]
@@ -99,18 +96,18 @@ public sealed class KubernetesResolverTimingTests
     {
         var client = new ScriptedEndpointSliceClient { OnList = _ => ScriptedEndpointSliceClient.Snapshot("10", Slices.Ready("a", "greeter", ["10.0.0.1", "10.0.0.2"], 8080)) };
         using var harness = new ResolverHarness(client);
-        await Eventually.TrueAsync(() => client.Watches == 1, Deadline, "watching");
+        await Poll.UntilAsync(() => client.Watches == 1, "watching");
         Assert.Equal(["10.0.0.1:8080", "10.0.0.2:8080"], harness.LastAddresses!.Order());
 
         var b = Slices.Ready("b", "greeter", ["10.0.0.2", "10.0.0.3"], 8080);
         b.Metadata.ResourceVersion = "11";
         client.Events.Writer.TryWrite(new EndpointSliceEvent(WatchEventType.Added, b));
-        await Eventually.TrueAsync(() => harness.LastAddresses!.Count == 3, Deadline, "union of both slices, de-duplicated");
+        await Poll.UntilAsync(() => harness.LastAddresses!.Count == 3, "union of both slices, de-duplicated");
 
         var a = Slices.Ready("a", "greeter", ["10.0.0.1", "10.0.0.2"], 8080);
         a.Metadata.ResourceVersion = "12";
         client.Events.Writer.TryWrite(new EndpointSliceEvent(WatchEventType.Deleted, a));
-        await Eventually.TrueAsync(() => harness.LastAddresses!.SetEquals(["10.0.0.2:8080", "10.0.0.3:8080"]), Deadline, "only slice b's endpoints remain");
+        await Poll.UntilAsync(() => harness.LastAddresses!.SetEquals(["10.0.0.2:8080", "10.0.0.3:8080"]), "only slice b's endpoints remain");
         Assert.All(harness.Results, r => Assert.Equal(StatusCode.OK, r.Status.StatusCode));
     }
 }

@@ -11,11 +11,20 @@ internal static class Poll
 {
     public static readonly TimeSpan DefaultTimeout = TimeSpan.FromSeconds(30);
 
-    public static async Task UntilAsync(Func<bool> condition, string what, TimeSpan? timeout = null)
+    /// <summary>
+    /// Polls <paramref name="condition"/> every ~10 ms until it holds; a <see cref="TimeoutException"/> naming
+    /// <paramref name="what"/> once <paramref name="timeout"/> (default <see cref="DefaultTimeout"/>) has passed.
+    /// </summary>
+    /// <returns>How long it took the condition to hold, for tests that bound a latency.</returns>
+    public static Task<TimeSpan> UntilAsync(Func<bool> condition, string what, TimeSpan? timeout = null) =>
+        UntilAsync(() => Task.FromResult(condition()), what, timeout);
+
+    /// <summary>The same for a condition that has to await something (a call, a read) to be checked.</summary>
+    public static async Task<TimeSpan> UntilAsync(Func<Task<bool>> condition, string what, TimeSpan? timeout = null)
     {
         var stopwatch = Stopwatch.StartNew();
         var limit = timeout ?? DefaultTimeout;
-        while (!condition())
+        while (!await condition())
         {
             if (stopwatch.Elapsed > limit)
             {
@@ -24,6 +33,8 @@ internal static class Poll
 
             await Task.Delay(10);
         }
+
+        return stopwatch.Elapsed;
     }
 
     /// <summary>Awaits <paramref name="task"/> with a deadline.</summary>

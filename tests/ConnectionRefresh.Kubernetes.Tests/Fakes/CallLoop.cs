@@ -38,10 +38,10 @@ internal sealed class CallLoop : IAsyncDisposable
     }
 
     /// <summary>Waits for a window of <paramref name="calls"/> calls in which <paramref name="pod"/> got none.</summary>
-    public async Task WaitForWindowWithoutAsync(string pod, int calls, TimeSpan timeout)
+    public async Task WaitForWindowWithoutAsync(string pod, int calls, TimeSpan? timeout = null)
     {
         StartWindow();
-        await Eventually.TrueAsync(() =>
+        await Poll.UntilAsync(() =>
         {
             if (Window.ContainsKey(pod))
             {
@@ -50,7 +50,7 @@ internal sealed class CallLoop : IAsyncDisposable
             }
 
             return WindowTotal >= calls;
-        }, timeout, $"a window of {calls} calls without {pod}");
+        }, $"a window of {calls} calls without {pod}", timeout);
     }
 
     public async ValueTask DisposeAsync()
