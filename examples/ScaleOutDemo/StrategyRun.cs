@@ -53,6 +53,11 @@ internal sealed class StrategyRun(IClientStrategy strategy, DemoOptions options,
             Replicas = options.Pods,
             ProxyMode = options.KubeProxy ? KubeProxyMode.Iptables : KubeProxyMode.Userspace,
             TerminationGracePeriod = TimeSpan.FromSeconds(10),
+            // A preStop sleep, as a real Deployment has, so clients that resolve pods themselves (k8s-resolver) drop a stopping
+            // pod before it stops listening. Real clusters sleep 5–15 s for propagation across nodes; here the endpoint change
+            // reaches the ClusterIP at once and the resolvers' watches within milliseconds, so 1 s is a wide margin even on a
+            // loaded machine, and short enough that the rolling update still ends before the black-hole in a 10 s run.
+            PreStopDelay = TimeSpan.FromSeconds(1),
             MaxConcurrentCallsPerPod = options.PodCapacity,
         };
         strategy.ConfigureCluster(clusterOptions);

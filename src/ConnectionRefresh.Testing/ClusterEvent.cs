@@ -9,7 +9,7 @@ public enum ClusterEventKind
     /// <summary>A pod's readiness changed (see <see cref="SimulatedCluster.SetReadyAsync"/>).</summary>
     PodReadinessChanged = 1,
 
-    /// <summary>A graceful stop began: readiness off, GOAWAY.</summary>
+    /// <summary>A graceful stop began: readiness off, then GOAWAY once <see cref="SimulatedClusterOptions.PreStopDelay"/> has passed.</summary>
     PodStopping = 2,
 
     /// <summary>A gracefully stopped pod exited.</summary>

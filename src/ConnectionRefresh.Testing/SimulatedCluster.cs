@@ -261,9 +261,11 @@ public sealed class SimulatedCluster : IAsyncDisposable
     }
 
     /// <summary>
-    /// Stops a pod gracefully, like SIGTERM after a preStop hook: readiness off (new connections avoid it), then Kestrel
-    /// sends GOAWAY on every connection and waits for running calls, up to <see cref="SimulatedClusterOptions.TerminationGracePeriod"/>,
-    /// then exits. Stopping a pod that is already stopping waits for that stop.
+    /// Stops a pod gracefully, like a Kubernetes pod deletion: readiness off (new connections avoid it, the endpoints drop it),
+    /// then the preStop hook (<see cref="SimulatedClusterOptions.PreStopDelay"/>, during which the pod still serves), then
+    /// SIGTERM: Kestrel stops listening, sends GOAWAY on every connection and waits for running calls, up to
+    /// <see cref="SimulatedClusterOptions.TerminationGracePeriod"/>, then exits. Stopping a pod that is already stopping
+    /// waits for that stop; <see cref="KillPodAsync"/> and disposing the cluster cut the preStop wait short.
     /// </summary>
     /// <param name="pod">A pod of this cluster.</param>
     /// <param name="cancellationToken">Cancels the wait (the pod keeps stopping).</param>
@@ -280,7 +282,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
             {
                 pod.State = SimulatedPodState.Terminating;
                 pod.IsReady = false;
-                AddEvent(ClusterEventKind.PodStopping, pod, $"{pod.Name} stopping");
+                AddEvent(ClusterEventKind.PodStopping, pod, _options.PreStopDelay > TimeSpan.Zero
+                    ? $"{pod.Name} stopping (preStop {_options.PreStopDelay.TotalSeconds.ToString("0.###", CultureInfo.InvariantCulture)} s)"
+                    : $"{pod.Name} stopping");
             }
         }
 
@@ -294,7 +298,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
             return; // Still starting: AddPodAsync stops it.
         }
 
-        await StopAppAsync(pod).WaitAsync(cancellationToken).ConfigureAwait(false);
+        // The preStop wait is part of the pod's single stop (so concurrent stops wait for the same one, and a cancelled
+        // wait leaves the pod stopping); it starts here, once the endpoint change is published.
+        await StopAppAsync(pod, _options.PreStopDelay).WaitAsync(cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -660,16 +666,33 @@ public sealed class SimulatedCluster : IAsyncDisposable
         return status.Count == 0 ? context.Response.StatusCode < 400 : status[0] == "0";
     }
 
-    private Task StopAppAsync(SimulatedPod pod)
+    private Task StopAppAsync(SimulatedPod pod) => StopAppAsync(pod, TimeSpan.Zero);
+
+    /// <summary>Starts the pod's single stop, or returns the one already started (whatever its preStop delay).</summary>
+    private Task StopAppAsync(SimulatedPod pod, TimeSpan preStopDelay)
     {
         lock (_gate)
         {
-            return pod.StopTask ??= RunStopAsync(pod);
+            return pod.StopTask ??= RunStopAsync(pod, preStopDelay);
         }
     }
 
-    private async Task RunStopAsync(SimulatedPod pod)
+    private async Task RunStopAsync(SimulatedPod pod, TimeSpan preStopDelay)
     {
+        if (preStopDelay > TimeSpan.Zero)
+        {
+            // The preStop hook: the pod keeps listening and serving while clients follow the endpoint change. The timer is
+            // created here, synchronously, so it runs from the moment the stop starts (also on a fake clock).
+            try
+            {
+                await Task.Delay(preStopDelay, _time, pod.KillSwitch.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                // Killed or disposed during the hook: stop now, without grace.
+            }
+        }
+
         await Task.Yield();
         var app = pod.App!;
         using (var grace = CancellationTokenSource.CreateLinkedTokenSource(pod.KillSwitch.Token))

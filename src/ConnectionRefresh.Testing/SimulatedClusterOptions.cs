@@ -54,6 +54,16 @@ public sealed class SimulatedClusterOptions
     public TimeSpan TerminationGracePeriod { get; set; } = TimeSpan.FromSeconds(30);
 
     /// <summary>
+    /// How long <see cref="SimulatedCluster.StopPodAsync"/> waits after taking a pod out of the endpoints before its server
+    /// stops listening and sends GOAWAY, like a <c>preStop</c> hook running <c>sleep</c>: clients and the ClusterIP learn of
+    /// the removal while the pod still serves its running calls, existing connections and new connections made to its own
+    /// address. Measured with <see cref="TimeProvider"/>; a kill or disposing the cluster cuts it short.
+    /// Default <see cref="TimeSpan.Zero"/> (the server stops at once). Range: 0 to <see cref="TerminationGracePeriod"/>
+    /// (in Kubernetes the hook runs inside the grace period).
+    /// </summary>
+    public TimeSpan PreStopDelay { get; set; } = TimeSpan.Zero;
+
+    /// <summary>
     /// Calls one pod runs at the same time, like the CPU of a pod with a limit: further calls wait in a queue, so an
     /// overloaded pod answers more slowly than an idle one. Calls count as served when they arrive.
     /// <see langword="null"/> (the default) means no limit. Range: 1 to 10,000.
@@ -77,6 +87,11 @@ public sealed class SimulatedClusterOptions
         if (TerminationGracePeriod < TimeSpan.Zero || TerminationGracePeriod > TimeSpan.FromHours(1))
         {
             throw new ArgumentOutOfRangeException(nameof(TerminationGracePeriod), TerminationGracePeriod, "TerminationGracePeriod must be between 0 and 1 hour.");
+        }
+
+        if (PreStopDelay < TimeSpan.Zero || PreStopDelay > TerminationGracePeriod)
+        {
+            throw new ArgumentOutOfRangeException(nameof(PreStopDelay), PreStopDelay, $"PreStopDelay must be between 0 and TerminationGracePeriod ({TerminationGracePeriod}).");
         }
 
         if (string.IsNullOrWhiteSpace(PodNamePrefix))

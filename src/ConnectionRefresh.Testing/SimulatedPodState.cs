@@ -9,7 +9,10 @@ public enum SimulatedPodState
     /// <summary>Serving; receives new connections while <see cref="SimulatedPod.IsReady"/> is true.</summary>
     Running = 1,
 
-    /// <summary>Stopping gracefully: not ready, GOAWAY sent, running calls finishing.</summary>
+    /// <summary>
+    /// Stopping gracefully: not ready; still serving during <see cref="SimulatedClusterOptions.PreStopDelay"/>, then GOAWAY sent and
+    /// running calls finishing.
+    /// </summary>
     Terminating = 2,
 
     /// <summary>Stopped gracefully; no longer in <see cref="SimulatedCluster.Pods"/>.</summary>

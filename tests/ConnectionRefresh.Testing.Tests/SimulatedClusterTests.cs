@@ -6,6 +6,7 @@ using Grpc.Core;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Time.Testing;
 
 namespace ConnectionRefresh.Testing.Tests;
 
@@ -38,6 +39,113 @@ public sealed class SimulatedClusterTests
         var error = await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => SimulatedCluster.StartAsync(options));
 
         Assert.Equal(replicas is < 0 or > 64 ? "Replicas" : "TerminationGracePeriod", error.ParamName);
+    }
+
+    [Theory]
+    [InlineData(-1, 30)]
+    [InlineData(31, 30)]
+    [InlineData(1, 0)]
+    public async Task StartAsync_PreStopDelayOutsideZeroToGracePeriod_ThrowsNamingPreStopDelay(int preStopSeconds, int graceSeconds)
+    {
+        var options = new SimulatedClusterOptions
+        {
+            PreStopDelay = TimeSpan.FromSeconds(preStopSeconds),
+            TerminationGracePeriod = TimeSpan.FromSeconds(graceSeconds),
+        };
+
+        var error = await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => SimulatedCluster.StartAsync(options));
+
+        Assert.Equal("PreStopDelay", error.ParamName);
+        Assert.Contains("PreStopDelay must be between 0 and TerminationGracePeriod", error.Message, StringComparison.Ordinal);
+        Assert.Equal(TimeSpan.FromSeconds(preStopSeconds), error.ActualValue);
+    }
+
+    [Fact]
+    public async Task StopPodAsync_PreStopDelay_PodServesOutsideTheClusterIpUntilTheDelayPassesThenExits()
+    {
+        // A fake clock: the preStop wait cannot end before Advance, however loaded the machine is.
+        var time = new FakeTimeProvider();
+        var delay = TimeSpan.FromSeconds(2);
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions
+        {
+            Replicas = 2,
+            TimeProvider = time,
+            PreStopDelay = delay,
+            TerminationGracePeriod = TimeSpan.FromSeconds(10),
+        });
+        using var pinned = new TestClient(cluster.Address);
+        var victimName = await pinned.HelloAsync();
+        var victim = cluster.Pods.Single(p => p.Name == victimName);
+        var other = cluster.Pods.Single(p => p != victim);
+
+        var stop = cluster.StopPodAsync(victim);
+        var again = cluster.StopPodAsync(victim);
+
+        // Out of the ClusterIP's choice at once...
+        Assert.Equal(SimulatedPodState.Terminating, victim.State);
+        Assert.False(victim.IsReady);
+        Assert.Equal([other], cluster.ReadyPods);
+        for (var i = 0; i < 20; i++)
+        {
+            using var client = new TestClient(cluster.Address);
+            Assert.Equal(other.Name, await client.HelloAsync());
+        }
+
+        // ...but still serving: calls on the open connection, and a new connection to the pod's own address.
+        Assert.Equal(victim.Name, await pinned.HelloAsync());
+        using (var direct = new TestClient(victim.Address))
+        {
+            Assert.Equal(victim.Name, await direct.HelloAsync());
+        }
+
+        Assert.False(stop.IsCompleted);
+        Assert.False(again.IsCompleted);
+        Assert.DoesNotContain(cluster.Summary().Events, e => e.Kind == ClusterEventKind.PodStopped);
+
+        time.Advance(delay);
+        await Poll.WithTimeout(Task.WhenAll(stop, again), "both stops to end after the preStop delay");
+
+        Assert.Equal(SimulatedPodState.Terminated, victim.State);
+        Assert.Equal([other], cluster.Pods);
+        Assert.False(RawSockets.IsListening(victim.Address.Port));
+        var events = cluster.Summary().Events;
+        var stopping = events.Single(e => e.Kind == ClusterEventKind.PodStopping);
+        var stopped = events.Single(e => e.Kind == ClusterEventKind.PodStopped);
+        Assert.Equal(victim.Name, stopped.Pod);
+        Assert.Equal(delay, stopped.At - stopping.At); // On the cluster's clock: it exited PreStopDelay after it left the endpoints.
+        // The open connection got GOAWAY: the next call takes a new connection, to the other pod.
+        Assert.Equal(other.Name, await pinned.HelloAsync());
+    }
+
+    [Fact]
+    public async Task KillPodAsync_DuringPreStopDelay_KillsWithoutWaitingForTheDelay()
+    {
+        var time = new FakeTimeProvider(); // never advanced: only the kill can end the preStop wait
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1, TimeProvider = time, PreStopDelay = TimeSpan.FromSeconds(10) });
+        var pod = cluster.Pods[0];
+        var stop = cluster.StopPodAsync(pod);
+
+        await Poll.WithTimeout(cluster.KillPodAsync(pod), "the kill");
+        await Poll.WithTimeout(stop, "the stop, cut short by the kill");
+
+        Assert.Equal(SimulatedPodState.Killed, pod.State);
+        Assert.False(RawSockets.IsListening(pod.Address.Port));
+        Assert.DoesNotContain(cluster.Summary().Events, e => e.Kind == ClusterEventKind.PodStopped);
+    }
+
+    [Fact]
+    public async Task DisposeAsync_DuringPreStopDelay_CompletesWithoutWaitingForTheDelay()
+    {
+        var time = new FakeTimeProvider(); // never advanced: only the disposal can end the preStop wait
+        var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1, TimeProvider = time, PreStopDelay = TimeSpan.FromSeconds(10) });
+        var pod = cluster.Pods[0];
+        var stop = cluster.StopPodAsync(pod);
+
+        await Poll.WithTimeout(cluster.DisposeAsync().AsTask(), "the disposal");
+        await Poll.WithTimeout(stop, "the stop, cut short by the disposal");
+
+        Assert.Empty(cluster.Pods);
+        Assert.False(RawSockets.IsListening(pod.Address.Port));
     }
 
     [Fact]

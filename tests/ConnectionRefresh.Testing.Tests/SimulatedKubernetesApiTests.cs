@@ -7,6 +7,7 @@ using Grpc.Core;
 using Grpc.Net.Client.Configuration;
 using k8s.Models;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Time.Testing;
 
 namespace ConnectionRefresh.Testing.Tests;
 
@@ -114,6 +115,52 @@ public sealed class SimulatedKubernetesApiTests
 
         await cluster.KillPodAsync(victim);
         Assert.DoesNotContain(await ListAsync(http, "ns1", "svc"), s => s.Metadata.Name == "svc-" + victim.Name);
+    }
+
+    [Fact]
+    public async Task MirrorEndpoints_PodInPreStopDelay_PublishedTerminatingNotReadyWhileItsAddressStillServes()
+    {
+        // A fake clock: the preStop wait cannot end before Advance, however loaded the machine is.
+        var time = new FakeTimeProvider();
+        var delay = TimeSpan.FromSeconds(2);
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions
+        {
+            Replicas = 2,
+            TimeProvider = time,
+            PreStopDelay = delay,
+            TerminationGracePeriod = TimeSpan.FromSeconds(10),
+        });
+        await using var api = await SimulatedKubernetesApi.StartAsync();
+        using var mirror = api.MirrorEndpoints(cluster, service: "svc");
+        using var http = new HttpClient { BaseAddress = api.Url };
+        var victim = cluster.Pods[0];
+        var published = new Uri($"http://127.0.0.1:{(await ListAsync(http, "default", "svc")).Single(s => s.Metadata.Name == "svc-" + victim.Name).Ports.Single().Port}");
+        using var pinned = new TestClient(published);
+        Assert.Equal(victim.Name, await pinned.HelloAsync());
+
+        var stop = cluster.StopPodAsync(victim);
+
+        // Out of the endpoints at once (a resolver stops picking it)...
+        var conditions = (await ListAsync(http, "default", "svc")).Single(s => s.Metadata.Name == "svc-" + victim.Name).Endpoints.Single().Conditions;
+        Assert.False(conditions.Ready);
+        Assert.True(conditions.Terminating);
+
+        // ...while its published address still serves: the open connection, and a new one from a client that has not
+        // seen the change yet.
+        Assert.Equal(victim.Name, await pinned.HelloAsync());
+        using (var late = new TestClient(published))
+        {
+            Assert.Equal(victim.Name, await late.HelloAsync());
+        }
+
+        Assert.False(stop.IsCompleted);
+
+        time.Advance(delay);
+        await Poll.WithTimeout(stop, "the stop to end after the preStop delay");
+
+        Assert.DoesNotContain(await ListAsync(http, "default", "svc"), s => s.Metadata.Name == "svc-" + victim.Name);
+        var events = cluster.Summary().Events;
+        Assert.Equal(delay, events.Single(e => e.Kind == ClusterEventKind.PodStopped).At - events.Single(e => e.Kind == ClusterEventKind.PodStopping).At);
     }
 
     private static async Task<IList<V1EndpointSlice>> ListAsync(HttpClient http, string ns, string service)
