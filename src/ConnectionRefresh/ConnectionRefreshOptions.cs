@@ -38,8 +38,9 @@ public sealed class ConnectionRefreshOptions
     /// <summary>
     /// Number of independent connections kept to the target; calls are spread over them round-robin, skipping to
     /// the next connection when it has fewer calls running (so a slow or silently dead pod gets few new calls). Each one
-    /// is its own kube-proxy pick, so K connections reach up to K pods. Their retirements are staggered so
-    /// that at most one of them reconnects per <c>MaxConnectionAge / K</c>. Default 1. Range: 1 to 64.
+    /// is its own kube-proxy pick, so K connections reach up to K pods. Their first ages are staggered (the first
+    /// connection of slot i lives (i + 1) / K of an age) so that they do not all reconnect together; after that each
+    /// keeps its own jittered age. Default 1. Range: 1 to 64.
     /// </summary>
     public int ConnectionsPerEndpoint { get; set; } = 1;
 
@@ -75,7 +76,8 @@ public sealed class ConnectionRefreshOptions
 
     /// <summary>
     /// Time allowed to open a TCP (and TLS) connection. Default 10 seconds; SocketsHttpHandler waits forever,
-    /// which a black-holed ClusterIP turns into hung calls. Range: 100 milliseconds to 10 minutes, or infinite.
+    /// which a black-holed ClusterIP turns into hung calls. Calls waiting for a connection that times out fail with
+    /// <c>StatusCode.Unavailable</c>. Range: 100 milliseconds to 10 minutes, or infinite.
     /// </summary>
     public TimeSpan ConnectTimeout { get; set; } = ConnectionRefreshDefaults.ConnectTimeout;
 

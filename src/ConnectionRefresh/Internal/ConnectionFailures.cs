@@ -8,7 +8,8 @@ namespace ConnectionRefresh.Internal;
 /// failures reach gRPC callers as <c>StatusCode.Unavailable</c> (as grpc-go and grpc-java report them), so
 /// that retry policies retry them. grpc-dotnet maps any HttpProtocolException in the chain by its HTTP/2
 /// error code (a keepalive timeout becomes <c>Internal</c>), so such an exception is replaced by an
-/// <see cref="HttpIOException"/> without it, whose message keeps the original text.
+/// <see cref="HttpIOException"/> without it, whose message keeps the original text. A connect timeout, which
+/// SocketsHttpHandler reports as a cancellation, is made a connection failure too.
 /// </summary>
 internal static class ConnectionFailures
 {
@@ -24,6 +25,14 @@ internal static class ConnectionFailures
             return CutByDrainTimeout(exception);
         }
 
+        if (IsConnectTimeout(exception, callerToken))
+        {
+            telemetry.ConnectionFailed(exception);
+            slot.Retire(generation, RetirementReason.ConnectionFailure);
+            return new HttpIOException(
+                HttpRequestError.ConnectionError, $"Could not connect to the server within ConnectTimeout: {exception.InnerException!.Message}", exception);
+        }
+
         if (exception is OperationCanceledException || !IsConnectionLoss(exception, out var protocolError))
         {
             return null;
@@ -35,6 +44,13 @@ internal static class ConnectionFailures
             ? null
             : new HttpIOException(HttpRequestError.ConnectionError, $"The connection to the server was lost: {protocolError.Message}");
     }
+
+    /// <summary>
+    /// SocketsHttpHandler reports its ConnectTimeout as a cancellation (with a TimeoutException inside), which
+    /// grpc-dotnet would report as <c>Cancelled</c> although nobody cancelled the call.
+    /// </summary>
+    internal static bool IsConnectTimeout(Exception exception, CancellationToken callerToken)
+        => exception is OperationCanceledException { InnerException: TimeoutException } && !callerToken.IsCancellationRequested;
 
     public static HttpIOException CutByDrainTimeout(Exception exception) => new(
         HttpRequestError.Unknown,

@@ -42,6 +42,8 @@ internal sealed partial class ConnectionRefreshTelemetry
         LogDrainCut(_logger, ClientName);
     }
 
+    public void DrainCutFailed(Exception exception) => LogDrainCutFailed(_logger, ClientName, exception);
+
     internal static string ReasonTag(RetirementReason reason) => reason switch
     {
         RetirementReason.Age => "age",
@@ -56,9 +58,12 @@ internal sealed partial class ConnectionRefreshTelemetry
     [LoggerMessage(2, LogLevel.Debug, "Client '{ClientName}' retired a connection ({Reason}); new calls use a new connection, running calls finish on the old one.")]
     private static partial void LogRetired(ILogger logger, string clientName, RetirementReason reason);
 
-    [LoggerMessage(3, LogLevel.Warning, "Client '{ClientName}' lost a connection (keepalive timeout or reset); its calls fail with Unavailable and new calls use a new connection.")]
+    [LoggerMessage(3, LogLevel.Warning, "Client '{ClientName}' lost a connection or could not open one (keepalive timeout, reset, ConnectTimeout); its calls fail with Unavailable and new calls use a new connection.")]
     private static partial void LogConnectionFailed(ILogger logger, string clientName, Exception exception);
 
     [LoggerMessage(4, LogLevel.Warning, "Client '{ClientName}' cut the calls still running on a retired connection after DrainTimeout.")]
     private static partial void LogDrainCut(ILogger logger, string clientName);
+
+    [LoggerMessage(5, LogLevel.Error, "Client '{ClientName}' failed while cutting the calls of a retired connection after DrainTimeout.")]
+    private static partial void LogDrainCutFailed(ILogger logger, string clientName, Exception exception);
 }

@@ -12,13 +12,16 @@ namespace ConnectionRefresh.Internal;
 [System.Diagnostics.CodeAnalysis.SuppressMessage("Design", "CA1001", Justification = "Disposed by the release of its last lease, not by an owner.")]
 internal sealed class HandlerGeneration
 {
-    private readonly HttpMessageInvoker _invoker;
+    private readonly GenerationHandler _handler;
     private readonly long _retireAtTimestamp;
     private readonly int _maxRequests;
     private readonly ConnectionRefreshTelemetry _telemetry;
     private readonly TimeSpan _drainTimeout;
     private readonly TimeProvider _timeProvider;
     private readonly CancellationTokenSource? _cut;
+
+    // Taken once: the token stays readable after its source is disposed with the last lease (Token would throw then).
+    private readonly CancellationToken _cutToken;
     private ITimer? _drainTimer;
     private int _leases = 1;
     private int _requests;
@@ -32,17 +35,18 @@ internal sealed class HandlerGeneration
         TimeProvider timeProvider,
         ConnectionRefreshTelemetry telemetry)
     {
-        _invoker = new HttpMessageInvoker(handler, disposeHandler: true);
+        _handler = new GenerationHandler(handler);
         _retireAtTimestamp = retireAtTimestamp;
         _maxRequests = maxRequests;
         _drainTimeout = drainTimeout;
         _timeProvider = timeProvider;
         _telemetry = telemetry;
         _cut = drainTimeout == Timeout.InfiniteTimeSpan ? null : new CancellationTokenSource();
+        _cutToken = _cut?.Token ?? CancellationToken.None;
     }
 
     /// <summary>Fires when <see cref="ConnectionRefreshOptions.DrainTimeout"/> cuts the calls still running.</summary>
-    public CancellationToken CutToken => _cut?.Token ?? CancellationToken.None;
+    public CancellationToken CutToken => _cutToken;
 
     public bool IsRetired => Volatile.Read(ref _retired) != 0;
 
@@ -93,7 +97,7 @@ internal sealed class HandlerGeneration
     }
 
     public Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
-        => _invoker.SendAsync(request, cancellationToken);
+        => _handler.ForwardAsync(request, cancellationToken);
 
     /// <summary>Retires once: no new calls; the slot's lease is released so the last call disposes the handler.</summary>
     public bool Retire(RetirementReason reason)
@@ -118,7 +122,7 @@ internal sealed class HandlerGeneration
         if (Interlocked.Decrement(ref _leases) == 0)
         {
             _drainTimer?.Dispose();
-            _invoker.Dispose();
+            _handler.Dispose();
             _cut?.Dispose();
             _telemetry.Closed();
         }
@@ -154,11 +158,26 @@ internal sealed class HandlerGeneration
             _telemetry.DrainCut();
             _cut!.Cancel();
         }
+        catch (AggregateException exception)
+        {
+            // A timer callback must not throw: that would end the process. The calls are cut either way.
+            _telemetry.DrainCutFailed(exception);
+        }
         finally
         {
             Release();
         }
     }
+}
+
+/// <summary>
+/// Calls the generation's SocketsHttpHandler directly. An HttpMessageInvoker would report every request to the
+/// System.Net.Http EventSource a second time (grpc-dotnet's own invoker already does).
+/// </summary>
+internal sealed class GenerationHandler(HttpMessageHandler inner) : DelegatingHandler(inner)
+{
+    public Task<HttpResponseMessage> ForwardAsync(HttpRequestMessage request, CancellationToken cancellationToken)
+        => SendAsync(request, cancellationToken);
 }
 
 internal enum StartResult

@@ -244,6 +244,58 @@ public sealed class ConnectionRefreshHandlerTests
     }
 
     [Fact]
+    public async Task SendAsync_LastCallOfRetiredConnectionFailsUnderDrainTimeout_ThrowsTheCallsOwnFailure()
+    {
+        // Every call retires its connection as it starts, so each failing call releases the connection's last lease
+        // (which disposes its DrainTimeout token source) before its failure is classified.
+        var stubs = new StubGenerations(Options(o =>
+        {
+            o.DrainTimeout = TimeSpan.FromMinutes(1);
+            o.MaxRequestsPerConnection = 1;
+        }));
+        stubs.OnCreate = h => h.Failure = h.Id == 0
+            ? new HttpRequestException(HttpRequestError.ConnectionError, "refused", new SocketException((int)SocketError.ConnectionRefused))
+            : new TaskCanceledException("caller gave up");
+        using var invoker = stubs.CreateInvoker(out _);
+
+        await Assert.ThrowsAsync<HttpRequestException>(invoker.Send);
+        await Assert.ThrowsAsync<TaskCanceledException>(invoker.Send);
+        Assert.All(stubs.Created, h => Assert.True(h.IsDisposed));
+    }
+
+    [Fact]
+    public async Task SendAsync_ConnectTimeout_FailsAsConnectionErrorAndRetiresConnection()
+    {
+        var stubs = new StubGenerations(Options());
+        using var collector = new MetricCollector<long>(stubs.Metrics.Retired);
+        stubs.OnCreate = h => h.Failure = h.Id == 0
+            ? new TaskCanceledException("The request was canceled.", new TimeoutException("A connection could not be established within the configured ConnectTimeout."))
+            : null;
+        using var invoker = stubs.CreateInvoker(out _);
+
+        var failure = await Assert.ThrowsAsync<HttpIOException>(invoker.Send);
+        await invoker.SendAndRead();
+
+        Assert.Equal(HttpRequestError.ConnectionError, failure.HttpRequestError);
+        Assert.Contains("ConnectTimeout", failure.Message, StringComparison.Ordinal);
+        Assert.True(stubs.Created[0].IsDisposed);
+        Assert.Equal("connection_failure", Assert.Single(collector.GetMeasurementSnapshot()).Tags["reason"]);
+    }
+
+    [Fact]
+    public async Task SendAsync_CallerCancelsWhileConnecting_StaysCancellation()
+    {
+        var stubs = new StubGenerations(Options());
+        stubs.OnCreate = h => h.Failure = new TaskCanceledException("The request was canceled.", new TimeoutException("connect"));
+        using var invoker = stubs.CreateInvoker(out _);
+        using var cancelled = new CancellationTokenSource();
+        await cancelled.CancelAsync();
+
+        await Assert.ThrowsAsync<TaskCanceledException>(() => invoker.SendAsync(new HttpRequestMessage(HttpMethod.Post, "http://pod/svc/Method"), cancelled.Token));
+        Assert.False(stubs.Created[0].IsDisposed);
+    }
+
+    [Fact]
     public async Task SendAsync_ConnectionLost_RetiresConnectionAndNextCallUsesNewOne()
     {
         var stubs = new StubGenerations(Options());
