@@ -298,6 +298,36 @@ public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
         Assert.Contains("ConfigureConnectionRefreshHandler", failure.Message, StringComparison.Ordinal);
     }
 
+    public static TheoryData<string, Action<SocketsHttpHandler>> PrimaryHandlerSettings() => new()
+    {
+        { "UseProxy", h => h.UseProxy = false },
+        { "SslOptions.EnabledSslProtocols", h => h.SslOptions.EnabledSslProtocols = System.Security.Authentication.SslProtocols.Tls13 },
+        { "SslOptions.TargetHost", h => h.SslOptions.TargetHost = "greeter.internal" },
+        { "MaxConnectionsPerServer", h => h.MaxConnectionsPerServer = 4 },
+        { "keepalive pings", h => h.KeepAlivePingDelay = TimeSpan.FromSeconds(30) },
+        { "ConnectTimeout", h => h.ConnectTimeout = TimeSpan.FromSeconds(3) },
+        { "InitialHttp2StreamWindowSize", h => h.InitialHttp2StreamWindowSize = 1 << 20 },
+    };
+
+    [Theory]
+    [MemberData(nameof(PrimaryHandlerSettings))]
+    public void CreateHandler_PrimaryWithSettingConfiguredBefore_FailsNamingIt(string named, Action<SocketsHttpHandler> configure)
+    {
+        var services = new ServiceCollection();
+        GrpcClient(services)
+            .ConfigurePrimaryHttpMessageHandler(() =>
+            {
+                var handler = new SocketsHttpHandler { EnableMultipleHttp2Connections = true };
+                configure(handler);
+                return handler;
+            })
+            .AddConnectionRefresh();
+        using var provider = services.BuildServiceProvider();
+
+        var failure = Assert.Throws<InvalidOperationException>(() => BuildChain(provider, nameof(TestClient)));
+        Assert.Contains(named, failure.Message, StringComparison.Ordinal);
+    }
+
     [Fact]
     public void ConfigureConnectionRefreshHandler_RegistersActionForThatClient()
     {

@@ -39,23 +39,62 @@ internal static class PrimaryHandlerGuard
         }
     }
 
+    // What a handler looks like before anyone configures it; compared with, never used to send.
+    private static readonly SocketsHttpHandler DefaultSockets = new();
+    private static readonly HttpClientHandler DefaultClient = new();
+
+    // Every setting that would be lost, in the order they are reported. EnableMultipleHttp2Connections and
+    // PooledConnectionLifetime are left out: Grpc.Net.ClientFactory sets them itself on its default handler.
     private static string? ConfiguredSetting(SocketsHttpHandler handler)
     {
         var ssl = handler.SslOptions;
+        var defaults = DefaultSockets.SslOptions;
         return ssl.ClientCertificates is { Count: > 0 } || ssl.ClientCertificateContext is not null || ssl.LocalCertificateSelectionCallback is not null
                 ? "client certificates"
             : ssl.RemoteCertificateValidationCallback is not null ? "SslOptions.RemoteCertificateValidationCallback"
+            : ssl.EnabledSslProtocols != defaults.EnabledSslProtocols ? "SslOptions.EnabledSslProtocols"
+            : ssl.CertificateRevocationCheckMode != defaults.CertificateRevocationCheckMode ? "SslOptions.CertificateRevocationCheckMode"
+            : ssl.TargetHost is not null ? "SslOptions.TargetHost"
+            : ssl.CipherSuitesPolicy is not null ? "SslOptions.CipherSuitesPolicy"
+            : ssl.CertificateChainPolicy is not null ? "SslOptions.CertificateChainPolicy"
             : handler.Proxy is not null ? "a proxy"
+            : handler.UseProxy != DefaultSockets.UseProxy ? "UseProxy"
+            : handler.DefaultProxyCredentials is not null ? "DefaultProxyCredentials"
             : handler.Credentials is not null ? "credentials"
+            : handler.PreAuthenticate ? "PreAuthenticate"
             : handler.ConnectCallback is not null ? "a ConnectCallback"
             : handler.PlaintextStreamFilter is not null ? "a PlaintextStreamFilter"
+            : handler.UseCookies != DefaultSockets.UseCookies || handler.CookieContainer.Count > 0 ? "cookies"
+            : handler.AllowAutoRedirect != DefaultSockets.AllowAutoRedirect || handler.MaxAutomaticRedirections != DefaultSockets.MaxAutomaticRedirections
+                ? "redirects"
+            : handler.AutomaticDecompression != DefaultSockets.AutomaticDecompression ? "AutomaticDecompression"
+            : handler.MaxConnectionsPerServer != DefaultSockets.MaxConnectionsPerServer ? "MaxConnectionsPerServer"
+            : handler.MaxResponseHeadersLength != DefaultSockets.MaxResponseHeadersLength ? "MaxResponseHeadersLength"
+            : handler.InitialHttp2StreamWindowSize != DefaultSockets.InitialHttp2StreamWindowSize ? "InitialHttp2StreamWindowSize"
+            : handler.ConnectTimeout != DefaultSockets.ConnectTimeout ? "ConnectTimeout (ConnectionRefresh has its own option)"
+            : handler.PooledConnectionIdleTimeout != DefaultSockets.PooledConnectionIdleTimeout ? "PooledConnectionIdleTimeout (ConnectionRefresh has its own option)"
+            : handler.KeepAlivePingDelay != DefaultSockets.KeepAlivePingDelay || handler.KeepAlivePingTimeout != DefaultSockets.KeepAlivePingTimeout
+                || handler.KeepAlivePingPolicy != DefaultSockets.KeepAlivePingPolicy ? "keepalive pings (ConnectionRefresh has its own options)"
+            : handler.RequestHeaderEncodingSelector is not null || handler.ResponseHeaderEncodingSelector is not null ? "header encoding selectors"
+            : handler.ActivityHeadersPropagator != DefaultSockets.ActivityHeadersPropagator ? "ActivityHeadersPropagator"
             : null;
     }
 
     private static string? ConfiguredSetting(HttpClientHandler handler)
         => handler.ClientCertificateOptions == ClientCertificateOption.Manual && handler.ClientCertificates.Count > 0 ? "client certificates"
             : handler.ServerCertificateCustomValidationCallback is not null ? "ServerCertificateCustomValidationCallback"
+            : handler.SslProtocols != DefaultClient.SslProtocols ? "SslProtocols"
+            : handler.CheckCertificateRevocationList != DefaultClient.CheckCertificateRevocationList ? "CheckCertificateRevocationList"
             : handler.Proxy is not null ? "a proxy"
-            : handler.Credentials is not null ? "credentials"
+            : handler.UseProxy != DefaultClient.UseProxy ? "UseProxy"
+            : handler.DefaultProxyCredentials is not null ? "DefaultProxyCredentials"
+            : handler.Credentials is not null || handler.UseDefaultCredentials ? "credentials"
+            : handler.PreAuthenticate ? "PreAuthenticate"
+            : handler.UseCookies != DefaultClient.UseCookies || handler.CookieContainer.Count > 0 ? "cookies"
+            : handler.AllowAutoRedirect != DefaultClient.AllowAutoRedirect || handler.MaxAutomaticRedirections != DefaultClient.MaxAutomaticRedirections
+                ? "redirects"
+            : handler.AutomaticDecompression != DefaultClient.AutomaticDecompression ? "AutomaticDecompression"
+            : handler.MaxConnectionsPerServer != DefaultClient.MaxConnectionsPerServer ? "MaxConnectionsPerServer"
+            : handler.MaxResponseHeadersLength != DefaultClient.MaxResponseHeadersLength ? "MaxResponseHeadersLength"
             : null;
 }
