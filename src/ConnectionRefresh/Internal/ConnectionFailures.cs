@@ -9,7 +9,7 @@ namespace ConnectionRefresh.Internal;
 /// that retry policies retry them. grpc-dotnet maps any HttpProtocolException in the chain by its HTTP/2
 /// error code (a keepalive timeout becomes <c>Internal</c>), so such an exception is replaced by an
 /// <see cref="HttpIOException"/> without it, whose message keeps the original text. A connect timeout, which
-/// SocketsHttpHandler reports as a cancellation, is made a connection failure too.
+/// SocketsHttpHandler reports as a cancellation, is made a connection failure (<see cref="HttpRequestException"/>) too.
 /// </summary>
 internal static class ConnectionFailures
 {
@@ -29,8 +29,12 @@ internal static class ConnectionFailures
         {
             telemetry.ConnectionFailed(exception);
             slot.Retire(generation, RetirementReason.ConnectionFailure);
-            return new HttpIOException(
-                HttpRequestError.ConnectionError, $"Could not connect to the server within ConnectTimeout: {exception.InnerException!.Message}", exception);
+            // What SocketsHttpHandler throws for other connect failures (plain HttpClient users expect it); the
+            // IOException inside is what makes grpc-dotnet report Unavailable.
+            return new HttpRequestException(
+                HttpRequestError.ConnectionError,
+                "Could not connect to the server within ConnectionRefresh's ConnectTimeout.",
+                new HttpIOException(HttpRequestError.ConnectionError, exception.InnerException!.Message, exception));
         }
 
         if (exception is OperationCanceledException || !IsConnectionLoss(exception, out var protocolError))

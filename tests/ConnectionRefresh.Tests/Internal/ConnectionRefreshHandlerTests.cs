@@ -273,11 +273,12 @@ public sealed class ConnectionRefreshHandlerTests
             : null;
         using var invoker = stubs.CreateInvoker(out _);
 
-        var failure = await Assert.ThrowsAsync<HttpIOException>(invoker.Send);
+        var failure = await Assert.ThrowsAsync<HttpRequestException>(invoker.Send);
         await invoker.SendAndRead();
 
         Assert.Equal(HttpRequestError.ConnectionError, failure.HttpRequestError);
         Assert.Contains("ConnectTimeout", failure.Message, StringComparison.Ordinal);
+        Assert.IsType<HttpIOException>(failure.InnerException); // what grpc-dotnet maps to Unavailable
         Assert.True(stubs.Created[0].IsDisposed);
         Assert.Equal("connection_failure", Assert.Single(collector.GetMeasurementSnapshot()).Tags["reason"]);
     }
