@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Globalization;
 using System.Text;
 using ConnectionRefresh.Benchmarks.Infrastructure;
@@ -93,11 +92,11 @@ internal static class AbCommand
                     // Forward on even cycles, backward on odd ones: within two cycles every strategy sits, on average,
                     // at the same point in time.
                     var s = cycle % 2 == 0 ? k : strategies.Length - 1 - k;
-                    var client = ClientCpu();
+                    var client = ThroughputScenario.ClientCpuTime();
                     var serverCpu = server.CpuTime;
                     var load = await LoadLoop.RunAsync([targets[s]], concurrency, slice, 1_000_000, recordLatency: false).ConfigureAwait(false);
                     slices[s].Add(new Slice(load.Calls, load.Failures, load.Elapsed,
-                        ClientCpu() - client, server.CpuTime - serverCpu));
+                        ThroughputScenario.ClientCpuTime() - client, server.CpuTime - serverCpu));
                 }
             }
 
@@ -132,12 +131,6 @@ internal static class AbCommand
             report.AppendLine(CultureInfo.InvariantCulture,
                 $"| {transport} | {strategies[i].Label()} | {rate:N0} | {ThroughputResult.Median(ratios):P1} | {mean - half:P1} – {mean + half:P1} | {vsDefaults} | {client:N1} | {serverCpu:N1} | {(client + serverCpu) / bareCpu:P1} | {slices[i].Sum(s => s.Failures)} |");
         }
-    }
-
-    private static TimeSpan ClientCpu()
-    {
-        using var process = Process.GetCurrentProcess();
-        return process.TotalProcessorTime;
     }
 
     private static double CpuPerCall(List<Slice> slices, Func<Slice, TimeSpan> cpu)

@@ -86,7 +86,8 @@ internal static class ThroughputScenario
         return [.. transports.SelectMany(t => strategies.Select(s => new ThroughputResult(t.Name, s, rounds[(t.Name, s)])))];
     }
 
-    private static TimeSpan CpuTime()
+    /// <summary>CPU time this (client) process has used so far.</summary>
+    public static TimeSpan ClientCpuTime()
     {
         using var process = System.Diagnostics.Process.GetCurrentProcess();
         return process.TotalProcessorTime;
@@ -102,9 +103,9 @@ internal static class ThroughputScenario
         {
             // Warm-up: connections opened, JIT done, pools filled; not measured.
             await LoadLoop.RunAsync([target], settings.Concurrency, settings.Warmup, settings.MaxCalls, recordLatency: false).ConfigureAwait(false);
-            var cpuBefore = CpuTime();
+            var cpuBefore = ClientCpuTime();
             var load = await LoadLoop.RunAsync([target], settings.Concurrency, settings.Duration, settings.MaxCalls, recordLatency: true).ConfigureAwait(false);
-            var cpu = CpuTime() - cpuBefore;
+            var cpu = ClientCpuTime() - cpuBefore;
             Array.Sort(load.LatencyTicks);
             return new ThroughputRound(0, load.CallsPerSecond, load.Calls, load.Failures,
                 LoadLoop.Percentile(load.LatencyTicks, 50), LoadLoop.Percentile(load.LatencyTicks, 99),
