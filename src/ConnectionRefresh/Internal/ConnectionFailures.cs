@@ -25,28 +25,30 @@ internal static class ConnectionFailures
             return CutByDrainTimeout(exception);
         }
 
+        Exception? replacement;
         if (IsConnectTimeout(exception, callerToken))
         {
-            telemetry.ConnectionFailed(exception);
-            slot.Retire(generation, RetirementReason.ConnectionFailure);
             // What SocketsHttpHandler throws for other connect failures (plain HttpClient users expect it); the
             // IOException inside is what makes grpc-dotnet report Unavailable.
-            return new HttpRequestException(
+            replacement = new HttpRequestException(
                 HttpRequestError.ConnectionError,
                 "Could not connect to the server within ConnectionRefresh's ConnectTimeout.",
                 new HttpIOException(HttpRequestError.ConnectionError, exception.InnerException!.Message, exception));
         }
-
-        if (exception is OperationCanceledException || !IsConnectionLoss(exception, out var protocolError))
+        else if (exception is OperationCanceledException || !IsConnectionLoss(exception, out var protocolError))
         {
             return null;
+        }
+        else
+        {
+            replacement = protocolError is null
+                ? null
+                : new HttpIOException(HttpRequestError.ConnectionError, $"The connection to the server was lost: {protocolError.Message}");
         }
 
         telemetry.ConnectionFailed(exception);
         slot.Retire(generation, RetirementReason.ConnectionFailure);
-        return protocolError is null
-            ? null
-            : new HttpIOException(HttpRequestError.ConnectionError, $"The connection to the server was lost: {protocolError.Message}");
+        return replacement;
     }
 
     /// <summary>
