@@ -1,4 +1,5 @@
 using System.Diagnostics.Metrics;
+using System.Runtime.CompilerServices;
 using ConnectionRefresh;
 using ConnectionRefresh.Internal;
 using Grpc.Net.ClientFactory;
@@ -109,16 +110,25 @@ public static class ConnectionRefreshHttpClientBuilderExtensions
         // AddGrpcClient leaves this marker for every gRPC client (Grpc.Net.ClientFactory checks it the same way).
         var grpc = services.Any(d => d.ServiceType == typeof(IConfigureOptions<GrpcClientFactoryOptions>)
             && d.ImplementationInstance is ConfigureNamedOptions<GrpcClientFactoryOptions> marker && marker.Name == name);
-        services.Configure<HttpClientFactoryOptions>(name, options => options.HttpMessageHandlerBuilderActions.Add(handlerBuilder =>
+        // The primary handler is noted where AddConnectionRefresh stands and replaced only after every Configure of
+        // this client: a handler replaced later fails, and settings made on it in place later (a
+        // ConfigurePrimaryHttpMessageHandler((handler, services) => ...) after us) are seen by the guard.
+        var noted = new ConditionalWeakTable<HttpMessageHandlerBuilder, StrongBox<HttpMessageHandler?>>();
+        services.Configure<HttpClientFactoryOptions>(name, options => options.HttpMessageHandlerBuilderActions.Add(
+            handlerBuilder => noted.AddOrUpdate(handlerBuilder, new(handlerBuilder.PrimaryHandler))));
+        services.PostConfigure<HttpClientFactoryOptions>(name, options => options.HttpMessageHandlerBuilderActions.Add(handlerBuilder =>
         {
-            PrimaryHandlerGuard.ThrowIfConfigured(handlerBuilder.PrimaryHandler, name);
-            handlerBuilder.PrimaryHandler?.Dispose();
+            var primary = handlerBuilder.PrimaryHandler;
+            if (noted.TryGetValue(handlerBuilder, out var before))
+            {
+                noted.Remove(handlerBuilder);
+                PrimaryHandlerGuard.ThrowIfReplaced(before.Value, primary, name);
+            }
+
+            PrimaryHandlerGuard.ThrowIfConfigured(primary, name);
+            primary?.Dispose();
             handlerBuilder.PrimaryHandler = CreateHandler(handlerBuilder.Services, name, grpc);
         }));
-
-        // Runs after every Configure of this client: nothing may replace our handler later on.
-        services.PostConfigure<HttpClientFactoryOptions>(name, options => options.HttpMessageHandlerBuilderActions.Add(
-            handlerBuilder => PrimaryHandlerGuard.ThrowIfReplaced(handlerBuilder.PrimaryHandler, name)));
         return builder;
     }
 

@@ -298,6 +298,24 @@ public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
         Assert.Contains("ConfigureConnectionRefreshHandler", failure.Message, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public void CreateHandler_PrimaryConfiguredInPlaceAfterwards_FailsNamingTheSetting()
+    {
+        var services = new ServiceCollection();
+        GrpcClient(services).AddConnectionRefresh().ConfigurePrimaryHttpMessageHandler((handler, _) =>
+        {
+            if (handler is SocketsHttpHandler sockets)
+            {
+                sockets.UseProxy = false;
+            }
+        });
+        using var provider = services.BuildServiceProvider();
+
+        var failure = Assert.Throws<InvalidOperationException>(() => BuildChain(provider, nameof(TestClient)));
+        Assert.Contains("UseProxy", failure.Message, StringComparison.Ordinal);
+        Assert.Contains("ConfigureConnectionRefreshHandler", failure.Message, StringComparison.Ordinal);
+    }
+
     public static TheoryData<string, Action<SocketsHttpHandler>> PrimaryHandlerSettings() => new()
     {
         { "UseProxy", h => h.UseProxy = false },

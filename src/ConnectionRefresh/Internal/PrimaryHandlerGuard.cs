@@ -28,14 +28,14 @@ internal static class PrimaryHandlerGuard
         }
     }
 
-    /// <summary>Throws when the application replaced our handler after AddConnectionRefresh.</summary>
-    public static void ThrowIfReplaced(HttpMessageHandler? primary, string clientName)
+    /// <summary>Throws when the application replaced the primary handler after AddConnectionRefresh.</summary>
+    public static void ThrowIfReplaced(HttpMessageHandler? before, HttpMessageHandler? primary, string clientName)
     {
-        if (primary is not ConnectionRefreshHandler)
+        if (!ReferenceEquals(before, primary))
         {
             throw new InvalidOperationException(
                 $"HTTP client '{clientName}' replaced its primary handler (with {primary?.GetType().FullName ?? "null"}) after AddConnectionRefresh, " +
-                $"which turns connection refresh off. {Advice}");
+                $"which owns it. {Advice}");
         }
     }
 
