@@ -33,6 +33,8 @@ internal sealed class DemoOptions
         and the same script, at the same time: load from several client replicas; scale-out (pods → 2 × pods)
         at 15 % of the run; a rolling update (surge 1) at 45 %; the busiest pod black-holed (a dead node) at 72 %
         and taken out of the endpoints at 80 %. Then a table, a chart (PNG) and every figure as JSON.
+        Pods stop like a Deployment's: out of the endpoints first, a 1 s preStop sleep while they still serve,
+        then GOAWAY, and running calls get a 10 s termination grace period.
 
         Usage: dotnet run --project examples/ScaleOutDemo -c Release -- [options]
 
