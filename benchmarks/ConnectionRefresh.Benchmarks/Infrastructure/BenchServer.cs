@@ -68,7 +68,7 @@ internal sealed class BenchServer : IAsyncDisposable
             && string.Equals(certificate.GetCertHashString(), thumbprint, StringComparison.OrdinalIgnoreCase);
 
     // RSA 2048, as cert-manager issues by default; valid for 127.0.0.1 and localhost.
-    private static X509Certificate2 CreateCertificate()
+    public static X509Certificate2 CreateCertificate()
     {
         using var key = RSA.Create(2048);
         var request = new CertificateRequest("CN=localhost", key, HashAlgorithmName.SHA256, RSASignaturePadding.Pkcs1);

@@ -1,5 +1,8 @@
 using ConnectionRefresh.Protos;
+using Grpc.Core;
 using Grpc.Net.Client;
+using Grpc.Net.Client.Balancer;
+using Grpc.Net.Client.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 
 namespace ConnectionRefresh.Benchmarks.Infrastructure;
@@ -36,6 +39,12 @@ internal enum Strategy
 
     /// <summary><c>AddConnectionRefresh</c>, four connections, each retired every 1,000 calls.</summary>
     Refresh4Recycle1000,
+
+    /// <summary>
+    /// The reference on a cluster: grpc-dotnet's <c>round_robin</c> over the pod addresses themselves, which is what
+    /// ConnectionRefresh.Kubernetes (an EndpointSlice resolver) gives: per-call balancing. Built by <see cref="GreeterTarget.PodRoundRobin"/>.
+    /// </summary>
+    PodRoundRobin,
 }
 
 internal static class StrategyNames
@@ -52,6 +61,7 @@ internal static class StrategyNames
         Strategy.Refresh16 => "AddConnectionRefresh K=16",
         Strategy.Refresh1Recycle1000 => "AddConnectionRefresh K=1, 1000 calls/conn",
         Strategy.Refresh4Recycle1000 => "AddConnectionRefresh K=4, 1000 calls/conn",
+        Strategy.PodRoundRobin => "per-call round_robin over the pods (reference)",
         _ => strategy.ToString(),
     };
 }
@@ -78,8 +88,24 @@ internal abstract class GreeterTarget : IAsyncDisposable
         Strategy.Refresh16 => Refresh(address, thumbprint, 16, null, configure),
         Strategy.Refresh1Recycle1000 => Refresh(address, thumbprint, 1, 1000, configure),
         Strategy.Refresh4Recycle1000 => Refresh(address, thumbprint, 4, 1000, configure),
-        _ => throw new ArgumentOutOfRangeException(nameof(strategy)),
+        _ => throw new ArgumentOutOfRangeException(nameof(strategy), strategy, "Not a strategy for one address."),
     };
+
+    /// <summary>grpc-dotnet's <c>round_robin</c> over <paramref name="pods"/>: a connection to every pod, each call to the next.</summary>
+    public static ChannelTarget PodRoundRobin(IEnumerable<Uri> pods, string? thumbprint)
+    {
+        var addresses = pods.Select(p => new BalancerAddress(p.Host, p.Port)).ToArray();
+        var services = new ServiceCollection();
+        services.AddSingleton<ResolverFactory>(new StaticResolverFactory(_ => addresses));
+        return new ChannelTarget(GrpcChannel.ForAddress("static:///greeter", new GrpcChannelOptions
+        {
+            Credentials = thumbprint is null ? ChannelCredentials.Insecure : ChannelCredentials.SecureSsl,
+            HttpHandler = thumbprint is null ? null : NewHandler(thumbprint),
+            DisposeHttpClient = true,
+            ServiceConfig = new ServiceConfig { LoadBalancingConfigs = { new RoundRobinConfig() } },
+            ServiceProvider = services.BuildServiceProvider(),
+        }));
+    }
 
     private static ServiceProviderTarget Refresh(
         Uri address, string? thumbprint, int connections, int? maxRequests, Action<ConnectionRefreshOptions>? configure, bool removeLoggers = false) =>

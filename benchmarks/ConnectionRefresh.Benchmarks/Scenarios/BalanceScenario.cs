@@ -1,11 +1,5 @@
 using ConnectionRefresh.Benchmarks.Infrastructure;
-using ConnectionRefresh.Protos;
 using ConnectionRefresh.Testing;
-using Grpc.Core;
-using Grpc.Net.Client;
-using Grpc.Net.Client.Balancer;
-using Grpc.Net.Client.Configuration;
-using Microsoft.Extensions.DependencyInjection;
 
 namespace ConnectionRefresh.Benchmarks.Scenarios;
 
@@ -125,21 +119,8 @@ internal static class BalanceScenario
             BalanceStrategy.GrpcClientDefaults => GreeterTarget.Create(Strategy.GrpcClientDefaults, cluster.Address, null),
             BalanceStrategy.Refresh1 => GreeterTarget.Create(Strategy.Refresh1, cluster.Address, null, Age),
             BalanceStrategy.Refresh4 => GreeterTarget.Create(Strategy.Refresh4, cluster.Address, null, Age),
-            BalanceStrategy.PerCallRoundRobin => new ChannelTarget(RoundRobinChannel(cluster)),
+            BalanceStrategy.PerCallRoundRobin => GreeterTarget.PodRoundRobin(cluster.Pods.Select(p => p.Address), thumbprint: null),
             _ => throw new ArgumentOutOfRangeException(nameof(strategy)),
         };
-    }
-
-    private static GrpcChannel RoundRobinChannel(SimulatedCluster cluster)
-    {
-        var addresses = cluster.Pods.Select(p => new BalancerAddress(p.Address.Host, p.Address.Port)).ToArray();
-        var services = new ServiceCollection();
-        services.AddSingleton<ResolverFactory>(new StaticResolverFactory(_ => addresses));
-        return GrpcChannel.ForAddress("static:///greeter", new GrpcChannelOptions
-        {
-            Credentials = ChannelCredentials.Insecure,
-            ServiceConfig = new ServiceConfig { LoadBalancingConfigs = { new RoundRobinConfig() } },
-            ServiceProvider = services.BuildServiceProvider(),
-        });
     }
 }

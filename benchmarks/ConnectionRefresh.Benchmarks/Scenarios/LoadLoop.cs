@@ -19,8 +19,11 @@ internal static class LoadLoop
     private const int MaxFailures = 1_000;
     private static readonly HelloRequest Request = new() { Name = "bench" };
 
-    public static async Task<LoadResult> RunAsync(IReadOnlyList<GreeterTarget> targets, int workersPerTarget, TimeSpan duration, int maxCalls, bool recordLatency)
+    /// <param name="request">What every call sends; by default a name only (the server answers at once).</param>
+    public static async Task<LoadResult> RunAsync(
+        IReadOnlyList<GreeterTarget> targets, int workersPerTarget, TimeSpan duration, int maxCalls, bool recordLatency, HelloRequest? request = null)
     {
+        request ??= Request;
         var workers = targets.Count * workersPerTarget;
         var perWorker = Math.Max(1, maxCalls / workers);
         using var hardStop = new CancellationTokenSource(duration + TimeSpan.FromSeconds(30));
@@ -30,7 +33,7 @@ internal static class LoadLoop
         for (var i = 0; i < workers; i++)
         {
             var target = targets[i % targets.Count];
-            tasks[i] = Task.Run(() => WorkerAsync(target, end, perWorker, recordLatency, hardStop.Token));
+            tasks[i] = Task.Run(() => WorkerAsync(target, request, end, perWorker, recordLatency, hardStop.Token));
         }
 
         var results = await Task.WhenAll(tasks).ConfigureAwait(false);
@@ -44,7 +47,7 @@ internal static class LoadLoop
             results.Select(r => r.FirstError).FirstOrDefault(e => e is not null));
     }
 
-    private static async Task<WorkerResult> WorkerAsync(GreeterTarget target, long end, int maxCalls, bool recordLatency, CancellationToken cancellationToken)
+    private static async Task<WorkerResult> WorkerAsync(GreeterTarget target, HelloRequest request, long end, int maxCalls, bool recordLatency, CancellationToken cancellationToken)
     {
         var latencies = recordLatency ? new long[maxCalls] : [];
         long calls = 0, failures = 0;
@@ -54,7 +57,7 @@ internal static class LoadLoop
             var before = Stopwatch.GetTimestamp();
             try
             {
-                await target.CallAsync(Request, cancellationToken).ConfigureAwait(false);
+                await target.CallAsync(request, cancellationToken).ConfigureAwait(false);
                 if (recordLatency)
                 {
                     latencies[calls] = Stopwatch.GetTimestamp() - before;

@@ -3,7 +3,7 @@ using Spectre.Console;
 
 namespace ConnectionRefresh.Benchmarks.Scenarios;
 
-/// <summary>The <c>scenarios</c> command: throughput over h2c and TLS, then balance, then the report.</summary>
+/// <summary>The <c>scenarios</c> command: throughput over h2c and TLS, then the same on the simulated cluster, then balance, then the report.</summary>
 internal static class ScenarioCommand
 {
     public static async Task<int> RunAsync(ScenarioSettings settings)
@@ -27,6 +27,13 @@ internal static class ScenarioCommand
             throughput = await ThroughputScenario.RunAsync(settings, server, Progress).ConfigureAwait(false);
         }
 
+        IReadOnlyList<ThroughputResult> cluster = [];
+        if (!settings.SkipCluster)
+        {
+            Progress($"cluster: {settings.BalanceClients} clients × {settings.Concurrency} calls, {settings.BalancePods} pods of {settings.ClusterPodCapacity} calls at once, {settings.ClusterWorkMs} ms per call, MaxConnectionAge {settings.BalanceConnectionAge.TotalSeconds:0.#} s; {settings.ClusterRounds} rounds × {ClusterScenario.Strategies.Length} strategies × 2 transports × {settings.ClusterDuration.TotalSeconds:0.#} s");
+            cluster = await ClusterScenario.RunAsync(settings, Progress).ConfigureAwait(false);
+        }
+
         IReadOnlyList<BalanceRound> balance = [];
         if (!settings.SkipBalance)
         {
@@ -34,11 +41,11 @@ internal static class ScenarioCommand
             balance = await BalanceScenario.RunAsync(settings, Progress).ConfigureAwait(false);
         }
 
-        ScenarioReport.Print(throughput, balance);
-        var json = ScenarioReport.WriteJson(settings.OutputDirectory, settings, machine, started, throughput, balance);
-        Progress($"wrote {json}");
-        Progress($"wrote {ScenarioReport.WriteMarkdown(settings.OutputDirectory, settings, machine, started, throughput, balance)}");
-        foreach (var chart in ScenarioReport.WriteCharts(settings.OutputDirectory, throughput, balance))
+        var results = new ScenarioResults(throughput, cluster, balance);
+        ScenarioReport.Print(results);
+        Progress($"wrote {ScenarioReport.WriteJson(settings.OutputDirectory, settings, machine, started, results)}");
+        Progress($"wrote {ScenarioReport.WriteMarkdown(settings.OutputDirectory, settings, machine, started, results)}");
+        foreach (var chart in ScenarioReport.WriteCharts(settings.OutputDirectory, results))
         {
             Progress($"wrote {chart}");
         }

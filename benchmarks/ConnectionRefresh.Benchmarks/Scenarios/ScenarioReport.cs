@@ -6,7 +6,10 @@ using Spectre.Console;
 
 namespace ConnectionRefresh.Benchmarks.Scenarios;
 
-/// <summary>Writes the scenario results: console tables, <c>scenarios.json</c> and <c>scenarios.png</c>.</summary>
+/// <summary>What one <c>scenarios</c> run measured; a part that was skipped is empty.</summary>
+internal sealed record ScenarioResults(IReadOnlyList<ThroughputResult> Throughput, IReadOnlyList<ThroughputResult> Cluster, IReadOnlyList<BalanceRound> Balance);
+
+/// <summary>Writes the scenario results: console tables, <c>scenarios.json</c>, <c>scenarios.md</c> and PNG charts.</summary>
 internal static class ScenarioReport
 {
     private static readonly JsonSerializerOptions Json = new()
@@ -17,17 +20,17 @@ internal static class ScenarioReport
         NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals,
     };
 
-    public static void Print(IReadOnlyList<ThroughputResult> throughput, IReadOnlyList<BalanceRound> balance)
+    public static void Print(ScenarioResults results)
     {
+        var (throughput, cluster, balance) = results;
         if (throughput.Count > 0)
         {
             var table = new Table().Title("Unary calls/s, closed loop (median of rounds)")
-                .AddColumns("transport", "strategy", "calls/s", "rounds", "vs bare", "paired vs bare", "vs per-call", "p50 µs", "p99 µs", "client CPU µs/call", "failed");
+                .AddColumns("transport", "strategy", "calls/s", "rounds", "vs bare", "paired vs bare", "paired vs per-call", "p50 µs", "p99 µs", "client CPU µs/call", "failed");
             foreach (var r in throughput)
             {
                 var bareResult = throughput.Single(x => x.Transport == r.Transport && x.Strategy == Strategy.BareChannel);
                 var bare = bareResult.CallsPerSecond;
-                var perCall = PerCall(throughput, r.Transport);
                 table.AddRow(
                     r.Transport,
                     Markup.Escape(r.Label),
@@ -35,10 +38,33 @@ internal static class ScenarioReport
                     string.Join(" / ", r.Rounds.Select(x => N(x.CallsPerSecond))),
                     (r.CallsPerSecond / bare).ToString("P0", CultureInfo.InvariantCulture),
                     r.PairedRatio(bareResult).ToString("P0", CultureInfo.InvariantCulture),
-                    X(r.CallsPerSecond / perCall),
+                    X(PairedToPerCall(throughput, r)),
                     N(r.P50Micros),
                     N(r.P99Micros),
                     r.CpuMicrosPerCall.ToString("0.0", CultureInfo.InvariantCulture),
+                    r.Failures.ToString(CultureInfo.InvariantCulture));
+            }
+
+            AnsiConsole.Write(table);
+        }
+
+        if (cluster.Count > 0)
+        {
+            var table = new Table().Title("On the simulated cluster: unary calls/s (median of rounds)")
+                .AddColumns("transport", "strategy", "calls/s", "rounds", "paired vs per-call dial", "paired vs AddGrpcClient", "p50 µs", "p99 µs", "max/mean pod load", "idle pods", "failed");
+            foreach (var r in cluster)
+            {
+                table.AddRow(
+                    r.Transport,
+                    Markup.Escape(r.Label),
+                    N(r.CallsPerSecond),
+                    string.Join(" / ", r.Rounds.Select(x => N(x.CallsPerSecond))),
+                    X(PairedToPerCall(cluster, r)),
+                    X(PairedTo(cluster, r, Strategy.GrpcClientDefaults)),
+                    N(r.P50Micros),
+                    N(r.P99Micros),
+                    r.MaxToMean.ToString("0.00", CultureInfo.InvariantCulture),
+                    r.IdlePods.ToString(CultureInfo.InvariantCulture),
                     r.Failures.ToString(CultureInfo.InvariantCulture));
             }
 
@@ -65,8 +91,9 @@ internal static class ScenarioReport
         }
     }
 
-    public static string WriteJson(string directory, ScenarioSettings settings, MachineInfo machine, DateTimeOffset started, IReadOnlyList<ThroughputResult> throughput, IReadOnlyList<BalanceRound> balance)
+    public static string WriteJson(string directory, ScenarioSettings settings, MachineInfo machine, DateTimeOffset started, ScenarioResults results)
     {
+        var (throughput, cluster, balance) = results;
         var path = Path.Combine(directory, "scenarios.json");
         var document = new
         {
@@ -85,6 +112,10 @@ internal static class ScenarioReport
                 settings.BalanceClients,
                 settings.BalancePods,
                 settings.BalanceWorkersPerClient,
+                settings.ClusterRounds,
+                clusterDurationSeconds = settings.ClusterDuration.TotalSeconds,
+                settings.ClusterWorkMs,
+                settings.ClusterPodCapacity,
                 settings.Seed,
             },
             throughput = throughput.Select(r => new
@@ -97,6 +128,22 @@ internal static class ScenarioReport
                 p99Micros = r.P99Micros,
                 cpuMicrosPerCall = r.CpuMicrosPerCall,
                 pairedRatioToBare = r.PairedRatio(throughput.Single(x => x.Transport == r.Transport && x.Strategy == Strategy.BareChannel)),
+                pairedRatioToPerCallDial = PairedToPerCall(throughput, r),
+                failures = r.Failures,
+                rounds = r.Rounds,
+            }),
+            cluster = cluster.Select(r => new
+            {
+                transport = r.Transport,
+                strategy = r.Strategy,
+                label = r.Label,
+                callsPerSecond = r.CallsPerSecond,
+                p50Micros = r.P50Micros,
+                p99Micros = r.P99Micros,
+                maxToMean = r.MaxToMean,
+                idlePods = r.IdlePods,
+                pairedRatioToPerCallDial = PairedToPerCall(cluster, r),
+                pairedRatioToGrpcClientDefaults = PairedTo(cluster, r, Strategy.GrpcClientDefaults),
                 failures = r.Failures,
                 rounds = r.Rounds,
             }),
@@ -119,26 +166,39 @@ internal static class ScenarioReport
     }
 
     /// <summary>The tables as Markdown (<c>scenarios.md</c>), for the READMEs.</summary>
-    public static string WriteMarkdown(string directory, ScenarioSettings settings, MachineInfo machine, DateTimeOffset started, IReadOnlyList<ThroughputResult> throughput, IReadOnlyList<BalanceRound> balance)
+    public static string WriteMarkdown(string directory, ScenarioSettings settings, MachineInfo machine, DateTimeOffset started, ScenarioResults results)
     {
+        var (throughput, cluster, balance) = results;
         var path = Path.Combine(directory, "scenarios.md");
         var text = new System.Text.StringBuilder();
         text.Append(CultureInfo.InvariantCulture, $"Measured {started:yyyy-MM-dd HH:mm} UTC on {machine}.").AppendLine().AppendLine();
         if (throughput.Count > 0)
         {
             text.Append(CultureInfo.InvariantCulture, $"Throughput: {settings.Concurrency} concurrent unary calls, closed loop, {settings.Rounds} interleaved rounds × {settings.Duration.TotalSeconds:0.#} s per strategy and transport (median of rounds; p50/p99 are medians of the rounds' percentiles; client CPU is this process's CPU time per call, the server runs in another process).").AppendLine().AppendLine();
-            text.AppendLine("| transport | strategy | calls/s | vs bare channel | paired vs bare¹ | vs per-call dial | p50 µs | p99 µs | client CPU µs/call | CPU vs bare | failed |");
+            text.AppendLine("| transport | strategy | calls/s | vs bare channel | paired vs bare¹ | paired vs per-call dial¹ | p50 µs | p99 µs | client CPU µs/call | CPU vs bare | failed |");
             text.AppendLine("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
             foreach (var r in throughput)
             {
                 var bareResult = throughput.Single(x => x.Transport == r.Transport && x.Strategy == Strategy.BareChannel);
                 var bare = bareResult.CallsPerSecond;
-                var perCall = PerCall(throughput, r.Transport);
                 var bareCpu = bareResult.CpuMicrosPerCall;
-                text.Append(CultureInfo.InvariantCulture, $"| {r.Transport} | {r.Label} | {N(r.CallsPerSecond)} | {r.CallsPerSecond / bare:P0} | {r.PairedRatio(bareResult):P0} | {X(r.CallsPerSecond / perCall)} | {N(r.P50Micros)} | {N(r.P99Micros)} | {r.CpuMicrosPerCall:0.0} | {r.CpuMicrosPerCall / bareCpu:P0} | {r.Failures} |").AppendLine();
+                text.Append(CultureInfo.InvariantCulture, $"| {r.Transport} | {r.Label} | {N(r.CallsPerSecond)} | {r.CallsPerSecond / bare:P0} | {r.PairedRatio(bareResult):P0} | {X(PairedToPerCall(throughput, r))} | {N(r.P50Micros)} | {N(r.P99Micros)} | {r.CpuMicrosPerCall:0.0} | {r.CpuMicrosPerCall / bareCpu:P0} | {r.Failures} |").AppendLine();
             }
 
-            text.AppendLine().AppendLine("¹ median over rounds of (calls/s ÷ the bare channel's calls/s in the same round).").AppendLine();
+            text.AppendLine().AppendLine("¹ median over rounds of (calls/s ÷ the other strategy's calls/s in the same round).").AppendLine();
+        }
+
+        if (cluster.Count > 0)
+        {
+            text.Append(CultureInfo.InvariantCulture, $"On the simulated cluster: {settings.BalanceClients} client replicas × {settings.Concurrency} concurrent unary calls, {settings.BalancePods} pods behind a per-connection random ClusterIP, each pod running at most {settings.ClusterPodCapacity} calls at once with {settings.ClusterWorkMs} ms of work per call (more wait in its queue), MaxConnectionAge {settings.BalanceConnectionAge.TotalSeconds:0.#} s; {settings.ClusterRounds} interleaved rounds × {settings.ClusterDuration.TotalSeconds:0.#} s, a fresh cluster per run (median of rounds).").AppendLine().AppendLine();
+            text.AppendLine("| transport | strategy | calls/s | paired vs per-call dial¹ | paired vs AddGrpcClient¹ | p50 µs | p99 µs | max/mean pod load | idle pods | failed |");
+            text.AppendLine("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+            foreach (var r in cluster)
+            {
+                text.Append(CultureInfo.InvariantCulture, $"| {r.Transport} | {r.Label} | {N(r.CallsPerSecond)} | {X(PairedToPerCall(cluster, r))} | {X(PairedTo(cluster, r, Strategy.GrpcClientDefaults))} | {N(r.P50Micros)} | {N(r.P99Micros)} | {r.MaxToMean:0.00} | {r.IdlePods} | {r.Failures} |").AppendLine();
+            }
+
+            text.AppendLine().AppendLine("¹ median over rounds of (calls/s ÷ the other strategy's calls/s in the same round).").AppendLine();
         }
 
         if (balance.Count > 0)
@@ -157,13 +217,21 @@ internal static class ScenarioReport
     }
 
     /// <summary>Two small PNGs: calls/s per strategy (h2c and TLS), and the worst max/mean pod load per strategy.</summary>
-    public static IReadOnlyList<string> WriteCharts(string directory, IReadOnlyList<ThroughputResult> throughput, IReadOnlyList<BalanceRound> balance)
+    public static IReadOnlyList<string> WriteCharts(string directory, ScenarioResults results)
     {
+        var (throughput, cluster, balance) = results;
         var written = new List<string>();
         if (throughput.Count > 0)
         {
             var path = Path.Combine(directory, "scenarios-throughput.png");
-            ThroughputPlot(throughput).SavePng(path, 720, 400);
+            ThroughputPlot(throughput, "Unary calls/s (higher is better)").SavePng(path, 720, 400);
+            written.Add(path);
+        }
+
+        if (cluster.Count > 0)
+        {
+            var path = Path.Combine(directory, "scenarios-cluster.png");
+            ThroughputPlot(cluster, "Unary calls/s on the simulated cluster (higher is better)").SavePng(path, 720, 400);
             written.Add(path);
         }
 
@@ -177,7 +245,7 @@ internal static class ScenarioReport
         return written;
     }
 
-    private static ScottPlot.Plot ThroughputPlot(IReadOnlyList<ThroughputResult> throughput)
+    private static ScottPlot.Plot ThroughputPlot(IReadOnlyList<ThroughputResult> throughput, string title)
     {
         var plot = new ScottPlot.Plot();
         var strategies = throughput.Select(r => r.Strategy).Distinct().ToArray();
@@ -212,7 +280,7 @@ internal static class ScenarioReport
         }
 
         plot.Legend.Alignment = ScottPlot.Alignment.UpperLeft;
-        plot.Title("Unary calls/s (higher is better)");
+        plot.Title(title);
         plot.YLabel("calls/s");
         return plot;
     }
@@ -245,8 +313,14 @@ internal static class ScenarioReport
         return plot;
     }
 
-    private static double PerCall(IReadOnlyList<ThroughputResult> throughput, string transport) =>
-        throughput.SingleOrDefault(x => x.Transport == transport && x.Strategy == Strategy.NewConnectionPerCall)?.CallsPerSecond ?? double.NaN;
+    private static double PairedToPerCall(IReadOnlyList<ThroughputResult> results, ThroughputResult result) =>
+        PairedTo(results, result, Strategy.NewConnectionPerCall);
+
+    /// <summary><paramref name="result"/>'s calls/s against <paramref name="other"/>'s on the same transport, paired by round; NaN if it did not run.</summary>
+    private static double PairedTo(IReadOnlyList<ThroughputResult> results, ThroughputResult result, Strategy other) =>
+        results.SingleOrDefault(x => x.Transport == result.Transport && x.Strategy == other) is { } baseline
+            ? result.PairedRatio(baseline)
+            : double.NaN;
 
     private static string ShortLabel(Strategy strategy) => strategy switch
     {
@@ -255,6 +329,7 @@ internal static class ScenarioReport
         Strategy.GrpcClientDefaults => "AddGrpcClient",
         Strategy.Refresh1 => "refresh K=1",
         Strategy.Refresh4 => "refresh K=4",
+        Strategy.PodRoundRobin => "round_robin (ref.)",
         _ => strategy.Label(),
     };
 

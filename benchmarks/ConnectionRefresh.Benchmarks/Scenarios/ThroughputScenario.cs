@@ -3,8 +3,17 @@ using ConnectionRefresh.Benchmarks.Infrastructure;
 namespace ConnectionRefresh.Benchmarks.Scenarios;
 
 /// <param name="CpuMicrosPerCall">CPU time of this (client) process per call: what a call costs the caller, much less
-/// disturbed by other work on the machine than calls/s.</param>
-internal sealed record ThroughputRound(int Round, double CallsPerSecond, long Calls, long Failures, double P50Micros, double P99Micros, double CpuMicrosPerCall, string? FirstError);
+/// disturbed by other work on the machine than calls/s. NaN on the simulated cluster, whose pods run in this process.</param>
+/// <param name="Pods">On the simulated cluster: how the calls spread over the pods.</param>
+internal sealed record ThroughputRound(int Round, double CallsPerSecond, long Calls, long Failures, double P50Micros, double P99Micros, double CpuMicrosPerCall, string? FirstError, PodLoad? Pods = null);
+
+/// <summary>Calls each pod served in a run, and what that means: busiest pod against the mean, pods that got none.</summary>
+internal sealed record PodLoad(IReadOnlyList<long> CallsPerPod)
+{
+    public double MaxToMean => CallsPerPod.Count == 0 || CallsPerPod.Sum() == 0 ? double.NaN : CallsPerPod.Max() / CallsPerPod.Average();
+
+    public int IdlePods => CallsPerPod.Count(c => c == 0);
+}
 
 internal sealed record ThroughputResult(string Transport, Strategy Strategy, IReadOnlyList<ThroughputRound> Rounds)
 {
@@ -18,6 +27,12 @@ internal sealed record ThroughputResult(string Transport, Strategy Strategy, IRe
     public double P99Micros => Median(Rounds.Select(r => r.P99Micros));
 
     public double CpuMicrosPerCall => Median(Rounds.Select(r => r.CpuMicrosPerCall));
+
+    /// <summary>On the simulated cluster: median over rounds of the busiest pod's load against the mean.</summary>
+    public double MaxToMean => Median(Rounds.Select(r => r.Pods?.MaxToMean ?? double.NaN));
+
+    /// <summary>On the simulated cluster: the most pods that got no call in one round.</summary>
+    public int IdlePods => Rounds.Max(r => r.Pods?.IdlePods ?? 0);
 
     public long Failures => Rounds.Sum(r => r.Failures);
 
