@@ -1,8 +1,5 @@
 using ConnectionRefresh.Protos;
-using Grpc.Core;
 using Grpc.Net.Client;
-using Grpc.Net.Client.Balancer;
-using Grpc.Net.Client.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 
 namespace ConnectionRefresh.Benchmarks.Infrastructure;
@@ -41,10 +38,10 @@ internal enum Strategy
     Refresh4Recycle1000,
 
     /// <summary>
-    /// The reference on a cluster: grpc-dotnet's <c>round_robin</c> over the pod addresses themselves, which is what
-    /// ConnectionRefresh.Kubernetes (an EndpointSlice resolver) gives: per-call balancing. Built by <see cref="GreeterTarget.PodRoundRobin"/>.
+    /// The per-call reference on a simulated cluster: <c>AddKubernetesResolver()</c> + <c>round_robin</c> over the pods
+    /// that a <c>SimulatedKubernetesApi</c> publishes. Built by <see cref="ClusterClients"/>.
     /// </summary>
-    PodRoundRobin,
+    KubernetesResolver,
 }
 
 internal static class StrategyNames
@@ -61,7 +58,7 @@ internal static class StrategyNames
         Strategy.Refresh16 => "AddConnectionRefresh K=16",
         Strategy.Refresh1Recycle1000 => "AddConnectionRefresh K=1, 1000 calls/conn",
         Strategy.Refresh4Recycle1000 => "AddConnectionRefresh K=4, 1000 calls/conn",
-        Strategy.PodRoundRobin => "per-call round_robin over the pods (reference)",
+        Strategy.KubernetesResolver => "AddKubernetesResolver + round_robin (per call)",
         _ => strategy.ToString(),
     };
 }
@@ -80,8 +77,8 @@ internal abstract class GreeterTarget : IAsyncDisposable
     {
         Strategy.NewConnectionPerCall => new PerCallTarget(address, thumbprint),
         Strategy.BareChannel => new ChannelTarget(BareChannel(address, thumbprint)),
-        Strategy.GrpcClientDefaults => new ServiceProviderTarget(address, thumbprint, refresh: null),
-        Strategy.GrpcClientNoLoggers => new ServiceProviderTarget(address, thumbprint, refresh: null, removeLoggers: true),
+        Strategy.GrpcClientDefaults => ServiceProviderTarget.ForAddress(address, thumbprint, refresh: null),
+        Strategy.GrpcClientNoLoggers => ServiceProviderTarget.ForAddress(address, thumbprint, refresh: null, removeLoggers: true),
         Strategy.Refresh1NoLoggers => Refresh(address, thumbprint, 1, null, configure, removeLoggers: true),
         Strategy.Refresh1 => Refresh(address, thumbprint, 1, null, configure),
         Strategy.Refresh4 => Refresh(address, thumbprint, 4, null, configure),
@@ -91,25 +88,9 @@ internal abstract class GreeterTarget : IAsyncDisposable
         _ => throw new ArgumentOutOfRangeException(nameof(strategy), strategy, "Not a strategy for one address."),
     };
 
-    /// <summary>grpc-dotnet's <c>round_robin</c> over <paramref name="pods"/>: a connection to every pod, each call to the next.</summary>
-    public static ChannelTarget PodRoundRobin(IEnumerable<Uri> pods, string? thumbprint)
-    {
-        var addresses = pods.Select(p => new BalancerAddress(p.Host, p.Port)).ToArray();
-        var services = new ServiceCollection();
-        services.AddSingleton<ResolverFactory>(new StaticResolverFactory(_ => addresses));
-        return new ChannelTarget(GrpcChannel.ForAddress("static:///greeter", new GrpcChannelOptions
-        {
-            Credentials = thumbprint is null ? ChannelCredentials.Insecure : ChannelCredentials.SecureSsl,
-            HttpHandler = thumbprint is null ? null : NewHandler(thumbprint),
-            DisposeHttpClient = true,
-            ServiceConfig = new ServiceConfig { LoadBalancingConfigs = { new RoundRobinConfig() } },
-            ServiceProvider = services.BuildServiceProvider(),
-        }));
-    }
-
     private static ServiceProviderTarget Refresh(
         Uri address, string? thumbprint, int connections, int? maxRequests, Action<ConnectionRefreshOptions>? configure, bool removeLoggers = false) =>
-        new(address, thumbprint, options =>
+        ServiceProviderTarget.ForAddress(address, thumbprint, options =>
         {
             options.ConnectionsPerEndpoint = connections;
             options.MaxRequestsPerConnection = maxRequests;
@@ -159,12 +140,11 @@ internal sealed class ChannelTarget(GrpcChannel channel) : GreeterTarget
 /// A client from <c>AddGrpcClient</c>, resolved once and held (the common singleton use), with or without
 /// <c>AddConnectionRefresh</c>. The service provider stands for one client replica (one pod of the caller).
 /// </summary>
-internal sealed class ServiceProviderTarget : GreeterTarget
+internal sealed class ServiceProviderTarget(ServiceProvider services) : GreeterTarget
 {
-    private readonly ServiceProvider _services;
-    private readonly Greeter.GreeterClient _client;
+    private readonly Greeter.GreeterClient _client = services.GetRequiredService<Greeter.GreeterClient>();
 
-    public ServiceProviderTarget(Uri address, string? thumbprint, Action<ConnectionRefreshOptions>? refresh, bool removeLoggers = false)
+    public static ServiceProviderTarget ForAddress(Uri address, string? thumbprint, Action<ConnectionRefreshOptions>? refresh, bool removeLoggers = false)
     {
         var services = new ServiceCollection();
         var builder = services.AddGrpcClient<Greeter.GreeterClient>(o => o.Address = address);
@@ -188,14 +168,13 @@ internal sealed class ServiceProviderTarget : GreeterTarget
                 .ConfigureConnectionRefreshHandler((handler, _) => AcceptCertificate(handler, thumbprint));
         }
 
-        _services = services.BuildServiceProvider();
-        _client = _services.GetRequiredService<Greeter.GreeterClient>();
+        return new ServiceProviderTarget(services.BuildServiceProvider());
     }
 
     public override Task<HelloReply> CallAsync(HelloRequest request, CancellationToken cancellationToken = default)
         => _client.SayHelloAsync(request, cancellationToken: cancellationToken).ResponseAsync;
 
-    public override ValueTask DisposeAsync() => _services.DisposeAsync();
+    public override ValueTask DisposeAsync() => services.DisposeAsync();
 }
 
 /// <summary>The status quo: dial, call, hang up. Every call pays TCP (+ TLS) and HTTP/2 set-up.</summary>

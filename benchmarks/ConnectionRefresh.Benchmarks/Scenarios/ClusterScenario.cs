@@ -12,7 +12,8 @@ namespace ConnectionRefresh.Benchmarks.Scenarios;
 /// with a CPU limit: each runs at most <see cref="ScenarioSettings.ClusterPodCapacity"/> calls at once, each call
 /// takes <see cref="ScenarioSettings.ClusterWorkMs"/> of work (a wait, so the machine's own CPU stays free for the
 /// clients), further calls queue. So a strategy's calls/s depends on how many pods its connections reach, not only
-/// on what a call costs. Interleaved like the throughput scenario; a fresh cluster per run.
+/// on what a call costs. The per-call reference is the Kubernetes resolver over a simulated API server. Interleaved
+/// like the throughput scenario; a fresh cluster per run.
 /// </summary>
 /// <remarks>
 /// The ClusterIP and the pods run in this process, so client CPU is not measured here; the throughput scenario
@@ -26,7 +27,7 @@ internal static class ClusterScenario
         Strategy.GrpcClientDefaults,
         Strategy.Refresh1,
         Strategy.Refresh4,
-        Strategy.PodRoundRobin,
+        Strategy.KubernetesResolver,
     ];
 
     public static async Task<IReadOnlyList<ThroughputResult>> RunAsync(ScenarioSettings settings, Action<string> progress)
@@ -73,40 +74,19 @@ internal static class ClusterScenario
         var cluster = await SimulatedCluster.StartAsync(options).ConfigureAwait(false);
         await using (cluster.ConfigureAwait(false))
         {
-            var thumbprint = tls?.Thumbprint;
-            var clients = Enumerable.Range(0, settings.BalanceClients)
-                .Select(_ => CreateClient(strategy, cluster, thumbprint, settings.BalanceConnectionAge))
-                .ToArray();
-            try
+            var clients = await ClusterClients.CreateAsync(strategy, cluster, settings.BalanceClients, tls?.Thumbprint, settings.BalanceConnectionAge).ConfigureAwait(false);
+            await using (clients.ConfigureAwait(false))
             {
                 var request = new HelloRequest { Name = "bench", DelayMs = settings.ClusterWorkMs };
-                await LoadLoop.RunAsync(clients, settings.Concurrency, settings.Warmup, settings.MaxCalls, recordLatency: false, request).ConfigureAwait(false);
+                await LoadLoop.RunAsync(clients.Replicas, settings.Concurrency, settings.Warmup, settings.MaxCalls, recordLatency: false, request).ConfigureAwait(false);
                 var before = cluster.Pods.Select(p => p.CallsServed).ToArray();
-                var load = await LoadLoop.RunAsync(clients, settings.Concurrency, settings.ClusterDuration, settings.MaxCalls, recordLatency: true, request).ConfigureAwait(false);
+                var load = await LoadLoop.RunAsync(clients.Replicas, settings.Concurrency, settings.ClusterDuration, settings.MaxCalls, recordLatency: true, request).ConfigureAwait(false);
                 var pods = new PodLoad([.. cluster.Pods.Select((p, i) => p.CallsServed - before[i])]);
                 Array.Sort(load.LatencyTicks);
                 return new ThroughputRound(0, load.CallsPerSecond, load.Calls, load.Failures,
                     LoadLoop.Percentile(load.LatencyTicks, 50), LoadLoop.Percentile(load.LatencyTicks, 99),
                     CpuMicrosPerCall: double.NaN, load.FirstError, pods);
             }
-            finally
-            {
-                foreach (var client in clients)
-                {
-                    await client.DisposeAsync().ConfigureAwait(false);
-                }
-            }
         }
-    }
-
-    private static GreeterTarget CreateClient(Strategy strategy, SimulatedCluster cluster, string? thumbprint, TimeSpan connectionAge)
-    {
-        if (strategy == Strategy.PodRoundRobin)
-        {
-            return GreeterTarget.PodRoundRobin(cluster.Pods.Select(p => p.Address), thumbprint);
-        }
-
-        var address = thumbprint is null ? cluster.Address : new UriBuilder(cluster.Address) { Scheme = Uri.UriSchemeHttps }.Uri;
-        return GreeterTarget.Create(strategy, address, thumbprint, options => options.MaxConnectionAge = connectionAge);
     }
 }

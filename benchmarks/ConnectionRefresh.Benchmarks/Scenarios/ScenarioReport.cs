@@ -306,7 +306,7 @@ internal static class ScenarioReport
         target.Color = ScottPlot.Colors.Gray;
         plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual(
             [.. strategies.Select((_, i) => (double)i)],
-            [.. strategies.Select(s => s.Label().Replace("AddConnectionRefresh ", "refresh ", StringComparison.Ordinal).Replace(" (reference)", "", StringComparison.Ordinal))]);
+            [.. strategies.Select(ShortLabel)]);
         plot.Axes.Bottom.TickLabelStyle.FontSize = 10;
         plot.Axes.Margins(bottom: 0, top: 0.15);
         plot.Title("Max/mean pod load (worst round), 2 clients × 6 pods; dashed: 1.5");
@@ -329,7 +329,7 @@ internal static class ScenarioReport
         Strategy.GrpcClientDefaults => "AddGrpcClient",
         Strategy.Refresh1 => "refresh K=1",
         Strategy.Refresh4 => "refresh K=4",
-        Strategy.PodRoundRobin => "round_robin (ref.)",
+        Strategy.KubernetesResolver => "k8s resolver",
         _ => strategy.Label(),
     };
 
