@@ -125,7 +125,10 @@ public static class ServerConnectionAgeKestrelExtensions
             ?? new ServerConnectionAgeMetrics(services?.GetService<IMeterFactory>());
         var logger = (services?.GetService<ILoggerFactory>() ?? NullLoggerFactory.Instance).CreateLogger(LoggerCategory);
 
-        listenOptions.Use(next => new ServerConnectionAgeMiddleware(next, settings, time, metrics, logger).OnConnectionAsync);
+        // The factory runs when Kestrel binds the endpoint, after all of its configuration: Protocols is final then
+        // (endpoint defaults, and so this call, run before the endpoint's own callback sets it).
+        listenOptions.Use(next => new ServerConnectionAgeMiddleware(
+            next, settings with { EndpointProtocols = listenOptions.Protocols }, time, metrics, logger).OnConnectionAsync);
         return listenOptions;
     }
 
