@@ -17,10 +17,6 @@ internal static partial class ServerConnectionAgeLog
         Message = "Connection {ConnectionId} still had {ActiveCalls} running call(s) when the grace period {Grace} ended; aborting it.")]
     public static partial void GraceExpired(ILogger logger, string connectionId, int activeCalls, TimeSpan grace);
 
-    [LoggerMessage(EventId = 6, EventName = "GraceExpiredCallsNotCounted", Level = LogLevel.Warning,
-        Message = "Connection {ConnectionId} was still open when the grace period {Grace} ended; aborting it (its running calls are not counted without services.AddServerConnectionAge(...)).")]
-    public static partial void GraceExpiredCallsNotCounted(ILogger logger, string connectionId, TimeSpan grace);
-
     [LoggerMessage(EventId = 4, EventName = "NoLifetimeNotification", Level = LogLevel.Warning,
         Message = "Connection {ConnectionId} has no IConnectionLifetimeNotificationFeature; its age is not limited.")]
     public static partial void NoLifetimeNotification(ILogger logger, string connectionId);
@@ -28,4 +24,8 @@ internal static partial class ServerConnectionAgeLog
     [LoggerMessage(EventId = 5, EventName = "ClosingCallbackFailed", Level = LogLevel.Error,
         Message = "A callback registered on the closing token of connection {ConnectionId} threw.")]
     public static partial void ClosingCallbackFailed(ILogger logger, string connectionId, Exception exception);
+
+    [LoggerMessage(EventId = 6, EventName = "GraceExpiredCallsNotCounted", Level = LogLevel.Warning,
+        Message = "Connection {ConnectionId} was still open when the grace period {Grace} ended; aborting it (its running calls are not counted without services.AddServerConnectionAge(...)).")]
+    public static partial void GraceExpiredCallsNotCounted(ILogger logger, string connectionId, TimeSpan grace);
 }
