@@ -1,11 +1,8 @@
-using System.Diagnostics.Metrics;
 using ConnectionRefresh.Server;
 using ConnectionRefresh.Server.Internal;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Logging;
-using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Microsoft.AspNetCore.Hosting;
 
@@ -18,11 +15,12 @@ namespace Microsoft.AspNetCore.Hosting;
 /// with a message that names the key, the value and the allowed range.
 /// <see cref="ServerConnectionAgeOptions.MaxConnectionIdle"/> also needs
 /// <c>services.AddServerConnectionAge(...)</c>, which counts the calls of each connection.
+/// An endpoint has at most one connection age: a later call for the same endpoint (for example the endpoint's own
+/// <c>listen.UseServerConnectionAge(...)</c> after endpoint defaults that already applied it) replaces the options of
+/// the earlier one.
 /// </remarks>
 public static class ServerConnectionAgeKestrelExtensions
 {
-    private const string LoggerCategory = "ConnectionRefresh.Server";
-
     /// <summary>
     /// Limits the age of the endpoint's connections with the options registered by
     /// <c>services.AddServerConnectionAge(...)</c>, or, when there are none, with the
@@ -116,16 +114,8 @@ public static class ServerConnectionAgeKestrelExtensions
     private static ListenOptions UseServerConnectionAge(this ListenOptions listenOptions, ServerConnectionAgeOptions options)
     {
         // ApplicationServices is null only for ListenOptions outside a host (hand-made in tests).
-        var services = (IServiceProvider?)listenOptions.ApplicationServices;
-        ThrowIfIdleWithoutCallCounting(services, options);
-
-        var settings = ConnectionAgeSettings.From(options, callsCounted: services?.GetService<ServerConnectionAgeRegistration>() is not null);
-        var time = services?.GetService<TimeProvider>() ?? TimeProvider.System;
-        var metrics = services?.GetService<ServerConnectionAgeMetrics>()
-            ?? new ServerConnectionAgeMetrics(services?.GetService<IMeterFactory>());
-        var logger = (services?.GetService<ILoggerFactory>() ?? NullLoggerFactory.Instance).CreateLogger(LoggerCategory);
-
-        listenOptions.Use(next => new ServerConnectionAgeMiddleware(next, settings, time, metrics, logger).OnConnectionAsync);
+        ThrowIfIdleWithoutCallCounting((IServiceProvider?)listenOptions.ApplicationServices, options);
+        EndpointConnectionAge.Apply(listenOptions, options);
         return listenOptions;
     }
 

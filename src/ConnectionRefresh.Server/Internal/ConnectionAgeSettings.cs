@@ -1,3 +1,5 @@
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+
 namespace ConnectionRefresh.Server.Internal;
 
 /// <summary>The validated settings one middleware applies to each of its connections. Immutable.</summary>
@@ -9,14 +11,20 @@ namespace ConnectionRefresh.Server.Internal;
 /// Whether the calls of each connection are counted (<c>services.AddServerConnectionAge(...)</c> ran); then a
 /// connection that reaches its age before its first call is closed when that call starts, not before.
 /// </param>
-internal sealed record ConnectionAgeSettings(TimeSpan MaxAge, double Jitter, TimeSpan Grace, TimeSpan MaxIdle, bool CallsCounted)
+/// <param name="EndpointProtocols">
+/// The protocols of the endpoint (<c>ListenOptions.Protocols</c>); with TLS, ALPN decides per connection. Only
+/// HTTP/2 connections linger after a graceful close (see <see cref="LingeringTransport"/>).
+/// </param>
+internal sealed record ConnectionAgeSettings(
+    TimeSpan MaxAge, double Jitter, TimeSpan Grace, TimeSpan MaxIdle, bool CallsCounted, HttpProtocols EndpointProtocols = HttpProtocols.Http2)
 {
-    public static ConnectionAgeSettings From(ServerConnectionAgeOptions options, bool callsCounted) => new(
+    public static ConnectionAgeSettings From(ServerConnectionAgeOptions options, bool callsCounted, HttpProtocols endpointProtocols = HttpProtocols.Http2) => new(
         options.MaxConnectionAge,
         options.MaxConnectionAgeJitter,
         options.MaxConnectionAgeGrace,
         options.MaxConnectionIdle,
-        callsCounted);
+        callsCounted,
+        endpointProtocols);
 
     /// <summary>
     /// The age of one connection: <see cref="MaxAge"/> × (1 + j × u), u uniform in [−1, 1), as gRFC A9.

@@ -271,7 +271,16 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
             reason = _reason;
         }
 
-        ServerConnectionAgeLog.GraceExpired(_logger, _connection.ConnectionId, activeCalls, _settings.Grace);
+        if (_settings.CallsCounted)
+        {
+            ServerConnectionAgeLog.GraceExpired(_logger, _connection.ConnectionId, activeCalls, _settings.Grace);
+        }
+        else
+        {
+            // Nothing counts the calls: a count of 0 would be a false statement about a connection still in use.
+            ServerConnectionAgeLog.GraceExpiredCallsNotCounted(_logger, _connection.ConnectionId, _settings.Grace);
+        }
+
         _metrics.Aborted(reason);
         _connection.Abort(new ConnectionAbortedException(
             $"The connection was aborted because calls still ran when its grace period ({_settings.Grace}) ended."));

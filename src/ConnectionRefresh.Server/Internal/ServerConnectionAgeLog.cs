@@ -24,4 +24,8 @@ internal static partial class ServerConnectionAgeLog
     [LoggerMessage(EventId = 5, EventName = "ClosingCallbackFailed", Level = LogLevel.Error,
         Message = "A callback registered on the closing token of connection {ConnectionId} threw.")]
     public static partial void ClosingCallbackFailed(ILogger logger, string connectionId, Exception exception);
+
+    [LoggerMessage(EventId = 6, EventName = "GraceExpiredCallsNotCounted", Level = LogLevel.Warning,
+        Message = "Connection {ConnectionId} was still open when the grace period {Grace} ended; aborting it (its running calls are not counted without services.AddServerConnectionAge(...)).")]
+    public static partial void GraceExpiredCallsNotCounted(ILogger logger, string connectionId, TimeSpan grace);
 }

@@ -7,7 +7,8 @@ namespace ConnectionRefresh.Server.Internal;
 /// <summary>
 /// Kestrel connection middleware: gives every connection a <see cref="ConnectionAgeTracker"/>, reachable by the
 /// connection's requests as <see cref="IConnectionClosingFeature"/>, and stops it when the connection ends. After a
-/// graceful close it started, the socket lingers until the client has closed its side (see <see cref="LingeringTransport"/>).
+/// graceful close it started on an HTTP/2 connection, the socket lingers until the client has closed its side (see
+/// <see cref="LingeringTransport"/>).
 /// </summary>
 /// <remarks>
 /// Thread safety: shared by all connections of an endpoint; it holds only immutable settings and thread-safe
@@ -67,8 +68,11 @@ internal sealed class ServerConnectionAgeMiddleware
             connection.Transport = transport.Inner;
 
             // The linger's deadline is set before the connection counts as ended, so that whoever sees it ended
-            // (metrics, tests) sees the deadline already running.
-            var closing = transport.CloseAsync(tracker.ClosedGracefully, ServerConnectionAgeDefaults.MaxGoAwayLinger, _time);
+            // (metrics, tests) sees the deadline already running. Only after an HTTP/2 GOAWAY: HTTP/1.1 has nothing
+            // for the client to read first, and a socket held open there is reused by clients for a request that
+            // is never answered.
+            var linger = tracker.ClosedGracefully && ConnectionProtocol.IsHttp2(connection.Features, _settings.EndpointProtocols);
+            var closing = transport.CloseAsync(linger, ServerConnectionAgeDefaults.MaxGoAwayLinger, _time);
             tracker.Ended();
             await closing.ConfigureAwait(false);
         }

@@ -78,7 +78,7 @@ public sealed class ServerConnectionAgeMiddlewareTests
     [Fact]
     public void OnConnectionAsync_GraceEndsWithCallsRunning_AbortsConnectionAtTheGrace()
     {
-        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10), grace: TimeSpan.FromSeconds(5)));
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10), grace: TimeSpan.FromSeconds(5)), callsCounted: true);
         var connection = harness.Open();
         MiddlewareHarness.Counter(connection).CallStarted();
 
@@ -94,12 +94,30 @@ public sealed class ServerConnectionAgeMiddlewareTests
         Assert.NotNull(connection.AbortReason);
         var abort = Assert.Single(harness.Aborts.GetMeasurementSnapshot());
         Assert.Equal("max_age", abort.Tags[ServerConnectionAgeMetrics.ReasonTag]);
-        Assert.Contains(harness.Logger.Collector.GetSnapshot(), r => r.Id.Id == 3 && r.Level == LogLevel.Warning);
+        Assert.Contains(harness.Logger.Collector.GetSnapshot(), r => r.Id.Id == 3 && r.Level == LogLevel.Warning && r.Message.Contains("still had 1 running call", StringComparison.Ordinal));
 
         // Only once, however long the connection takes to go away.
         harness.Advance(TimeSpan.FromMinutes(10));
         Assert.Equal(1, connection.Aborts);
         Assert.Equal(1, connection.CloseRequests);
+    }
+
+    [Fact]
+    public void OnConnectionAsync_GraceEndsWithoutCallCounting_WarningClaimsNoCallCount()
+    {
+        // Without services.AddServerConnectionAge(...) no call is counted: the warning must not say "0 running calls"
+        // about a connection that is still open because calls run on it.
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10), grace: TimeSpan.FromSeconds(5)), callsCounted: false);
+        var connection = harness.Open();
+
+        harness.Advance(TimeSpan.FromSeconds(10));
+        harness.Advance(TimeSpan.FromSeconds(5));
+
+        Assert.Equal(1, connection.Aborts);
+        var warning = Assert.Single(harness.Logger.Collector.GetSnapshot(), r => r.Level == LogLevel.Warning);
+        Assert.Equal(6, warning.Id.Id);
+        Assert.DoesNotContain("0 running call", warning.Message, StringComparison.Ordinal);
+        Assert.Contains("not counted", warning.Message, StringComparison.Ordinal);
     }
 
     [Fact]

@@ -54,7 +54,22 @@ internal sealed class GreeterTestHost : IAsyncDisposable
     /// <see langword="true"/>: <c>services.AddServerConnectionAge(configure)</c> and <c>listen.UseServerConnectionAge()</c>;
     /// <see langword="false"/>: only <c>listen.UseServerConnectionAge(configure)</c> (no call counting).
     /// </param>
-    public static async Task<GreeterTestHost> StartAsync(Action<ServerConnectionAgeOptions> configure, TimeProvider? time = null, bool registerServices = true)
+    /// <param name="protocols">
+    /// The endpoint's protocols. Without TLS, Kestrel speaks HTTP/1.1 only on an endpoint that allows HTTP/1.x (it
+    /// has no h2c upgrade), so <see cref="HttpProtocols.Http1AndHttp2"/> makes an HTTP/1.1 endpoint; <c>GET /ping</c>
+    /// answers <c>pong</c> for plain HTTP clients.
+    /// </param>
+    /// <param name="kestrelDefaults">Runs on Kestrel's options before the endpoint is added (for endpoint defaults).</param>
+    /// <param name="useConnectionAge">
+    /// Replaces the endpoint's <c>UseServerConnectionAge</c> call chosen by <paramref name="registerServices"/>.
+    /// </param>
+    public static async Task<GreeterTestHost> StartAsync(
+        Action<ServerConnectionAgeOptions> configure,
+        TimeProvider? time = null,
+        bool registerServices = true,
+        HttpProtocols protocols = HttpProtocols.Http2,
+        Action<KestrelServerOptions>? kestrelDefaults = null,
+        Action<ListenOptions>? useConnectionAge = null)
     {
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
@@ -71,26 +86,35 @@ internal sealed class GreeterTestHost : IAsyncDisposable
             builder.Services.AddServerConnectionAge(configure);
         }
         GreeterTestHost? host = null;
-        builder.WebHost.ConfigureKestrel(kestrel => kestrel.Listen(IPAddress.Loopback, 0, listen =>
+        builder.WebHost.ConfigureKestrel(kestrel =>
         {
-            listen.Protocols = HttpProtocols.Http2;
-            listen.Use(next => connection =>
+            kestrelDefaults?.Invoke(kestrel);
+            kestrel.Listen(IPAddress.Loopback, 0, listen =>
             {
-                Interlocked.Increment(ref host!._connectionsAccepted);
-                return next(connection);
+                listen.Protocols = protocols;
+                listen.Use(next => connection =>
+                {
+                    Interlocked.Increment(ref host!._connectionsAccepted);
+                    return next(connection);
+                });
+                if (useConnectionAge is not null)
+                {
+                    useConnectionAge(listen);
+                }
+                else if (registerServices)
+                {
+                    listen.UseServerConnectionAge();
+                }
+                else
+                {
+                    listen.UseServerConnectionAge(configure);
+                }
             });
-            if (registerServices)
-            {
-                listen.UseServerConnectionAge();
-            }
-            else
-            {
-                listen.UseServerConnectionAge(configure);
-            }
-        }));
+        });
 
         var app = builder.Build();
         app.MapGrpcService<TestGreeterService>();
+        app.MapGet("/ping", () => "pong");
         host = new GreeterTestHost(app, probe);
         var meterFactory = app.Services.GetRequiredService<IMeterFactory>();
         host.Closes = new MetricCollector<long>(meterFactory, ServerConnectionAgeMetrics.MeterName, ServerConnectionAgeMetrics.ClosesName);
