@@ -35,9 +35,10 @@ public sealed class KubernetesResolverOptions
     public string ServiceAccountPath { get; set; } = KubernetesResolverDefaults.ServiceAccountPath;
 
     /// <summary>
-    /// Also use endpoints that are terminating but still serving (condition <c>serving: true</c>,
-    /// <c>terminating: true</c>), so calls can continue to reach pods that shut down gracefully when no
-    /// ready pod is left. Default <see langword="false"/>: only <c>ready</c> endpoints are used.
+    /// When no endpoint of the Service is ready, use the endpoints that are terminating but still serving
+    /// (conditions <c>serving: true</c>, <c>terminating: true</c>), so calls can continue to reach pods that shut down
+    /// gracefully when no ready pod is left; as long as any endpoint is ready, only ready ones are used (kube-proxy's rule).
+    /// Default <see langword="false"/>: only <c>ready</c> endpoints are used.
     /// </summary>
     public bool IncludeTerminatingEndpoints { get; set; }
 
