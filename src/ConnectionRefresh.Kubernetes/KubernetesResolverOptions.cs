@@ -20,8 +20,10 @@ public sealed class KubernetesResolverOptions
     public Uri? ApiServer { get; set; }
 
     /// <summary>
-    /// A kubeconfig file to use instead of the in-cluster configuration (local development).
-    /// Default <see langword="null"/> (in-cluster when running in a pod, otherwise the default kubeconfig).
+    /// A kubeconfig file to use instead of the in-cluster configuration (local development); its current context gives the
+    /// server, CA, user (<c>token</c>, <c>tokenFile</c> re-read on every request, client certificate or an <c>exec</c>
+    /// credential plugin) and namespace. Checked at start-up: the file must exist and its current context must name a
+    /// cluster with a server. Default <see langword="null"/> (in-cluster when running in a pod, otherwise the default kubeconfig).
     /// Cannot be combined with <see cref="ApiServer"/>.
     /// </summary>
     public string? KubeconfigPath { get; set; }

@@ -126,7 +126,7 @@ internal sealed class KubernetesResolver : Resolver
                         // Nothing known yet: fail calls fast instead of leaving them waiting. Once endpoints are
                         // known they stay in use; an unreachable API server says nothing about the pods.
                         _listener!(ResolverResult.ForFailure(new Status(StatusCode.Unavailable,
-                            $"The Kubernetes API server could not be reached to resolve service '{_target.Service}' in namespace '{_namespace}'.", ex)));
+                            $"The Kubernetes API server could not be reached to resolve service '{_target.Service}' in namespace '{_namespace}': {ex.Message}", ex)));
                     }
 
                     await Task.Delay(delay, _time, cancellationToken).ConfigureAwait(false);
