@@ -323,20 +323,66 @@ public sealed class KubernetesResolverConfigurationTests
     }
 
     [Fact]
-    public async Task Kubeconfig_TokenFileUser_SendsTheFilesToken()
+    public async Task Kubeconfig_TokenFileUser_SendsTheFilesTokenAndRereadsItWhenItChanges()
     {
-        await using var api = await SimulatedKubernetesApi.StartAsync("file-token");
+        await using var api = await SimulatedKubernetesApi.StartAsync("file-token-1");
         api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.9"], 8080));
         using var dir = new TempDirectory();
-        var tokenFile = dir.Write("token", "file-token\n");
-        var kubeconfig = dir.Write("config", KubeconfigWithUser(api.Url, caPem: null, user: $"tokenFile: {tokenFile}", ns: null));
+        dir.Write("token", "file-token-1\n");
+
+        // tokenFile relative to the kubeconfig's directory, as kubectl reads it.
+        var kubeconfig = dir.Write("config", KubeconfigWithUser(api.Url, caPem: null, user: "tokenFile: token", ns: null));
         var options = new KubernetesResolverOptions { KubeconfigPath = kubeconfig, ServiceAccountPath = dir.Combine("no-service-account") };
-
         using var harness = new FactoryResolverHarness(Fast(options), new Dictionary<string, string>());
-
-        await Poll.UntilAsync(() => harness.LastAddresses is not null, "resolved with the token file's token");
+        await Poll.UntilAsync(() => harness.LastAddresses is not null && api.ActiveWatches == 1, "resolved and watching with the token file's token");
         Assert.Equal(["10.0.0.9:8080"], harness.LastAddresses!);
-        Assert.All(api.SeenTokens, token => Assert.Equal("file-token", token));
+
+        dir.Write("token", "file-token-2\n");
+        api.SetAcceptedTokens("file-token-2");
+        api.CloseWatches();
+        api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.9", "10.0.0.10"], 8080));
+
+        await Poll.UntilAsync(() => harness.LastAddresses?.Count == 2, "resolved the change with the file's new token");
+        Assert.Equal("file-token-1", api.SeenTokens.First());
+        Assert.Equal("file-token-2", api.SeenTokens.Last());
+        Assert.DoesNotContain(api.SeenTokens, token => token is "" or "token-file");
+    }
+
+    [Fact]
+    public async Task Kubeconfig_ExecCredentialPlugin_SendsThePluginsTokenAndRunsItAgainWhenItExpires()
+    {
+        await using var api = await SimulatedKubernetesApi.StartAsync("exec-token-1");
+        api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.11"], 8080));
+        using var dir = new TempDirectory();
+        var source = dir.Write("source", "exec-token-1");
+
+        // A client-go credential plugin: prints an ExecCredential whose token has already expired, so the client runs it
+        // again for every request (the token it prints is read from a file the test changes).
+        var plugin = dir.Write("plugin.sh", $$$"""
+            printf '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"%s","expirationTimestamp":"2000-01-01T00:00:00Z"}}' "$(cat '{{{source}}}')"
+            """);
+        var user = $"""
+            exec:
+                  apiVersion: client.authentication.k8s.io/v1
+                  command: /bin/sh
+                  args: ["{plugin}"]
+                  interactiveMode: Never
+            """;
+        var kubeconfig = dir.Write("config", KubeconfigWithUser(api.Url, caPem: null, user, ns: null));
+        var options = new KubernetesResolverOptions { KubeconfigPath = kubeconfig, ServiceAccountPath = dir.Combine("no-service-account") };
+        using var harness = new FactoryResolverHarness(Fast(options), new Dictionary<string, string>());
+        await Poll.UntilAsync(() => harness.LastAddresses is not null && api.ActiveWatches == 1, "resolved and watching with the plugin's token");
+        Assert.Equal(["10.0.0.11:8080"], harness.LastAddresses!);
+
+        File.WriteAllText(source, "exec-token-2");
+        api.SetAcceptedTokens("exec-token-2");
+        api.CloseWatches();
+        api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.11", "10.0.0.12"], 8080));
+
+        await Poll.UntilAsync(() => harness.LastAddresses?.Count == 2, "resolved the change with the plugin's new token");
+        Assert.Equal("exec-token-1", api.SeenTokens.First());
+        Assert.Equal("exec-token-2", api.SeenTokens.Last());
+        Assert.DoesNotContain(api.SeenTokens, token => token.Length == 0);
     }
 
     private static KubernetesResolverOptions Options(ServiceAccountDirectory account) =>
