@@ -385,6 +385,40 @@ public sealed class KubernetesResolverConfigurationTests
         Assert.DoesNotContain(api.SeenTokens, token => token.Length == 0);
     }
 
+    [Fact]
+    public async Task Kubeconfig_ExecCredentialPluginFailsAtFirst_RetriedWithBackoffUntilItSucceeds()
+    {
+        await using var api = await SimulatedKubernetesApi.StartAsync("exec-token");
+        api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.13"], 8080));
+        using var dir = new TempDirectory();
+        var loggedIn = dir.Combine("logged-in");
+
+        // A plugin that fails until the developer has logged in (the cloud CLI's session expired, its network was down).
+        var plugin = dir.Write("plugin.sh", $$$"""
+            [ -f '{{{loggedIn}}}' ] || { echo 'not logged in' >&2; exit 1; }
+            printf '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"exec-token"}}'
+            """);
+        var user = $"""
+            exec:
+                  apiVersion: client.authentication.k8s.io/v1
+                  command: /bin/sh
+                  args: ["{plugin}"]
+                  interactiveMode: Never
+            """;
+        var kubeconfig = dir.Write("config", KubeconfigWithUser(api.Url, caPem: null, user, ns: null));
+        var options = new KubernetesResolverOptions { KubeconfigPath = kubeconfig, ServiceAccountPath = dir.Combine("no-service-account") };
+
+        // Creating the resolver does not run the plugin; its failure is a request failure, reported and retried.
+        using var harness = new FactoryResolverHarness(Fast(options), new Dictionary<string, string>());
+        await Poll.UntilAsync(() => harness.Results.Count(r => r.Status.StatusCode == StatusCode.Unavailable) >= 2, "the plugin's failure reported and retried");
+        Assert.NotNull(InnermostOfType<k8s.Exceptions.KubeConfigException>(harness.Last!.Status.DebugException));
+
+        dir.Write("logged-in", "");
+        await Poll.UntilAsync(() => harness.LastAddresses is not null, "resolved once the plugin succeeds");
+        Assert.Equal(["10.0.0.13:8080"], harness.LastAddresses!);
+        Assert.All(api.SeenTokens, token => Assert.Equal("exec-token", token));
+    }
+
     private static KubernetesResolverOptions Options(ServiceAccountDirectory account) =>
         Fast(new KubernetesResolverOptions { ServiceAccountPath = account.Path });
 
