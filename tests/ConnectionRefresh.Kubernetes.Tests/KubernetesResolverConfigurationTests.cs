@@ -198,6 +198,26 @@ public sealed class KubernetesResolverConfigurationTests
     }
 
     [Fact]
+    public async Task InCluster_CaCertificateNotPem_ReportedNamingTheFileAndRetriedUntilFixed()
+    {
+        using var ca = new TestCertificates();
+        using var serverCertificate = ca.IssueServerCertificate();
+        await using var api = await SimulatedKubernetesApi.StartHttpsAsync(serverCertificate, "token-1");
+        api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080));
+        using var account = new ServiceAccountDirectory("token-1");
+        account.WriteCa("not a certificate");
+
+        using var harness = new FactoryResolverHarness(Options(account), InCluster(api));
+
+        await Poll.UntilAsync(() => harness.Results.Count(r => r.Status.StatusCode == StatusCode.Unavailable) >= 2, "the bad ca.crt reported and retried");
+        Assert.Contains($"'{Path.Combine(account.Path, "ca.crt")}' holds no PEM certificate", harness.Last!.Status.Detail, StringComparison.Ordinal);
+        Assert.Empty(api.SeenTokens);
+
+        account.WriteCa(ca.CaPem);
+        await Poll.UntilAsync(() => harness.LastAddresses is not null, "resolved once ca.crt is fixed");
+    }
+
+    [Fact]
     public void CreateResolver_NoApiServerThenAKubeconfigAppears_NextCreateSucceeds()
     {
         using var dir = new TempDirectory();

@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using k8s;
 using k8s.KubeConfigModels;
@@ -155,7 +156,21 @@ internal static class KubernetesClientConfigurationFactory
             if (File.Exists(caPath))
             {
                 var caCerts = new X509Certificate2Collection();
-                caCerts.ImportFromPemFile(caPath);
+                try
+                {
+                    caCerts.ImportFromPemFile(caPath);
+                }
+                catch (CryptographicException ex)
+                {
+                    throw new InvalidDataException($"The service account's CA certificate '{caPath}' is not a PEM certificate: {ex.Message}", ex);
+                }
+
+                if (caCerts.Count == 0)
+                {
+                    // An empty set of roots would reject every server certificate, with a less helpful TLS error.
+                    throw new InvalidDataException($"The service account's CA certificate '{caPath}' holds no PEM certificate.");
+                }
+
                 configuration.SslCaCerts = caCerts;
             }
             else if (inCluster)
