@@ -165,6 +165,16 @@ internal sealed class KubernetesResolver : Resolver
 
         _lastListAt = _time.GetUtcNow();
         var snapshot = await _client.ListAsync(_namespace, _target.Service, cancellationToken).ConfigureAwait(false);
+        if (_published is null)
+        {
+            // grpc-dotnet calls Refresh() right after Start(), possibly while this first LIST runs: nothing was published
+            // before it, so no balancer can have asked for anything this LIST does not answer.
+            lock (_lock)
+            {
+                _refreshRequested = false;
+            }
+        }
+
         _store.ReplaceAll(snapshot.Slices);
         Publish();
 
