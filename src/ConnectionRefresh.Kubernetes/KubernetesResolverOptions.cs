@@ -31,8 +31,10 @@ public sealed class KubernetesResolverOptions
     /// <summary>
     /// The directory of the pod's service account: <c>token</c> (re-read on every request to the API
     /// server, so a rotated token is picked up), <c>ca.crt</c> and <c>namespace</c> (the namespace of
-    /// <c>kubernetes:///service:port</c> targets). Default <c>/var/run/secrets/kubernetes.io/serviceaccount</c>.
-    /// Must not be empty.
+    /// <c>kubernetes:///service:port</c> targets). In a pod (no <see cref="ApiServer"/>) the token and <c>ca.crt</c> are
+    /// required: while one is missing or unreadable, requests fail and are retried with the backoff (calls fail
+    /// <c>Unavailable</c> until endpoints are known). With <see cref="ApiServer"/> both are used when present.
+    /// Default <c>/var/run/secrets/kubernetes.io/serviceaccount</c>. Must not be empty.
     /// </summary>
     public string ServiceAccountPath { get; set; } = KubernetesResolverDefaults.ServiceAccountPath;
 
