@@ -20,8 +20,10 @@ public sealed class KubernetesResolverOptions
     public Uri? ApiServer { get; set; }
 
     /// <summary>
-    /// A kubeconfig file to use instead of the in-cluster configuration (local development).
-    /// Default <see langword="null"/> (in-cluster when running in a pod, otherwise the default kubeconfig).
+    /// A kubeconfig file to use instead of the in-cluster configuration (local development); its current context gives the
+    /// server, CA, user (<c>token</c>, <c>tokenFile</c> re-read on every request, client certificate or an <c>exec</c>
+    /// credential plugin) and namespace. Checked at start-up: the file must exist and its current context must name a
+    /// cluster with a server. Default <see langword="null"/> (in-cluster when running in a pod, otherwise the default kubeconfig).
     /// Cannot be combined with <see cref="ApiServer"/>.
     /// </summary>
     public string? KubeconfigPath { get; set; }
@@ -29,15 +31,18 @@ public sealed class KubernetesResolverOptions
     /// <summary>
     /// The directory of the pod's service account: <c>token</c> (re-read on every request to the API
     /// server, so a rotated token is picked up), <c>ca.crt</c> and <c>namespace</c> (the namespace of
-    /// <c>kubernetes:///service:port</c> targets). Default <c>/var/run/secrets/kubernetes.io/serviceaccount</c>.
-    /// Must not be empty.
+    /// <c>kubernetes:///service:port</c> targets). In a pod (no <see cref="ApiServer"/>) the token and <c>ca.crt</c> are
+    /// required: while one is missing or unreadable, requests fail and are retried with the backoff (calls fail
+    /// <c>Unavailable</c> until endpoints are known). With <see cref="ApiServer"/> both are used when present.
+    /// Default <c>/var/run/secrets/kubernetes.io/serviceaccount</c>. Must not be empty.
     /// </summary>
     public string ServiceAccountPath { get; set; } = KubernetesResolverDefaults.ServiceAccountPath;
 
     /// <summary>
-    /// Also use endpoints that are terminating but still serving (condition <c>serving: true</c>,
-    /// <c>terminating: true</c>), so calls can continue to reach pods that shut down gracefully when no
-    /// ready pod is left. Default <see langword="false"/>: only <c>ready</c> endpoints are used.
+    /// When no endpoint of the Service is ready, use the endpoints that are terminating but still serving
+    /// (conditions <c>serving: true</c>, <c>terminating: true</c>), so calls can continue to reach pods that shut down
+    /// gracefully when no ready pod is left; as long as any endpoint is ready, only ready ones are used (kube-proxy's rule).
+    /// Default <see langword="false"/>: only <c>ready</c> endpoints are used.
     /// </summary>
     public bool IncludeTerminatingEndpoints { get; set; }
 

@@ -280,6 +280,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
             changed = pod.State is SimulatedPodState.Pending or SimulatedPodState.Running;
             if (changed)
             {
+                // The readiness probe keeps passing while the pod still listens (KEP-1672: ready=false, serving=true,
+                // terminating=true), unless the pod had already been made not ready.
+                pod.ServingWhileTerminating = pod.State == SimulatedPodState.Running && pod.IsReady;
                 pod.State = SimulatedPodState.Terminating;
                 pod.IsReady = false;
                 AddEvent(ClusterEventKind.PodStopping, pod, _options.PreStopDelay > TimeSpan.Zero
@@ -694,6 +697,19 @@ public sealed class SimulatedCluster : IAsyncDisposable
         }
 
         await Task.Yield();
+        bool servingChanged;
+        lock (_gate)
+        {
+            // SIGTERM: the server stops listening, so from now on the readiness probe fails (serving=false).
+            servingChanged = pod.ServingWhileTerminating;
+            pod.ServingWhileTerminating = false;
+        }
+
+        if (servingChanged)
+        {
+            EndpointsChanged?.Invoke();
+        }
+
         var app = pod.App!;
         using (var grace = CancellationTokenSource.CreateLinkedTokenSource(pod.KillSwitch.Token))
         {

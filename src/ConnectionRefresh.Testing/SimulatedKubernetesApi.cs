@@ -267,9 +267,12 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
     /// <see cref="SimulatedCluster.BlackHole"/>, kills and exits affect clients that connect to pods directly as they
     /// affect ClusterIP clients (<see cref="SimulatedPod.Address"/> would bypass them). As the ports differ, each pod gets
     /// its own slice (<c>{service}-{pod name}</c>) with one endpoint and one port named <paramref name="portName"/>; a
-    /// client resolves the named port per slice, as it must with real EndpointSlices. Conditions follow the simulator: <c>ready</c> and <c>serving</c> while the pod
-    /// is ready (a black-holed pod stays ready, as it does until its node is declared dead), <c>terminating</c> while it
-    /// stops gracefully; the slice is deleted when the pod exits or is killed. The current pods are published before
+    /// client resolves the named port per slice, as it must with real EndpointSlices. Conditions follow the simulator as the
+    /// EndpointSlice controller writes them (KEP-1672): <c>ready</c> and <c>serving</c> while the pod is ready (a black-holed pod
+    /// stays ready, as it does until its node is declared dead), neither after <see cref="SimulatedCluster.SetReadyAsync"/> turned
+    /// it off; while it stops gracefully <c>terminating: true</c> and <c>ready: false</c>, with <c>serving: true</c> as long as it
+    /// still listens (during <see cref="SimulatedClusterOptions.PreStopDelay"/>, unless it had been made not ready before) and
+    /// <c>serving: false</c> once its server stopped listening; the slice is deleted when the pod exits or is killed. The current pods are published before
     /// this method returns; later changes within a few milliseconds of the cluster's change.
     /// </summary>
     /// <param name="cluster">A cluster in <see cref="KubeProxyMode.Userspace"/> mode (in iptables mode the pods cannot be reached from the test process).</param>
@@ -542,14 +545,19 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
 
                     var name = $"{service}-{pod.Name}";
                     wanted.Add(name);
-                    var terminating = pod.State == SimulatedPodState.Terminating;
-                    var state = $"{endPoint.Port}/{pod.IsReady}/{terminating}";
+                    var conditions = new V1EndpointConditions
+                    {
+                        Ready = pod.IsReady,
+                        Serving = pod.IsServing,
+                        Terminating = pod.State == SimulatedPodState.Terminating,
+                    };
+                    var state = $"{endPoint.Port}/{conditions.Ready}/{conditions.Serving}/{conditions.Terminating}";
                     if (_published.TryGetValue(name, out var published) && published == state)
                     {
                         continue;
                     }
 
-                    api.Apply(ns, CreateSlice(name, pod, endPoint.Port, terminating));
+                    api.Apply(ns, CreateSlice(name, pod, endPoint.Port, conditions));
                     _published[name] = state;
                 }
 
@@ -561,7 +569,7 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
             }
         }
 
-        private V1EndpointSlice CreateSlice(string name, SimulatedPod pod, int port, bool terminating) => new()
+        private V1EndpointSlice CreateSlice(string name, SimulatedPod pod, int port, V1EndpointConditions conditions) => new()
         {
             ApiVersion = "discovery.k8s.io/v1",
             Kind = "EndpointSlice",
@@ -581,7 +589,7 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
                 new V1Endpoint
                 {
                     Addresses = ["127.0.0.1"],
-                    Conditions = new V1EndpointConditions { Ready = pod.IsReady, Serving = pod.IsReady, Terminating = terminating },
+                    Conditions = conditions,
                     TargetRef = new V1ObjectReference { Kind = "Pod", Name = pod.Name, NamespaceProperty = ns },
                 },
             ],

@@ -43,6 +43,21 @@ public sealed class SimulatedPod
     /// <summary>Whether the ClusterIP sends new connections to this pod.</summary>
     public bool IsReady { get; internal set; }
 
+    /// <summary>
+    /// Whether the pod would pass its readiness probe, published as the EndpointSlice condition <c>serving</c>: while it runs,
+    /// the same as <see cref="IsReady"/>; while it stops gracefully, true until its server stops listening (after
+    /// <see cref="SimulatedClusterOptions.PreStopDelay"/>) unless it had been made not ready before. Set under the cluster's lock.
+    /// </summary>
+    internal bool IsServing => State switch
+    {
+        SimulatedPodState.Running => IsReady,
+        SimulatedPodState.Terminating => ServingWhileTerminating,
+        _ => false,
+    };
+
+    /// <summary>See <see cref="IsServing"/>: set when a graceful stop starts, cleared when the server stops listening; under the cluster's lock.</summary>
+    internal bool ServingWhileTerminating { get; set; }
+
     /// <summary>Whether the pod was black-holed (see <see cref="SimulatedCluster.BlackHole"/>).</summary>
     public bool IsBlackHoled { get; internal set; }
 

@@ -65,7 +65,7 @@ public sealed class KubernetesResolverApiServerTests
         var configuration = new KubernetesClientConfiguration
         {
             Host = api.Url.ToString(),
-            TokenProvider = new ServiceAccountTokenProvider(Path.Combine(account.Path, "token")),
+            TokenProvider = new ServiceAccountTokenProvider(Path.Combine(account.Path, "token"), required: true),
         };
         using var kubernetes = new k8s.Kubernetes(configuration);
         using var harness = new ResolverHarness(new KubernetesEndpointSliceClient(kubernetes), options: FastRetry);

@@ -7,7 +7,9 @@ using ConnectionRefresh.Testing;
 using Grpc.Core;
 using Grpc.Net.Client.Configuration;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace ConnectionRefresh.Kubernetes.Tests;
 
@@ -151,6 +153,109 @@ public sealed class KubernetesResolverConfigurationTests
     }
 
     [Fact]
+    public async Task InCluster_TokenFileNotMountedYet_RetriedWithBackoffAndUsedOnceItAppears()
+    {
+        using var ca = new TestCertificates();
+        using var serverCertificate = ca.IssueServerCertificate();
+        await using var api = await SimulatedKubernetesApi.StartHttpsAsync(serverCertificate, "token-1");
+        api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080));
+        using var account = new ServiceAccountDirectory("unused");
+        account.WriteCa(ca.CaPem);
+        account.DeleteToken();
+
+        using var harness = new FactoryResolverHarness(Options(account), InCluster(api));
+
+        // Reported (calls fail fast) and retried: no request goes out without the token.
+        await Poll.UntilAsync(() => harness.Results.Count(r => r.Status.StatusCode == StatusCode.Unavailable) >= 2, "the missing token reported and retried");
+        Assert.NotNull(InnermostOfType<FileNotFoundException>(harness.Last!.Status.DebugException));
+        Assert.Contains(Path.Combine(account.Path, "token"), harness.Last!.Status.Detail, StringComparison.Ordinal);
+
+        account.WriteToken("token-1");
+        await Poll.UntilAsync(() => harness.LastAddresses is not null, "resolved once the token is mounted");
+        Assert.Equal(["10.0.0.1:8080"], harness.LastAddresses!);
+        Assert.All(api.SeenTokens, token => Assert.Equal("token-1", token));
+    }
+
+    [Fact]
+    public async Task InCluster_CaCertificateNotMountedYet_RetriedAndTheServerVerifiedOnceItAppears()
+    {
+        using var ca = new TestCertificates();
+        using var serverCertificate = ca.IssueServerCertificate();
+        await using var api = await SimulatedKubernetesApi.StartHttpsAsync(serverCertificate, "token-1");
+        api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080));
+        using var account = new ServiceAccountDirectory("token-1");
+
+        using var harness = new FactoryResolverHarness(Options(account), InCluster(api));
+
+        // Without ca.crt the client must not fall back to the system's roots for good: it waits for the file.
+        await Poll.UntilAsync(() => harness.Results.Count(r => r.Status.StatusCode == StatusCode.Unavailable) >= 2, "the missing ca.crt reported and retried");
+        Assert.NotNull(InnermostOfType<FileNotFoundException>(harness.Last!.Status.DebugException));
+        Assert.Contains("ca.crt", harness.Last!.Status.Detail, StringComparison.Ordinal);
+
+        account.WriteCa(ca.CaPem);
+        await Poll.UntilAsync(() => harness.LastAddresses is not null, "resolved over verified https once ca.crt is mounted");
+        Assert.Equal(["10.0.0.1:8080"], harness.LastAddresses!);
+    }
+
+    [Fact]
+    public async Task InCluster_CaCertificateNotPem_ReportedNamingTheFileAndRetriedUntilFixed()
+    {
+        using var ca = new TestCertificates();
+        using var serverCertificate = ca.IssueServerCertificate();
+        await using var api = await SimulatedKubernetesApi.StartHttpsAsync(serverCertificate, "token-1");
+        api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080));
+        using var account = new ServiceAccountDirectory("token-1");
+        account.WriteCa("not a certificate");
+
+        using var harness = new FactoryResolverHarness(Options(account), InCluster(api));
+
+        await Poll.UntilAsync(() => harness.Results.Count(r => r.Status.StatusCode == StatusCode.Unavailable) >= 2, "the bad ca.crt reported and retried");
+        Assert.Contains($"'{Path.Combine(account.Path, "ca.crt")}' holds no PEM certificate", harness.Last!.Status.Detail, StringComparison.Ordinal);
+        Assert.Empty(api.SeenTokens);
+
+        account.WriteCa(ca.CaPem);
+        await Poll.UntilAsync(() => harness.LastAddresses is not null, "resolved once ca.crt is fixed");
+    }
+
+    [Fact]
+    public void CreateResolver_NoApiServerThenAKubeconfigAppears_NextCreateSucceeds()
+    {
+        using var dir = new TempDirectory();
+        var options = Fast(new KubernetesResolverOptions { ServiceAccountPath = dir.Combine("no-service-account") });
+        using var meters = new FallbackMeterFactory();
+        using var factory = new KubernetesResolverFactory(Microsoft.Extensions.Options.Options.Create(options), new KubernetesResolverMetrics(meters),
+            environment: Env(new() { ["HOME"] = dir.Path }));
+
+        var first = Assert.Throws<InvalidOperationException>(() => factory.CreateResolver(new Uri("kubernetes:///greeter:8080"), NullLoggerFactory.Instance));
+        Assert.Contains("KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT are not set", first.Message, StringComparison.Ordinal);
+
+        // The mistake is fixed (a developer ran `kubectl config`): the next channel works, the failure was not remembered.
+        Directory.CreateDirectory(dir.Combine(".kube"));
+        File.WriteAllText(Path.Combine(dir.Path, ".kube", "config"), Kubeconfig(new Uri("http://127.0.0.1:1"), caPem: null, "t", ns: "dev"));
+        using var resolver = factory.CreateResolver(new Uri("kubernetes:///greeter:8080"), NullLoggerFactory.Instance);
+        Assert.Equal("dev", resolver.Namespace);
+    }
+
+    [Theory]
+    [InlineData("missing", "the file does not exist")]
+    [InlineData("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n", "the kubeconfig has no current-context")]
+    [InlineData("apiVersion: v1\nkind: Config\ncurrent-context: gone\nclusters: []\ncontexts: []\nusers: []\n", "the current-context 'gone' is not among its contexts")]
+    [InlineData("current-context: [unclosed", "not a valid kubeconfig")]
+    public async Task Options_KubeconfigPathUnusable_FailsAtHostStartNamingTheSettingAndValue(string content, string expected)
+    {
+        using var dir = new TempDirectory();
+        var path = content == "missing" ? dir.Combine("missing") : dir.Write("config", content);
+        var builder = Microsoft.Extensions.Hosting.Host.CreateApplicationBuilder();
+        builder.Configuration.AddInMemoryCollection(new Dictionary<string, string?> { ["ConnectionRefresh:Kubernetes:KubeconfigPath"] = path });
+        builder.Services.AddKubernetesResolver();
+        using var host = builder.Build();
+
+        var ex = await Assert.ThrowsAsync<Microsoft.Extensions.Options.OptionsValidationException>(() => host.StartAsync());
+
+        Assert.True(ex.Message.Contains($"ConnectionRefresh:Kubernetes:KubeconfigPath = '{path}': {expected}", StringComparison.Ordinal), ex.Message);
+    }
+
+    [Fact]
     public void InClusterApiServer_Ipv6ServiceHost_BracketedHttpsUri()
     {
         var uri = KubernetesClientConfigurationFactory.InClusterApiServer(Env(new()
@@ -237,6 +342,103 @@ public sealed class KubernetesResolverConfigurationTests
         Assert.Contains(Path.Combine(dir.Path, ".kube", "config"), ex.Message, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task Kubeconfig_TokenFileUser_SendsTheFilesTokenAndRereadsItWhenItChanges()
+    {
+        await using var api = await SimulatedKubernetesApi.StartAsync("file-token-1");
+        api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.9"], 8080));
+        using var dir = new TempDirectory();
+        dir.Write("token", "file-token-1\n");
+
+        // tokenFile relative to the kubeconfig's directory, as kubectl reads it.
+        var kubeconfig = dir.Write("config", KubeconfigWithUser(api.Url, caPem: null, user: "tokenFile: token", ns: null));
+        var options = new KubernetesResolverOptions { KubeconfigPath = kubeconfig, ServiceAccountPath = dir.Combine("no-service-account") };
+        using var harness = new FactoryResolverHarness(Fast(options), new Dictionary<string, string>());
+        await Poll.UntilAsync(() => harness.LastAddresses is not null && api.ActiveWatches == 1, "resolved and watching with the token file's token");
+        Assert.Equal(["10.0.0.9:8080"], harness.LastAddresses!);
+
+        dir.Write("token", "file-token-2\n");
+        api.SetAcceptedTokens("file-token-2");
+        api.CloseWatches();
+        api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.9", "10.0.0.10"], 8080));
+
+        await Poll.UntilAsync(() => harness.LastAddresses?.Count == 2, "resolved the change with the file's new token");
+        Assert.Equal("file-token-1", api.SeenTokens.First());
+        Assert.Equal("file-token-2", api.SeenTokens.Last());
+        Assert.DoesNotContain(api.SeenTokens, token => token is "" or "token-file");
+    }
+
+    [Fact]
+    public async Task Kubeconfig_ExecCredentialPlugin_SendsThePluginsTokenAndRunsItAgainWhenItExpires()
+    {
+        await using var api = await SimulatedKubernetesApi.StartAsync("exec-token-1");
+        api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.11"], 8080));
+        using var dir = new TempDirectory();
+        var source = dir.Write("source", "exec-token-1");
+
+        // A client-go credential plugin: prints an ExecCredential whose token has already expired, so the client runs it
+        // again for every request (the token it prints is read from a file the test changes).
+        var plugin = dir.Write("plugin.sh", $$$"""
+            printf '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"%s","expirationTimestamp":"2000-01-01T00:00:00Z"}}' "$(cat '{{{source}}}')"
+            """);
+        var user = $"""
+            exec:
+                  apiVersion: client.authentication.k8s.io/v1
+                  command: /bin/sh
+                  args: ["{plugin}"]
+                  interactiveMode: Never
+            """;
+        var kubeconfig = dir.Write("config", KubeconfigWithUser(api.Url, caPem: null, user, ns: null));
+        var options = new KubernetesResolverOptions { KubeconfigPath = kubeconfig, ServiceAccountPath = dir.Combine("no-service-account") };
+        using var harness = new FactoryResolverHarness(Fast(options), new Dictionary<string, string>());
+        await Poll.UntilAsync(() => harness.LastAddresses is not null && api.ActiveWatches == 1, "resolved and watching with the plugin's token");
+        Assert.Equal(["10.0.0.11:8080"], harness.LastAddresses!);
+
+        File.WriteAllText(source, "exec-token-2");
+        api.SetAcceptedTokens("exec-token-2");
+        api.CloseWatches();
+        api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.11", "10.0.0.12"], 8080));
+
+        await Poll.UntilAsync(() => harness.LastAddresses?.Count == 2, "resolved the change with the plugin's new token");
+        Assert.Equal("exec-token-1", api.SeenTokens.First());
+        Assert.Equal("exec-token-2", api.SeenTokens.Last());
+        Assert.DoesNotContain(api.SeenTokens, token => token.Length == 0);
+    }
+
+    [Fact]
+    public async Task Kubeconfig_ExecCredentialPluginFailsAtFirst_RetriedWithBackoffUntilItSucceeds()
+    {
+        await using var api = await SimulatedKubernetesApi.StartAsync("exec-token");
+        api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.13"], 8080));
+        using var dir = new TempDirectory();
+        var loggedIn = dir.Combine("logged-in");
+
+        // A plugin that fails until the developer has logged in (the cloud CLI's session expired, its network was down).
+        var plugin = dir.Write("plugin.sh", $$$"""
+            [ -f '{{{loggedIn}}}' ] || { echo 'not logged in' >&2; exit 1; }
+            printf '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"exec-token"}}'
+            """);
+        var user = $"""
+            exec:
+                  apiVersion: client.authentication.k8s.io/v1
+                  command: /bin/sh
+                  args: ["{plugin}"]
+                  interactiveMode: Never
+            """;
+        var kubeconfig = dir.Write("config", KubeconfigWithUser(api.Url, caPem: null, user, ns: null));
+        var options = new KubernetesResolverOptions { KubeconfigPath = kubeconfig, ServiceAccountPath = dir.Combine("no-service-account") };
+
+        // Creating the resolver does not run the plugin; its failure is a request failure, reported and retried.
+        using var harness = new FactoryResolverHarness(Fast(options), new Dictionary<string, string>());
+        await Poll.UntilAsync(() => harness.Results.Count(r => r.Status.StatusCode == StatusCode.Unavailable) >= 2, "the plugin's failure reported and retried");
+        Assert.NotNull(InnermostOfType<k8s.Exceptions.KubeConfigException>(harness.Last!.Status.DebugException));
+
+        dir.Write("logged-in", "");
+        await Poll.UntilAsync(() => harness.LastAddresses is not null, "resolved once the plugin succeeds");
+        Assert.Equal(["10.0.0.13:8080"], harness.LastAddresses!);
+        Assert.All(api.SeenTokens, token => Assert.Equal("exec-token", token));
+    }
+
     private static KubernetesResolverOptions Options(ServiceAccountDirectory account) =>
         Fast(new KubernetesResolverOptions { ServiceAccountPath = account.Path });
 
@@ -267,7 +469,11 @@ public sealed class KubernetesResolverConfigurationTests
         return found;
     }
 
-    private static string Kubeconfig(Uri server, string? caPem, string token, string? ns)
+    private static string Kubeconfig(Uri server, string? caPem, string token, string? ns) =>
+        KubeconfigWithUser(server, caPem, user: $"token: {token}", ns);
+
+    /// <summary>A kubeconfig with one context; <paramref name="user"/> is the user's YAML (indented by the caller for more lines).</summary>
+    private static string KubeconfigWithUser(Uri server, string? caPem, string user, string? ns)
     {
         var ca = caPem is null ? "" : $"\n    certificate-authority-data: {Convert.ToBase64String(Encoding.ASCII.GetBytes(caPem))}";
         var nsLine = ns is null ? "" : $"\n    namespace: {ns}";
@@ -281,7 +487,7 @@ public sealed class KubernetesResolverConfigurationTests
             users:
             - name: developer
               user:
-                token: {token}
+                {user}
             contexts:
             - name: fake
               context:

@@ -23,7 +23,18 @@ public sealed class SimulatedKubernetesApiTests
     [Fact]
     public async Task MirrorEndpoints_ResolverClient_FollowsScaleOutReadinessAndStopsWithoutFailedCalls()
     {
-        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 2, TerminationGracePeriod = TimeSpan.FromSeconds(10) });
+        // The cluster's clock is fake so that a stopping pod stays in its preStop hook (published terminating, still
+        // serving) until the test has seen the client follow, however loaded the machine is. Latencies are measured in
+        // real time with stopwatches.
+        var time = new FakeTimeProvider();
+        var preStop = TimeSpan.FromSeconds(5);
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions
+        {
+            Replicas = 2,
+            TimeProvider = time,
+            PreStopDelay = preStop,
+            TerminationGracePeriod = TimeSpan.FromSeconds(10),
+        });
         await using var api = await SimulatedKubernetesApi.StartAsync("token-1");
         using var mirror = api.MirrorEndpoints(cluster);
         using var account = new TempServiceAccount("token-1");
@@ -38,9 +49,8 @@ public sealed class SimulatedKubernetesApiTests
         await cluster.ScaleAsync(4);
         var added = cluster.Pods.Where(p => !before.Contains(p.Name)).ToList();
         Assert.Equal(2, added.Count);
-        await Poll.UntilAsync(() => added.All(p => p.FirstCallAt is not null), "the new pods receive calls");
-        Assert.All(added, p => Assert.True(p.FirstCallAt!.Value - p.AddedAt <= NewPodFirstCallLimit,
-            $"{p.Name} got its first call {(p.FirstCallAt!.Value - p.AddedAt).TotalSeconds:0.00} s after it became ready"));
+        var firstCalls = await Poll.UntilAsync(() => added.All(p => p.FirstCallAt is not null), "the new pods receive calls");
+        Assert.True(firstCalls <= NewPodFirstCallLimit, $"the new pods got their first calls {firstCalls.TotalSeconds:0.00} s after they became ready");
 
         // Readiness off: the pod keeps running and would answer, so any call it still serves was routed to it by the client.
         var unready = cluster.Pods.First(p => before.Contains(p.Name));
@@ -54,14 +64,17 @@ public sealed class SimulatedKubernetesApiTests
         await load.WaitForCallsAsync(1000);
         Assert.Equal(servedWhenDropped, unready.CallsServed);
 
-        // Graceful stop of another pod, the way a Deployment with a preStop hook does it: out of the endpoints first, stop
-        // once clients have followed. (StopPodAsync alone stops listening at once, racing the endpoint update: a client that
-        // resolves pods itself may still pick the pod for a few milliseconds and fail those calls, as in a real cluster
-        // without a preStop delay.) Nothing fails, and it receives nothing afterwards.
+        // Graceful stop of another pod with a preStop hook, as a Deployment does it: the pod is published terminating (not
+        // ready, still serving) and keeps listening during the hook, so the client must stop picking it before it stops
+        // listening. (Without a preStop delay the pod stops listening at once, racing the endpoint update: a client that
+        // resolves pods itself may still pick it for a few milliseconds and fail those calls, as in a real cluster.)
+        // Nothing fails, and it receives nothing afterwards.
         var stopped = added[0];
-        await cluster.SetReadyAsync(stopped, false);
+        var stopping = cluster.StopPodAsync(stopped);
         await load.WaitForQuietAsync(stopped, calls: 400);
-        await cluster.StopPodAsync(stopped);
+        Assert.Equal(SimulatedPodState.Terminating, stopped.State); // Still in its preStop hook, serving: the client left it on the event.
+        time.Advance(preStop);
+        await Poll.WithTimeout(stopping, "the pod to exit after its preStop hook");
         var servedWhenStopped = stopped.CallsServed;
         await load.WaitForCallsAsync(1000);
         Assert.Equal(servedWhenStopped, stopped.CallsServed);
@@ -140,9 +153,11 @@ public sealed class SimulatedKubernetesApiTests
 
         var stop = cluster.StopPodAsync(victim);
 
-        // Out of the endpoints at once (a resolver stops picking it)...
+        // Out of the endpoints at once (a resolver stops picking it), published as the EndpointSlice controller does for a
+        // terminating pod that still passes its readiness probe (KEP-1672): not ready, but serving and terminating...
         var conditions = (await ListAsync(http, "default", "svc")).Single(s => s.Metadata.Name == "svc-" + victim.Name).Endpoints.Single().Conditions;
         Assert.False(conditions.Ready);
+        Assert.True(conditions.Serving);
         Assert.True(conditions.Terminating);
 
         // ...while its published address still serves: the open connection, and a new one from a client that has not
@@ -161,6 +176,76 @@ public sealed class SimulatedKubernetesApiTests
         Assert.DoesNotContain(await ListAsync(http, "default", "svc"), s => s.Metadata.Name == "svc-" + victim.Name);
         var events = cluster.Summary().Events;
         Assert.Equal(delay, events.Single(e => e.Kind == ClusterEventKind.PodStopped).At - events.Single(e => e.Kind == ClusterEventKind.PodStopping).At);
+    }
+
+    [Fact]
+    public async Task MirrorEndpoints_PodStopping_ServingUntilItsServerStopsListeningThenNotServingWhileCallsFinish()
+    {
+        // A fake clock holds the pod in its preStop hook and a call on it running (delay_ms), whatever the machine's load.
+        var time = new FakeTimeProvider();
+        var delay = TimeSpan.FromSeconds(2);
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions
+        {
+            Replicas = 1,
+            TimeProvider = time,
+            PreStopDelay = delay,
+            TerminationGracePeriod = TimeSpan.FromSeconds(30),
+        });
+        await using var api = await SimulatedKubernetesApi.StartAsync();
+        using var mirror = api.MirrorEndpoints(cluster, service: "svc");
+        using var http = new HttpClient { BaseAddress = api.Url };
+        var victim = cluster.Pods.Single();
+        using var client = new TestClient(cluster.Address);
+        var running = client.HelloAsync(delayMs: 10_000);
+        await Poll.UntilAsync(() => victim.CallsActive == 1, "the slow call is running");
+
+        var stop = cluster.StopPodAsync(victim);
+        Assert.Equal((false, true, true), await ConditionsAsync(http, victim));
+
+        // SIGTERM after the preStop hook: the server stops listening, so its readiness probe fails from then on, while
+        // the running call keeps the pod terminating.
+        time.Advance(delay);
+        await Poll.UntilAsync(async () => await ConditionsAsync(http, victim) == (false, false, true), "serving turns false once the server stops listening");
+        Assert.Equal(SimulatedPodState.Terminating, victim.State);
+
+        time.Advance(TimeSpan.FromSeconds(10));
+        Assert.Equal(victim.Name, await Poll.WithTimeout(running, "the running call to finish"));
+        await Poll.WithTimeout(stop, "the pod to exit");
+        Assert.DoesNotContain(await ListAsync(http, "default", "svc"), s => s.Metadata.Name == "svc-" + victim.Name);
+    }
+
+    [Fact]
+    public async Task MirrorEndpoints_NotReadyPodStopping_PublishedNeitherReadyNorServing()
+    {
+        var time = new FakeTimeProvider();
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions
+        {
+            Replicas = 2,
+            TimeProvider = time,
+            PreStopDelay = TimeSpan.FromSeconds(2),
+            TerminationGracePeriod = TimeSpan.FromSeconds(10),
+        });
+        await using var api = await SimulatedKubernetesApi.StartAsync();
+        using var mirror = api.MirrorEndpoints(cluster, service: "svc");
+        using var http = new HttpClient { BaseAddress = api.Url };
+        var victim = cluster.Pods[0];
+
+        // A running pod made not ready fails its readiness probe: neither ready nor serving, not terminating.
+        await cluster.SetReadyAsync(victim, false);
+        Assert.Equal((false, false, false), await ConditionsAsync(http, victim));
+
+        // It stays not serving while it terminates (its probe still fails).
+        var stop = cluster.StopPodAsync(victim);
+        Assert.Equal((false, false, true), await ConditionsAsync(http, victim));
+
+        time.Advance(TimeSpan.FromSeconds(2));
+        await Poll.WithTimeout(stop, "the pod to exit");
+    }
+
+    private static async Task<(bool? Ready, bool? Serving, bool? Terminating)> ConditionsAsync(HttpClient http, SimulatedPod pod)
+    {
+        var conditions = (await ListAsync(http, "default", "svc")).Single(s => s.Metadata.Name == "svc-" + pod.Name).Endpoints.Single().Conditions;
+        return (conditions.Ready, conditions.Serving, conditions.Terminating);
     }
 
     private static async Task<IList<V1EndpointSlice>> ListAsync(HttpClient http, string ns, string service)

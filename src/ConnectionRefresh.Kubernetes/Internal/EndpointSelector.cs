@@ -3,16 +3,19 @@ using k8s.Models;
 namespace ConnectionRefresh.Kubernetes.Internal;
 
 /// <summary>
-/// Turns EndpointSlices into the de-duplicated, sorted union of usable <c>host:port</c> endpoints:
-/// ready endpoints (optionally serving-and-terminating ones), with the target's port resolved per slice
-/// (a port name can map to a different number in each slice). Stateless.
+/// Turns EndpointSlices into the de-duplicated, sorted union of usable <c>host:port</c> endpoints, with the target's port
+/// resolved per slice (a port name can map to a different number in each slice). kube-proxy's rule across all slices of the
+/// Service: the ready endpoints; only when none is ready (and <c>includeTerminating</c>), the serving terminating ones, so a
+/// pod that shuts down gracefully gets no new calls while another pod can take them. Conditions are read as the API
+/// documents them: a missing <c>ready</c> or <c>serving</c> means true, a missing <c>terminating</c> false. Stateless.
 /// </summary>
 internal sealed class EndpointSelector(KubernetesTarget target, bool includeTerminating)
 {
     /// <summary>Selects the endpoints of all <paramref name="slices"/>; <paramref name="skippedSlices"/> counts slices without a matching port.</summary>
     public IReadOnlyList<ResolvedEndpoint> Select(IEnumerable<V1EndpointSlice> slices, out int skippedSlices)
     {
-        var result = new SortedSet<ResolvedEndpoint>();
+        var ready = new SortedSet<ResolvedEndpoint>();
+        var servingTerminating = new SortedSet<ResolvedEndpoint>();
         skippedSlices = 0;
         foreach (var slice in slices)
         {
@@ -32,28 +35,24 @@ internal sealed class EndpointSelector(KubernetesTarget target, bool includeTerm
             {
                 // Addresses are fungible (same pod); the API documents that consumers may use the first.
                 var address = endpoint.Addresses?.FirstOrDefault();
-                if (!string.IsNullOrEmpty(address) && IsUsable(endpoint.Conditions))
+                if (string.IsNullOrEmpty(address))
                 {
-                    result.Add(new ResolvedEndpoint(address, port.Value));
+                    continue;
+                }
+
+                var conditions = endpoint.Conditions;
+                if (conditions?.Ready ?? true)
+                {
+                    ready.Add(new ResolvedEndpoint(address, port.Value));
+                }
+                else if (includeTerminating && (conditions.Serving ?? true) && (conditions.Terminating ?? false))
+                {
+                    servingTerminating.Add(new ResolvedEndpoint(address, port.Value));
                 }
             }
         }
 
-        return [.. result];
-    }
-
-    private bool IsUsable(V1EndpointConditions? conditions)
-    {
-        // The API says an unknown (null) ready condition is to be read as ready; serving defaults to ready.
-        var ready = conditions?.Ready ?? true;
-        if (ready)
-        {
-            return true;
-        }
-
-        var terminating = conditions?.Terminating ?? false;
-        var serving = conditions?.Serving ?? ready;
-        return includeTerminating && terminating && serving;
+        return ready.Count > 0 ? [.. ready] : [.. servingTerminating];
     }
 
     private int? ResolvePort(V1EndpointSlice slice)

@@ -12,7 +12,10 @@ namespace ConnectionRefresh.Kubernetes.Internal;
 /// reconnect with jittered exponential backoff while the API server is unreachable.
 /// Thread-safety: one background loop owns the slices, the backoff and the published set; the only
 /// state shared with callers (<see cref="Refresh"/>, <see cref="Dispose(bool)"/>) is the refresh flag
-/// and the current watch's cancellation source, both guarded by <c>_lock</c>.
+/// and the current watch's cancellation source, both guarded by <c>_lock</c>, and the disposed flag: the listener is
+/// called under <c>_listenerLock</c>, which <see cref="Dispose(bool)"/> also takes, so once Dispose has returned the
+/// listener is never called again (grpc-dotnet disposes the balancer right after the resolver; a late result would
+/// create subchannels, and connections, for a disposed channel).
 /// </summary>
 internal sealed class KubernetesResolver : Resolver
 {
@@ -32,6 +35,7 @@ internal sealed class KubernetesResolver : Resolver
     private readonly EndpointSelector _selector;
     private readonly CancellationTokenSource _disposeCts = new();
     private readonly Lock _lock = new();
+    private readonly Lock _listenerLock = new();
 
     private Action<ResolverResult>? _listener;
     private Task _loop = Task.CompletedTask;
@@ -97,7 +101,12 @@ internal sealed class KubernetesResolver : Resolver
     {
         if (disposing && !_disposed)
         {
-            _disposed = true;
+            lock (_listenerLock)
+            {
+                // Waits for a listener call in progress; none starts after this.
+                _disposed = true;
+            }
+
             _disposeCts.Cancel();
         }
 
@@ -125,8 +134,8 @@ internal sealed class KubernetesResolver : Resolver
                     {
                         // Nothing known yet: fail calls fast instead of leaving them waiting. Once endpoints are
                         // known they stay in use; an unreachable API server says nothing about the pods.
-                        _listener!(ResolverResult.ForFailure(new Status(StatusCode.Unavailable,
-                            $"The Kubernetes API server could not be reached to resolve service '{_target.Service}' in namespace '{_namespace}'.", ex)));
+                        Notify(ResolverResult.ForFailure(new Status(StatusCode.Unavailable,
+                            $"The Kubernetes API server could not be reached to resolve service '{_target.Service}' in namespace '{_namespace}': {ex.Message}", ex)));
                     }
 
                     await Task.Delay(delay, _time, cancellationToken).ConfigureAwait(false);
@@ -156,6 +165,16 @@ internal sealed class KubernetesResolver : Resolver
 
         _lastListAt = _time.GetUtcNow();
         var snapshot = await _client.ListAsync(_namespace, _target.Service, cancellationToken).ConfigureAwait(false);
+        if (_published is null)
+        {
+            // grpc-dotnet calls Refresh() right after Start(), possibly while this first LIST runs: nothing was published
+            // before it, so no balancer can have asked for anything this LIST does not answer.
+            lock (_lock)
+            {
+                _refreshRequested = false;
+            }
+        }
+
         _store.ReplaceAll(snapshot.Slices);
         Publish();
 
@@ -288,7 +307,18 @@ internal sealed class KubernetesResolver : Resolver
             addresses[i] = address;
         }
 
-        _listener!(ResolverResult.ForResult(addresses));
+        Notify(ResolverResult.ForResult(addresses));
+    }
+
+    private void Notify(ResolverResult result)
+    {
+        lock (_listenerLock)
+        {
+            if (!_disposed)
+            {
+                _listener!(result);
+            }
+        }
     }
 
     private bool IsHealthy(DateTimeOffset started, int events) =>

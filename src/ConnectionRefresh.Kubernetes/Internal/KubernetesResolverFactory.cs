@@ -6,9 +6,13 @@ using Microsoft.Extensions.Options;
 namespace ConnectionRefresh.Kubernetes.Internal;
 
 /// <summary>
-/// The grpc-dotnet <see cref="ResolverFactory"/> for the <c>kubernetes</c> scheme. One Kubernetes API
-/// client (one connection pool) is shared by all resolvers and created on first use.
-/// Thread-safe: the lazy client and default namespace are created once; everything else is immutable.
+/// The grpc-dotnet <see cref="ResolverFactory"/> for the <c>kubernetes</c> scheme. One Kubernetes API client (one
+/// connection pool) is shared by all resolvers. Where the API server comes from is decided when the first resolver is
+/// created: a configuration mistake (no API server, a missing or broken kubeconfig) makes that <see cref="Create"/> throw,
+/// naming the setting or file, and is decided again on the next one. The API client itself is built on the first request:
+/// what can fix itself (a credential plugin that fails, a service account token or CA not mounted yet) is retried by the
+/// resolvers with their backoff, and calls fail <c>Unavailable</c> meanwhile.
+/// Thread-safe: the source and the shared client are set once under <c>_lock</c>; everything else is immutable.
 /// </summary>
 internal sealed class KubernetesResolverFactory : ResolverFactory, IDisposable
 {
@@ -16,9 +20,11 @@ internal sealed class KubernetesResolverFactory : ResolverFactory, IDisposable
     private readonly KubernetesResolverMetrics _metrics;
     private readonly TimeProvider _time;
     private readonly Func<double> _random;
-    private readonly Lazy<IKubernetes>? _kubernetes;
-    private readonly Lazy<IEndpointSliceClient> _client;
-    private readonly Lazy<string> _defaultNamespace;
+    private readonly EnvironmentReader _environment;
+    private readonly Lock _lock = new();
+    private readonly IEndpointSliceClient? _givenClient;
+    private KubernetesApiSource? _source;
+    private DeferredEndpointSliceClient? _client;
 
     /// <param name="options">The options.</param>
     /// <param name="metrics">The metrics.</param>
@@ -31,18 +37,13 @@ internal sealed class KubernetesResolverFactory : ResolverFactory, IDisposable
         EnvironmentReader? environment = null)
     {
         ArgumentNullException.ThrowIfNull(options);
-        var env = environment ?? EnvironmentReader.Process;
+        _environment = environment ?? EnvironmentReader.Process;
         _options = options.Value;
         _metrics = metrics;
         _time = timeProvider ?? TimeProvider.System;
 #pragma warning disable CA5394 // Jitter, not security.
         _random = Random.Shared.NextDouble;
 #pragma warning restore CA5394
-        var configuration = new Lazy<KubernetesClientConfiguration>(() => CreateConfiguration(env));
-        var kubernetes = new Lazy<IKubernetes>(() => new k8s.Kubernetes(configuration.Value));
-        _kubernetes = kubernetes;
-        _client = new Lazy<IEndpointSliceClient>(() => new KubernetesEndpointSliceClient(kubernetes.Value));
-        _defaultNamespace = new Lazy<string>(() => KubernetesClientConfigurationFactory.DefaultNamespace(_options, configuration.Value));
     }
 
     /// <summary>For tests: a given API client and random source.</summary>
@@ -52,8 +53,8 @@ internal sealed class KubernetesResolverFactory : ResolverFactory, IDisposable
         _metrics = metrics;
         _time = timeProvider;
         _random = random;
-        _client = new Lazy<IEndpointSliceClient>(client);
-        _defaultNamespace = new Lazy<string>(() => KubernetesClientConfigurationFactory.DefaultNamespace(_options));
+        _environment = EnvironmentReader.Process;
+        _givenClient = client;
     }
 
     /// <inheritdoc />
@@ -70,31 +71,54 @@ internal sealed class KubernetesResolverFactory : ResolverFactory, IDisposable
     internal KubernetesResolver CreateResolver(Uri address, ILoggerFactory loggerFactory)
     {
         var target = KubernetesTarget.Parse(address);
-        var ns = target.Namespace ?? _defaultNamespace.Value;
-        return new KubernetesResolver(target, ns, _client.Value, _options, _metrics, _time, _random,
+        IEndpointSliceClient client;
+        string defaultNamespace;
+        if (_givenClient is not null)
+        {
+            client = _givenClient;
+            defaultNamespace = KubernetesClientConfigurationFactory.DefaultNamespace(_options);
+        }
+        else
+        {
+            (client, defaultNamespace) = Source();
+        }
+
+        return new KubernetesResolver(target, target.Namespace ?? defaultNamespace, client, _options, _metrics, _time, _random,
             loggerFactory.CreateLogger<KubernetesResolver>());
     }
 
     public void Dispose()
     {
-        if (_kubernetes is { IsValueCreated: true })
+        lock (_lock)
         {
-            _kubernetes.Value.Dispose();
+            _client?.Dispose();
         }
     }
 
-    private KubernetesClientConfiguration CreateConfiguration(EnvironmentReader environment)
+    private (IEndpointSliceClient Client, string DefaultNamespace) Source()
     {
-        try
+        lock (_lock)
         {
-            return KubernetesClientConfigurationFactory.Create(_options, environment);
-        }
-        catch (Exception ex) when (ex is not OperationCanceledException)
-        {
-            throw new InvalidOperationException(
-                $"The Kubernetes resolver could not configure its API client ({ex.Message}). In a pod, {KubernetesClientConfigurationFactory.ServiceHostVariable}/" +
-                $"{KubernetesClientConfigurationFactory.ServicePortVariable} and the service account in '{_options.ServiceAccountPath}' are used; elsewhere set " +
-                $"{KubernetesResolverDefaults.ConfigurationSection}:{nameof(KubernetesResolverOptions.ApiServer)} or :{nameof(KubernetesResolverOptions.KubeconfigPath)}.", ex);
+            if (_source is null)
+            {
+                KubernetesApiSource source;
+                try
+                {
+                    source = KubernetesClientConfigurationFactory.Resolve(_options, _environment);
+                }
+                catch (InvalidOperationException ex)
+                {
+                    throw new InvalidOperationException(
+                        $"The Kubernetes resolver could not configure its API client: {ex.Message} In a pod, {KubernetesClientConfigurationFactory.ServiceHostVariable}/" +
+                        $"{KubernetesClientConfigurationFactory.ServicePortVariable} and the service account in '{_options.ServiceAccountPath}' are used; elsewhere set " +
+                        $"{KubernetesResolverDefaults.ConfigurationSection}:{nameof(KubernetesResolverOptions.ApiServer)} or :{nameof(KubernetesResolverOptions.KubeconfigPath)}.", ex);
+                }
+
+                _client = new DeferredEndpointSliceClient(() => new k8s.Kubernetes(KubernetesClientConfigurationFactory.Build(source, _options)));
+                _source = source;
+            }
+
+            return (_client!, _source.DefaultNamespace);
         }
     }
 }

@@ -3,7 +3,11 @@ using Microsoft.Extensions.Options;
 
 namespace ConnectionRefresh.Kubernetes.Internal;
 
-/// <summary>Validates <see cref="KubernetesResolverOptions"/> at start-up; messages name the key, the value and the range.</summary>
+/// <summary>
+/// Validates <see cref="KubernetesResolverOptions"/> at start-up; messages name the key, the value and the range. A
+/// <see cref="KubernetesResolverOptions.KubeconfigPath"/> must name a readable kubeconfig whose current context has a cluster
+/// with a server (its credential plugin, if any, is not run here).
+/// </summary>
 internal sealed class KubernetesResolverOptionsValidator : IValidateOptions<KubernetesResolverOptions>
 {
     private const string Prefix = KubernetesResolverDefaults.ConfigurationSection + ":";
@@ -35,6 +39,19 @@ internal sealed class KubernetesResolverOptionsValidator : IValidateOptions<Kube
         if (options.ApiServer is not null && !string.IsNullOrEmpty(options.KubeconfigPath))
         {
             failures.Add($"{Prefix}{nameof(options.ApiServer)} = '{options.ApiServer}' and {Prefix}{nameof(options.KubeconfigPath)} = '{options.KubeconfigPath}' are both set: set at most one of them.");
+        }
+
+        if (options.ApiServer is null && !string.IsNullOrEmpty(options.KubeconfigPath))
+        {
+            // A file the user named: check it now (without running credential plugins) rather than on the first call.
+            try
+            {
+                KubernetesClientConfigurationFactory.CheckKubeconfig(options.KubeconfigPath, $"{Prefix}{nameof(options.KubeconfigPath)} = '{options.KubeconfigPath}'");
+            }
+            catch (InvalidOperationException ex)
+            {
+                failures.Add(ex.Message);
+            }
         }
 
         if (string.IsNullOrWhiteSpace(options.ServiceAccountPath))

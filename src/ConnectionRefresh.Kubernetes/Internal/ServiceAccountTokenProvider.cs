@@ -4,16 +4,32 @@ using k8s.Authentication;
 namespace ConnectionRefresh.Kubernetes.Internal;
 
 /// <summary>
-/// Reads the service account token file on every request to the API server, so a token that the
-/// kubelet rotated (projected tokens live about an hour and are renewed before expiry) is used at
-/// once. Requests are rare (a LIST and a WATCH every few minutes), so the read costs nothing.
-/// Thread-safe: stateless apart from the immutable path.
+/// Reads a bearer token file (the service account's <c>token</c>, a kubeconfig user's <c>tokenFile</c>) on every request to
+/// the API server, so a token that the kubelet rotated (projected tokens live about an hour and are renewed before expiry)
+/// is used at once, and a file that appears later (not mounted yet) is picked up. Requests are rare (a LIST and a WATCH
+/// every few minutes), so the read costs nothing. When the file does not exist, a <paramref name="required"/> token fails
+/// the request (<see cref="FileNotFoundException"/>, retried by the resolver); an optional one sends none.
+/// Thread-safe: stateless apart from the immutable settings.
 /// </summary>
-internal sealed class ServiceAccountTokenProvider(string tokenPath) : ITokenProvider
+internal sealed class ServiceAccountTokenProvider(string tokenPath, bool required) : ITokenProvider
 {
     public async Task<AuthenticationHeaderValue> GetAuthenticationHeaderAsync(CancellationToken cancellationToken)
     {
-        var token = await File.ReadAllTextAsync(tokenPath, cancellationToken).ConfigureAwait(false);
+        string token;
+        try
+        {
+            token = await File.ReadAllTextAsync(tokenPath, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is FileNotFoundException or DirectoryNotFoundException)
+        {
+            if (!required)
+            {
+                return null!; // No Authorization header.
+            }
+
+            throw new FileNotFoundException($"The bearer token file '{tokenPath}' does not exist (not mounted yet?).", tokenPath, ex);
+        }
+
         return new AuthenticationHeaderValue("Bearer", token.Trim());
     }
 }

@@ -23,6 +23,9 @@ internal sealed class ServiceAccountDirectory : IDisposable
         File.Move(temp, System.IO.Path.Combine(Path, "token"), overwrite: true);
     }
 
+    /// <summary>Removes the token, as before the kubelet has mounted it.</summary>
+    public void DeleteToken() => File.Delete(System.IO.Path.Combine(Path, "token"));
+
     /// <summary>Writes <c>ca.crt</c>, the PEM of the cluster's CA.</summary>
     public void WriteCa(string pem) => File.WriteAllText(System.IO.Path.Combine(Path, "ca.crt"), pem);
 

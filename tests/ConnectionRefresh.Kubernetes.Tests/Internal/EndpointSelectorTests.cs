@@ -19,13 +19,29 @@ public sealed class EndpointSelectorTests
     }
 
     [Fact]
-    public void Select_IncludeTerminating_AddsServingTerminatingEndpoints()
+    public void Select_IncludeTerminatingWhileAnEndpointIsReady_UsesReadyOnly()
     {
-        var slice = WithConditions(("10.0.0.1", true, true, false), ("10.0.0.2", false, false, true), ("10.0.0.3", false, true, true));
+        // kube-proxy's rule: a serving terminating endpoint gets no new traffic while a ready one exists (in any slice).
+        var terminating = WithConditions(("10.0.0.2", false, false, true), ("10.0.0.3", false, true, true));
+        var ready = WithConditions(("10.0.0.1", true, true, false));
+        ready.Metadata.Name = "b";
 
-        var endpoints = new EndpointSelector(Named, includeTerminating: true).Select([slice], out _);
+        var endpoints = new EndpointSelector(Named, includeTerminating: true).Select([terminating, ready], out _);
 
-        Assert.Equal([new ResolvedEndpoint("10.0.0.1", 8080), new ResolvedEndpoint("10.0.0.3", 8080)], endpoints);
+        Assert.Equal([new ResolvedEndpoint("10.0.0.1", 8080)], endpoints);
+    }
+
+    [Fact]
+    public void Select_IncludeTerminatingAndNoEndpointReady_UsesServingTerminatingOnes()
+    {
+        var slice = WithConditions(("10.0.0.1", false, false, false), ("10.0.0.2", false, false, true), ("10.0.0.3", false, true, true));
+        var unknownServing = WithConditions(("10.0.0.4", false, true, true));
+        unknownServing.Metadata.Name = "b";
+        unknownServing.Endpoints[0].Conditions.Serving = null; // The API: a missing serving condition means serving.
+
+        Assert.Equal([new ResolvedEndpoint("10.0.0.3", 8080), new ResolvedEndpoint("10.0.0.4", 8080)],
+            new EndpointSelector(Named, includeTerminating: true).Select([slice, unknownServing], out _));
+        Assert.Empty(new EndpointSelector(Named, includeTerminating: false).Select([slice, unknownServing], out _));
     }
 
     [Fact]

@@ -1,0 +1,213 @@
+using System.Collections.Concurrent;
+using ConnectionRefresh.Protos;
+using ConnectionRefresh.Testing;
+using Grpc.Core;
+using Grpc.Net.Client.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Time.Testing;
+
+namespace ConnectionRefresh.Kubernetes.Tests;
+
+/// <summary>
+/// Terminating endpoints, end to end: a <see cref="SimulatedCluster"/> of real Kestrel pods whose stops have a preStop hook
+/// (held on a fake clock), published by <see cref="SimulatedKubernetesApi.MirrorEndpoints"/> as the EndpointSlice controller
+/// does (a stopping pod is <c>ready: false, serving: true, terminating: true</c>), and a real GrpcChannel with the resolver
+/// and round_robin. kube-proxy's rule applies: ready endpoints only; serving terminating ones only when none is ready.
+/// </summary>
+public sealed class KubernetesResolverTerminatingTests
+{
+    private static readonly TimeSpan PreStop = TimeSpan.FromSeconds(30);
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Calls_PodTerminatingWhileOthersAreReady_GetsNoNewCallsAndNoCallFails(bool includeTerminating)
+    {
+        await using var setup = await MirroredCluster.StartAsync(replicas: 3, includeTerminating);
+        await using var loop = new PodCallLoop(setup.Client);
+        await Poll.UntilAsync(() => setup.Cluster.Pods.All(p => loop.Replies.ContainsKey(p.Name)), "all pods serve calls");
+
+        // The pod stays in its preStop hook (the fake clock does not move): it still listens and would answer, so any
+        // call it serves from now on was sent to it by the client.
+        var victim = setup.Cluster.Pods[0];
+        var stop = setup.Cluster.StopPodAsync(victim);
+        await loop.WaitForQuietAsync(victim, calls: 300);
+        var servedWhenDropped = victim.CallsServed;
+        await loop.WaitForCallsAsync(1000);
+
+        Assert.Equal(servedWhenDropped, victim.CallsServed);
+        Assert.Equal(SimulatedPodState.Terminating, victim.State);
+        Assert.All(setup.Cluster.ReadyPods, p => Assert.True(loop.Replies.ContainsKey(p.Name)));
+
+        setup.Time.Advance(PreStop);
+        await Poll.WithTimeout(stop, "the pod to exit after its preStop hook");
+        await loop.WaitForCallsAsync(200);
+        Assert.True(loop.Failures.IsEmpty, string.Join("\n", loop.Failures.Select(f => f.Message)));
+    }
+
+    [Fact]
+    public async Task Calls_EveryPodTerminatingAndIncludeTerminatingEndpoints_ServedByTheServingTerminatingPods()
+    {
+        await using var setup = await MirroredCluster.StartAsync(replicas: 2, includeTerminating: true);
+        await using var loop = new PodCallLoop(setup.Client);
+        await Poll.UntilAsync(() => setup.Cluster.Pods.All(p => loop.Replies.ContainsKey(p.Name)), "both pods serve calls");
+
+        // The first pod stops: the ready one takes every call.
+        var first = setup.Cluster.Pods[0];
+        var second = setup.Cluster.Pods[1];
+        var stops = new List<Task> { setup.Cluster.StopPodAsync(first) };
+        await loop.WaitForQuietAsync(first, calls: 300);
+
+        // The second stops too: no endpoint is ready, so both serving terminating endpoints are used again (kube-proxy's
+        // fallback) while they still listen, instead of failing every call.
+        stops.Add(setup.Cluster.StopPodAsync(second));
+        var servedBefore = (first.CallsServed, second.CallsServed);
+        await Poll.UntilAsync(() => first.CallsServed > servedBefore.Item1 && second.CallsServed > servedBefore.Item2,
+            "both terminating pods receive calls again");
+        Assert.Empty(setup.Cluster.ReadyPods);
+        Assert.True(loop.Failures.IsEmpty, string.Join("\n", loop.Failures.Select(f => f.Message)));
+
+        setup.Time.Advance(PreStop);
+        await Poll.WithTimeout(Task.WhenAll(stops), "both pods to exit");
+    }
+
+    /// <summary>A cluster on a fake clock with a preStop hook, its mirror in a fake API server, and a resolver client.</summary>
+    private sealed class MirroredCluster : IAsyncDisposable
+    {
+        private readonly IDisposable _mirror;
+        private readonly ServiceProvider _services;
+        private readonly string _account;
+
+        private MirroredCluster(FakeTimeProvider time, SimulatedCluster cluster, SimulatedKubernetesApi api, IDisposable mirror, ServiceProvider services, string account)
+        {
+            Time = time;
+            Cluster = cluster;
+            Api = api;
+            _mirror = mirror;
+            _services = services;
+            _account = account;
+            Client = services.GetRequiredService<Greeter.GreeterClient>();
+        }
+
+        public FakeTimeProvider Time { get; }
+
+        public SimulatedCluster Cluster { get; }
+
+        public SimulatedKubernetesApi Api { get; }
+
+        public Greeter.GreeterClient Client { get; }
+
+        public static async Task<MirroredCluster> StartAsync(int replicas, bool includeTerminating)
+        {
+            var time = new FakeTimeProvider();
+            var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions
+            {
+                Replicas = replicas,
+                TimeProvider = time,
+                PreStopDelay = PreStop,
+                TerminationGracePeriod = PreStop + TimeSpan.FromSeconds(10),
+            });
+            var api = await SimulatedKubernetesApi.StartAsync();
+            var mirror = api.MirrorEndpoints(cluster);
+            var account = Directory.CreateTempSubdirectory("k8s-term-").FullName;
+            var services = new ServiceCollection();
+            services.AddLogging();
+            services.AddKubernetesResolver(o =>
+            {
+                o.ApiServer = api.Url;
+                o.ServiceAccountPath = account;
+                o.IncludeTerminatingEndpoints = includeTerminating;
+                o.InitialBackoff = TimeSpan.FromMilliseconds(50);
+                o.MaxBackoff = TimeSpan.FromMilliseconds(500);
+            });
+            services.AddGrpcClient<Greeter.GreeterClient>(o => o.Address = new Uri("kubernetes:///greeter.default:grpc"))
+                .ConfigureChannel(o =>
+                {
+                    o.Credentials = ChannelCredentials.Insecure;
+                    o.ServiceConfig = new ServiceConfig { LoadBalancingConfigs = { new RoundRobinConfig() } };
+                });
+            return new MirroredCluster(time, cluster, api, mirror, services.BuildServiceProvider(validateScopes: true), account);
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            await _services.DisposeAsync();
+            _mirror.Dispose();
+            await Api.DisposeAsync();
+            await Cluster.DisposeAsync();
+            Directory.Delete(_account, recursive: true);
+        }
+    }
+
+    /// <summary>Unary calls without pause on a few workers; replies counted per pod name.</summary>
+    private sealed class PodCallLoop : IAsyncDisposable
+    {
+        private readonly CancellationTokenSource _stop = new();
+        private readonly Task[] _workers;
+        private long _succeeded;
+
+        public PodCallLoop(Greeter.GreeterClient client, int workers = 4) =>
+            _workers = [.. Enumerable.Range(0, workers).Select(_ => Task.Run(() => RunAsync(client)))];
+
+        public ConcurrentDictionary<string, long> Replies { get; } = new();
+
+        public ConcurrentQueue<Exception> Failures { get; } = new();
+
+        public long Succeeded => Interlocked.Read(ref _succeeded);
+
+        public Task WaitForCallsAsync(int calls)
+        {
+            var target = Succeeded + calls;
+            return Poll.UntilAsync(() => Succeeded >= target, $"{calls} more calls");
+        }
+
+        /// <summary>Waits until <paramref name="pod"/> served nothing during <paramref name="calls"/> successful calls in a row.</summary>
+        public Task WaitForQuietAsync(SimulatedPod pod, int calls)
+        {
+            var served = pod.CallsServed;
+            var from = Succeeded;
+            return Poll.UntilAsync(() =>
+            {
+                if (pod.CallsServed != served)
+                {
+                    (served, from) = (pod.CallsServed, Succeeded);
+                    return false;
+                }
+
+                return Succeeded - from >= calls;
+            }, $"{calls} calls in a row without {pod.Name}");
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            await _stop.CancelAsync();
+            await Task.WhenAll(_workers);
+            _stop.Dispose();
+        }
+
+        private async Task RunAsync(Greeter.GreeterClient client)
+        {
+            while (!_stop.IsCancellationRequested)
+            {
+                try
+                {
+                    var reply = await client.SayHelloAsync(new HelloRequest { Name = "loop" }, deadline: DateTime.UtcNow.AddSeconds(30), cancellationToken: _stop.Token);
+                    Replies.AddOrUpdate(reply.Instance, 1, (_, n) => n + 1);
+                    Interlocked.Increment(ref _succeeded);
+                }
+                catch (RpcException) when (_stop.IsCancellationRequested)
+                {
+                    return;
+                }
+                catch (OperationCanceledException) when (_stop.IsCancellationRequested)
+                {
+                    return;
+                }
+                catch (Exception ex)
+                {
+                    Failures.Enqueue(new InvalidOperationException($"{DateTime.UtcNow:HH:mm:ss.fff}: {ex.Message}", ex));
+                }
+            }
+        }
+    }
+}
