@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Connections.Features;
 using Microsoft.Extensions.Logging;
@@ -10,10 +11,12 @@ namespace ConnectionRefresh.Server.Internal;
 /// </summary>
 /// <remarks>
 /// Thread safety: timer callbacks (thread pool), calls starting and ending (request threads) and the end of the
-/// connection race with each other. Every read and write of the mutable fields happens under <see cref="_gate"/>;
-/// the side effects that run foreign code (cancelling the token, RequestClose, Abort, logging) run outside it, after
-/// the state change that makes them happen exactly once. The lock is per connection, so it is only contended by the
-/// calls of that one connection.
+/// connection race with each other. Every read and write of the mutable fields happens under <see cref="_gate"/>,
+/// and each decision is taken in the same lock section as the state change it leads to (a close decided on an idle
+/// connection is recorded before any call can start; once <see cref="Ended"/> ran, no close or abort starts). The side
+/// effects that run foreign code (cancelling the token, RequestClose, Abort, logging, metrics, the grace timer) run
+/// outside it, after the state change that makes them happen exactly once. The lock is per connection, so it is only
+/// contended by the calls of that one connection.
 /// </remarks>
 [System.Diagnostics.CodeAnalysis.SuppressMessage(
     "Design",
@@ -71,20 +74,23 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
 
     public TimeSpan GracePeriod => _settings.Grace;
 
-    /// <summary>
-    /// Whether this package started a graceful close and did not abort the connection: then the client may still be
-    /// reading the GOAWAY when Kestrel is done, and the socket should linger.
-    /// </summary>
-    public bool ClosedGracefully
+    /// <summary>The reason of the graceful close this package started, or <see cref="CloseReason.None"/>.</summary>
+    public CloseReason Reason
     {
         get
         {
             lock (_gate)
             {
-                return _reason != CloseReason.None && !_aborted;
+                return _reason;
             }
         }
     }
+
+    /// <summary>
+    /// Test seam: runs outside the lock once a close has been decided (and recorded), before it is carried out; lets
+    /// a test start a call or end the connection at that exact point.
+    /// </summary>
+    internal Action? CloseDecided { get; set; }
 
     /// <summary>Starts the age and idle timers.</summary>
     public void Start()
@@ -113,15 +119,16 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
             // The idle timer is left running: when it fires it sees the call and does nothing; the end of the
             // last call re-arms it.
             _activeCalls++;
-            closeNow = _agedBeforeFirstCall && !_hadCall;
+
+            // The connection reached its age before its first call: close it now, while this call runs. Kestrel then
+            // sends a GOAWAY that still admits streams in flight, and this call completes normally.
+            closeNow = _agedBeforeFirstCall && !_hadCall && TryStartCloseLocked(CloseReason.MaxAge);
             _hadCall = true;
         }
 
         if (closeNow)
         {
-            // The connection reached its age before its first call: close it now, while this call runs. Kestrel then
-            // sends a GOAWAY that still admits streams in flight, and this call completes normally.
-            BeginClose(CloseReason.MaxAge);
+            CarryOutClose(CloseReason.MaxAge);
         }
     }
 
@@ -138,20 +145,32 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
         }
     }
 
-    /// <summary>The connection ended (for whatever reason): stops the timers and records its age.</summary>
-    public void Ended()
+    /// <summary>
+    /// The connection ended (for whatever reason): stops the timers; from here on no graceful close or abort starts.
+    /// Then call <see cref="RecordAge"/>.
+    /// </summary>
+    /// <returns>
+    /// Whether this package had started a graceful close and not aborted the connection: then the client may still be
+    /// reading the GOAWAY when Kestrel is done, and the socket should linger. Decided in the same step that ends the
+    /// connection, so that no timer can change it afterwards.
+    /// </returns>
+    public bool Ended()
+    {
+        lock (_gate)
+        {
+            _ended = true;
+            DisposeTimers();
+            return _reason != CloseReason.None && !_aborted;
+        }
+    }
+
+    /// <summary>Records the age of the connection, once, after <see cref="Ended"/>.</summary>
+    public void RecordAge()
     {
         CloseReason reason;
         lock (_gate)
         {
-            if (_ended)
-            {
-                return;
-            }
-
-            _ended = true;
             reason = _reason;
-            DisposeTimers();
         }
 
         _metrics.Ended(reason, _time.GetElapsedTime(_openedAt));
@@ -169,9 +188,14 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
                 _agedBeforeFirstCall = true;
                 return;
             }
+
+            if (!TryStartCloseLocked(CloseReason.MaxAge))
+            {
+                return;
+            }
         }
 
-        BeginClose(CloseReason.MaxAge);
+        CarryOutClose(CloseReason.MaxAge);
     }
 
     private void OnIdleTimer()
@@ -190,27 +214,41 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
                 _idleTimer?.Change(_settings.MaxIdle - idleFor, Timeout.InfiniteTimeSpan);
                 return;
             }
-        }
 
-        BeginClose(CloseReason.MaxIdle);
-    }
-
-    private void BeginClose(CloseReason reason)
-    {
-        lock (_gate)
-        {
-            if (_reason != CloseReason.None || _ended)
+            // Recorded before the lock is released: a call that starts from now on finds the connection closing.
+            if (!TryStartCloseLocked(CloseReason.MaxIdle))
             {
                 return;
             }
-
-            _reason = reason;
-            _ageTimer?.Dispose();
-            _ageTimer = null;
-            _idleTimer?.Dispose();
-            _idleTimer = null;
         }
 
+        CarryOutClose(CloseReason.MaxIdle);
+    }
+
+    /// <summary>
+    /// Under <see cref="_gate"/>: records that the graceful close starts, unless one already started or the
+    /// connection ended; the caller then runs <see cref="CarryOutClose"/> outside the lock.
+    /// </summary>
+    private bool TryStartCloseLocked(CloseReason reason)
+    {
+        Debug.Assert(_gate.IsHeldByCurrentThread, "called under the lock");
+        if (_reason != CloseReason.None || _ended)
+        {
+            return false;
+        }
+
+        _reason = reason;
+        _ageTimer?.Dispose();
+        _ageTimer = null;
+        _idleTimer?.Dispose();
+        _idleTimer = null;
+        return true;
+    }
+
+    /// <summary>The side effects of a close that <see cref="TryStartCloseLocked"/> recorded; outside the lock.</summary>
+    private void CarryOutClose(CloseReason reason)
+    {
+        CloseDecided?.Invoke();
         var age = _time.GetElapsedTime(_openedAt);
         if (reason == CloseReason.MaxAge)
         {

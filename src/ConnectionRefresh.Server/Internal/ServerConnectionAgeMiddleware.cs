@@ -67,13 +67,15 @@ internal sealed class ServerConnectionAgeMiddleware
         {
             connection.Transport = transport.Inner;
 
-            // The linger's deadline is set before the connection counts as ended, so that whoever sees it ended
-            // (metrics, tests) sees the deadline already running. Only after an HTTP/2 GOAWAY: HTTP/1.1 has nothing
-            // for the client to read first, and a socket held open there is reused by clients for a request that
-            // is never answered.
-            var linger = tracker.ClosedGracefully && ConnectionProtocol.IsHttp2(connection.Features, _settings.EndpointProtocols);
+            // One step: the connection ends (no close or abort starts after it) and tells whether it had been closed
+            // gracefully and not aborted; then the socket lingers, but only after an HTTP/2 GOAWAY: HTTP/1.1 has
+            // nothing for the client to read first, and a socket held open there is reused by clients for a request
+            // that is never answered. The age is recorded once the linger's deadline is set, so that whoever sees it
+            // (metrics, tests) sees the deadline already running.
+            var closedGracefully = tracker.Ended();
+            var linger = closedGracefully && ConnectionProtocol.IsHttp2(connection.Features, _settings.EndpointProtocols);
             var closing = transport.CloseAsync(linger, ServerConnectionAgeDefaults.MaxGoAwayLinger, _time);
-            tracker.Ended();
+            tracker.RecordAge();
             await closing.ConfigureAwait(false);
         }
     }

@@ -386,4 +386,109 @@ public sealed class ServerConnectionAgeMiddlewareTests
         counter.CallStarted();
         Assert.Equal(1, connection.CloseRequests);
     }
+
+    [Fact]
+    public void CallStarted_RightAfterTheIdleTimerDecidedToClose_FindsTheCloseAlreadyStarted()
+    {
+        // The idle timer finds no call and decides to close; a call starts right then, before the close is carried
+        // out (the seam runs at that point, on the timer's thread). Deciding and recording the close must be one step:
+        // the call then starts on a connection that is already closing, like a call that arrives just before the
+        // GOAWAY, and "max_idle" is true of the connection when the close was decided. Otherwise the call starts on a
+        // connection that is not closing, and the connection is closed "as idle" while the call runs.
+        using var harness = new MiddlewareHarness(Options(idle: TimeSpan.FromSeconds(30)), callsCounted: true);
+        var connection = harness.Open();
+        var tracker = Assert.IsType<ConnectionAgeTracker>(connection.Closing);
+        CloseReason? reasonWhenCallStarted = null;
+        tracker.CloseDecided = () =>
+        {
+            tracker.CloseDecided = null;
+            tracker.CallStarted();
+            reasonWhenCallStarted = tracker.Reason;
+        };
+
+        harness.Advance(TimeSpan.FromSeconds(30));
+
+        Assert.Equal(CloseReason.MaxIdle, reasonWhenCallStarted);
+        Assert.Equal(1, connection.CloseRequests);
+        Assert.Equal("max_idle", Assert.Single(harness.Closes.GetMeasurementSnapshot()).Tags[ServerConnectionAgeMetrics.ReasonTag]);
+    }
+
+    [Fact]
+    public async Task OnConnectionAsync_GraceEndsWhileTheConnectionEnds_NoAbortAfterTheEnd()
+    {
+        // Kestrel finishes a gracefully closed connection (its last call ended) just as the grace ends. Once the
+        // middleware has taken the connection as ended, no abort may start: the grace timer fires at the exact point
+        // where the middleware creates the linger deadline, after it decided to linger, and must find the connection
+        // ended. Otherwise the connection is aborted (and an abort recorded) after Kestrel was done with it.
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10), grace: TimeSpan.FromSeconds(5)), callsCounted: true);
+        var connection = harness.Open();
+        var counter = MiddlewareHarness.Counter(connection);
+        counter.CallStarted();
+        harness.Advance(TimeSpan.FromSeconds(10));
+        Assert.Equal(1, connection.CloseRequests);
+        counter.CallEnded();
+        var graceEnded = false;
+        harness.BeforeNextTimer(() =>
+        {
+            harness.Advance(TimeSpan.FromSeconds(5));
+            graceEnded = true;
+        });
+
+        MiddlewareHarness.EndServerSide(connection);
+        await Poll.UntilAsync(() => harness.Ages.GetMeasurementSnapshot().Count == 1, "the middleware saw Kestrel finish");
+
+        Assert.True(graceEnded, "the grace should have ended while the middleware ended the connection");
+        Assert.Equal(0, connection.Aborts);
+        Assert.Empty(harness.Aborts.GetMeasurementSnapshot());
+        Assert.Equal("max_age", Assert.Single(harness.Ages.GetMeasurementSnapshot()).Tags[ServerConnectionAgeMetrics.ReasonTag]);
+
+        // Closed gracefully and not aborted: the socket lingers until the client closes its side.
+        Assert.False(harness.Run(connection).IsCompleted);
+        connection.ClientToServer.Writer.Complete();
+        await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
+        Assert.True(connection.SocketClosed);
+    }
+
+    [Fact]
+    public void Ended_AfterTheCloseWasDecidedButBeforeItsGraceTimerExists_LingersAndNeverAborts()
+    {
+        // The grace timer is created outside the lock, after the GOAWAY. A connection that ends between the decision
+        // and that moment counts as closed gracefully (it lingers), and its grace timer must never abort it.
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10), grace: TimeSpan.FromSeconds(5)), callsCounted: true);
+        var connection = harness.Open();
+        var counter = MiddlewareHarness.Counter(connection);
+        counter.CallStarted();
+        var tracker = Assert.IsType<ConnectionAgeTracker>(connection.Closing);
+        bool? closedGracefully = null;
+        tracker.CloseDecided = () =>
+        {
+            tracker.CloseDecided = null;
+            closedGracefully = tracker.Ended();
+        };
+
+        harness.Advance(TimeSpan.FromSeconds(10));
+        harness.Advance(TimeSpan.FromMinutes(1));
+
+        Assert.True(closedGracefully);
+        Assert.Equal(1, connection.CloseRequests);
+        Assert.Equal(0, connection.Aborts);
+        Assert.Empty(harness.Aborts.GetMeasurementSnapshot());
+    }
+
+    [Fact]
+    public void CallEnded_AfterTheConnectionClosedByAge_DoesNotRearmTheIdleClose()
+    {
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(60), idle: TimeSpan.FromSeconds(30)), callsCounted: true);
+        var connection = harness.Open();
+        var counter = MiddlewareHarness.Counter(connection);
+        counter.CallStarted();
+        harness.Advance(TimeSpan.FromSeconds(60));
+        Assert.Equal(1, connection.CloseRequests);
+
+        counter.CallEnded();
+        harness.Advance(TimeSpan.FromMinutes(5));
+
+        Assert.Equal(1, connection.CloseRequests);
+        Assert.Equal("max_age", Assert.Single(harness.Closes.GetMeasurementSnapshot()).Tags[ServerConnectionAgeMetrics.ReasonTag]);
+    }
 }

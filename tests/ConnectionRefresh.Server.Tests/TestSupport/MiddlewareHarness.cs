@@ -17,6 +17,7 @@ internal sealed class MiddlewareHarness : IDisposable
     private readonly ServiceProvider _services;
     private readonly ServerConnectionAgeMiddleware _middleware;
     private readonly List<(FakeConnection Connection, Task Run)> _connections = [];
+    private readonly HookedTimeProvider _hookedTime;
 
     public MiddlewareHarness(ServerConnectionAgeOptions options, int seed = 1, bool callsCounted = false)
     {
@@ -25,10 +26,11 @@ internal sealed class MiddlewareHarness : IDisposable
         Closes = new MetricCollector<long>(meterFactory, ServerConnectionAgeMetrics.MeterName, ServerConnectionAgeMetrics.ClosesName);
         Aborts = new MetricCollector<long>(meterFactory, ServerConnectionAgeMetrics.MeterName, ServerConnectionAgeMetrics.AbortsName);
         Ages = new MetricCollector<double>(meterFactory, ServerConnectionAgeMetrics.MeterName, ServerConnectionAgeMetrics.AgeName);
+        _hookedTime = new HookedTimeProvider(Time);
         _middleware = new ServerConnectionAgeMiddleware(
             connection => ((FakeConnection)connection).End.Task,
             ConnectionAgeSettings.From(options, callsCounted),
-            Time,
+            _hookedTime,
             new ServerConnectionAgeMetrics(meterFactory),
             Logger,
             new Random(seed));
@@ -53,6 +55,12 @@ internal sealed class MiddlewareHarness : IDisposable
     }
 
     public void Advance(TimeSpan by) => Time.Advance(by);
+
+    /// <summary>
+    /// Runs <paramref name="action"/> once, when the middleware or a tracker next creates a timer, before it does:
+    /// lets a test make time pass (and timers fire) at that exact point.
+    /// </summary>
+    public void BeforeNextTimer(Action action) => _hookedTime.BeforeNextTimer(action);
 
     /// <summary>
     /// Ends the connection the way it ends for real: Kestrel completes the transport and returns, the client closes
