@@ -1,5 +1,9 @@
+using ConnectionRefresh.Kubernetes.Internal;
 using ConnectionRefresh.Kubernetes.Tests.Fakes;
 using ConnectionRefresh.Protos;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Testing;
 
 namespace ConnectionRefresh.Kubernetes.Tests;
 
@@ -161,6 +165,42 @@ public sealed class KubernetesResolverGrpcTests
             return window.SetEquals(remaining);
         }, "exactly the 150 endpoints of the remaining slices serve calls", TimeSpan.FromSeconds(60));
         Assert.Equal(150, endpointsGauge.LastMeasurement!.Value);
+    }
+
+    [Fact]
+    public async Task Calls_PodClosesItsConnection_ReconnectedWithoutRelistingWhileTheWatchIsLive()
+    {
+        // A server-side max connection age sends a GOAWAY; once the connection has closed, grpc-dotnet asks the resolver
+        // to refresh. The live watch answers: no LIST for the API server, and the pod gets calls again on a new
+        // connection. (No call runs while the pod closes its connection: a call that arrives during the drain makes
+        // SocketsHttpHandler open the new connection first, and the subchannel never goes idle.)
+        var category = typeof(KubernetesResolver).FullName!;
+        await using var cluster = await ResolverTestCluster.StartAsync(podCount: 3, configureServices: services =>
+        {
+            services.AddLogging(logging => logging.AddFilter(category, LogLevel.Debug));
+            services.AddFakeLogging(o => o.FilteredCategories.Add(category));
+        });
+        var logs = cluster.Services.GetRequiredService<FakeLogCollector>();
+        int Logged(int id) => logs.GetSnapshot().Count(r => r.Id.Id == id);
+        var ips = cluster.Pods.Ips;
+        cluster.Api.Apply("default", Slices.Ready("greeter-a", "greeter", ips, cluster.Pods.Port));
+        await WaitForAllAsync(cluster, ips);
+        var lists = cluster.Api.ListCount;
+        var watches = cluster.Api.WatchCount;
+        var relisting = Logged(6);
+
+        for (var round = 1; round <= 3; round++)
+        {
+            var answered = Logged(9);
+            Assert.True(cluster.Pods.CloseConnections(ips[0]) >= 1, "pod 0 has a connection to close");
+            await Poll.UntilAsync(() => Logged(9) > answered, $"round {round}: the balancer's refresh request was answered by the watch");
+            await Poll.UntilAsync(async () => (await cluster.Client.SayHelloAsync(new HelloRequest { Name = "again" })).Instance == ips[0],
+                $"round {round}: pod 0 serves calls again");
+        }
+
+        Assert.Equal(lists, cluster.Api.ListCount);
+        Assert.Equal(watches, cluster.Api.WatchCount);
+        Assert.Equal(relisting, Logged(6));
     }
 
     private static Task WaitForAllAsync(ResolverTestCluster cluster, IEnumerable<string> ips)

@@ -8,11 +8,12 @@ namespace ConnectionRefresh.Kubernetes.Internal;
 /// <summary>
 /// Resolves one <c>kubernetes:</c> target: LIST the Service's EndpointSlices, WATCH from the list's
 /// resourceVersion (with bookmarks), publish the union of ready endpoints on every change; relist on
-/// <c>410 Gone</c>, on <see cref="Refresh"/> and every resync interval; keep the last known endpoints and
-/// reconnect with jittered exponential backoff while the API server is unreachable.
+/// <c>410 Gone</c>, every resync interval, and on a <see cref="Refresh"/> that finds no live watch (a live watch
+/// already delivers every change); keep the last known endpoints and reconnect with jittered exponential backoff while
+/// the API server is unreachable.
 /// Thread-safety: one background loop owns the slices, the backoff and the published set; the only
-/// state shared with callers (<see cref="Refresh"/>, <see cref="Dispose(bool)"/>) is the refresh flag
-/// and the current watch's cancellation source, both guarded by <c>_lock</c>, and the disposed flag: the listener is
+/// state shared with callers (<see cref="Refresh"/>, <see cref="Dispose(bool)"/>) is the refresh flag,
+/// the current watch's cancellation source and its last sign of life, all guarded by <c>_lock</c>, and the disposed flag: the listener is
 /// called under <c>_listenerLock</c>, which <see cref="Dispose(bool)"/> also takes, so once Dispose has returned the
 /// listener is never called again (grpc-dotnet disposes the balancer right after the resolver; a late result would
 /// create subchannels, and connections, for a disposed channel).
@@ -40,6 +41,7 @@ internal sealed class KubernetesResolver : Resolver
     private Action<ResolverResult>? _listener;
     private Task _loop = Task.CompletedTask;
     private CancellationTokenSource? _watchCts;
+    private long _watchActivityTimestamp; // TimeProvider timestamp: monotonic, unlike the wall clock
     private bool _refreshRequested;
     private volatile bool _disposed;
     private IReadOnlyList<ResolvedEndpoint>? _published;
@@ -73,6 +75,21 @@ internal sealed class KubernetesResolver : Resolver
     /// <summary>The namespace this resolver watches.</summary>
     internal string Namespace => _namespace;
 
+    /// <summary>
+    /// The <see cref="TimeProvider.GetTimestamp"/> at which the current watch last showed life (started, or delivered an
+    /// event or a bookmark). For tests.
+    /// </summary>
+    internal long WatchActivityTimestamp
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _watchActivityTimestamp;
+            }
+        }
+    }
+
     public override void Start(Action<ResolverResult> listener)
     {
         ArgumentNullException.ThrowIfNull(listener);
@@ -86,14 +103,39 @@ internal sealed class KubernetesResolver : Resolver
         _loop = Task.Run(RunAsync);
     }
 
+    /// <summary>
+    /// Called by grpc-dotnet's balancer whenever a subchannel goes idle or fails (for example after a server-side max
+    /// connection age closed its connection with a GOAWAY). A watch that showed life within
+    /// <see cref="KubernetesResolverDefaults.WatchLivenessWindow"/> already delivers every change, so it answers the
+    /// request: nothing is relisted. Otherwise (first LIST pending, backing off after errors, or a watch silent for
+    /// longer than the window, which may have stopped delivering) the slices are relisted, at most once per
+    /// <see cref="KubernetesResolverDefaults.MinRefreshInterval"/>.
+    /// </summary>
     public override void Refresh()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        KubernetesResolverLog.RefreshRequested(_logger, _target.Service, _namespace);
+        TimeSpan? sinceActivity = null;
         lock (_lock)
         {
-            _refreshRequested = true;
-            _watchCts?.Cancel();
+            var since = _time.GetElapsedTime(_watchActivityTimestamp);
+            if (_watchCts is not null && since < KubernetesResolverDefaults.WatchLivenessWindow)
+            {
+                sinceActivity = since;
+            }
+            else
+            {
+                _refreshRequested = true;
+                _watchCts?.Cancel();
+            }
+        }
+
+        if (sinceActivity is { } answered)
+        {
+            KubernetesResolverLog.RefreshAnsweredByWatch(_logger, _target.Service, _namespace, answered);
+        }
+        else
+        {
+            KubernetesResolverLog.RefreshRequested(_logger, _target.Service, _namespace, KubernetesResolverDefaults.WatchLivenessWindow);
         }
     }
 
@@ -199,6 +241,7 @@ internal sealed class KubernetesResolver : Resolver
                 }
 
                 _watchCts = watchCts;
+                _watchActivityTimestamp = _time.GetTimestamp();
             }
 
             var started = _time.GetUtcNow();
@@ -208,6 +251,12 @@ internal sealed class KubernetesResolver : Resolver
                 await foreach (var change in _client.WatchAsync(_namespace, _target.Service, resourceVersion, remaining, watchCts.Token).ConfigureAwait(false))
                 {
                     events++;
+                    lock (_lock)
+                    {
+                        // Recorded before the event is applied: whoever sees its effect also sees this sign of life.
+                        _watchActivityTimestamp = _time.GetTimestamp();
+                    }
+
                     resourceVersion = Apply(change) ?? resourceVersion;
                 }
             }
@@ -252,7 +301,8 @@ internal sealed class KubernetesResolver : Resolver
             Restarted("closed");
         }
 
-        // Refresh(): relist, at most once per MinRefreshInterval (the watch already delivers changes).
+        // Refresh() found no live watch (this one was silent for longer than WatchLivenessWindow, or the request came
+        // between two watches): relist, at most once per MinRefreshInterval.
         Restarted("refresh");
         var wait = _lastListAt + KubernetesResolverDefaults.MinRefreshInterval - _time.GetUtcNow();
         if (wait > TimeSpan.Zero)

@@ -20,12 +20,15 @@ internal static partial class KubernetesResolverLog
     [LoggerMessage(5, LogLevel.Warning, "Service {Service} in namespace {Namespace}: {SkippedCount} EndpointSlices have no port matching {Port}; their endpoints are not used.")]
     public static partial void PortNotFound(ILogger logger, string service, string @namespace, int skippedCount, string port);
 
-    [LoggerMessage(6, LogLevel.Debug, "Service {Service} in namespace {Namespace}: refresh requested.")]
-    public static partial void RefreshRequested(ILogger logger, string service, string @namespace);
+    [LoggerMessage(6, LogLevel.Debug, "Service {Service} in namespace {Namespace}: refresh requested; relisting, as no watch has shown life within {Window}.")]
+    public static partial void RefreshRequested(ILogger logger, string service, string @namespace, TimeSpan window);
 
     [LoggerMessage(7, LogLevel.Debug, "Service {Service} in namespace {Namespace}: resolver stopped.")]
     public static partial void Stopped(ILogger logger, string service, string @namespace);
 
     [LoggerMessage(8, LogLevel.Error, "Service {Service} in namespace {Namespace}: the resolver loop failed unexpectedly.")]
     public static partial void LoopFailed(ILogger logger, string service, string @namespace, Exception exception);
+
+    [LoggerMessage(9, LogLevel.Debug, "Service {Service} in namespace {Namespace}: refresh requested; answered by the watch, which showed life {SinceActivity} ago, so no relist.")]
+    public static partial void RefreshAnsweredByWatch(ILogger logger, string service, string @namespace, TimeSpan sinceActivity);
 }

@@ -1,8 +1,11 @@
+using System.Collections.Concurrent;
 using System.Net;
 using System.Net.Sockets;
 using ConnectionRefresh.Protos;
 using Grpc.Core;
 using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Connections;
+using Microsoft.AspNetCore.Connections.Features;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection;
@@ -14,16 +17,20 @@ namespace ConnectionRefresh.Kubernetes.Tests.Fakes;
 /// Real Kestrel gRPC "pods" on distinct loopback addresses (127.0.x.y, all of 127/8 is local on Linux)
 /// sharing one port, as pods of a Deployment share their container port. One Kestrel instance listens on
 /// every address; each Greeter reply's <c>instance</c> is the local address that took the connection, so
-/// a test can tell the pods apart.
+/// a test can tell the pods apart. <see cref="CloseConnections"/> makes a pod close its connections gracefully, as a
+/// server-side max connection age does.
 /// </summary>
 internal sealed class GreeterPods : IAsyncDisposable
 {
     private static int s_nextAddress;
     private readonly WebApplication _app;
+    private readonly ConcurrentDictionary<string, ConnectionContext> _connections;
+    private readonly ConcurrentDictionary<string, bool> _closing = new();
 
-    private GreeterPods(WebApplication app, IReadOnlyList<string> ips, int port)
+    private GreeterPods(WebApplication app, ConcurrentDictionary<string, ConnectionContext> connections, IReadOnlyList<string> ips, int port)
     {
         _app = app;
+        _connections = connections;
         Ips = ips;
         Port = port;
     }
@@ -41,6 +48,7 @@ internal sealed class GreeterPods : IAsyncDisposable
         {
             var ips = Allocate(count);
             var port = FreePort(ips[0]);
+            var connections = new ConcurrentDictionary<string, ConnectionContext>();
             var builder = WebApplication.CreateSlimBuilder();
             builder.Logging.ClearProviders();
             builder.Services.AddGrpc();
@@ -48,7 +56,22 @@ internal sealed class GreeterPods : IAsyncDisposable
             {
                 foreach (var ip in ips)
                 {
-                    kestrel.Listen(IPAddress.Parse(ip), port, listen => listen.Protocols = HttpProtocols.Http2);
+                    kestrel.Listen(IPAddress.Parse(ip), port, listen =>
+                    {
+                        listen.Protocols = HttpProtocols.Http2;
+                        listen.Use(next => async connection =>
+                        {
+                            connections[connection.ConnectionId] = connection;
+                            try
+                            {
+                                await next(connection);
+                            }
+                            finally
+                            {
+                                connections.TryRemove(connection.ConnectionId, out _);
+                            }
+                        });
+                    });
                 }
             });
             var app = builder.Build();
@@ -56,13 +79,35 @@ internal sealed class GreeterPods : IAsyncDisposable
             try
             {
                 await app.StartAsync();
-                return new GreeterPods(app, ips, port);
+                return new GreeterPods(app, connections, ips, port);
             }
             catch (IOException) when (attempt < 5)
             {
                 await app.DisposeAsync();
             }
         }
+    }
+
+    /// <summary>
+    /// Asks every open connection to <paramref name="ip"/> not asked before to close gracefully: Kestrel sends an HTTP/2 GOAWAY, lets the
+    /// running calls finish and then closes the connection, as a server-side max connection age does.
+    /// </summary>
+    /// <returns>How many connections were asked to close.</returns>
+    public int CloseConnections(string ip)
+    {
+        var closed = 0;
+        foreach (var connection in _connections.Values)
+        {
+            if (connection.LocalEndPoint is IPEndPoint local && local.Address.ToString() == ip &&
+                connection.Features.Get<IConnectionLifetimeNotificationFeature>() is { } lifetime &&
+                _closing.TryAdd(connection.ConnectionId, true))
+            {
+                lifetime.RequestClose();
+                closed++;
+            }
+        }
+
+        return closed;
     }
 
     public async ValueTask DisposeAsync()

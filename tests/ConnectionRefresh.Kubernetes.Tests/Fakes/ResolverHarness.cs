@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using ConnectionRefresh.Kubernetes.Internal;
 using Grpc.Core;
 using Grpc.Net.Client.Balancer;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 
 namespace ConnectionRefresh.Kubernetes.Tests.Fakes;
@@ -12,11 +13,11 @@ internal sealed class ResolverHarness : IDisposable
     private readonly FallbackMeterFactory _meters = new();
 
     public ResolverHarness(IEndpointSliceClient client, string target = "kubernetes:///greeter.default:grpc",
-        KubernetesResolverOptions? options = null, TimeProvider? time = null, Func<double>? random = null)
+        KubernetesResolverOptions? options = null, TimeProvider? time = null, Func<double>? random = null, ILogger? logger = null)
     {
         var parsed = KubernetesTarget.Parse(new Uri(target));
         Resolver = new KubernetesResolver(parsed, parsed.Namespace ?? "default", client, options ?? new KubernetesResolverOptions(),
-            new KubernetesResolverMetrics(_meters), time ?? TimeProvider.System, random ?? (() => 0.5), NullLogger.Instance);
+            new KubernetesResolverMetrics(_meters), time ?? TimeProvider.System, random ?? (() => 0.5), logger ?? NullLogger.Instance);
         Resolver.Start(Results.Enqueue);
     }
 

@@ -36,7 +36,8 @@ internal sealed class ResolverTestCluster : IAsyncDisposable
     public Greeter.GreeterClient Client { get; }
 
     /// <summary>Starts <paramref name="podCount"/> pods; none is in a slice yet.</summary>
-    public static async Task<ResolverTestCluster> StartAsync(int podCount, string target = "kubernetes:///greeter.default:grpc", Action<KubernetesResolverOptions>? configure = null)
+    public static async Task<ResolverTestCluster> StartAsync(int podCount, string target = "kubernetes:///greeter.default:grpc", Action<KubernetesResolverOptions>? configure = null,
+        Action<IServiceCollection>? configureServices = null)
     {
         var account = new ServiceAccountDirectory("token-1");
         var api = await SimulatedKubernetesApi.StartAsync("token-1");
@@ -58,6 +59,7 @@ internal sealed class ResolverTestCluster : IAsyncDisposable
                 o.Credentials = ChannelCredentials.Insecure;
                 o.ServiceConfig = new ServiceConfig { LoadBalancingConfigs = { new RoundRobinConfig() } };
             });
+        configureServices?.Invoke(services);
         return new ResolverTestCluster(api, pods, account, services.BuildServiceProvider(validateScopes: true));
     }
 

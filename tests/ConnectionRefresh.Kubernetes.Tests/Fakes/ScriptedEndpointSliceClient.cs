@@ -21,7 +21,10 @@ internal sealed class ScriptedEndpointSliceClient : IEndpointSliceClient
 
     public ConcurrentQueue<string> WatchResourceVersions { get; } = new();
 
-    /// <summary>The current watch's events; complete the writer to end the watch, with an exception to fail it.</summary>
+    /// <summary>
+    /// The current watch's events; complete the writer to end the watch, with an exception to fail it (the next watch then
+    /// gets a fresh channel; a cancelled watch leaves it to the next one).
+    /// </summary>
     public Channel<EndpointSliceEvent> Events { get; private set; } = Channel.CreateUnbounded<EndpointSliceEvent>();
 
     public Task<EndpointSliceSnapshot> ListAsync(string ns, string service, CancellationToken cancellationToken)
@@ -35,13 +38,22 @@ internal sealed class ScriptedEndpointSliceClient : IEndpointSliceClient
         var events = Events;
         WatchResourceVersions.Enqueue(resourceVersion);
         Interlocked.Increment(ref _watches);
-        await foreach (var change in events.Reader.ReadAllAsync(cancellationToken))
+        try
         {
-            yield return change;
+            await foreach (var change in events.Reader.ReadAllAsync(cancellationToken))
+            {
+                yield return change;
+            }
         }
-
-        // The next watch gets a fresh stream.
-        Events = Channel.CreateUnbounded<EndpointSliceEvent>();
+        finally
+        {
+            // A stream that ended (closed or failed) is used up: the next watch gets a fresh one. A cancelled watch's
+            // stream is kept for the next watch.
+            if (events.Reader.Completion.IsCompleted)
+            {
+                Events = Channel.CreateUnbounded<EndpointSliceEvent>();
+            }
+        }
     }
 
     public static EndpointSliceSnapshot Snapshot(string resourceVersion, params V1EndpointSlice[] slices) => new(slices, resourceVersion);
