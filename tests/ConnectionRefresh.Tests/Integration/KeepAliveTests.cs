@@ -3,6 +3,7 @@ using ConnectionRefresh.Protos;
 using ConnectionRefresh.Testing;
 using ConnectionRefresh.Tests.Infrastructure;
 using Grpc.Core;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace ConnectionRefresh.Tests.Integration;
 
@@ -44,5 +45,52 @@ public sealed class KeepAliveTests
         // Ping delay 1 s + ping timeout 1 s + SocketsHttpHandler's ~1 s heartbeat; 20 s leaves a loaded 2-core
         // machine ample room while staying far from the 60 s deadline a missing ping would run into.
         Assert.InRange(silentSince.Elapsed, TimeSpan.Zero, TimeSpan.FromSeconds(20));
+    }
+
+    [Fact]
+    public async Task UnaryCall_PeerGoesSilentBeforeResponse_OuterHandlersSeeHttpRequestExceptionAndCallerUnavailable()
+    {
+        await using var cluster = await SimulatedCluster.StartAsync(new() { Replicas = 1 });
+        var outer = new FailureRecordingHandler();
+        using var host = GreeterClientHost.WithRefresh(
+            cluster.Address,
+            o =>
+            {
+                o.KeepAlivePingDelay = TimeSpan.FromSeconds(1);
+                o.KeepAlivePingTimeout = TimeSpan.FromSeconds(1);
+            },
+            b => b.AddHttpMessageHandler(() => outer));
+        await host.Client.SayHelloAsync(new HelloRequest { Name = "warm" });
+        cluster.BlackHole(cluster.Pods[0]);
+
+        // The call's headers go into the void: keepalive aborts the connection before any response arrives.
+        var failure = await Assert.ThrowsAsync<RpcException>(
+            () => host.Client.SayHelloAsync(new HelloRequest { Name = "x" }, deadline: DateTime.UtcNow.AddSeconds(60)).ResponseAsync);
+
+        Assert.Equal(StatusCode.Unavailable, failure.StatusCode);
+        // Without the library SocketsHttpHandler throws an HttpRequestException here, which AddStandardResilienceHandler
+        // and Polly's HandleTransientHttpError retry; the library must not turn it into a type they do not retry.
+        var seen = Assert.IsType<HttpRequestException>(outer.Failure);
+        Assert.Equal(HttpRequestError.ConnectionError, seen.HttpRequestError);
+        Assert.IsType<HttpIOException>(seen.InnerException);
+    }
+
+    /// <summary>A user handler outside ConnectionRefresh (where resilience handlers sit) that keeps what it saw fail.</summary>
+    private sealed class FailureRecordingHandler : DelegatingHandler
+    {
+        public Exception? Failure { get; private set; }
+
+        protected override async Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
+        {
+            try
+            {
+                return await base.SendAsync(request, cancellationToken);
+            }
+            catch (Exception exception)
+            {
+                Failure = exception;
+                throw;
+            }
+        }
     }
 }
