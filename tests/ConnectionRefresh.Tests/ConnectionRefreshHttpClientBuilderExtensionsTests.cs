@@ -195,6 +195,25 @@ public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
         Assert.Contains("MaxConnectionAge", failure.Message, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData("MaxConnectionAgeJitter:Value", "0.2")]
+    [InlineData("MaxRequestsPerConnection:Value", "100")]
+    [InlineData("KeepAlivePingPolicy:Value", "Always")]
+    [InlineData("MaxConnectionAge:Minutes", "5")]
+    public void ValidateOnStart_SettingWithSubKeys_FailsNamingTheKey(string key, string value)
+    {
+        var services = new ServiceCollection();
+        services.AddSingleton<IConfiguration>(new ConfigurationBuilder()
+            .AddInMemoryCollection(new Dictionary<string, string?> { ["ConnectionRefresh:" + key] = value }).Build());
+        GrpcClient(services).AddConnectionRefresh();
+        using var provider = services.BuildServiceProvider();
+
+        // Before: bound in silence as the type's default (jitter 0, no limit) or ignored.
+        var failure = Assert.Throws<InvalidOperationException>(() => ValidateOnStart(provider));
+        Assert.Contains($"'ConnectionRefresh:{key}'", failure.Message, StringComparison.Ordinal);
+        Assert.Contains("single value", failure.Message, StringComparison.Ordinal);
+    }
+
     [Fact]
     public void ValidateOnStart_SiblingPackageSections_AreNotClientSettings()
     {
