@@ -9,7 +9,9 @@ namespace ConnectionRefresh;
 /// </summary>
 /// <remarks>
 /// Every setting is checked at start-up; a bad value fails with a message that names the setting,
-/// the value and the allowed range.
+/// the value and the allowed range. The settings are read once, when the client's handler is built (for a gRPC
+/// client: once for the life of the application); later configuration changes (<c>reloadOnChange</c>) are not
+/// applied. A setting that is off is written <c>-00:00:00.001</c> (<see cref="Timeout.InfiniteTimeSpan"/>) in configuration.
 /// </remarks>
 public sealed class ConnectionRefreshOptions
 {

@@ -161,6 +161,28 @@ public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
         Assert.Equal(3, provider.GetRequiredService<IOptionsMonitor<ConnectionRefreshOptions>>().Get(nameof(TestClient)).ConnectionsPerEndpoint);
     }
 
+    [Fact]
+    public void AddConnectionRefresh_ConfigurationReloaded_KeepsTheSettingsReadAtStartUp()
+    {
+        var configuration = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["ConnectionRefresh:ConnectionsPerEndpoint"] = "2",
+        }).Build();
+        var services = new ServiceCollection();
+        services.AddSingleton<IConfiguration>(configuration);
+        services.AddHttpClient("plain").AddConnectionRefresh();
+        using var provider = services.BuildServiceProvider();
+        ValidateOnStart(provider);
+        Assert.Equal(2, Walk(BuildChain(provider, "plain")).OfType<ConnectionRefreshHandler>().Single().Slots.Count);
+
+        configuration["ConnectionRefresh:ConnectionsPerEndpoint"] = "5";
+        configuration.Reload();
+
+        // As documented on ConnectionRefreshOptions: read once. Handlers built later (HttpClientFactory rotates those of
+        // plain clients) read their settings from this monitor, which keeps the start-up values.
+        Assert.Equal(2, provider.GetRequiredService<IOptionsMonitor<ConnectionRefreshOptions>>().Get("plain").ConnectionsPerEndpoint);
+    }
+
     [Theory]
     [InlineData("MaxConnectionAge", "-00:00:05", "MaxConnectionAge", "-00:00:05")]
     [InlineData("MaxConnectionAgeJitter", "2", "MaxConnectionAgeJitter", "0 to 0.5")]
