@@ -45,7 +45,11 @@ internal static class ConnectionFailures
             replacement = protocolError is null ? null : ConnectionLost(exception, protocolError);
         }
 
-        telemetry.ConnectionFailed(exception);
+        if (generation.TryReportFailure())
+        {
+            telemetry.ConnectionFailed(exception);
+        }
+
         slot.Retire(generation, RetirementReason.ConnectionFailure);
         return replacement;
     }

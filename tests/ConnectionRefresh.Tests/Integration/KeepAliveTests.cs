@@ -4,6 +4,7 @@ using ConnectionRefresh.Testing;
 using ConnectionRefresh.Tests.Infrastructure;
 using Grpc.Core;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging.Testing;
 
 namespace ConnectionRefresh.Tests.Integration;
 
@@ -73,6 +74,35 @@ public sealed class KeepAliveTests
         var seen = Assert.IsType<HttpRequestException>(outer.Failure);
         Assert.Equal(HttpRequestError.ConnectionError, seen.HttpRequestError);
         Assert.IsType<HttpIOException>(seen.InnerException);
+    }
+
+    [Fact]
+    public async Task CallsOnOneConnection_PeerGoesSilent_ConnectionLossLoggedOnce()
+    {
+        await using var cluster = await SimulatedCluster.StartAsync(new() { Replicas = 1 });
+        using var host = GreeterClientHost.Create(
+            cluster.Address,
+            b => b.AddConnectionRefresh(o =>
+            {
+                o.KeepAlivePingDelay = TimeSpan.FromSeconds(1);
+                o.KeepAlivePingTimeout = TimeSpan.FromSeconds(1);
+            }),
+            services => services.AddFakeLogging());
+        await host.Client.SayHelloAsync(new HelloRequest { Name = "warm" });
+        cluster.BlackHole(cluster.Pods[0]);
+
+        // Three calls wait on the same connection; keepalive aborts it and fails all three.
+        var calls = Enumerable.Range(0, 3)
+            .Select(i => host.Client.SayHelloAsync(new HelloRequest { Name = $"c{i}" }, deadline: DateTime.UtcNow.AddSeconds(60)).ResponseAsync)
+            .ToList();
+        foreach (var call in calls)
+        {
+            Assert.Equal(StatusCode.Unavailable, (await Assert.ThrowsAsync<RpcException>(() => call)).StatusCode);
+        }
+
+        // One connection was lost: one warning (event 3), not one per call that ran on it.
+        var lost = host.Services.GetRequiredService<FakeLogCollector>().GetSnapshot().Where(r => r.Id.Id == 3 && r.Category == "ConnectionRefresh");
+        Assert.Single(lost);
     }
 
     /// <summary>A user handler outside ConnectionRefresh (where resilience handlers sit) that keeps what it saw fail.</summary>
