@@ -9,7 +9,9 @@ namespace ConnectionRefresh;
 /// </summary>
 /// <remarks>
 /// Every setting is checked at start-up; a bad value fails with a message that names the setting,
-/// the value and the allowed range.
+/// the value and the allowed range. The settings are read once, when the client's handler is built (for a gRPC
+/// client: once for the life of the application); later configuration changes (<c>reloadOnChange</c>) are not
+/// applied. A setting that is off is written <c>-00:00:00.001</c> (<see cref="Timeout.InfiniteTimeSpan"/>) in configuration.
 /// </remarks>
 public sealed class ConnectionRefreshOptions
 {
@@ -31,7 +33,8 @@ public sealed class ConnectionRefreshOptions
 
     /// <summary>
     /// Number of calls after which a connection is retired; <see langword="null"/> (the default) means no limit.
-    /// Useful when call rates vary a lot between clients. Range: 1 to 1,000,000,000.
+    /// Useful when call rates vary a lot between clients. Counted per connection slot generation: calls over HTTP/1.1,
+    /// or past the server's stream limit, can spread one budget over several TCP connections. Range: 1 to 1,000,000,000.
     /// </summary>
     public int? MaxRequestsPerConnection { get; set; }
 
@@ -39,8 +42,9 @@ public sealed class ConnectionRefreshOptions
     /// Number of independent connections kept to the target; calls are spread over them round-robin, skipping to
     /// the next connection when it has fewer calls running (so a slow or silently dead pod gets few new calls). Each one
     /// is its own kube-proxy pick, so K connections reach up to K pods. Their first ages are staggered (the first
-    /// connection of slot i lives (i + 1) / K of an age) so that they do not all reconnect together; after that each
-    /// keeps its own jittered age. Default 1. Range: 1 to 64.
+    /// connection of slot i lives (i + 1) / K of an age, and takes (i + 1) / K of <see cref="MaxRequestsPerConnection"/>,
+    /// at least one call) so that they do not all reconnect together; after that each keeps its own jittered age and
+    /// full request budget. Default 1. Range: 1 to 64.
     /// </summary>
     public int ConnectionsPerEndpoint { get; set; } = 1;
 

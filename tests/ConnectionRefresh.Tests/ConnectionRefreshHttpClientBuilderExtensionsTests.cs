@@ -161,6 +161,28 @@ public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
         Assert.Equal(3, provider.GetRequiredService<IOptionsMonitor<ConnectionRefreshOptions>>().Get(nameof(TestClient)).ConnectionsPerEndpoint);
     }
 
+    [Fact]
+    public void AddConnectionRefresh_ConfigurationReloaded_KeepsTheSettingsReadAtStartUp()
+    {
+        var configuration = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["ConnectionRefresh:ConnectionsPerEndpoint"] = "2",
+        }).Build();
+        var services = new ServiceCollection();
+        services.AddSingleton<IConfiguration>(configuration);
+        services.AddHttpClient("plain").AddConnectionRefresh();
+        using var provider = services.BuildServiceProvider();
+        ValidateOnStart(provider);
+        Assert.Equal(2, Walk(BuildChain(provider, "plain")).OfType<ConnectionRefreshHandler>().Single().Slots.Count);
+
+        configuration["ConnectionRefresh:ConnectionsPerEndpoint"] = "5";
+        configuration.Reload();
+
+        // As documented on ConnectionRefreshOptions: read once. Handlers built later (HttpClientFactory rotates those of
+        // plain clients) read their settings from this monitor, which keeps the start-up values.
+        Assert.Equal(2, provider.GetRequiredService<IOptionsMonitor<ConnectionRefreshOptions>>().Get("plain").ConnectionsPerEndpoint);
+    }
+
     [Theory]
     [InlineData("MaxConnectionAge", "-00:00:05", "MaxConnectionAge", "-00:00:05")]
     [InlineData("MaxConnectionAgeJitter", "2", "MaxConnectionAgeJitter", "0 to 0.5")]
@@ -193,6 +215,25 @@ public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
         var failure = Assert.Throws<InvalidOperationException>(() => ValidateOnStart(provider));
         Assert.Contains("'ConnectionRefresh:MaxConectionAge'", failure.Message, StringComparison.Ordinal);
         Assert.Contains("MaxConnectionAge", failure.Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("MaxConnectionAgeJitter:Value", "0.2")]
+    [InlineData("MaxRequestsPerConnection:Value", "100")]
+    [InlineData("KeepAlivePingPolicy:Value", "Always")]
+    [InlineData("MaxConnectionAge:Minutes", "5")]
+    public void ValidateOnStart_SettingWithSubKeys_FailsNamingTheKey(string key, string value)
+    {
+        var services = new ServiceCollection();
+        services.AddSingleton<IConfiguration>(new ConfigurationBuilder()
+            .AddInMemoryCollection(new Dictionary<string, string?> { ["ConnectionRefresh:" + key] = value }).Build());
+        GrpcClient(services).AddConnectionRefresh();
+        using var provider = services.BuildServiceProvider();
+
+        // Before: bound in silence as the type's default (jitter 0, no limit) or ignored.
+        var failure = Assert.Throws<InvalidOperationException>(() => ValidateOnStart(provider));
+        Assert.Contains($"'ConnectionRefresh:{key}'", failure.Message, StringComparison.Ordinal);
+        Assert.Contains("single value", failure.Message, StringComparison.Ordinal);
     }
 
     [Fact]

@@ -7,8 +7,9 @@ namespace ConnectionRefresh.Internal;
 /// Recognises calls that failed because their connection died, retires that connection, and makes such
 /// failures reach gRPC callers as <c>StatusCode.Unavailable</c> (as grpc-go and grpc-java report them), so
 /// that retry policies retry them. grpc-dotnet maps any HttpProtocolException in the chain by its HTTP/2
-/// error code (a keepalive timeout becomes <c>Internal</c>), so such an exception is replaced by an
-/// <see cref="HttpIOException"/> without it, whose message keeps the original text. A connect timeout, which
+/// error code (a keepalive timeout becomes <c>Internal</c>), so such an exception is replaced by one without it
+/// (of the type SocketsHttpHandler threw: <see cref="HttpRequestException"/> before the response, an IOException while
+/// reading it) around an <see cref="HttpIOException"/> whose message keeps the original text. A connect timeout, which
 /// SocketsHttpHandler reports as a cancellation, is made a connection failure (<see cref="HttpRequestException"/>) too.
 /// </summary>
 internal static class ConnectionFailures
@@ -41,12 +42,14 @@ internal static class ConnectionFailures
         }
         else
         {
-            replacement = protocolError is null
-                ? null
-                : new HttpIOException(HttpRequestError.ConnectionError, $"The connection to the server was lost: {protocolError.Message}");
+            replacement = protocolError is null ? null : ConnectionLost(exception, protocolError);
         }
 
-        telemetry.ConnectionFailed(exception);
+        if (generation.TryReportFailure())
+        {
+            telemetry.ConnectionFailed(exception);
+        }
+
         slot.Retire(generation, RetirementReason.ConnectionFailure);
         return replacement;
     }
@@ -57,6 +60,18 @@ internal static class ConnectionFailures
     /// </summary>
     internal static bool IsConnectTimeout(Exception exception, CancellationToken callerToken)
         => exception is OperationCanceledException { InnerException: TimeoutException } && !callerToken.IsCancellationRequested;
+
+    /// <summary>
+    /// The replacement for a lost connection whose failure carries an HttpProtocolException. Before the response
+    /// (in SendAsync) SocketsHttpHandler throws an <see cref="HttpRequestException"/>, which HttpClient users and outer
+    /// handlers (AddStandardResilienceHandler, Polly's HandleTransientHttpError) treat as transient and retry, so the
+    /// replacement is one too; while the body is read it throws IOExceptions, so an <see cref="HttpIOException"/> fits.
+    /// </summary>
+    private static Exception ConnectionLost(Exception exception, HttpProtocolException protocolError)
+    {
+        var lost = new HttpIOException(HttpRequestError.ConnectionError, $"The connection to the server was lost: {protocolError.Message}");
+        return exception is HttpRequestException ? new HttpRequestException(HttpRequestError.ConnectionError, lost.Message, lost) : lost;
+    }
 
     public static HttpIOException CutByDrainTimeout(Exception exception) => new(
         HttpRequestError.Unknown,

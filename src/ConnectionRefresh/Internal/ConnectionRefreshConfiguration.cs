@@ -32,6 +32,15 @@ internal static class ConnectionRefreshConfiguration
                     $"Known settings: {string.Join(", ", Settings.Keys.Order(StringComparer.Ordinal))}.");
             }
 
+            // The binder would read a setting written as an object ("MaxConnectionAgeJitter": { "Value": 0.2 }) as the
+            // type's default (a jitter of 0, no request limit) or as nothing at all, without a word.
+            if (entry.GetChildren().FirstOrDefault() is { } nested)
+            {
+                throw new InvalidOperationException(
+                    $"Unknown ConnectionRefresh setting '{nested.Path}' for HTTP client '{clientName}': '{entry.Path}' takes a single value " +
+                    $"({ConnectionRefreshOptionsValidator.AllowedRange(property.Name)}), not sub-keys.");
+            }
+
             property.SetValue(options, Convert(entry, property, clientName));
         }
     }

@@ -31,6 +31,13 @@ internal sealed class ConnectionRefreshHandler : HttpMessageHandler
 
     protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
     {
+        // As SocketsHttpHandler does: a call cancelled before it is sent fails without a connection. Taking a slot
+        // first would spend request budget (and create and retire generations, counted and logged) for nothing.
+        if (cancellationToken.IsCancellationRequested)
+        {
+            return Task.FromCanceled<HttpResponseMessage>(cancellationToken);
+        }
+
         var slot = PickSlot();
         return SendAsync(slot, slot.Start(), request, cancellationToken);
     }

@@ -7,7 +7,8 @@ namespace ConnectionRefresh.Internal;
 /// </summary>
 /// <remarks>
 /// Thread-safe without locks: <see cref="_leases"/> only moves through compare-and-swap and can never come back
-/// from zero, so no call can start on a handler that is being disposed; <see cref="_retired"/> is set once.
+/// from zero, so no call can start on a handler that is being disposed; <see cref="_retired"/> and
+/// <see cref="_failureReported"/> are each set once.
 /// </remarks>
 [System.Diagnostics.CodeAnalysis.SuppressMessage("Design", "CA1001", Justification = "Disposed by the release of its last lease, not by an owner.")]
 internal sealed class HandlerGeneration
@@ -26,6 +27,7 @@ internal sealed class HandlerGeneration
     private int _leases = 1;
     private int _requests;
     private int _retired;
+    private int _failureReported;
 
     public HandlerGeneration(
         HttpMessageHandler handler,
@@ -95,6 +97,12 @@ internal sealed class HandlerGeneration
 
         return StartResult.Use;
     }
+
+    /// <summary>
+    /// True for the first failure of this generation's connection: every call running on a lost connection fails with
+    /// it, but the loss is reported (logged) once.
+    /// </summary>
+    public bool TryReportFailure() => Interlocked.Exchange(ref _failureReported, 1) == 0;
 
     public Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
         => _handler.ForwardAsync(request, cancellationToken);

@@ -29,6 +29,11 @@ internal sealed class StubHandler : HttpMessageHandler
             return Task.FromException<HttpResponseMessage>(Failure);
         }
 
+        if (cancellationToken.IsCancellationRequested)
+        {
+            return Task.FromCanceled<HttpResponseMessage>(cancellationToken);
+        }
+
         var content = new StreamContent(new MemoryStream([1, 2, 3]));
         content.Headers.ContentType = new("application/grpc");
         return Task.FromResult(new HttpResponseMessage(HttpStatusCode.OK) { Content = content, RequestMessage = request });

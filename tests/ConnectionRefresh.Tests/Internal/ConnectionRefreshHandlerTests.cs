@@ -287,13 +287,36 @@ public sealed class ConnectionRefreshHandlerTests
     public async Task SendAsync_CallerCancelsWhileConnecting_StaysCancellation()
     {
         var stubs = new StubGenerations(Options());
-        stubs.OnCreate = h => h.Failure = new TaskCanceledException("The request was canceled.", new TimeoutException("connect"));
+        using var cancelled = new CancellationTokenSource();
+        stubs.OnCreate = h =>
+        {
+            // The caller cancels once the call has a connection slot, while "connecting".
+            h.Failure = new TaskCanceledException("The request was canceled.", new TimeoutException("connect"));
+            cancelled.Cancel();
+        };
+        using var invoker = stubs.CreateInvoker(out _);
+
+        await Assert.ThrowsAsync<TaskCanceledException>(() => invoker.SendAsync(new HttpRequestMessage(HttpMethod.Post, "http://pod/svc/Method"), cancelled.Token));
+        Assert.False(stubs.Created[0].IsDisposed);
+    }
+
+    [Fact]
+    public async Task SendAsync_CancelledBeforeSending_SpendsNoRequestBudgetAndRetiresNothing()
+    {
+        var stubs = new StubGenerations(Options(o => o.MaxRequestsPerConnection = 1));
+        using var retired = new MetricCollector<long>(stubs.Metrics.Retired);
         using var invoker = stubs.CreateInvoker(out _);
         using var cancelled = new CancellationTokenSource();
         await cancelled.CancelAsync();
 
-        await Assert.ThrowsAsync<TaskCanceledException>(() => invoker.SendAsync(new HttpRequestMessage(HttpMethod.Post, "http://pod/svc/Method"), cancelled.Token));
-        Assert.False(stubs.Created[0].IsDisposed);
+        for (var i = 0; i < 3; i++)
+        {
+            await Assert.ThrowsAnyAsync<OperationCanceledException>(
+                () => invoker.SendAsync(new HttpRequestMessage(HttpMethod.Post, "http://pod/svc/Method"), cancelled.Token));
+        }
+
+        Assert.Empty(stubs.Created);
+        Assert.Empty(retired.GetMeasurementSnapshot());
     }
 
     [Fact]
