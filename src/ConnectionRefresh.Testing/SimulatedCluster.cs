@@ -308,7 +308,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
 
     /// <summary>
     /// Kills a pod, like SIGKILL or a crashed process: it leaves the cluster at once, every connection to it is reset
-    /// (clients see RST), and its server stops without waiting for calls.
+    /// (clients see RST), and its server stops without waiting for calls. A black-holed pod (see <see cref="BlackHole"/>)
+    /// is on an unreachable node: its server stops, but no reset reaches the clients, whose connections stay silent until
+    /// they give up on them (keepalive, deadlines) or the cluster is disposed.
     /// </summary>
     /// <param name="pod">A pod of this cluster.</param>
     /// <returns>A task that completes when the pod's server has stopped.</returns>
@@ -328,7 +330,8 @@ public sealed class SimulatedCluster : IAsyncDisposable
             pod.IsReady = false;
             pod.RemovedAt = Elapsed();
             _pods.Remove(pod);
-            connections = [.. pod.Connections];
+            // A black-holed pod's node is unreachable: no RST can reach its clients, their connections stay silent.
+            connections = pod.IsBlackHoled ? [] : [.. pod.Connections];
             pod.NetworkListener?.Dispose();
             AddEvent(ClusterEventKind.PodKilled, pod, $"{pod.Name} killed");
         }
