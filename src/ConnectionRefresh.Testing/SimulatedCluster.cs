@@ -57,6 +57,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
     private readonly List<Task> _podAcceptLoops = [];
     private int _podSequence;
     private bool _disposed;
+    private Task? _disposal;
 
     private SimulatedCluster(SimulatedClusterOptions options)
     {
@@ -485,19 +486,50 @@ public sealed class SimulatedCluster : IAsyncDisposable
     /// Stops every pod at once (no grace), resets every connection, closes the ClusterIP and, in
     /// <see cref="KubeProxyMode.Iptables"/> mode, removes the network namespace. Leaves no socket or task behind.
     /// </summary>
-    /// <returns>A task that completes when everything is closed.</returns>
-    public async ValueTask DisposeAsync()
+    /// <returns>
+    /// A task that completes when everything is closed; every call (also concurrent ones) returns the same disposal.
+    /// </returns>
+    public ValueTask DisposeAsync()
     {
+        TaskCompletionSource? owner = null;
+        Task disposal;
         lock (_gate)
         {
-            if (_disposed)
+            if (_disposal is null)
             {
-                return;
+                _disposed = true;
+                owner = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                _disposal = owner.Task;
             }
 
-            _disposed = true;
+            disposal = _disposal;
         }
 
+        if (owner is not null)
+        {
+            _ = DisposeCoreAsync(owner);
+        }
+
+        return new ValueTask(disposal);
+    }
+
+    private async Task DisposeCoreAsync(TaskCompletionSource completion)
+    {
+        try
+        {
+            await DisposeCoreAsync().ConfigureAwait(false);
+            completion.SetResult();
+        }
+#pragma warning disable CA1031 // Passed on to every caller of DisposeAsync.
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            completion.SetException(ex);
+        }
+    }
+
+    private async Task DisposeCoreAsync()
+    {
         await _shutdown.CancelAsync().ConfigureAwait(false);
         _listener.Dispose();
         await _acceptLoop.ConfigureAwait(false);

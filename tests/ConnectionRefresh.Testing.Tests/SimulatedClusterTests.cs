@@ -381,6 +381,27 @@ public sealed class SimulatedClusterTests
         await Assert.ThrowsAsync<ObjectDisposedException>(() => cluster.AddPodAsync());
     }
 
+    [Fact]
+    public async Task DisposeAsync_CalledTwiceConcurrently_BothCompleteOnlyWhenEverythingIsClosed()
+    {
+        var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 2 });
+        var pods = cluster.Pods;
+        using var client = new TestClient(cluster.Address);
+        using var stream = client.Greeter.StreamHellos(new StreamRequest { Count = 1000, DelayMs = 100 });
+        Assert.True(await stream.ResponseStream.MoveNext(CancellationToken.None));
+
+        var first = cluster.DisposeAsync().AsTask();
+        var second = cluster.DisposeAsync().AsTask();
+        await Poll.WithTimeout(second, "the second disposal");
+
+        // The second caller (e.g. an explicit DisposeAsync racing `await using`) must not return before the work is done.
+        Assert.All(pods, p => Assert.False(RawSockets.IsListening(p.Address.Port), $"{p.Name} still listening"));
+        Assert.All(pods, p => Assert.Equal(SimulatedPodState.Killed, p.State));
+        Assert.Equal(0, cluster.OpenConnections);
+        await Poll.WithTimeout(first, "the first disposal");
+        await cluster.DisposeAsync(); // And once more, after the fact: nothing to do.
+    }
+
     internal static async Task OpenConnectionsAsync(SimulatedCluster cluster, int count)
     {
         // Bounded: `count` connections, at most 100 open at a time; each batch waits until every pod-side accept happened.
