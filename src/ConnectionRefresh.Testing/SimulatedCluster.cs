@@ -39,6 +39,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
 {
     internal const int MaxPods = 64;
     private static readonly TimeSpan AttributionTimeout = TimeSpan.FromSeconds(10);
+    private static readonly TimeSpan MinimumGraceAfterPreStop = TimeSpan.FromSeconds(2);
 
     private readonly Lock _gate = new();
     private readonly SimulatedClusterOptions _options;
@@ -264,8 +265,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
     /// <summary>
     /// Stops a pod gracefully, like a Kubernetes pod deletion: readiness off (new connections avoid it, the endpoints drop it),
     /// then the preStop hook (<see cref="SimulatedClusterOptions.PreStopDelay"/>, during which the pod still serves), then
-    /// SIGTERM: Kestrel stops listening, sends GOAWAY on every connection and waits for running calls, up to
-    /// <see cref="SimulatedClusterOptions.TerminationGracePeriod"/>, then exits. Stopping a pod that is already stopping
+    /// SIGTERM: Kestrel stops listening, sends GOAWAY on every connection and waits for running calls until
+    /// <see cref="SimulatedClusterOptions.TerminationGracePeriod"/> (counted from the deletion, preStop included, as in
+    /// Kubernetes; at least 2 s, or the whole period if shorter, are left after the hook) has passed, then exits. Stopping a pod that is already stopping
     /// waits for that stop; <see cref="KillPodAsync"/> and disposing the cluster cut the preStop wait short.
     /// </summary>
     /// <param name="pod">A pod of this cluster.</param>
@@ -748,7 +750,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
         var app = pod.App!;
         using (var grace = CancellationTokenSource.CreateLinkedTokenSource(pod.KillSwitch.Token))
         {
-            grace.CancelAfter(_options.TerminationGracePeriod);
+            grace.CancelAfter(GraceAfterPreStop(_options.TerminationGracePeriod, preStopDelay));
             try
             {
                 await app.StopAsync(grace.Token).ConfigureAwait(false);
@@ -774,6 +776,16 @@ public sealed class SimulatedCluster : IAsyncDisposable
 
         EndpointsChanged?.Invoke();
     }
+
+    /// <summary>
+    /// What is left of the grace period for SIGTERM once the preStop hook has run: as in Kubernetes, the grace period counts
+    /// from the deletion, hook included, and the kubelet still gives the container at least 2 s after the hook (here at
+    /// most the whole grace period, so short periods chosen for fast tests stay short).
+    /// </summary>
+    internal static TimeSpan GraceAfterPreStop(TimeSpan gracePeriod, TimeSpan preStopDelay) =>
+        preStopDelay <= TimeSpan.Zero
+            ? gracePeriod
+            : TimeSpan.FromTicks(Math.Max((gracePeriod - preStopDelay).Ticks, Math.Min(MinimumGraceAfterPreStop.Ticks, gracePeriod.Ticks)));
 
     /// <summary>
     /// Raised (outside the lock, on the thread that made the change) after the set of pods or their readiness changed:

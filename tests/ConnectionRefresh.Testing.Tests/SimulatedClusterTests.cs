@@ -149,6 +149,35 @@ public sealed class SimulatedClusterTests
     }
 
     [Fact]
+    public async Task StopPodAsync_PreStopDelayAsLongAsTheGracePeriod_RunningCallAbortedSoonAfterTheHook()
+    {
+        // Kubernetes counts terminationGracePeriodSeconds from the deletion, preStop included: a hook that takes the
+        // whole period leaves SIGTERM a last short window (the kubelet's 2 s minimum), not a second full period.
+        var time = new FakeTimeProvider();
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions
+        {
+            Replicas = 1,
+            TimeProvider = time,
+            PreStopDelay = TimeSpan.FromSeconds(60),
+            TerminationGracePeriod = TimeSpan.FromSeconds(60),
+        });
+        var pod = cluster.Pods[0];
+        using var client = new TestClient(pod.Address);
+        // 120 s on the fake clock, which only moves 60 s: the call runs until the stop cuts it.
+        var running = client.HelloAsync(delayMs: 120_000, deadline: TimeSpan.FromMinutes(5));
+        await Poll.UntilAsync(() => pod.CallsActive == 1, "the slow call is running");
+
+        var stop = cluster.StopPodAsync(pod);
+        time.Advance(TimeSpan.FromSeconds(60)); // The preStop hook ends: the grace period is used up.
+
+        // 30 s (real time): far above the 2 s left for SIGTERM, far below the 60 s a second full grace period would take.
+        await Poll.WithTimeout(stop, "the stop, with the grace period used up by the preStop hook");
+        var error = await Assert.ThrowsAsync<RpcException>(() => running);
+        Assert.NotEqual(StatusCode.OK, error.StatusCode);
+        Assert.Equal(SimulatedPodState.Terminated, pod.State);
+    }
+
+    [Fact]
     public async Task StopPodAsync_PodOfAnotherCluster_Throws()
     {
         await using var first = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1 });
