@@ -412,10 +412,11 @@ public sealed class SimulatedCluster : IAsyncDisposable
         RollingUpdateAsync(TimeSpan.Zero, cancellationToken);
 
     /// <summary>
-    /// Rolling update (see <see cref="RollingUpdateAsync(CancellationToken)"/>) that waits <paramref name="stepInterval"/>
-    /// after each replacement (like <c>minReadySeconds</c>), so the update spreads over time.
+    /// Rolling update (see <see cref="RollingUpdateAsync(CancellationToken)"/>) in which each new pod must have been ready
+    /// for <paramref name="stepInterval"/> before an old pod stops and the next new pod starts, like <c>minReadySeconds</c>:
+    /// the update spreads over time, and during each wait both the new and the old pod serve.
     /// </summary>
-    /// <param name="stepInterval">Wait between replacements, measured with <see cref="SimulatedClusterOptions.TimeProvider"/>; 0 or more.</param>
+    /// <param name="stepInterval">How long each new pod is ready before its old pod stops, measured with <see cref="SimulatedClusterOptions.TimeProvider"/>; 0 or more.</param>
     /// <param name="cancellationToken">Cancels the update.</param>
     /// <returns>A task that completes when every old pod has exited.</returns>
     public async Task RollingUpdateAsync(TimeSpan stepInterval, CancellationToken cancellationToken = default)
@@ -435,11 +436,14 @@ public sealed class SimulatedCluster : IAsyncDisposable
             foreach (var pod in old)
             {
                 await AddPodAsync(cancellationToken).ConfigureAwait(false);
-                stops.Add(StopPodAsync(pod, cancellationToken));
                 if (stepInterval > TimeSpan.Zero)
                 {
+                    // minReadySeconds: the new pod counts as available only after being ready this long; until then the
+                    // old pod keeps serving (maxUnavailable 0).
                     await Task.Delay(stepInterval, _time, cancellationToken).ConfigureAwait(false);
                 }
+
+                stops.Add(StopPodAsync(pod, cancellationToken));
             }
         }
         finally

@@ -297,6 +297,28 @@ public sealed class SimulatedClusterTests
     }
 
     [Fact]
+    public async Task RollingUpdateAsync_StepInterval_OldPodStopsOnlyAfterItsReplacementWasReadyThatLong()
+    {
+        // minReadySeconds: a new pod counts as available (and an old one may go) only once it has been ready that long.
+        var time = new FakeTimeProvider();
+        var step = TimeSpan.FromSeconds(10);
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 2, TimeProvider = time });
+
+        var update = cluster.RollingUpdateAsync(step);
+        // The clock only moves here, 1 s per poll: every wait of the update ends, whatever the machine's speed.
+        await Poll.UntilAsync(() => { time.Advance(TimeSpan.FromSeconds(1)); return update.IsCompleted; }, "the rolling update to complete");
+        await update;
+
+        var events = cluster.Summary().Events;
+        foreach (var (oldPod, newPod) in new[] { ("greeter-1", "greeter-3"), ("greeter-2", "greeter-4") })
+        {
+            var started = events.Single(e => e is { Kind: ClusterEventKind.PodStarted } && e.Pod == newPod);
+            var stopping = events.Single(e => e is { Kind: ClusterEventKind.PodStopping } && e.Pod == oldPod);
+            Assert.True(stopping.At - started.At >= step, $"{oldPod} began stopping {stopping.At - started.At} after {newPod} was ready");
+        }
+    }
+
+    [Fact]
     public async Task SetReadyAsync_NotReady_NewConnectionsAvoidThePod()
     {
         await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 2 });
