@@ -160,6 +160,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
     /// <summary>Starts one more pod and makes it ready.</summary>
     /// <param name="cancellationToken">Cancels the start.</param>
     /// <returns>The new pod, ready.</returns>
+    /// <exception cref="ObjectDisposedException">The cluster was disposed before or while the pod started (disposing cancels the start and waits for it).</exception>
     public async Task<SimulatedPod> AddPodAsync(CancellationToken cancellationToken = default)
     {
         SimulatedPod pod;
@@ -179,11 +180,25 @@ public sealed class SimulatedCluster : IAsyncDisposable
             _allPods.Add(pod);
         }
 
+        try
+        {
+            return await StartPodAsync(pod, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            pod.StartCompleted.TrySetResult();
+        }
+    }
+
+    private async Task<SimulatedPod> StartPodAsync(SimulatedPod pod, CancellationToken cancellationToken)
+    {
         WebApplication? app = null;
         try
         {
             app = BuildPod(pod);
-            await app.StartAsync(cancellationToken).ConfigureAwait(false);
+            // Disposing the cluster cancels a start still running (e.g. a slow hosted service), and waits for it to end.
+            using var start = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _shutdown.Token);
+            await app.StartAsync(start.Token).ConfigureAwait(false);
             var address = app.Services.GetRequiredService<IServer>().Features.GetRequiredFeature<IServerAddressesFeature>().Addresses.First();
             pod.Address = new Uri(address);
             pod.EndPoint = new IPEndPoint(IPAddress.Loopback, pod.Address.Port);
@@ -202,6 +217,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
                 await app.DisposeAsync().ConfigureAwait(false);
             }
 
+            ObjectDisposedException.ThrowIf(_disposed && !cancellationToken.IsCancellationRequested, this);
             throw;
         }
 
@@ -551,6 +567,15 @@ public sealed class SimulatedCluster : IAsyncDisposable
         }
 
         await Task.WhenAll(podLoops).ConfigureAwait(false);
+
+        // Pods still starting see the cancelled shutdown token (or, once started, _disposed) and stop themselves.
+        List<Task> starts;
+        lock (_gate)
+        {
+            starts = [.. _allPods.Select(p => p.StartCompleted.Task)];
+        }
+
+        await Task.WhenAll(starts).ConfigureAwait(false);
 
         List<ProxiedConnection> connections;
         List<SimulatedPod> pods;

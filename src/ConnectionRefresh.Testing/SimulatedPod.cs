@@ -111,6 +111,9 @@ public sealed class SimulatedPod
     /// <summary>Cancelled to make a graceful stop hard (kill, dispose).</summary>
     internal CancellationTokenSource KillSwitch { get; } = new();
 
+    /// <summary>Completed when <see cref="SimulatedCluster.AddPodAsync"/> is done with this pod (started, failed or stopped again).</summary>
+    internal TaskCompletionSource StartCompleted { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
     /// <summary>The single stop of the pod's server; set under the cluster's lock.</summary>
     internal Task? StopTask { get; set; }
 

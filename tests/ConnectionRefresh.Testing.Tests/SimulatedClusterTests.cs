@@ -4,8 +4,12 @@ using ConnectionRefresh.Protos;
 using ConnectionRefresh.Testing.Tests.TestSupport;
 using Grpc.Core;
 using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Features;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Time.Testing;
 
 namespace ConnectionRefresh.Testing.Tests;
@@ -453,6 +457,35 @@ public sealed class SimulatedClusterTests
         await cluster.DisposeAsync(); // And once more, after the fact: nothing to do.
     }
 
+    [Fact]
+    public async Task DisposeAsync_PodStillStarting_CancelsTheStartAndLeavesNothingListening()
+    {
+        var started = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions
+        {
+            Replicas = 0,
+            // A pod whose start goes on after Kestrel listens (a slow warm-up), until released or cancelled.
+            ConfigureServices = services => services.AddHostedService(sp => new SlowStart(sp, started, release.Task)),
+        });
+        try
+        {
+            var adding = cluster.AddPodAsync();
+            var port = await Poll.WithTimeout(started.Task, "the pod to listen and start warming up");
+
+            await Poll.WithTimeout(cluster.DisposeAsync().AsTask(), "the disposal");
+
+            Assert.False(RawSockets.IsListening(port), "the starting pod still listens after DisposeAsync");
+            var error = await Poll.WithTimeout(Record.ExceptionAsync(() => adding), "AddPodAsync to end");
+            Assert.IsType<ObjectDisposedException>(error);
+        }
+        finally
+        {
+            release.TrySetResult();
+            await cluster.DisposeAsync();
+        }
+    }
+
     internal static async Task OpenConnectionsAsync(SimulatedCluster cluster, int count)
     {
         // Bounded: `count` connections, at most 100 open at a time; each batch waits until every pod-side accept happened.
@@ -480,4 +513,24 @@ public sealed class SimulatedClusterTests
     }
 
     private sealed record Marker(string Value);
+
+    private sealed class SlowStart(IServiceProvider services, TaskCompletionSource<int> started, Task release) : IHostedLifecycleService
+    {
+        public Task StartingAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+        public Task StartAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+        public async Task StartedAsync(CancellationToken cancellationToken)
+        {
+            var address = services.GetRequiredService<IServer>().Features.GetRequiredFeature<IServerAddressesFeature>().Addresses.First();
+            started.TrySetResult(new Uri(address).Port);
+            await release.WaitAsync(cancellationToken);
+        }
+
+        public Task StoppingAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+        public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+        public Task StoppedAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+    }
 }
