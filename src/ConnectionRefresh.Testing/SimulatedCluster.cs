@@ -980,7 +980,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
     {
         lock (_gate)
         {
-            if (_disposed || pod.State is SimulatedPodState.Killed or SimulatedPodState.Terminated)
+            // A pod that left refuses the connection (reset), unless its node is black-holed: then nothing comes back,
+            // not even a reset, and the connection hangs like every other one to that node.
+            if (_disposed || (pod.State is SimulatedPodState.Killed or SimulatedPodState.Terminated && !pod.IsBlackHoled))
             {
                 backend.Dispose();
                 return null;
