@@ -252,6 +252,13 @@ public sealed class SimulatedCluster : IAsyncDisposable
     /// Scales to <paramref name="replicas"/> pods (starting or running; terminating pods do not count): adds pods in parallel, or stops the newest ones gracefully.
     /// Existing connections are not moved, as in Kubernetes.
     /// </summary>
+    /// <remarks>
+    /// Unlike a Deployment, the simulator has no desired replica count that a running <see cref="RollingUpdateAsync(TimeSpan, CancellationToken)"/>
+    /// follows: scaling during a rolling update counts the update's extra (surge) pod as a replica, and the update still
+    /// replaces every pod it started with, so scaling to the current count or fewer during an update ends with fewer pods
+    /// than asked for (3 pods, ScaleAsync(3) while they roll: 2 pods at the end). Scale
+    /// before or after an update.
+    /// </remarks>
     /// <param name="replicas">The number of pods wanted, 0 to 64.</param>
     /// <param name="cancellationToken">Cancels the operation.</param>
     /// <returns>A task that completes when the new pods are ready or the removed pods have exited.</returns>

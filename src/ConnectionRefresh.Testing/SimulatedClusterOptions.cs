@@ -74,7 +74,7 @@ public sealed class SimulatedClusterOptions
 
     /// <summary>
     /// Seed of the random pod choice of the <see cref="KubeProxyMode.Userspace"/> ClusterIP, for reproducible runs;
-    /// <see langword="null"/> (the default) uses a shared random source. The kernel's choice in
+    /// <see langword="null"/> (the default) seeds it randomly. The kernel's choice in
     /// <see cref="KubeProxyMode.Iptables"/> mode cannot be seeded.
     /// </summary>
     public int? RandomSeed { get; set; }
