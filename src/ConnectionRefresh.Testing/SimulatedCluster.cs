@@ -39,6 +39,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
 {
     internal const int MaxPods = 64;
     private static readonly TimeSpan AttributionTimeout = TimeSpan.FromSeconds(10);
+    private static readonly TimeSpan MinimumGraceAfterPreStop = TimeSpan.FromSeconds(2);
 
     private readonly Lock _gate = new();
     private readonly SimulatedClusterOptions _options;
@@ -57,6 +58,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
     private readonly List<Task> _podAcceptLoops = [];
     private int _podSequence;
     private bool _disposed;
+    private Task? _disposal;
 
     private SimulatedCluster(SimulatedClusterOptions options)
     {
@@ -158,6 +160,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
     /// <summary>Starts one more pod and makes it ready.</summary>
     /// <param name="cancellationToken">Cancels the start.</param>
     /// <returns>The new pod, ready.</returns>
+    /// <exception cref="ObjectDisposedException">The cluster was disposed before or while the pod started (disposing cancels the start and waits for it).</exception>
     public async Task<SimulatedPod> AddPodAsync(CancellationToken cancellationToken = default)
     {
         SimulatedPod pod;
@@ -177,11 +180,25 @@ public sealed class SimulatedCluster : IAsyncDisposable
             _allPods.Add(pod);
         }
 
+        try
+        {
+            return await StartPodAsync(pod, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            pod.StartCompleted.TrySetResult();
+        }
+    }
+
+    private async Task<SimulatedPod> StartPodAsync(SimulatedPod pod, CancellationToken cancellationToken)
+    {
         WebApplication? app = null;
         try
         {
             app = BuildPod(pod);
-            await app.StartAsync(cancellationToken).ConfigureAwait(false);
+            // Disposing the cluster cancels a start still running (e.g. a slow hosted service), and waits for it to end.
+            using var start = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _shutdown.Token);
+            await app.StartAsync(start.Token).ConfigureAwait(false);
             var address = app.Services.GetRequiredService<IServer>().Features.GetRequiredFeature<IServerAddressesFeature>().Addresses.First();
             pod.Address = new Uri(address);
             pod.EndPoint = new IPEndPoint(IPAddress.Loopback, pod.Address.Port);
@@ -200,6 +217,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
                 await app.DisposeAsync().ConfigureAwait(false);
             }
 
+            ObjectDisposedException.ThrowIf(_disposed && !cancellationToken.IsCancellationRequested, this);
             throw;
         }
 
@@ -234,6 +252,13 @@ public sealed class SimulatedCluster : IAsyncDisposable
     /// Scales to <paramref name="replicas"/> pods (starting or running; terminating pods do not count): adds pods in parallel, or stops the newest ones gracefully.
     /// Existing connections are not moved, as in Kubernetes.
     /// </summary>
+    /// <remarks>
+    /// Unlike a Deployment, the simulator has no desired replica count that a running <see cref="RollingUpdateAsync(TimeSpan, CancellationToken)"/>
+    /// follows: scaling during a rolling update counts the update's extra (surge) pod as a replica, and the update still
+    /// replaces every pod it started with, so scaling to the current count or fewer during an update ends with fewer pods
+    /// than asked for (3 pods, ScaleAsync(3) while they roll: 2 pods at the end). Scale
+    /// before or after an update.
+    /// </remarks>
     /// <param name="replicas">The number of pods wanted, 0 to 64.</param>
     /// <param name="cancellationToken">Cancels the operation.</param>
     /// <returns>A task that completes when the new pods are ready or the removed pods have exited.</returns>
@@ -263,8 +288,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
     /// <summary>
     /// Stops a pod gracefully, like a Kubernetes pod deletion: readiness off (new connections avoid it, the endpoints drop it),
     /// then the preStop hook (<see cref="SimulatedClusterOptions.PreStopDelay"/>, during which the pod still serves), then
-    /// SIGTERM: Kestrel stops listening, sends GOAWAY on every connection and waits for running calls, up to
-    /// <see cref="SimulatedClusterOptions.TerminationGracePeriod"/>, then exits. Stopping a pod that is already stopping
+    /// SIGTERM: Kestrel stops listening, sends GOAWAY on every connection and waits for running calls until
+    /// <see cref="SimulatedClusterOptions.TerminationGracePeriod"/> (counted from the deletion, preStop included, as in
+    /// Kubernetes; at least 2 s, or the whole period if shorter, are left after the hook) has passed, then exits. Stopping a pod that is already stopping
     /// waits for that stop; <see cref="KillPodAsync"/> and disposing the cluster cut the preStop wait short.
     /// </summary>
     /// <param name="pod">A pod of this cluster.</param>
@@ -308,7 +334,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
 
     /// <summary>
     /// Kills a pod, like SIGKILL or a crashed process: it leaves the cluster at once, every connection to it is reset
-    /// (clients see RST), and its server stops without waiting for calls.
+    /// (clients see RST), and its server stops without waiting for calls. A black-holed pod (see <see cref="BlackHole"/>)
+    /// is on an unreachable node: its server stops, but no reset reaches the clients, whose connections stay silent until
+    /// they give up on them (keepalive, deadlines) or the cluster is disposed.
     /// </summary>
     /// <param name="pod">A pod of this cluster.</param>
     /// <returns>A task that completes when the pod's server has stopped.</returns>
@@ -328,7 +356,8 @@ public sealed class SimulatedCluster : IAsyncDisposable
             pod.IsReady = false;
             pod.RemovedAt = Elapsed();
             _pods.Remove(pod);
-            connections = [.. pod.Connections];
+            // A black-holed pod's node is unreachable: no RST can reach its clients, their connections stay silent.
+            connections = pod.IsBlackHoled ? [] : [.. pod.Connections];
             pod.NetworkListener?.Dispose();
             AddEvent(ClusterEventKind.PodKilled, pod, $"{pod.Name} killed");
         }
@@ -406,10 +435,11 @@ public sealed class SimulatedCluster : IAsyncDisposable
         RollingUpdateAsync(TimeSpan.Zero, cancellationToken);
 
     /// <summary>
-    /// Rolling update (see <see cref="RollingUpdateAsync(CancellationToken)"/>) that waits <paramref name="stepInterval"/>
-    /// after each replacement (like <c>minReadySeconds</c>), so the update spreads over time.
+    /// Rolling update (see <see cref="RollingUpdateAsync(CancellationToken)"/>) in which each new pod must have been ready
+    /// for <paramref name="stepInterval"/> before an old pod stops and the next new pod starts, like <c>minReadySeconds</c>:
+    /// the update spreads over time, and during each wait both the new and the old pod serve.
     /// </summary>
-    /// <param name="stepInterval">Wait between replacements, measured with <see cref="SimulatedClusterOptions.TimeProvider"/>; 0 or more.</param>
+    /// <param name="stepInterval">How long each new pod is ready before its old pod stops, measured with <see cref="SimulatedClusterOptions.TimeProvider"/>; 0 or more.</param>
     /// <param name="cancellationToken">Cancels the update.</param>
     /// <returns>A task that completes when every old pod has exited.</returns>
     public async Task RollingUpdateAsync(TimeSpan stepInterval, CancellationToken cancellationToken = default)
@@ -429,11 +459,14 @@ public sealed class SimulatedCluster : IAsyncDisposable
             foreach (var pod in old)
             {
                 await AddPodAsync(cancellationToken).ConfigureAwait(false);
-                stops.Add(StopPodAsync(pod, cancellationToken));
                 if (stepInterval > TimeSpan.Zero)
                 {
+                    // minReadySeconds: the new pod counts as available only after being ready this long; until then the
+                    // old pod keeps serving (maxUnavailable 0).
                     await Task.Delay(stepInterval, _time, cancellationToken).ConfigureAwait(false);
                 }
+
+                stops.Add(StopPodAsync(pod, cancellationToken));
             }
         }
         finally
@@ -482,19 +515,50 @@ public sealed class SimulatedCluster : IAsyncDisposable
     /// Stops every pod at once (no grace), resets every connection, closes the ClusterIP and, in
     /// <see cref="KubeProxyMode.Iptables"/> mode, removes the network namespace. Leaves no socket or task behind.
     /// </summary>
-    /// <returns>A task that completes when everything is closed.</returns>
-    public async ValueTask DisposeAsync()
+    /// <returns>
+    /// A task that completes when everything is closed; every call (also concurrent ones) returns the same disposal.
+    /// </returns>
+    public ValueTask DisposeAsync()
     {
+        TaskCompletionSource? owner = null;
+        Task disposal;
         lock (_gate)
         {
-            if (_disposed)
+            if (_disposal is null)
             {
-                return;
+                _disposed = true;
+                owner = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                _disposal = owner.Task;
             }
 
-            _disposed = true;
+            disposal = _disposal;
         }
 
+        if (owner is not null)
+        {
+            _ = DisposeCoreAsync(owner);
+        }
+
+        return new ValueTask(disposal);
+    }
+
+    private async Task DisposeCoreAsync(TaskCompletionSource completion)
+    {
+        try
+        {
+            await DisposeCoreAsync().ConfigureAwait(false);
+            completion.SetResult();
+        }
+#pragma warning disable CA1031 // Passed on to every caller of DisposeAsync.
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            completion.SetException(ex);
+        }
+    }
+
+    private async Task DisposeCoreAsync()
+    {
         await _shutdown.CancelAsync().ConfigureAwait(false);
         _listener.Dispose();
         await _acceptLoop.ConfigureAwait(false);
@@ -510,6 +574,15 @@ public sealed class SimulatedCluster : IAsyncDisposable
         }
 
         await Task.WhenAll(podLoops).ConfigureAwait(false);
+
+        // Pods still starting see the cancelled shutdown token (or, once started, _disposed) and stop themselves.
+        List<Task> starts;
+        lock (_gate)
+        {
+            starts = [.. _allPods.Select(p => p.StartCompleted.Task)];
+        }
+
+        await Task.WhenAll(starts).ConfigureAwait(false);
 
         List<ProxiedConnection> connections;
         List<SimulatedPod> pods;
@@ -713,7 +786,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
         var app = pod.App!;
         using (var grace = CancellationTokenSource.CreateLinkedTokenSource(pod.KillSwitch.Token))
         {
-            grace.CancelAfter(_options.TerminationGracePeriod);
+            grace.CancelAfter(GraceAfterPreStop(_options.TerminationGracePeriod, preStopDelay));
             try
             {
                 await app.StopAsync(grace.Token).ConfigureAwait(false);
@@ -739,6 +812,16 @@ public sealed class SimulatedCluster : IAsyncDisposable
 
         EndpointsChanged?.Invoke();
     }
+
+    /// <summary>
+    /// What is left of the grace period for SIGTERM once the preStop hook has run: as in Kubernetes, the grace period counts
+    /// from the deletion, hook included, and the kubelet still gives the container at least 2 s after the hook (here at
+    /// most the whole grace period, so short periods chosen for fast tests stay short).
+    /// </summary>
+    internal static TimeSpan GraceAfterPreStop(TimeSpan gracePeriod, TimeSpan preStopDelay) =>
+        preStopDelay <= TimeSpan.Zero
+            ? gracePeriod
+            : TimeSpan.FromTicks(Math.Max((gracePeriod - preStopDelay).Ticks, Math.Min(MinimumGraceAfterPreStop.Ticks, gracePeriod.Ticks)));
 
     /// <summary>
     /// Raised (outside the lock, on the thread that made the change) after the set of pods or their readiness changed:
@@ -904,7 +987,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
     {
         lock (_gate)
         {
-            if (_disposed || pod.State is SimulatedPodState.Killed or SimulatedPodState.Terminated)
+            // A pod that left refuses the connection (reset), unless its node is black-holed: then nothing comes back,
+            // not even a reset, and the connection hangs like every other one to that node.
+            if (_disposed || (pod.State is SimulatedPodState.Killed or SimulatedPodState.Terminated && !pod.IsBlackHoled))
             {
                 backend.Dispose();
                 return null;

@@ -48,8 +48,10 @@ public sealed class SimulatedClusterOptions
     public TimeProvider TimeProvider { get; set; } = TimeProvider.System;
 
     /// <summary>
-    /// How long a graceful stop waits for running calls before connections are aborted, like Kubernetes'
-    /// <c>terminationGracePeriodSeconds</c>. Default 30 seconds. Range: 0 to 1 hour.
+    /// How long a graceful stop may take before connections are aborted, like Kubernetes'
+    /// <c>terminationGracePeriodSeconds</c>: counted from the start of the stop, so <see cref="PreStopDelay"/> uses part of it,
+    /// and running calls get what is left after the hook (at least 2 s, as the kubelet grants, or the whole period if it is
+    /// shorter). Measured in real time. Default 30 seconds. Range: 0 to 1 hour.
     /// </summary>
     public TimeSpan TerminationGracePeriod { get; set; } = TimeSpan.FromSeconds(30);
 
@@ -59,7 +61,7 @@ public sealed class SimulatedClusterOptions
     /// the removal while the pod still serves its running calls, existing connections and new connections made to its own
     /// address. Measured with <see cref="TimeProvider"/>; a kill or disposing the cluster cuts it short.
     /// Default <see cref="TimeSpan.Zero"/> (the server stops at once). Range: 0 to <see cref="TerminationGracePeriod"/>
-    /// (in Kubernetes the hook runs inside the grace period).
+    /// (in Kubernetes the hook runs inside the grace period: running calls then get only the rest of it).
     /// </summary>
     public TimeSpan PreStopDelay { get; set; } = TimeSpan.Zero;
 
@@ -72,7 +74,7 @@ public sealed class SimulatedClusterOptions
 
     /// <summary>
     /// Seed of the random pod choice of the <see cref="KubeProxyMode.Userspace"/> ClusterIP, for reproducible runs;
-    /// <see langword="null"/> (the default) uses a shared random source. The kernel's choice in
+    /// <see langword="null"/> (the default) seeds it randomly. The kernel's choice in
     /// <see cref="KubeProxyMode.Iptables"/> mode cannot be seeded.
     /// </summary>
     public int? RandomSeed { get; set; }

@@ -67,7 +67,10 @@ public sealed class SimulatedPod
     /// <summary>Calls that ended with a non-OK gRPC status (or HTTP status 400 or above) or were aborted.</summary>
     public long CallsFailed => Interlocked.Read(ref _callsFailed);
 
-    /// <summary>Calls running now.</summary>
+    /// <summary>
+    /// Calls the pod has received and not finished now: running, or waiting for a slot when
+    /// <see cref="SimulatedClusterOptions.MaxConcurrentCallsPerPod"/> is set (so it can exceed that limit).
+    /// </summary>
     public long CallsActive => Interlocked.Read(ref _callsActive);
 
     /// <summary>TCP connections the pod accepted.</summary>
@@ -110,6 +113,9 @@ public sealed class SimulatedPod
 
     /// <summary>Cancelled to make a graceful stop hard (kill, dispose).</summary>
     internal CancellationTokenSource KillSwitch { get; } = new();
+
+    /// <summary>Completed when <see cref="SimulatedCluster.AddPodAsync"/> is done with this pod (started, failed or stopped again).</summary>
+    internal TaskCompletionSource StartCompleted { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     /// <summary>The single stop of the pod's server; set under the cluster's lock.</summary>
     internal Task? StopTask { get; set; }

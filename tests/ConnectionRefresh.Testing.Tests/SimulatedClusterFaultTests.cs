@@ -75,6 +75,43 @@ public sealed class SimulatedClusterFaultTests
     }
 
     [Fact]
+    public async Task KillPodAsync_BlackHoledPod_ClientSeesNoResetAndConnectionStaysSilent()
+    {
+        // A node that lost power: whatever happens to its pods afterwards, no packet (no RST) reaches the clients.
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1 });
+        var pod = cluster.Pods[0];
+        using var socket = await RawSockets.ConnectAsync(cluster.Address);
+        await Poll.UntilAsync(() => pod.OpenConnections == 1, "the pod accepted the connection");
+        cluster.BlackHole(pod);
+
+        await cluster.KillPodAsync(pod);
+
+        Assert.Equal(SimulatedPodState.Killed, pod.State);
+        Assert.False(RawSockets.IsListening(pod.Address.Port));
+        using var wait = new CancellationTokenSource(TimeSpan.FromSeconds(1));
+        // 1 s: a reset arrives in microseconds on loopback; silence for a second means nothing was sent.
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(async () => await socket.ReceiveAsync(new byte[16], SocketFlags.None, wait.Token));
+        Assert.Equal(1, cluster.OpenConnections);
+    }
+
+    [Fact]
+    public async Task BlackHole_ClientClosesItsConnection_PodNeverSeesTheClose()
+    {
+        // The client gives up on a dead connection (as keepalive makes it do): its FIN goes to the dead node, nowhere.
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1 });
+        var pod = cluster.Pods[0];
+        var socket = await RawSockets.ConnectAsync(cluster.Address);
+        await Poll.UntilAsync(() => pod.OpenConnections == 1, "the pod accepted the connection");
+        cluster.BlackHole(pod);
+
+        socket.Dispose();
+
+        // 1 s: a FIN passed on reaches Kestrel, which closes the connection, in milliseconds on loopback.
+        await Assert.ThrowsAsync<TimeoutException>(() => Poll.UntilAsync(() => pod.OpenConnections == 0, "the pod saw the close", TimeSpan.FromSeconds(1)));
+        Assert.Equal(1, cluster.OpenConnections);
+    }
+
+    [Fact]
     public async Task KillPodAsync_RunningStream_FailsAndNewCallsReachSurvivor()
     {
         await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 2 });

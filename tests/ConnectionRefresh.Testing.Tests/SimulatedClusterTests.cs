@@ -4,8 +4,12 @@ using ConnectionRefresh.Protos;
 using ConnectionRefresh.Testing.Tests.TestSupport;
 using Grpc.Core;
 using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Features;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Time.Testing;
 
 namespace ConnectionRefresh.Testing.Tests;
@@ -149,6 +153,35 @@ public sealed class SimulatedClusterTests
     }
 
     [Fact]
+    public async Task StopPodAsync_PreStopDelayAsLongAsTheGracePeriod_RunningCallAbortedSoonAfterTheHook()
+    {
+        // Kubernetes counts terminationGracePeriodSeconds from the deletion, preStop included: a hook that takes the
+        // whole period leaves SIGTERM a last short window (the kubelet's 2 s minimum), not a second full period.
+        var time = new FakeTimeProvider();
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions
+        {
+            Replicas = 1,
+            TimeProvider = time,
+            PreStopDelay = TimeSpan.FromSeconds(60),
+            TerminationGracePeriod = TimeSpan.FromSeconds(60),
+        });
+        var pod = cluster.Pods[0];
+        using var client = new TestClient(pod.Address);
+        // 120 s on the fake clock, which only moves 60 s: the call runs until the stop cuts it.
+        var running = client.HelloAsync(delayMs: 120_000, deadline: TimeSpan.FromMinutes(5));
+        await Poll.UntilAsync(() => pod.CallsActive == 1, "the slow call is running");
+
+        var stop = cluster.StopPodAsync(pod);
+        time.Advance(TimeSpan.FromSeconds(60)); // The preStop hook ends: the grace period is used up.
+
+        // 30 s (real time): far above the 2 s left for SIGTERM, far below the 60 s a second full grace period would take.
+        await Poll.WithTimeout(stop, "the stop, with the grace period used up by the preStop hook");
+        var error = await Assert.ThrowsAsync<RpcException>(() => running);
+        Assert.NotEqual(StatusCode.OK, error.StatusCode);
+        Assert.Equal(SimulatedPodState.Terminated, pod.State);
+    }
+
+    [Fact]
     public async Task StopPodAsync_PodOfAnotherCluster_Throws()
     {
         await using var first = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1 });
@@ -268,6 +301,28 @@ public sealed class SimulatedClusterTests
     }
 
     [Fact]
+    public async Task RollingUpdateAsync_StepInterval_OldPodStopsOnlyAfterItsReplacementWasReadyThatLong()
+    {
+        // minReadySeconds: a new pod counts as available (and an old one may go) only once it has been ready that long.
+        var time = new FakeTimeProvider();
+        var step = TimeSpan.FromSeconds(10);
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 2, TimeProvider = time });
+
+        var update = cluster.RollingUpdateAsync(step);
+        // The clock only moves here, 1 s per poll: every wait of the update ends, whatever the machine's speed.
+        await Poll.UntilAsync(() => { time.Advance(TimeSpan.FromSeconds(1)); return update.IsCompleted; }, "the rolling update to complete");
+        await update;
+
+        var events = cluster.Summary().Events;
+        foreach (var (oldPod, newPod) in new[] { ("greeter-1", "greeter-3"), ("greeter-2", "greeter-4") })
+        {
+            var started = events.Single(e => e is { Kind: ClusterEventKind.PodStarted } && e.Pod == newPod);
+            var stopping = events.Single(e => e is { Kind: ClusterEventKind.PodStopping } && e.Pod == oldPod);
+            Assert.True(stopping.At - started.At >= step, $"{oldPod} began stopping {stopping.At - started.At} after {newPod} was ready");
+        }
+    }
+
+    [Fact]
     public async Task SetReadyAsync_NotReady_NewConnectionsAvoidThePod()
     {
         await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 2 });
@@ -381,6 +436,56 @@ public sealed class SimulatedClusterTests
         await Assert.ThrowsAsync<ObjectDisposedException>(() => cluster.AddPodAsync());
     }
 
+    [Fact]
+    public async Task DisposeAsync_CalledTwiceConcurrently_BothCompleteOnlyWhenEverythingIsClosed()
+    {
+        var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 2 });
+        var pods = cluster.Pods;
+        using var client = new TestClient(cluster.Address);
+        using var stream = client.Greeter.StreamHellos(new StreamRequest { Count = 1000, DelayMs = 100 });
+        Assert.True(await stream.ResponseStream.MoveNext(CancellationToken.None));
+
+        var first = cluster.DisposeAsync().AsTask();
+        var second = cluster.DisposeAsync().AsTask();
+        await Poll.WithTimeout(second, "the second disposal");
+
+        // The second caller (e.g. an explicit DisposeAsync racing `await using`) must not return before the work is done.
+        Assert.All(pods, p => Assert.False(RawSockets.IsListening(p.Address.Port), $"{p.Name} still listening"));
+        Assert.All(pods, p => Assert.Equal(SimulatedPodState.Killed, p.State));
+        Assert.Equal(0, cluster.OpenConnections);
+        await Poll.WithTimeout(first, "the first disposal");
+        await cluster.DisposeAsync(); // And once more, after the fact: nothing to do.
+    }
+
+    [Fact]
+    public async Task DisposeAsync_PodStillStarting_CancelsTheStartAndLeavesNothingListening()
+    {
+        var started = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions
+        {
+            Replicas = 0,
+            // A pod whose start goes on after Kestrel listens (a slow warm-up), until released or cancelled.
+            ConfigureServices = services => services.AddHostedService(sp => new SlowStart(sp, started, release.Task)),
+        });
+        try
+        {
+            var adding = cluster.AddPodAsync();
+            var port = await Poll.WithTimeout(started.Task, "the pod to listen and start warming up");
+
+            await Poll.WithTimeout(cluster.DisposeAsync().AsTask(), "the disposal");
+
+            Assert.False(RawSockets.IsListening(port), "the starting pod still listens after DisposeAsync");
+            var error = await Poll.WithTimeout(Record.ExceptionAsync(() => adding), "AddPodAsync to end");
+            Assert.IsType<ObjectDisposedException>(error);
+        }
+        finally
+        {
+            release.TrySetResult();
+            await cluster.DisposeAsync();
+        }
+    }
+
     internal static async Task OpenConnectionsAsync(SimulatedCluster cluster, int count)
     {
         // Bounded: `count` connections, at most 100 open at a time; each batch waits until every pod-side accept happened.
@@ -408,4 +513,24 @@ public sealed class SimulatedClusterTests
     }
 
     private sealed record Marker(string Value);
+
+    private sealed class SlowStart(IServiceProvider services, TaskCompletionSource<int> started, Task release) : IHostedLifecycleService
+    {
+        public Task StartingAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+        public Task StartAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+        public async Task StartedAsync(CancellationToken cancellationToken)
+        {
+            var address = services.GetRequiredService<IServer>().Features.GetRequiredFeature<IServerAddressesFeature>().Addresses.First();
+            started.TrySetResult(new Uri(address).Port);
+            await release.WaitAsync(cancellationToken);
+        }
+
+        public Task StoppingAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+        public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+        public Task StoppedAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+    }
 }

@@ -5,7 +5,8 @@ namespace ConnectionRefresh.Testing.Internal;
 
 /// <summary>
 /// One client connection accepted by the ClusterIP and pinned to one backend socket: two byte pumps, one per direction.
-/// A half-close (FIN) is passed on; an error on either side resets both; a black-hole parks both pumps without closing.
+/// A half-close (FIN) is passed on; an error on either side resets both; a black-hole parks both pumps without closing,
+/// and from then on neither data nor a FIN or reset from either side is passed on.
 /// </summary>
 /// <remarks>Thread-safe: the backend socket and the finished flag change only under <see cref="_gate"/>.</remarks>
 internal sealed class ProxiedConnection : IDisposable
@@ -127,6 +128,8 @@ internal sealed class ProxiedConnection : IDisposable
                 var read = await from.ReceiveAsync(buffer.AsMemory(0, BufferSize), SocketFlags.None, _cts.Token).ConfigureAwait(false);
                 if (read == 0)
                 {
+                    // A FIN that arrives once the connection is black-holed is lost too (the receive may have started before).
+                    await ParkWhileBlackHoledAsync().ConfigureAwait(false);
                     try
                     {
                         to.Shutdown(SocketShutdown.Send);
@@ -149,6 +152,19 @@ internal sealed class ProxiedConnection : IDisposable
         }
         catch (Exception ex) when (ex is SocketException or OperationCanceledException or ObjectDisposedException)
         {
+            if (_blackHoled && !_cts.IsCancellationRequested)
+            {
+                // A reset from either side of a black-holed connection goes nowhere either: the other side stays open
+                // until Reset (dispose) ends the wait.
+                try
+                {
+                    await ParkWhileBlackHoledAsync().ConfigureAwait(false);
+                }
+                catch (OperationCanceledException)
+                {
+                }
+            }
+
             Reset();
         }
         finally
