@@ -20,9 +20,12 @@ public sealed class RecyclingTests
 
         Assert.Empty(result.Failures);
         Assert.Equal(400, result.Succeeded);
-        // The budget is exact: 400 calls / 20 per connection = 20 connections, each one really opened on the server.
-        Assert.Equal(20, cluster.Pods[0].ConnectionsAccepted);
+        // The budget is exact: 400 calls / 20 per generation = 20 generations, each of which really opened a connection
+        // on the server. A generation's SocketsHttpHandler may rarely open a second TCP connection (it injects one when a
+        // request finds its only connection momentarily unavailable; seen once in a full, parallel CI run): the
+        // budget counts calls per generation, as documented, so the TCP count may exceed it by such a spare.
         Assert.Equal(20, retired.GetMeasurementSnapshot().Where(m => (string?)m.Tags["reason"] == "request_count").Sum(m => m.Value));
+        Assert.InRange(cluster.Pods[0].ConnectionsAccepted, 20, 22);
     }
 
     [Fact]
