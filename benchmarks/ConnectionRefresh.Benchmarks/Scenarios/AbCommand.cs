@@ -38,9 +38,9 @@ internal static class AbCommand
         }
 
         if (seconds is <= 0 or > 3600 || slice <= TimeSpan.Zero || concurrency < 1 || strategies.Contains(Strategy.NewConnectionPerCall)
-            || transports.Any(t => t is not ("h2c" or "TLS")))
+            || strategies.Contains(Strategy.KubernetesResolver) || transports.Any(t => t is not ("h2c" or "TLS")))
         {
-            throw new ArgumentException("ab: --seconds must be in (0, 3600], --slice-ms and --concurrency positive, --transports h2c and/or TLS; per-call dialing is for `scenarios`.");
+            throw new ArgumentException("ab: --seconds must be in (0, 3600], --slice-ms and --concurrency positive, --transports h2c and/or TLS; per-call dialing is for `scenarios`, the Kubernetes resolver for its cluster part.");
         }
 
         using var server = await ServerProcess.StartAsync().ConfigureAwait(false);

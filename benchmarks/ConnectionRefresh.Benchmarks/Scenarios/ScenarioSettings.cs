@@ -102,6 +102,11 @@ internal sealed record ScenarioSettings
             throw new ArgumentException("Rounds and concurrency must be at least 1, durations positive, --balance-age at least 1 s.");
         }
 
+        if (settings.Strategies.Contains(ConnectionRefresh.Benchmarks.Infrastructure.Strategy.KubernetesResolver))
+        {
+            throw new ArgumentException("--strategies: KubernetesResolver needs the simulated cluster; it always runs in the cluster and balance parts, not against the single server.");
+        }
+
         if (settings.ClusterWorkMs is < 0 or > 1_000 || settings.ClusterPodCapacity is < 1 or > 10_000)
         {
             throw new ArgumentException($"--cluster-work-ms must be 0 to 1000 (was {settings.ClusterWorkMs}) and --cluster-capacity 1 to 10,000 (was {settings.ClusterPodCapacity}).");
