@@ -12,6 +12,12 @@ internal static class ConnectionRefreshDefaults
     public static readonly TimeSpan PooledConnectionIdleTimeout = TimeSpan.FromMinutes(1);
     public static readonly TimeSpan ConnectTimeout = TimeSpan.FromSeconds(10);
 
+    /// <summary>
+    /// After its connection failed, a slot counts as fully busy for this long (when K > 1): a slot whose new
+    /// connections are refused fails fast, so it would otherwise look the least busy and attract calls.
+    /// </summary>
+    public static readonly TimeSpan FailedSlotPenalty = TimeSpan.FromSeconds(1);
+
     public static readonly TimeSpan MinAge = TimeSpan.FromSeconds(1);
     public static readonly TimeSpan MaxAge = TimeSpan.FromHours(24);
     public const double MaxJitter = 0.5;

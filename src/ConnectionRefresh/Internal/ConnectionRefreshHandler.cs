@@ -4,10 +4,11 @@ namespace ConnectionRefresh.Internal;
 /// The primary handler of a client: spreads calls over K <see cref="ConnectionSlot"/>s and ties each response to its
 /// generation until the response ends, so that retiring a connection never cuts a call. Slots are taken
 /// round-robin, but of the slot in turn and the next one the one with fewer calls running wins: a connection to a
-/// slow or silently dead pod, where calls pile up, gets few new calls until keepalive or age retires it.
+/// slow or silently dead pod, where calls pile up, gets few new calls until keepalive or age retires it; a slot whose
+/// connection just failed (refused connections fail fast, so it would look idle) counts as busy for a moment.
 /// </summary>
 /// <remarks>
-/// Thread-safe: the slot array is immutable, the cursor moves with Interlocked, and the call counts are read
+/// Thread-safe: the slot array is immutable, the cursor moves with Interlocked, and the slots' loads are read
 /// without locks (a stale count only makes one choice less good).
 /// </remarks>
 internal sealed class ConnectionRefreshHandler : HttpMessageHandler
@@ -52,7 +53,7 @@ internal sealed class ConnectionRefreshHandler : HttpMessageHandler
         var turn = (int)((uint)Interlocked.Increment(ref _cursor) % (uint)_slots.Length);
         var slot = _slots[turn];
         var next = _slots[turn + 1 == _slots.Length ? 0 : turn + 1];
-        return next.ActiveCalls < slot.ActiveCalls ? next : slot;
+        return next.Load < slot.Load ? next : slot;
     }
 
     private async Task<HttpResponseMessage> SendAsync(

@@ -6,7 +6,8 @@ namespace ConnectionRefresh.Internal;
 /// <remarks>
 /// The hot path reads <see cref="_current"/> without a lock; replacing it takes <see cref="_gate"/>, which is
 /// rare (once per age or request budget). A generation is always unpublished before it is retired, so a call
-/// that finds its generation retired finds a newer one (or none, and creates it) when it looks again.
+/// that finds its generation retired finds a newer one (or none, and creates it) when it looks again. The failure
+/// penalty's deadline is one volatile field: a stale read only makes one slot choice less good.
 /// </remarks>
 internal sealed class ConnectionSlot
 {
@@ -14,6 +15,7 @@ internal sealed class ConnectionSlot
     private readonly int _index;
     private readonly Lock _gate = new();
     private HandlerGeneration? _current;
+    private long _penaltyUntil; // TimeProvider timestamp; 0 while the slot's connections have not failed
     private bool _started;
     private bool _disposed;
 
@@ -31,6 +33,19 @@ internal sealed class ConnectionSlot
 
     /// <summary>Calls running on the current generation.</summary>
     public int ActiveCalls => Volatile.Read(ref _current)?.ActiveCalls ?? 0;
+
+    /// <summary>
+    /// How busy the slot looks to the slot choice: its running calls, or <see cref="int.MaxValue"/> for
+    /// <see cref="ConnectionRefreshDefaults.FailedSlotPenalty"/> after its connection failed.
+    /// </summary>
+    public int Load
+    {
+        get
+        {
+            var penaltyUntil = Volatile.Read(ref _penaltyUntil);
+            return penaltyUntil != 0 && _factory.TimeProvider.GetTimestamp() < penaltyUntil ? int.MaxValue : ActiveCalls;
+        }
+    }
 
     /// <summary>Starts a call: returns a generation on which the caller holds a lease.</summary>
     public HandlerGeneration Start()
@@ -60,6 +75,12 @@ internal sealed class ConnectionSlot
     /// <summary>Unpublishes and retires <paramref name="generation"/> unless that already happened.</summary>
     public void Retire(HandlerGeneration generation, RetirementReason reason)
     {
+        if (reason == RetirementReason.ConnectionFailure)
+        {
+            var time = _factory.TimeProvider;
+            Volatile.Write(ref _penaltyUntil, time.GetTimestamp() + (long)(ConnectionRefreshDefaults.FailedSlotPenalty.TotalSeconds * time.TimestampFrequency));
+        }
+
         lock (_gate)
         {
             if (!ReferenceEquals(_current, generation))

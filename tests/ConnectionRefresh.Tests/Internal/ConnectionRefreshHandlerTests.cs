@@ -164,6 +164,36 @@ public sealed class ConnectionRefreshHandlerTests
     }
 
     [Fact]
+    public async Task SendAsync_OneSlotsNewConnectionsFail_CallsGoToTheHealthySlotUntilThePenaltyEnds()
+    {
+        var failing = false;
+        var stubs = new StubGenerations(Options(o => o.ConnectionsPerEndpoint = 2));
+        stubs.OnCreate = h => h.Failure = failing ? new HttpRequestException(HttpRequestError.ConnectionError, "refused", new SocketException()) : null;
+        using var invoker = stubs.CreateInvoker(out var handler);
+
+        // Slot 0 holds a healthy connection with a call running; then slot 1's new connections are refused (a dead pod
+        // the ClusterIP still routes to). A slot that fails fast has no running calls: it must not look the least busy.
+        using var running = await invoker.Send();
+        failing = true;
+        await Assert.ThrowsAsync<HttpRequestException>(invoker.Send);
+        for (var i = 0; i < 10; i++)
+        {
+            await invoker.SendAndRead();
+        }
+
+        Assert.Equal(11, stubs.Created[0].Calls);
+        Assert.Equal(2, stubs.Created.Count);
+
+        // After the penalty the slot is less busy again, and takes the next call on a new connection.
+        failing = false;
+        stubs.Time.Advance(TimeSpan.FromSeconds(1));
+        await invoker.SendAndRead();
+        Assert.Equal(3, stubs.Created.Count);
+        Assert.Equal(1, stubs.Created[2].Calls);
+        Assert.NotNull(handler.Slots[1].Current);
+    }
+
+    [Fact]
     public async Task SendAsync_SeveralConnections_StaggersFirstRetirements()
     {
         // Slot i of K first lives (i + 1) / K of an age: with K = 4 and age 10 s, at 2.5, 5, 7.5 and 10 s.
