@@ -1,4 +1,4 @@
-using System.Collections.Concurrent;
+using ConnectionRefresh.Kubernetes.Tests.Fakes;
 using ConnectionRefresh.Protos;
 using ConnectionRefresh.Testing;
 using Grpc.Core;
@@ -24,8 +24,8 @@ public sealed class KubernetesResolverTerminatingTests
     public async Task Calls_PodTerminatingWhileOthersAreReady_GetsNoNewCallsAndNoCallFails(bool includeTerminating)
     {
         await using var setup = await MirroredCluster.StartAsync(replicas: 3, includeTerminating);
-        await using var loop = new PodCallLoop(setup.Client);
-        await Poll.UntilAsync(() => setup.Cluster.Pods.All(p => loop.Replies.ContainsKey(p.Name)), "all pods serve calls");
+        await using var loop = new CallLoop(setup.Client);
+        await Poll.UntilAsync(() => setup.Cluster.Pods.All(p => loop.Total.ContainsKey(p.Name)), "all pods serve calls");
 
         // The pod stays in its preStop hook (the fake clock does not move): it still listens and would answer, so any
         // call it serves from now on was sent to it by the client.
@@ -37,7 +37,7 @@ public sealed class KubernetesResolverTerminatingTests
 
         Assert.Equal(servedWhenDropped, victim.CallsServed);
         Assert.Equal(SimulatedPodState.Terminating, victim.State);
-        Assert.All(setup.Cluster.ReadyPods, p => Assert.True(loop.Replies.ContainsKey(p.Name)));
+        Assert.All(setup.Cluster.ReadyPods, p => Assert.True(loop.Total.ContainsKey(p.Name)));
 
         setup.Time.Advance(PreStop);
         await Poll.WithTimeout(stop, "the pod to exit after its preStop hook");
@@ -49,8 +49,8 @@ public sealed class KubernetesResolverTerminatingTests
     public async Task Calls_EveryPodTerminatingAndIncludeTerminatingEndpoints_ServedByTheServingTerminatingPods()
     {
         await using var setup = await MirroredCluster.StartAsync(replicas: 2, includeTerminating: true);
-        await using var loop = new PodCallLoop(setup.Client);
-        await Poll.UntilAsync(() => setup.Cluster.Pods.All(p => loop.Replies.ContainsKey(p.Name)), "both pods serve calls");
+        await using var loop = new CallLoop(setup.Client);
+        await Poll.UntilAsync(() => setup.Cluster.Pods.All(p => loop.Total.ContainsKey(p.Name)), "both pods serve calls");
 
         // The first pod stops: the ready one takes every call.
         var first = setup.Cluster.Pods[0];
@@ -136,78 +136,6 @@ public sealed class KubernetesResolverTerminatingTests
             await Api.DisposeAsync();
             await Cluster.DisposeAsync();
             Directory.Delete(_account, recursive: true);
-        }
-    }
-
-    /// <summary>Unary calls without pause on a few workers; replies counted per pod name.</summary>
-    private sealed class PodCallLoop : IAsyncDisposable
-    {
-        private readonly CancellationTokenSource _stop = new();
-        private readonly Task[] _workers;
-        private long _succeeded;
-
-        public PodCallLoop(Greeter.GreeterClient client, int workers = 4) =>
-            _workers = [.. Enumerable.Range(0, workers).Select(_ => Task.Run(() => RunAsync(client)))];
-
-        public ConcurrentDictionary<string, long> Replies { get; } = new();
-
-        public ConcurrentQueue<Exception> Failures { get; } = new();
-
-        public long Succeeded => Interlocked.Read(ref _succeeded);
-
-        public Task WaitForCallsAsync(int calls)
-        {
-            var target = Succeeded + calls;
-            return Poll.UntilAsync(() => Succeeded >= target, $"{calls} more calls");
-        }
-
-        /// <summary>Waits until <paramref name="pod"/> served nothing during <paramref name="calls"/> successful calls in a row.</summary>
-        public Task WaitForQuietAsync(SimulatedPod pod, int calls)
-        {
-            var served = pod.CallsServed;
-            var from = Succeeded;
-            return Poll.UntilAsync(() =>
-            {
-                if (pod.CallsServed != served)
-                {
-                    (served, from) = (pod.CallsServed, Succeeded);
-                    return false;
-                }
-
-                return Succeeded - from >= calls;
-            }, $"{calls} calls in a row without {pod.Name}");
-        }
-
-        public async ValueTask DisposeAsync()
-        {
-            await _stop.CancelAsync();
-            await Task.WhenAll(_workers);
-            _stop.Dispose();
-        }
-
-        private async Task RunAsync(Greeter.GreeterClient client)
-        {
-            while (!_stop.IsCancellationRequested)
-            {
-                try
-                {
-                    var reply = await client.SayHelloAsync(new HelloRequest { Name = "loop" }, deadline: DateTime.UtcNow.AddSeconds(30), cancellationToken: _stop.Token);
-                    Replies.AddOrUpdate(reply.Instance, 1, (_, n) => n + 1);
-                    Interlocked.Increment(ref _succeeded);
-                }
-                catch (RpcException) when (_stop.IsCancellationRequested)
-                {
-                    return;
-                }
-                catch (OperationCanceledException) when (_stop.IsCancellationRequested)
-                {
-                    return;
-                }
-                catch (Exception ex)
-                {
-                    Failures.Enqueue(new InvalidOperationException($"{DateTime.UtcNow:HH:mm:ss.fff}: {ex.Message}", ex));
-                }
-            }
         }
     }
 }

@@ -1,15 +1,18 @@
 using System.Collections.Concurrent;
 using ConnectionRefresh.Protos;
+using ConnectionRefresh.Testing;
 using Grpc.Core;
 
 namespace ConnectionRefresh.Kubernetes.Tests.Fakes;
 
 /// <summary>
 /// Makes unary calls without pause on a few workers and counts replies per pod, so a test can watch the
-/// traffic move while it changes the cluster. Stops on dispose; every call has a deadline, so nothing hangs.
+/// traffic move while it changes the cluster. Stops on dispose or after <see cref="MaxCallsPerWorker"/> calls per worker;
+/// every call has a deadline, so nothing hangs.
 /// </summary>
 internal sealed class CallLoop : IAsyncDisposable
 {
+    private const int MaxCallsPerWorker = 200_000;
     private readonly CancellationTokenSource _stop = new();
     private readonly Task[] _workers;
     private ConcurrentDictionary<string, long> _window = new();
@@ -37,6 +40,30 @@ internal sealed class CallLoop : IAsyncDisposable
         Interlocked.Exchange(ref _windowTotal, 0);
     }
 
+    /// <summary>Waits for <paramref name="calls"/> more successful calls, or the first failure.</summary>
+    public Task WaitForCallsAsync(int calls)
+    {
+        var target = Succeeded + calls;
+        return Poll.UntilAsync(() => Succeeded >= target || !Failures.IsEmpty, $"{calls} more calls");
+    }
+
+    /// <summary>Waits until <paramref name="pod"/> served nothing during <paramref name="calls"/> successful calls in a row.</summary>
+    public Task WaitForQuietAsync(SimulatedPod pod, int calls)
+    {
+        var served = pod.CallsServed;
+        var from = Succeeded;
+        return Poll.UntilAsync(() =>
+        {
+            if (pod.CallsServed != served)
+            {
+                (served, from) = (pod.CallsServed, Succeeded);
+                return false;
+            }
+
+            return Succeeded - from >= calls;
+        }, $"{calls} calls in a row without {pod.Name}");
+    }
+
     /// <summary>Waits for a window of <paramref name="calls"/> calls in which <paramref name="pod"/> got none.</summary>
     public async Task WaitForWindowWithoutAsync(string pod, int calls, TimeSpan? timeout = null)
     {
@@ -62,7 +89,7 @@ internal sealed class CallLoop : IAsyncDisposable
 
     private async Task RunAsync(Greeter.GreeterClient client)
     {
-        while (!_stop.IsCancellationRequested)
+        for (var i = 0; i < MaxCallsPerWorker && !_stop.IsCancellationRequested; i++)
         {
             try
             {
