@@ -381,15 +381,7 @@ public sealed class KubernetesResolverConfigurationTests
         var plugin = dir.Write("plugin.sh", $$$"""
             printf '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"%s","expirationTimestamp":"2000-01-01T00:00:00Z"}}' "$(cat '{{{source}}}')"
             """);
-        var user = $"""
-            exec:
-                  apiVersion: client.authentication.k8s.io/v1
-                  command: /bin/sh
-                  args: ["{plugin}"]
-                  interactiveMode: Never
-            """;
-        var kubeconfig = dir.Write("config", KubeconfigWithUser(api.Url, caPem: null, user, ns: null));
-        var options = new KubernetesResolverOptions { KubeconfigPath = kubeconfig, ServiceAccountPath = dir.Combine("no-service-account") };
+        var options = ExecPluginOptions(dir, api.Url, plugin);
         using var harness = new FactoryResolverHarness(Fast(options), new Dictionary<string, string>());
         await Poll.UntilAsync(() => harness.LastAddresses is not null && api.ActiveWatches == 1, "resolved and watching with the plugin's token");
         Assert.Equal(["10.0.0.11:8080"], harness.LastAddresses!);
@@ -405,6 +397,20 @@ public sealed class KubernetesResolverConfigurationTests
         Assert.DoesNotContain(api.SeenTokens, token => token.Length == 0);
     }
 
+    // A kubeconfig whose user runs `/bin/sh plugin` as a client-go exec credential plugin; no service account.
+    private static KubernetesResolverOptions ExecPluginOptions(TempDirectory dir, Uri apiServer, string plugin)
+    {
+        var user = $"""
+            exec:
+                  apiVersion: client.authentication.k8s.io/v1
+                  command: /bin/sh
+                  args: ["{plugin}"]
+                  interactiveMode: Never
+            """;
+        var kubeconfig = dir.Write("config", KubeconfigWithUser(apiServer, caPem: null, user, ns: null));
+        return new KubernetesResolverOptions { KubeconfigPath = kubeconfig, ServiceAccountPath = dir.Combine("no-service-account") };
+    }
+
     [Fact]
     public async Task Kubeconfig_ExecCredentialPluginFailsAtFirst_RetriedWithBackoffUntilItSucceeds()
     {
@@ -418,15 +424,7 @@ public sealed class KubernetesResolverConfigurationTests
             [ -f '{{{loggedIn}}}' ] || { echo 'not logged in' >&2; exit 1; }
             printf '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"exec-token"}}'
             """);
-        var user = $"""
-            exec:
-                  apiVersion: client.authentication.k8s.io/v1
-                  command: /bin/sh
-                  args: ["{plugin}"]
-                  interactiveMode: Never
-            """;
-        var kubeconfig = dir.Write("config", KubeconfigWithUser(api.Url, caPem: null, user, ns: null));
-        var options = new KubernetesResolverOptions { KubeconfigPath = kubeconfig, ServiceAccountPath = dir.Combine("no-service-account") };
+        var options = ExecPluginOptions(dir, api.Url, plugin);
 
         // Creating the resolver does not run the plugin; its failure is a request failure, reported and retried.
         using var harness = new FactoryResolverHarness(Fast(options), new Dictionary<string, string>());
