@@ -12,6 +12,8 @@ internal sealed record ScenarioResults(IReadOnlyList<ThroughputResult> Throughpu
 /// <summary>Writes the scenario results: console tables, <c>scenarios.json</c>, <c>scenarios.md</c> and PNG charts.</summary>
 internal static class ScenarioReport
 {
+    private const string PairedFootnote = "¹ median over rounds of (calls/s ÷ the other strategy's calls/s in the same round).";
+
     private static readonly JsonSerializerOptions Json = new()
     {
         WriteIndented = true,
@@ -185,7 +187,7 @@ internal static class ScenarioReport
                 text.Append(CultureInfo.InvariantCulture, $"| {r.Transport} | {r.Label} | {N(r.CallsPerSecond)} | {r.CallsPerSecond / bare:P0} | {r.PairedRatio(bareResult):P0} | {X(PairedToPerCall(throughput, r))} | {N(r.P50Micros)} | {N(r.P99Micros)} | {r.CpuMicrosPerCall:0.0} | {r.CpuMicrosPerCall / bareCpu:P0} | {r.Failures} |").AppendLine();
             }
 
-            text.AppendLine().AppendLine("¹ median over rounds of (calls/s ÷ the other strategy's calls/s in the same round).").AppendLine();
+            text.AppendLine().AppendLine(PairedFootnote).AppendLine();
         }
 
         if (cluster.Count > 0)
@@ -198,7 +200,7 @@ internal static class ScenarioReport
                 text.Append(CultureInfo.InvariantCulture, $"| {r.Transport} | {r.Label} | {N(r.CallsPerSecond)} | {X(PairedToPerCall(cluster, r))} | {X(PairedTo(cluster, r, Strategy.GrpcClientDefaults))} | {N(r.P50Micros)} | {N(r.P99Micros)} | {r.MaxToMean:0.00} | {r.IdlePods} | {r.Failures} |").AppendLine();
             }
 
-            text.AppendLine().AppendLine("¹ median over rounds of (calls/s ÷ the other strategy's calls/s in the same round).").AppendLine();
+            text.AppendLine().AppendLine(PairedFootnote).AppendLine();
         }
 
         if (balance.Count > 0)
