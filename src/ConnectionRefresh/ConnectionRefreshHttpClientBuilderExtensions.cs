@@ -51,8 +51,9 @@ public static class ConnectionRefreshHttpClientBuilderExtensions
     }
 
     /// <summary>
-    /// Adds connection refresh with the settings of <paramref name="section"/>. Unknown keys and values that do
-    /// not parse or are out of range fail at start-up.
+    /// Adds connection refresh with the settings of <paramref name="section"/>. A section that does not exist (a
+    /// misspelled path), unknown keys and values that do not parse or are out of range fail at start-up. A section
+    /// written as an empty object (<c>{}</c>) in the application's configuration gives the defaults.
     /// </summary>
     /// <param name="builder">The client's builder.</param>
     /// <param name="section">The configuration section, e.g. <c>configuration.GetSection("Clients:Greeter:ConnectionRefresh")</c>.</param>
@@ -62,7 +63,11 @@ public static class ConnectionRefreshHttpClientBuilderExtensions
         ArgumentNullException.ThrowIfNull(builder);
         ArgumentNullException.ThrowIfNull(section);
         var name = builder.Name;
-        builder.Services.Configure<ConnectionRefreshOptions>(name, options => ConnectionRefreshConfiguration.Bind(options, section, name));
+        builder.Services.AddOptions<ConnectionRefreshOptions>(name).Configure<IServiceProvider>((options, services) =>
+        {
+            ConnectionRefreshConfiguration.ThrowIfMissing(section, services.GetService<IConfiguration>(), name);
+            ConnectionRefreshConfiguration.Bind(options, section, name);
+        });
         return AddCore(builder);
     }
 

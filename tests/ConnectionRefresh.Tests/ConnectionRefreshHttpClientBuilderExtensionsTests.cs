@@ -1,4 +1,5 @@
 using System.Net;
+using System.Text;
 using ConnectionRefresh.Internal;
 using Grpc.Core;
 using Grpc.Net.Client.Configuration;
@@ -159,6 +160,85 @@ public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
         using var provider = services.BuildServiceProvider();
 
         Assert.Equal(3, provider.GetRequiredService<IOptionsMonitor<ConnectionRefreshOptions>>().Get(nameof(TestClient)).ConnectionsPerEndpoint);
+    }
+
+    /// <summary>The application's configuration from JSON, as appsettings.json gives it (the real JSON provider).</summary>
+    private static IConfigurationRoot Json(string json)
+        => new ConfigurationBuilder().AddJsonStream(new MemoryStream(Encoding.UTF8.GetBytes(json))).Build();
+
+    [Fact]
+    public void ValidateOnStart_SectionThatDoesNotExist_FailsNamingThePath()
+    {
+        var configuration = Json("""{ "Clients": { "Greeter": { "ConnectionRefresh": { "ConnectionsPerEndpoint": 3 } } } }""");
+        var services = new ServiceCollection();
+        services.AddSingleton<IConfiguration>(configuration);
+        GrpcClient(services).AddConnectionRefresh(configuration.GetSection("Clients:Greetr:ConnectionRefresh"));
+        using var provider = services.BuildServiceProvider();
+
+        // Before: bound nothing and ran with the defaults, without a word.
+        var failure = Assert.Throws<InvalidOperationException>(() => ValidateOnStart(provider));
+        Assert.Contains("'Clients:Greetr:ConnectionRefresh'", failure.Message, StringComparison.Ordinal);
+        Assert.Contains("does not exist", failure.Message, StringComparison.Ordinal);
+        Assert.Contains("'Clients' has: Greeter.", failure.Message, StringComparison.Ordinal);
+        Assert.Contains("AddConnectionRefresh() without a section", failure.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void ValidateOnStart_ExistingSectionFromJson_BindsIt()
+    {
+        var configuration = Json("""{ "Clients": { "Greeter": { "ConnectionRefresh": { "ConnectionsPerEndpoint": 3 } } } }""");
+        var services = new ServiceCollection();
+        services.AddSingleton<IConfiguration>(configuration);
+        GrpcClient(services).AddConnectionRefresh(configuration.GetSection("Clients:Greeter:ConnectionRefresh"));
+        using var provider = services.BuildServiceProvider();
+
+        ValidateOnStart(provider);
+        Assert.Equal(3, provider.GetRequiredService<IOptionsMonitor<ConnectionRefreshOptions>>().Get(nameof(TestClient)).ConnectionsPerEndpoint);
+    }
+
+    [Theory]
+    [InlineData("""{ "Clients": { "Greeter": { "ConnectionRefresh": {} } } }""")]
+    [InlineData("""{ "Clients": { "Greeter": { "ConnectionRefresh": null } } }""")]
+    public void ValidateOnStart_SectionWrittenEmpty_UsesDefaults(string json)
+    {
+        var configuration = Json(json);
+        var section = configuration.GetSection("Clients:Greeter:ConnectionRefresh");
+        var services = new ServiceCollection();
+        services.AddSingleton<IConfiguration>(configuration);
+        GrpcClient(services).AddConnectionRefresh(section);
+        using var provider = services.BuildServiceProvider();
+
+        // The JSON provider keeps the key with a null value: Exists() is false, yet the parent lists it.
+        Assert.False(section.Exists());
+        ValidateOnStart(provider);
+        Assert.Equal(1, provider.GetRequiredService<IOptionsMonitor<ConnectionRefreshOptions>>().Get(nameof(TestClient)).ConnectionsPerEndpoint);
+    }
+
+    [Fact]
+    public void ValidateOnStart_EmptySectionOutsideTheApplicationsConfiguration_Fails()
+    {
+        // Only the application's IConfiguration can show that the empty key is there; a separate one cannot.
+        var services = new ServiceCollection();
+        GrpcClient(services).AddConnectionRefresh(Json("""{ "ConnectionRefresh": {} }""").GetSection("ConnectionRefresh"));
+        using var provider = services.BuildServiceProvider();
+
+        var failure = Assert.Throws<InvalidOperationException>(() => ValidateOnStart(provider));
+        Assert.Contains("'ConnectionRefresh'", failure.Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("""{ "Logging": {} }""")]
+    [InlineData("""{ "ConnectionRefresh": {} }""")]
+    public void ValidateOnStart_NoSectionOrEmptyOne_ParameterlessOverloadUsesDefaults(string json)
+    {
+        var services = new ServiceCollection();
+        services.AddSingleton<IConfiguration>(Json(json));
+        GrpcClient(services).AddConnectionRefresh();
+        using var provider = services.BuildServiceProvider();
+
+        ValidateOnStart(provider);
+        var options = provider.GetRequiredService<IOptionsMonitor<ConnectionRefreshOptions>>().Get(nameof(TestClient));
+        Assert.Equal((1, TimeSpan.FromMinutes(2)), (options.ConnectionsPerEndpoint, options.MaxConnectionAge));
     }
 
     [Fact]

@@ -11,9 +11,12 @@ namespace ConnectionRefresh.Internal;
 /// (of the type SocketsHttpHandler threw: <see cref="HttpRequestException"/> before the response, an IOException while
 /// reading it) around an <see cref="HttpIOException"/> whose message keeps the original text. A connect timeout, which
 /// SocketsHttpHandler reports as a cancellation, is made a connection failure (<see cref="HttpRequestException"/>) too.
+/// A server's HTTP_1_1_REQUIRED is none of these: it is logged once per connection and the call's error is left as it is.
 /// </summary>
 internal static class ConnectionFailures
 {
+    private const long Http11RequiredErrorCode = 0xd;
+
     public static Exception? OnCallFailed(
         Exception exception,
         ConnectionSlot slot,
@@ -36,7 +39,23 @@ internal static class ConnectionFailures
                 "Could not connect to the server within ConnectionRefresh's ConnectTimeout.",
                 new HttpIOException(HttpRequestError.ConnectionError, exception.InnerException!.Message, exception));
         }
-        else if (exception is OperationCanceledException || !IsConnectionLoss(exception, out var protocolError))
+        else if (exception is OperationCanceledException)
+        {
+            return null;
+        }
+        else if (IsHttp11Required(exception))
+        {
+            // The server (or a proxy) refuses HTTP/2: a misconfiguration, not a lost connection. Retiring would only
+            // redial into the same answer, and Unavailable would make retry policies do so too; the call keeps its
+            // own error (grpc-dotnet reports Internal, as the gRPC spec maps HTTP_1_1_REQUIRED).
+            if (generation.TryReportHttp11Required())
+            {
+                telemetry.Http11Required(exception);
+            }
+
+            return null;
+        }
+        else if (!IsConnectionLoss(exception, out var protocolError))
         {
             return null;
         }
@@ -89,6 +108,8 @@ internal static class ConnectionFailures
         {
             switch (current)
             {
+                case HttpProtocolException { ErrorCode: Http11RequiredErrorCode }:
+                    return false; // the server refuses HTTP/2: the connection was fine
                 case HttpProtocolException protocol when IsStreamReset(protocol):
                     return false;
                 case HttpProtocolException protocol:
@@ -102,6 +123,24 @@ internal static class ConnectionFailures
                     return true;
                 default:
                     break;
+            }
+        }
+
+        return false;
+    }
+
+    /// <summary>
+    /// True when the server answered with HTTP/2 error HTTP_1_1_REQUIRED, as a GOAWAY (SocketsHttpHandler retries
+    /// the request on new connections, then throws an HttpRequestException around an HttpProtocolException with
+    /// that code) or as a stream reset.
+    /// </summary>
+    internal static bool IsHttp11Required(Exception exception)
+    {
+        for (var current = exception; current is not null; current = current.InnerException)
+        {
+            if (current is HttpProtocolException { ErrorCode: Http11RequiredErrorCode })
+            {
+                return true;
             }
         }
 

@@ -36,6 +36,8 @@ internal sealed partial class ConnectionRefreshTelemetry
 
     public void ConnectionFailed(Exception exception) => LogConnectionFailed(_logger, ClientName, exception);
 
+    public void Http11Required(Exception exception) => LogHttp11Required(_logger, ClientName, exception);
+
     public void DrainCut()
     {
         _metrics.CallsCut.Add(1, _client);
@@ -60,6 +62,9 @@ internal sealed partial class ConnectionRefreshTelemetry
 
     [LoggerMessage(3, LogLevel.Warning, "Client '{ClientName}' lost a connection or could not open one (keepalive timeout, reset, ConnectTimeout); its calls fail with Unavailable and new calls use a new connection.")]
     private static partial void LogConnectionFailed(ILogger logger, string clientName, Exception exception);
+
+    [LoggerMessage(6, LogLevel.Error, "Client '{ClientName}': the server requires HTTP/1.1 (HTTP/2 error HTTP_1_1_REQUIRED), but gRPC needs HTTP/2; the server, or a proxy in front of it, is misconfigured. Calls fail until it accepts HTTP/2.")]
+    private static partial void LogHttp11Required(ILogger logger, string clientName, Exception exception);
 
     [LoggerMessage(4, LogLevel.Warning, "Client '{ClientName}' cut the calls still running on a retired connection after DrainTimeout.")]
     private static partial void LogDrainCut(ILogger logger, string clientName);

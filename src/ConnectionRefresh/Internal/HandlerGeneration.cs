@@ -7,8 +7,8 @@ namespace ConnectionRefresh.Internal;
 /// </summary>
 /// <remarks>
 /// Thread-safe without locks: <see cref="_leases"/> only moves through compare-and-swap and can never come back
-/// from zero, so no call can start on a handler that is being disposed; <see cref="_retired"/> and
-/// <see cref="_failureReported"/> are each set once.
+/// from zero, so no call can start on a handler that is being disposed; <see cref="_retired"/>,
+/// <see cref="_failureReported"/> and <see cref="_http11RequiredReported"/> are each set once.
 /// </remarks>
 [System.Diagnostics.CodeAnalysis.SuppressMessage("Design", "CA1001", Justification = "Disposed by the release of its last lease, not by an owner.")]
 internal sealed class HandlerGeneration
@@ -28,6 +28,7 @@ internal sealed class HandlerGeneration
     private int _requests;
     private int _retired;
     private int _failureReported;
+    private int _http11RequiredReported;
 
     public HandlerGeneration(
         HttpMessageHandler handler,
@@ -103,6 +104,9 @@ internal sealed class HandlerGeneration
     /// it, but the loss is reported (logged) once.
     /// </summary>
     public bool TryReportFailure() => Interlocked.Exchange(ref _failureReported, 1) == 0;
+
+    /// <summary>True the first time this generation's server answered HTTP_1_1_REQUIRED: logged once, not per call.</summary>
+    public bool TryReportHttp11Required() => Interlocked.Exchange(ref _http11RequiredReported, 1) == 0;
 
     public Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
         => _handler.ForwardAsync(request, cancellationToken);

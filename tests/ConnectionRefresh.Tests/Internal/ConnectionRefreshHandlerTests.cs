@@ -380,6 +380,25 @@ public sealed class ConnectionRefreshHandlerTests
     }
 
     [Fact]
+    public async Task SendAsync_ServerRequiresHttp11_KeepsConnectionAndPassesTheErrorThrough()
+    {
+        var stubs = new StubGenerations(Options());
+        using var retired = new MetricCollector<long>(stubs.Metrics.Retired);
+        var goAway = new HttpRequestException("The request was aborted.", new HttpProtocolException(
+            0xd, "The HTTP/2 server closed the connection. HTTP/2 error code 'HTTP_1_1_REQUIRED' (0xd).", null));
+        stubs.OnCreate = h => h.Failure = goAway;
+        using var invoker = stubs.CreateInvoker(out var handler);
+
+        Assert.Same(goAway, await Assert.ThrowsAsync<HttpRequestException>(invoker.Send));
+        Assert.Same(goAway, await Assert.ThrowsAsync<HttpRequestException>(invoker.Send));
+
+        var connection = Assert.Single(stubs.Created);
+        Assert.False(connection.IsDisposed);
+        Assert.Empty(retired.GetMeasurementSnapshot());
+        Assert.Equal(0, handler.Slots[0].Load); // no failed-connection penalty either
+    }
+
+    [Fact]
     public async Task Dispose_WithRunningCall_DisposesConnectionWhenCallEnds()
     {
         var stubs = new StubGenerations(Options());

@@ -41,6 +41,22 @@ public sealed class ConnectionRefreshTelemetryTests
     }
 
     [Fact]
+    public void Http11Required_LogsErrorNamingTheMisconfiguration()
+    {
+        using var metrics = new ConnectionRefreshMetrics(null);
+        var logger = new FakeLogger();
+        var failure = new HttpProtocolException(0xd, "HTTP_1_1_REQUIRED", null);
+
+        new ConnectionRefreshTelemetry("greeter", metrics, logger).Http11Required(failure);
+
+        var record = Assert.Single(logger.Collector.GetSnapshot());
+        Assert.Equal((6, LogLevel.Error), (record.Id.Id, record.Level));
+        Assert.Contains("'greeter'", record.Message, StringComparison.Ordinal);
+        Assert.Contains("requires HTTP/1.1", record.Message, StringComparison.Ordinal);
+        Assert.Same(failure, record.Exception);
+    }
+
+    [Fact]
     public void DrainCut_LogsWarningAndCounts()
     {
         using var metrics = new ConnectionRefreshMetrics(null);
