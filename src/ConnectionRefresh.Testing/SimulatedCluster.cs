@@ -124,13 +124,19 @@ public sealed class SimulatedCluster : IAsyncDisposable
     }
 
     /// <summary>Starts a cluster with <see cref="SimulatedClusterOptions.Replicas"/> ready pods.</summary>
-    /// <param name="options">The options; <see langword="null"/> for the defaults (3 pods, userspace ClusterIP).</param>
+    /// <param name="options">
+    /// The options; <see langword="null"/> for the defaults (3 pods, userspace ClusterIP). Copied and validated here, once:
+    /// changing them after this call does not affect the cluster.
+    /// </param>
+    /// <exception cref="ArgumentOutOfRangeException">An option is out of its range; the exception names it and its value.</exception>
+    /// <exception cref="ArgumentException"><see cref="SimulatedClusterOptions.PodNamePrefix"/> is empty or <see cref="SimulatedClusterOptions.TimeProvider"/> is null.</exception>
     /// <param name="cancellationToken">Cancels the start.</param>
     /// <returns>The started cluster. Dispose it to stop every pod and close every socket.</returns>
     /// <exception cref="NotSupportedException"><see cref="KubeProxyMode.Iptables"/> was asked for where it cannot run; the message says why.</exception>
     public static async Task<SimulatedCluster> StartAsync(SimulatedClusterOptions? options = null, CancellationToken cancellationToken = default)
     {
-        options ??= new SimulatedClusterOptions();
+        // A validated snapshot: later changes to the caller's object must not reach a running cluster unvalidated.
+        options = options?.Snapshot() ?? new SimulatedClusterOptions();
         options.Validate();
         if (options.ProxyMode == KubeProxyMode.Iptables && !KubeProxySupport.IsIptablesSupported(out var reason))
         {

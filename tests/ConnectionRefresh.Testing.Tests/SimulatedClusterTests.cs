@@ -65,6 +65,33 @@ public sealed class SimulatedClusterTests
     }
 
     [Fact]
+    public async Task StartAsync_OptionsChangedAfterStart_ClusterKeepsTheValuesItValidated()
+    {
+        var options = new SimulatedClusterOptions { Replicas = 1, PodNamePrefix = "web" };
+        await using var cluster = await SimulatedCluster.StartAsync(options);
+
+        // Values StartAsync would have rejected, and valid ones that would change behaviour: none may reach the cluster.
+        options.PodNamePrefix = "";
+        options.MaxConcurrentCallsPerPod = 0;
+        options.TerminationGracePeriod = TimeSpan.FromSeconds(-1);
+        options.PreStopDelay = TimeSpan.FromHours(2);
+        options.ProxyMode = (KubeProxyMode)42;
+        options.MapGreeter = false;
+        var pod = await cluster.AddPodAsync();
+
+        Assert.Equal("web-2", pod.Name);
+        Assert.Equal(KubeProxyMode.Userspace, cluster.ProxyMode);
+        using (var client = new TestClient(pod.Address))
+        {
+            Assert.Equal("web-2", await client.HelloAsync());
+        }
+
+        // Without the 2-hour preStop delay set after start, the stop ends as soon as the idle pod has stopped.
+        await Poll.WithTimeout(cluster.StopPodAsync(pod), "the pod to stop with the preStop delay it was started with (0)");
+        Assert.Equal(SimulatedPodState.Terminated, pod.State);
+    }
+
+    [Fact]
     public async Task StopPodAsync_PreStopDelay_PodServesOutsideTheClusterIpUntilTheDelayPassesThenExits()
     {
         // A fake clock: the preStop wait cannot end before Advance, however loaded the machine is.
