@@ -37,6 +37,12 @@ namespace ConnectionRefresh.Testing;
 /// </remarks>
 public sealed class SimulatedCluster : IAsyncDisposable
 {
+    /// <summary>
+    /// The most pods a cluster runs that are not terminating (its replica count), to bound the Kestrel servers, sockets and
+    /// threads of one process. A rolling update may run one pod more (its surge pod), as a Deployment's maxSurge 1 does.
+    /// Terminating pods are not counted: they leave within the grace period, and counting them made a rolling update
+    /// of a cluster at the limit impossible.
+    /// </summary>
     internal const int MaxPods = 64;
     private static readonly TimeSpan AttributionTimeout = TimeSpan.FromSeconds(10);
     private static readonly TimeSpan MinimumGraceAfterPreStop = TimeSpan.FromSeconds(2);
@@ -167,15 +173,23 @@ public sealed class SimulatedCluster : IAsyncDisposable
     /// <param name="cancellationToken">Cancels the start.</param>
     /// <returns>The new pod, ready.</returns>
     /// <exception cref="ObjectDisposedException">The cluster was disposed before or while the pod started (disposing cancels the start and waits for it).</exception>
-    public async Task<SimulatedPod> AddPodAsync(CancellationToken cancellationToken = default)
+    /// <exception cref="InvalidOperationException">The cluster already runs 64 pods that are not terminating.</exception>
+    public Task<SimulatedPod> AddPodAsync(CancellationToken cancellationToken = default) =>
+        AddPodCoreAsync(surge: false, cancellationToken);
+
+    // surge: a rolling update's extra pod, allowed one above MaxPods.
+    private async Task<SimulatedPod> AddPodCoreAsync(bool surge, CancellationToken cancellationToken)
     {
         SimulatedPod pod;
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            if (_pods.Count >= MaxPods)
+            var running = _pods.Count(p => p.State is SimulatedPodState.Pending or SimulatedPodState.Running);
+            if (running >= MaxPods + (surge ? 1 : 0))
             {
-                throw new InvalidOperationException($"A simulated cluster holds at most {MaxPods} pods.");
+                throw new InvalidOperationException(
+                    $"Cannot add a pod: the cluster runs {running} pods that are not terminating, and a simulated cluster runs 0 to {MaxPods} " +
+                    "(terminating pods are not counted; a rolling update may run one more).");
             }
 
             pod = new SimulatedPod(this, $"{_options.PodNamePrefix}-{++_podSequence}")
@@ -265,13 +279,17 @@ public sealed class SimulatedCluster : IAsyncDisposable
     /// than asked for (3 pods, ScaleAsync(3) while they roll: 2 pods at the end). Scale
     /// before or after an update.
     /// </remarks>
-    /// <param name="replicas">The number of pods wanted, 0 to 64.</param>
+    /// <param name="replicas">The number of pods wanted, 0 to 64 (terminating pods are not counted).</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="replicas"/> is outside 0 to 64.</exception>
     /// <param name="cancellationToken">Cancels the operation.</param>
     /// <returns>A task that completes when the new pods are ready or the removed pods have exited.</returns>
     public async Task ScaleAsync(int replicas, CancellationToken cancellationToken = default)
     {
-        ArgumentOutOfRangeException.ThrowIfNegative(replicas);
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(replicas, MaxPods);
+        if (replicas is < 0 or > MaxPods)
+        {
+            throw new ArgumentOutOfRangeException(nameof(replicas), replicas, $"replicas must be between 0 and {MaxPods}.");
+        }
+
         List<SimulatedPod> current;
         lock (_gate)
         {
@@ -464,7 +482,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
         {
             foreach (var pod in old)
             {
-                await AddPodAsync(cancellationToken).ConfigureAwait(false);
+                await AddPodCoreAsync(surge: true, cancellationToken).ConfigureAwait(false);
                 if (stepInterval > TimeSpan.Zero)
                 {
                     // minReadySeconds: the new pod counts as available only after being ready this long; until then the

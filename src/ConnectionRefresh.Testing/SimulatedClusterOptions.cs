@@ -11,7 +11,10 @@ namespace ConnectionRefresh.Testing;
 /// </summary>
 public sealed class SimulatedClusterOptions
 {
-    /// <summary>Number of pods started by <see cref="SimulatedCluster.StartAsync"/>. Default 3. Range: 0 to 64.</summary>
+    /// <summary>
+    /// Number of pods started by <see cref="SimulatedCluster.StartAsync"/>. Default 3. Range: 0 to 64, the most pods a cluster
+    /// runs that are not terminating (a rolling update may run one more; terminating pods are not counted).
+    /// </summary>
     public int Replicas { get; set; } = 3;
 
     /// <summary>

@@ -328,6 +328,45 @@ public sealed class SimulatedClusterTests
     }
 
     [Fact]
+    public async Task RollingUpdateAsync_ClusterAtMaxPods_ReplacesEveryPod()
+    {
+        // 64 pods is the limit: the update's surge pod and the old pods still terminating must not count against it.
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 64 });
+
+        await Poll.WithTimeout(cluster.RollingUpdateAsync(), "the rolling update of 64 pods", TimeSpan.FromMinutes(3));
+
+        Assert.Equal(Enumerable.Range(65, 64).Select(i => $"greeter-{i}").Order(), cluster.Pods.Select(p => p.Name).Order());
+        Assert.All(cluster.Pods, p => Assert.True(p.IsReady));
+    }
+
+    [Fact]
+    public async Task AddPodAsync_AtMaxPodsWithOneTerminating_StartsAndOnlyARealExcessIsRejected()
+    {
+        // A preStop delay on a clock that never moves keeps a stopped pod terminating until the cluster is disposed.
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions
+        {
+            Replicas = 64,
+            TimeProvider = new FakeTimeProvider(),
+            PreStopDelay = TimeSpan.FromSeconds(20),
+        });
+        var stopped = cluster.Pods[0];
+        _ = cluster.StopPodAsync(stopped);
+        Assert.Equal(SimulatedPodState.Terminating, stopped.State);
+
+        await cluster.AddPodAsync();
+
+        Assert.Equal(65, cluster.Pods.Count);
+        Assert.Equal(SimulatedPodState.Terminating, stopped.State);
+        var added = await Assert.ThrowsAsync<InvalidOperationException>(() => cluster.AddPodAsync());
+        Assert.Contains("runs 64 pods that are not terminating", added.Message, StringComparison.Ordinal);
+        Assert.Contains("0 to 64", added.Message, StringComparison.Ordinal);
+        var scaled = await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => cluster.ScaleAsync(65));
+        Assert.Equal("replicas", scaled.ParamName);
+        Assert.Equal(65, scaled.ActualValue);
+        Assert.Contains("between 0 and 64", scaled.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task RollingUpdateAsync_StepInterval_OldPodStopsOnlyAfterItsReplacementWasReadyThatLong()
     {
         // minReadySeconds: a new pod counts as available (and an old one may go) only once it has been ready that long.
