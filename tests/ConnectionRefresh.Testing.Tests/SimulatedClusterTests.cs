@@ -388,6 +388,65 @@ public sealed class SimulatedClusterTests
         }
     }
 
+    [Theory]
+    [InlineData(3)]
+    [InlineData(1)]
+    [InlineData(5)]
+    [InlineData(0)]
+    public async Task ScaleAsync_DuringRollingUpdate_UpdateEndsWithTheRequestedCountOfNewPods(int replicas)
+    {
+        var time = new FakeTimeProvider();
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 3, TimeProvider = time });
+        time.Advance(TimeSpan.FromSeconds(1)); // The new pods are younger than the old ones, as on a real clock.
+        var update = cluster.RollingUpdateAsync(TimeSpan.FromSeconds(10));
+        // The update holds in its first minReadySeconds wait (the fake clock has not moved): greeter-4, the surge pod, is
+        // ready next to the three old pods.
+        await Poll.UntilAsync(() => cluster.ReadyPods.Count == 4, "the surge pod to be ready");
+
+        await Poll.WithTimeout(cluster.ScaleAsync(replicas), "the scale during the update");
+        // The clock only moves here, 1 s per poll: every wait of the update ends, whatever the machine's speed.
+        await Poll.UntilAsync(() => { time.Advance(TimeSpan.FromSeconds(1)); return update.IsCompleted; }, "the rolling update to complete");
+        await update;
+
+        Assert.Equal(replicas, cluster.Pods.Count);
+        Assert.All(cluster.Pods, p => Assert.True(p.IsReady));
+        Assert.DoesNotContain(cluster.Pods, p => p.Name is "greeter-1" or "greeter-2" or "greeter-3");
+    }
+
+    [Fact]
+    public async Task KillPodAsync_NewPodDuringRollingUpdate_UpdateReplacesItAndEndsWithTheReplicaCount()
+    {
+        var time = new FakeTimeProvider();
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 2, TimeProvider = time });
+        var update = cluster.RollingUpdateAsync(TimeSpan.FromSeconds(10));
+        await Poll.UntilAsync(() => cluster.ReadyPods.Count == 3, "the surge pod to be ready");
+
+        await cluster.KillPodAsync(cluster.Pods.Single(p => p.Name == "greeter-3"));
+        await Poll.UntilAsync(() => { time.Advance(TimeSpan.FromSeconds(1)); return update.IsCompleted; }, "the rolling update to complete");
+        await update;
+
+        Assert.Equal(2, cluster.Pods.Count);
+        Assert.DoesNotContain(cluster.Pods, p => p.Name is "greeter-1" or "greeter-2" or "greeter-3");
+    }
+
+    [Fact]
+    public async Task AddPodAsync_DuringRollingUpdate_UpdateEndsWithOneMorePod()
+    {
+        var time = new FakeTimeProvider();
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 2, TimeProvider = time });
+        var update = cluster.RollingUpdateAsync(TimeSpan.FromSeconds(10));
+        await Poll.UntilAsync(() => cluster.ReadyPods.Count == 3, "the surge pod to be ready");
+
+        await cluster.AddPodAsync();
+        var second = await Assert.ThrowsAsync<InvalidOperationException>(() => cluster.RollingUpdateAsync());
+        await Poll.UntilAsync(() => { time.Advance(TimeSpan.FromSeconds(1)); return update.IsCompleted; }, "the rolling update to complete");
+        await update;
+
+        Assert.Contains("already running", second.Message, StringComparison.Ordinal);
+        Assert.Equal(3, cluster.Pods.Count);
+        Assert.DoesNotContain(cluster.Pods, p => p.Name is "greeter-1" or "greeter-2");
+    }
+
     [Fact]
     public async Task SetReadyAsync_NotReady_NewConnectionsAvoidThePod()
     {
