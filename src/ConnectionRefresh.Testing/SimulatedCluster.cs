@@ -196,7 +196,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
             if (count >= MaxPods + (byUser || _rolloutReplicas is null ? 0 : 1))
             {
                 throw new InvalidOperationException(
-                    $"Cannot add a pod: the cluster runs {count} pods that are not terminating, and a simulated cluster runs 0 to {MaxPods} " +
+                    $"Cannot add a pod: the cluster {(byUser && _rolloutReplicas is not null ? "rolls toward" : "runs")} {count} pods that are not terminating, and a simulated cluster runs 0 to {MaxPods} " +
                     "(terminating pods are not counted; a rolling update may run one more).");
             }
 
