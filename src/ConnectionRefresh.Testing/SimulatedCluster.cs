@@ -32,11 +32,18 @@ namespace ConnectionRefresh.Testing;
 /// </code>
 /// </example>
 /// <remarks>
-/// Thread-safe: the pod list, pod states, readiness and the set of proxied connections change only under one lock;
+/// Thread-safe: the pod list, pod states, readiness, the set of proxied connections and a rolling update's replica count
+/// change only under one lock (a rolling update decides each step under it from the pods as they are then);
 /// counters use <see cref="Interlocked"/>. Every member may be called concurrently.
 /// </remarks>
 public sealed class SimulatedCluster : IAsyncDisposable
 {
+    /// <summary>
+    /// The most pods a cluster runs that are not terminating (its replica count), to bound the Kestrel servers, sockets and
+    /// threads of one process. A rolling update may run one pod more (its surge pod), as a Deployment's maxSurge 1 does.
+    /// Terminating pods are not counted: they leave within the grace period, and counting them made a rolling update
+    /// of a cluster at the limit impossible.
+    /// </summary>
     internal const int MaxPods = 64;
     private static readonly TimeSpan AttributionTimeout = TimeSpan.FromSeconds(10);
     private static readonly TimeSpan MinimumGraceAfterPreStop = TimeSpan.FromSeconds(2);
@@ -57,6 +64,10 @@ public sealed class SimulatedCluster : IAsyncDisposable
     private Task _acceptLoop = Task.CompletedTask;
     private readonly List<Task> _podAcceptLoops = [];
     private int _podSequence;
+    // The pod template's version: a rolling update bumps it and replaces the pods of older versions.
+    private int _generation;
+    // The replica count a running rolling update works toward (ScaleAsync and AddPodAsync change it); null when none runs.
+    private int? _rolloutReplicas;
     private bool _disposed;
     private Task? _disposal;
 
@@ -124,13 +135,19 @@ public sealed class SimulatedCluster : IAsyncDisposable
     }
 
     /// <summary>Starts a cluster with <see cref="SimulatedClusterOptions.Replicas"/> ready pods.</summary>
-    /// <param name="options">The options; <see langword="null"/> for the defaults (3 pods, userspace ClusterIP).</param>
+    /// <param name="options">
+    /// The options; <see langword="null"/> for the defaults (3 pods, userspace ClusterIP). Copied and validated here, once:
+    /// changing them after this call does not affect the cluster.
+    /// </param>
+    /// <exception cref="ArgumentOutOfRangeException">An option is out of its range; the exception names it and its value.</exception>
+    /// <exception cref="ArgumentException"><see cref="SimulatedClusterOptions.PodNamePrefix"/> is empty or <see cref="SimulatedClusterOptions.TimeProvider"/> is null.</exception>
     /// <param name="cancellationToken">Cancels the start.</param>
     /// <returns>The started cluster. Dispose it to stop every pod and close every socket.</returns>
     /// <exception cref="NotSupportedException"><see cref="KubeProxyMode.Iptables"/> was asked for where it cannot run; the message says why.</exception>
     public static async Task<SimulatedCluster> StartAsync(SimulatedClusterOptions? options = null, CancellationToken cancellationToken = default)
     {
-        options ??= new SimulatedClusterOptions();
+        // A validated snapshot: later changes to the caller's object must not reach a running cluster unvalidated.
+        options = options?.Snapshot() ?? new SimulatedClusterOptions();
         options.Validate();
         if (options.ProxyMode == KubeProxyMode.Iptables && !KubeProxySupport.IsIptablesSupported(out var reason))
         {
@@ -161,20 +178,37 @@ public sealed class SimulatedCluster : IAsyncDisposable
     /// <param name="cancellationToken">Cancels the start.</param>
     /// <returns>The new pod, ready.</returns>
     /// <exception cref="ObjectDisposedException">The cluster was disposed before or while the pod started (disposing cancels the start and waits for it).</exception>
-    public async Task<SimulatedPod> AddPodAsync(CancellationToken cancellationToken = default)
+    /// <remarks>During a rolling update the pod is built from the new template and raises the count the update ends with by one.</remarks>
+    /// <exception cref="InvalidOperationException">The cluster already runs 64 pods that are not terminating (or a rolling update works toward 64).</exception>
+    public Task<SimulatedPod> AddPodAsync(CancellationToken cancellationToken = default) =>
+        AddPodCoreAsync(byUser: true, cancellationToken);
+
+    // byUser: one more replica, checked against MaxPods (during a rolling update, against the count it works toward).
+    // Otherwise ScaleAsync, which checked its count, or a rolling update, whose surge pod may go one above MaxPods.
+    private async Task<SimulatedPod> AddPodCoreAsync(bool byUser, CancellationToken cancellationToken)
     {
         SimulatedPod pod;
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            if (_pods.Count >= MaxPods)
+            var running = _pods.Count(p => p.State is SimulatedPodState.Pending or SimulatedPodState.Running);
+            var count = byUser ? _rolloutReplicas ?? running : running;
+            if (count >= MaxPods + (byUser || _rolloutReplicas is null ? 0 : 1))
             {
-                throw new InvalidOperationException($"A simulated cluster holds at most {MaxPods} pods.");
+                throw new InvalidOperationException(
+                    $"Cannot add a pod: the cluster {(byUser && _rolloutReplicas is not null ? "rolls toward" : "runs")} {count} pods that are not terminating, and a simulated cluster runs 0 to {MaxPods} " +
+                    "(terminating pods are not counted; a rolling update may run one more).");
+            }
+
+            if (byUser && _rolloutReplicas is not null)
+            {
+                _rolloutReplicas++;
             }
 
             pod = new SimulatedPod(this, $"{_options.PodNamePrefix}-{++_podSequence}")
             {
                 Capacity = _options.MaxConcurrentCallsPerPod is { } limit ? new SemaphoreSlim(limit, limit) : null,
+                Generation = _generation,
             };
             _pods.Add(pod);
             _allPods.Add(pod);
@@ -253,36 +287,47 @@ public sealed class SimulatedCluster : IAsyncDisposable
     /// Existing connections are not moved, as in Kubernetes.
     /// </summary>
     /// <remarks>
-    /// Unlike a Deployment, the simulator has no desired replica count that a running <see cref="RollingUpdateAsync(TimeSpan, CancellationToken)"/>
-    /// follows: scaling during a rolling update counts the update's extra (surge) pod as a replica, and the update still
-    /// replaces every pod it started with, so scaling to the current count or fewer during an update ends with fewer pods
-    /// than asked for (3 pods, ScaleAsync(3) while they roll: 2 pods at the end). Scale
-    /// before or after an update.
+    /// During a <see cref="RollingUpdateAsync(TimeSpan, CancellationToken)"/>, as with a Deployment, the update goes on toward
+    /// the new count and ends with exactly <paramref name="replicas"/> new pods: scaling down stops pods of the old template
+    /// first, scaling up adds pods of the new one.
     /// </remarks>
-    /// <param name="replicas">The number of pods wanted, 0 to 64.</param>
+    /// <param name="replicas">The number of pods wanted, 0 to 64 (terminating pods are not counted).</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="replicas"/> is outside 0 to 64.</exception>
     /// <param name="cancellationToken">Cancels the operation.</param>
     /// <returns>A task that completes when the new pods are ready or the removed pods have exited.</returns>
     public async Task ScaleAsync(int replicas, CancellationToken cancellationToken = default)
     {
-        ArgumentOutOfRangeException.ThrowIfNegative(replicas);
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(replicas, MaxPods);
-        List<SimulatedPod> current;
+        if (replicas is < 0 or > MaxPods)
+        {
+            throw new ArgumentOutOfRangeException(nameof(replicas), replicas, $"replicas must be between 0 and {MaxPods}.");
+        }
+
+        int added;
+        List<SimulatedPod> victims;
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            current = [.. _pods.Where(p => p.State is SimulatedPodState.Pending or SimulatedPodState.Running)];
+            var current = _pods.Where(p => p.State is SimulatedPodState.Pending or SimulatedPodState.Running).ToList();
             AddEvent(ClusterEventKind.Scaled, null, $"scale {current.Count} → {replicas}");
+            if (_rolloutReplicas is not null)
+            {
+                _rolloutReplicas = replicas;
+            }
+
+            added = Math.Max(0, replicas - current.Count);
+            // Pods of an older template first (a rolling update would replace them anyway), then pods not ready, then the
+            // newest. They turn Terminating here, under the lock, so a rolling update cannot pick one of them as well.
+            victims = [.. current
+                .OrderBy(p => p.Generation == _generation)
+                .ThenBy(p => p.IsReady)
+                .ThenByDescending(p => p.AddedAt)
+                .Take(Math.Max(0, current.Count - replicas))
+                .Where(BeginStop)];
         }
 
-        if (replicas > current.Count)
-        {
-            await Task.WhenAll(Enumerable.Range(0, replicas - current.Count).Select(_ => AddPodAsync(cancellationToken))).ConfigureAwait(false);
-        }
-        else if (replicas < current.Count)
-        {
-            var victims = current.OrderBy(p => p.IsReady).ThenByDescending(p => p.AddedAt).Take(current.Count - replicas);
-            await Task.WhenAll(victims.Select(p => StopPodAsync(p, cancellationToken))).ConfigureAwait(false);
-        }
+        await Task.WhenAll(
+            victims.Select(p => CompleteStopAsync(p, changed: true, cancellationToken))
+                .Concat(Enumerable.Range(0, added).Select(_ => (Task)AddPodCoreAsync(byUser: false, cancellationToken)))).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -303,20 +348,34 @@ public sealed class SimulatedCluster : IAsyncDisposable
         lock (_gate)
         {
             EnsureOwn(pod);
-            changed = pod.State is SimulatedPodState.Pending or SimulatedPodState.Running;
-            if (changed)
-            {
-                // The readiness probe keeps passing while the pod still listens (KEP-1672: ready=false, serving=true,
-                // terminating=true), unless the pod had already been made not ready.
-                pod.ServingWhileTerminating = pod.State == SimulatedPodState.Running && pod.IsReady;
-                pod.State = SimulatedPodState.Terminating;
-                pod.IsReady = false;
-                AddEvent(ClusterEventKind.PodStopping, pod, _options.PreStopDelay > TimeSpan.Zero
-                    ? $"{pod.Name} stopping (preStop {_options.PreStopDelay.TotalSeconds.ToString("0.###", CultureInfo.InvariantCulture)} s)"
-                    : $"{pod.Name} stopping");
-            }
+            changed = BeginStop(pod);
         }
 
+        await CompleteStopAsync(pod, changed, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Marks a starting or running pod Terminating (under the lock); false if it was already leaving.</summary>
+    private bool BeginStop(SimulatedPod pod)
+    {
+        if (pod.State is not (SimulatedPodState.Pending or SimulatedPodState.Running))
+        {
+            return false;
+        }
+
+        // The readiness probe keeps passing while the pod still listens (KEP-1672: ready=false, serving=true,
+        // terminating=true), unless the pod had already been made not ready.
+        pod.ServingWhileTerminating = pod.State == SimulatedPodState.Running && pod.IsReady;
+        pod.State = SimulatedPodState.Terminating;
+        pod.IsReady = false;
+        AddEvent(ClusterEventKind.PodStopping, pod, _options.PreStopDelay > TimeSpan.Zero
+            ? $"{pod.Name} stopping (preStop {_options.PreStopDelay.TotalSeconds.ToString("0.###", CultureInfo.InvariantCulture)} s)"
+            : $"{pod.Name} stopping");
+        return true;
+    }
+
+    /// <summary>The rest of a stop begun by <see cref="BeginStop"/>: publish the endpoint change, then preStop, SIGTERM, exit.</summary>
+    private async Task CompleteStopAsync(SimulatedPod pod, bool changed, CancellationToken cancellationToken)
+    {
         if (changed)
         {
             await EndpointsChangedAsync().ConfigureAwait(false);
@@ -429,8 +488,15 @@ public sealed class SimulatedCluster : IAsyncDisposable
     /// Replaces every pod, one at a time, like a Deployment rolling update with maxSurge 1 and maxUnavailable 0:
     /// start a new pod, wait until it is ready, stop an old one gracefully, go on with the next.
     /// </summary>
+    /// <remarks>
+    /// Like a Deployment, the update works toward a replica count: the number of pods when it starts, changed by
+    /// <see cref="ScaleAsync"/> (set) and <see cref="AddPodAsync"/> (one more) while it runs; it ends with exactly that many
+    /// new pods. A pod stopped or killed during the update is replaced, as a ReplicaSet would; after the update nothing is.
+    /// One update at a time.
+    /// </remarks>
     /// <param name="cancellationToken">Cancels the update.</param>
     /// <returns>A task that completes when every old pod has exited.</returns>
+    /// <exception cref="InvalidOperationException">Another rolling update of this cluster is running.</exception>
     public Task RollingUpdateAsync(CancellationToken cancellationToken = default) =>
         RollingUpdateAsync(TimeSpan.Zero, cancellationToken);
 
@@ -442,35 +508,103 @@ public sealed class SimulatedCluster : IAsyncDisposable
     /// <param name="stepInterval">How long each new pod is ready before its old pod stops, measured with <see cref="SimulatedClusterOptions.TimeProvider"/>; 0 or more.</param>
     /// <param name="cancellationToken">Cancels the update.</param>
     /// <returns>A task that completes when every old pod has exited.</returns>
+    /// <exception cref="InvalidOperationException">Another rolling update of this cluster is running.</exception>
     public async Task RollingUpdateAsync(TimeSpan stepInterval, CancellationToken cancellationToken = default)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(stepInterval, TimeSpan.Zero);
-        List<SimulatedPod> old;
+        int generation;
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            old = [.. _pods.Where(p => p.State is SimulatedPodState.Pending or SimulatedPodState.Running)];
-            AddEvent(ClusterEventKind.RollingUpdateStarted, null, $"rolling update of {old.Count} pods");
+            if (_rolloutReplicas is not null)
+            {
+                throw new InvalidOperationException("A rolling update of this cluster is already running; start the next one after it completes.");
+            }
+
+            var replicas = _pods.Count(p => p.State is SimulatedPodState.Pending or SimulatedPodState.Running);
+            _rolloutReplicas = replicas;
+            generation = ++_generation;
+            AddEvent(ClusterEventKind.RollingUpdateStarted, null, $"rolling update of {replicas} pods");
         }
 
-        var stops = new List<Task>(old.Count);
+        var stops = new List<Task>();
         try
         {
-            foreach (var pod in old)
+            // Each step decides under the lock from the pods as they are now, so scaling, adding, stopping and killing
+            // pods during the update only change what the next step does.
+            while (true)
             {
-                await AddPodAsync(cancellationToken).ConfigureAwait(false);
+                SimulatedPod? victim = null;
+                Task? starting = null;
+                lock (_gate)
+                {
+                    ObjectDisposedException.ThrowIf(_disposed, this);
+                    var replicas = _rolloutReplicas.GetValueOrDefault();
+                    var old = _pods.Where(p => p.Generation < generation && p.State is SimulatedPodState.Pending or SimulatedPodState.Running).ToList();
+                    var fresh = _pods.Where(p => p.Generation >= generation && p.State is SimulatedPodState.Pending or SimulatedPodState.Running).ToList();
+                    var freshRunning = fresh.Count(p => p.State == SimulatedPodState.Running);
+                    if (old.Count == 0 && fresh.Count >= replicas)
+                    {
+                        break;
+                    }
+
+                    if (old.Count > 0 && freshRunning + old.Count > replicas)
+                    {
+                        // maxUnavailable 0: enough new pods run to stop an old one (not-ready first, then the oldest).
+                        victim = old.Where(p => p.State == SimulatedPodState.Running).OrderBy(p => p.IsReady).FirstOrDefault();
+                        if (victim is null)
+                        {
+                            starting = Task.WhenAny(old.Select(p => p.StartCompleted.Task));
+                        }
+                        else
+                        {
+                            BeginStop(victim);
+                        }
+                    }
+                    else if (fresh.Any(p => p.State == SimulatedPodState.Pending))
+                    {
+                        // New pods that ScaleAsync or AddPodAsync are starting: count them once they are ready.
+                        starting = Task.WhenAny(fresh.Where(p => p.State == SimulatedPodState.Pending).Select(p => p.StartCompleted.Task));
+                    }
+                }
+
+                if (victim is not null)
+                {
+                    stops.Add(CompleteStopAsync(victim, changed: true, cancellationToken));
+                    continue;
+                }
+
+                if (starting is not null)
+                {
+                    await starting.WaitAsync(cancellationToken).ConfigureAwait(false);
+                    continue;
+                }
+
+                // maxSurge 1: at most one pod above the replica count, and only until an old pod stops.
+                try
+                {
+                    await AddPodCoreAsync(byUser: false, cancellationToken).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+                {
+                    continue; // Stopped while starting (a concurrent scale-down): the next step decides again.
+                }
+
                 if (stepInterval > TimeSpan.Zero)
                 {
                     // minReadySeconds: the new pod counts as available only after being ready this long; until then the
                     // old pod keeps serving (maxUnavailable 0).
                     await Task.Delay(stepInterval, _time, cancellationToken).ConfigureAwait(false);
                 }
-
-                stops.Add(StopPodAsync(pod, cancellationToken));
             }
         }
         finally
         {
+            lock (_gate)
+            {
+                _rolloutReplicas = null;
+            }
+
             await Task.WhenAll(stops).ConfigureAwait(false);
         }
 

@@ -4,10 +4,17 @@ using Microsoft.Extensions.DependencyInjection;
 
 namespace ConnectionRefresh.Testing;
 
-/// <summary>How a <see cref="SimulatedCluster"/> is built. Every pod is built from the same options.</summary>
+/// <summary>
+/// How a <see cref="SimulatedCluster"/> is built. Every pod is built from the same options.
+/// <see cref="SimulatedCluster.StartAsync"/> copies and validates them once: changing this object afterwards has no effect
+/// on a started cluster (the same object may be changed and used to start another one).
+/// </summary>
 public sealed class SimulatedClusterOptions
 {
-    /// <summary>Number of pods started by <see cref="SimulatedCluster.StartAsync"/>. Default 3. Range: 0 to 64.</summary>
+    /// <summary>
+    /// Number of pods started by <see cref="SimulatedCluster.StartAsync"/>. Default 3. Range: 0 to 64, the most pods a cluster
+    /// runs that are not terminating (a rolling update may run one more; terminating pods are not counted).
+    /// </summary>
     public int Replicas { get; set; } = 3;
 
     /// <summary>
@@ -78,6 +85,12 @@ public sealed class SimulatedClusterOptions
     /// <see cref="KubeProxyMode.Iptables"/> mode cannot be seeded.
     /// </summary>
     public int? RandomSeed { get; set; }
+
+    /// <summary>
+    /// A copy taken once at start and then validated: a cluster never reads the caller's object again, so nothing it runs
+    /// with can change after validation. Delegates and the <see cref="TimeProvider"/> are shared, not copied.
+    /// </summary>
+    internal SimulatedClusterOptions Snapshot() => (SimulatedClusterOptions)MemberwiseClone();
 
     internal void Validate()
     {

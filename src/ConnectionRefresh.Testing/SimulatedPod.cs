@@ -100,6 +100,9 @@ public sealed class SimulatedPod
 
     internal WebApplication? App { get; set; }
 
+    /// <summary>The cluster's template version when the pod was created; a rolling update replaces the pods of older ones.</summary>
+    internal int Generation { get; init; }
+
     internal System.Net.IPEndPoint? EndPoint { get; set; }
 
     /// <summary>The pod's address in the simulated network (see <see cref="SimulatedCluster.EnsureNetworkEndPoint"/>), or null; set under the cluster's lock.</summary>

@@ -65,6 +65,33 @@ public sealed class SimulatedClusterTests
     }
 
     [Fact]
+    public async Task StartAsync_OptionsChangedAfterStart_ClusterKeepsTheValuesItValidated()
+    {
+        var options = new SimulatedClusterOptions { Replicas = 1, PodNamePrefix = "web" };
+        await using var cluster = await SimulatedCluster.StartAsync(options);
+
+        // Values StartAsync would have rejected, and valid ones that would change behaviour: none may reach the cluster.
+        options.PodNamePrefix = "";
+        options.MaxConcurrentCallsPerPod = 0;
+        options.TerminationGracePeriod = TimeSpan.FromSeconds(-1);
+        options.PreStopDelay = TimeSpan.FromHours(2);
+        options.ProxyMode = (KubeProxyMode)42;
+        options.MapGreeter = false;
+        var pod = await cluster.AddPodAsync();
+
+        Assert.Equal("web-2", pod.Name);
+        Assert.Equal(KubeProxyMode.Userspace, cluster.ProxyMode);
+        using (var client = new TestClient(pod.Address))
+        {
+            Assert.Equal("web-2", await client.HelloAsync());
+        }
+
+        // Without the 2-hour preStop delay set after start, the stop ends as soon as the idle pod has stopped.
+        await Poll.WithTimeout(cluster.StopPodAsync(pod), "the pod to stop with the preStop delay it was started with (0)");
+        Assert.Equal(SimulatedPodState.Terminated, pod.State);
+    }
+
+    [Fact]
     public async Task StopPodAsync_PreStopDelay_PodServesOutsideTheClusterIpUntilTheDelayPassesThenExits()
     {
         // A fake clock: the preStop wait cannot end before Advance, however loaded the machine is.
@@ -301,6 +328,45 @@ public sealed class SimulatedClusterTests
     }
 
     [Fact]
+    public async Task RollingUpdateAsync_ClusterAtMaxPods_ReplacesEveryPod()
+    {
+        // 64 pods is the limit: the update's surge pod and the old pods still terminating must not count against it.
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 64 });
+
+        await Poll.WithTimeout(cluster.RollingUpdateAsync(), "the rolling update of 64 pods", TimeSpan.FromMinutes(3));
+
+        Assert.Equal(Enumerable.Range(65, 64).Select(i => $"greeter-{i}").Order(), cluster.Pods.Select(p => p.Name).Order());
+        Assert.All(cluster.Pods, p => Assert.True(p.IsReady));
+    }
+
+    [Fact]
+    public async Task AddPodAsync_AtMaxPodsWithOneTerminating_StartsAndOnlyARealExcessIsRejected()
+    {
+        // A preStop delay on a clock that never moves keeps a stopped pod terminating until the cluster is disposed.
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions
+        {
+            Replicas = 64,
+            TimeProvider = new FakeTimeProvider(),
+            PreStopDelay = TimeSpan.FromSeconds(20),
+        });
+        var stopped = cluster.Pods[0];
+        _ = cluster.StopPodAsync(stopped);
+        Assert.Equal(SimulatedPodState.Terminating, stopped.State);
+
+        await cluster.AddPodAsync();
+
+        Assert.Equal(65, cluster.Pods.Count);
+        Assert.Equal(SimulatedPodState.Terminating, stopped.State);
+        var added = await Assert.ThrowsAsync<InvalidOperationException>(() => cluster.AddPodAsync());
+        Assert.Contains("runs 64 pods that are not terminating", added.Message, StringComparison.Ordinal);
+        Assert.Contains("0 to 64", added.Message, StringComparison.Ordinal);
+        var scaled = await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => cluster.ScaleAsync(65));
+        Assert.Equal("replicas", scaled.ParamName);
+        Assert.Equal(65, scaled.ActualValue);
+        Assert.Contains("between 0 and 64", scaled.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task RollingUpdateAsync_StepInterval_OldPodStopsOnlyAfterItsReplacementWasReadyThatLong()
     {
         // minReadySeconds: a new pod counts as available (and an old one may go) only once it has been ready that long.
@@ -320,6 +386,65 @@ public sealed class SimulatedClusterTests
             var stopping = events.Single(e => e is { Kind: ClusterEventKind.PodStopping } && e.Pod == oldPod);
             Assert.True(stopping.At - started.At >= step, $"{oldPod} began stopping {stopping.At - started.At} after {newPod} was ready");
         }
+    }
+
+    [Theory]
+    [InlineData(3)]
+    [InlineData(1)]
+    [InlineData(5)]
+    [InlineData(0)]
+    public async Task ScaleAsync_DuringRollingUpdate_UpdateEndsWithTheRequestedCountOfNewPods(int replicas)
+    {
+        var time = new FakeTimeProvider();
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 3, TimeProvider = time });
+        time.Advance(TimeSpan.FromSeconds(1)); // The new pods are younger than the old ones, as on a real clock.
+        var update = cluster.RollingUpdateAsync(TimeSpan.FromSeconds(10));
+        // The update holds in its first minReadySeconds wait (the fake clock has not moved): greeter-4, the surge pod, is
+        // ready next to the three old pods.
+        await Poll.UntilAsync(() => cluster.ReadyPods.Count == 4, "the surge pod to be ready");
+
+        await Poll.WithTimeout(cluster.ScaleAsync(replicas), "the scale during the update");
+        // The clock only moves here, 1 s per poll: every wait of the update ends, whatever the machine's speed.
+        await Poll.UntilAsync(() => { time.Advance(TimeSpan.FromSeconds(1)); return update.IsCompleted; }, "the rolling update to complete");
+        await update;
+
+        Assert.Equal(replicas, cluster.Pods.Count);
+        Assert.All(cluster.Pods, p => Assert.True(p.IsReady));
+        Assert.DoesNotContain(cluster.Pods, p => p.Name is "greeter-1" or "greeter-2" or "greeter-3");
+    }
+
+    [Fact]
+    public async Task KillPodAsync_NewPodDuringRollingUpdate_UpdateReplacesItAndEndsWithTheReplicaCount()
+    {
+        var time = new FakeTimeProvider();
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 2, TimeProvider = time });
+        var update = cluster.RollingUpdateAsync(TimeSpan.FromSeconds(10));
+        await Poll.UntilAsync(() => cluster.ReadyPods.Count == 3, "the surge pod to be ready");
+
+        await cluster.KillPodAsync(cluster.Pods.Single(p => p.Name == "greeter-3"));
+        await Poll.UntilAsync(() => { time.Advance(TimeSpan.FromSeconds(1)); return update.IsCompleted; }, "the rolling update to complete");
+        await update;
+
+        Assert.Equal(2, cluster.Pods.Count);
+        Assert.DoesNotContain(cluster.Pods, p => p.Name is "greeter-1" or "greeter-2" or "greeter-3");
+    }
+
+    [Fact]
+    public async Task AddPodAsync_DuringRollingUpdate_UpdateEndsWithOneMorePod()
+    {
+        var time = new FakeTimeProvider();
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 2, TimeProvider = time });
+        var update = cluster.RollingUpdateAsync(TimeSpan.FromSeconds(10));
+        await Poll.UntilAsync(() => cluster.ReadyPods.Count == 3, "the surge pod to be ready");
+
+        await cluster.AddPodAsync();
+        var second = await Assert.ThrowsAsync<InvalidOperationException>(() => cluster.RollingUpdateAsync());
+        await Poll.UntilAsync(() => { time.Advance(TimeSpan.FromSeconds(1)); return update.IsCompleted; }, "the rolling update to complete");
+        await update;
+
+        Assert.Contains("already running", second.Message, StringComparison.Ordinal);
+        Assert.Equal(3, cluster.Pods.Count);
+        Assert.DoesNotContain(cluster.Pods, p => p.Name is "greeter-1" or "greeter-2");
     }
 
     [Fact]

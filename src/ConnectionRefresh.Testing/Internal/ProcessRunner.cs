@@ -22,6 +22,12 @@ internal static class ProcessRunner
         return null;
     }
 
+    /// <summary>
+    /// Runs <paramref name="file"/>, writes <paramref name="input"/> to its stdin, and throws an
+    /// <see cref="InvalidOperationException"/> carrying the exit code, stderr and stdout if it fails, also when it exits
+    /// before reading all of its input (iptables-restore stops at the first bad line; the write then fails with a broken
+    /// pipe, which on its own would say nothing about why).
+    /// </summary>
     public static async Task RunAsync(string file, IReadOnlyList<string> arguments, string? input = null, CancellationToken cancellationToken = default)
     {
         var info = new ProcessStartInfo(Find(file) ?? file)
@@ -36,17 +42,32 @@ internal static class ProcessRunner
             info.ArgumentList.Add(argument);
         }
 
+        var command = $"{file} {string.Join(' ', arguments)}";
         using var process = Process.Start(info) ?? throw new InvalidOperationException($"Could not start {file}.");
         var stdout = process.StandardOutput.ReadToEndAsync(CancellationToken.None);
         var stderr = process.StandardError.ReadToEndAsync(CancellationToken.None);
-        if (input is not null)
-        {
-            await process.StandardInput.WriteAsync(input).ConfigureAwait(false);
-            process.StandardInput.Close();
-        }
-
         using var limit = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         limit.CancelAfter(Limit);
+        IOException? inputError = null;
+        if (input is not null)
+        {
+            try
+            {
+                await process.StandardInput.WriteAsync(input.AsMemory(), limit.Token).ConfigureAwait(false);
+                process.StandardInput.Close();
+            }
+            catch (IOException ex)
+            {
+                // The process closed its stdin (exited early): its exit code and stderr say why, so wait for them.
+                inputError = ex;
+            }
+            catch (OperationCanceledException)
+            {
+                process.Kill(entireProcessTree: true);
+                throw;
+            }
+        }
+
         try
         {
             await process.WaitForExitAsync(limit.Token).ConfigureAwait(false);
@@ -58,10 +79,13 @@ internal static class ProcessRunner
         }
 
         await Task.WhenAll(stdout, stderr).ConfigureAwait(false);
-        if (process.ExitCode != 0)
+        if (process.ExitCode != 0 || inputError is not null)
         {
-            throw new InvalidOperationException(
-                $"'{file} {string.Join(' ', arguments)}' exited with code {process.ExitCode}: {(await stderr.ConfigureAwait(false)).Trim()} {(await stdout.ConfigureAwait(false)).Trim()}".Trim());
+            var output = $"{(await stderr.ConfigureAwait(false)).Trim()} {(await stdout.ConfigureAwait(false)).Trim()}".Trim();
+            var what = inputError is null
+                ? $"exited with code {process.ExitCode}"
+                : $"exited with code {process.ExitCode} before reading all of its input ({inputError.Message})";
+            throw new InvalidOperationException($"'{command}' {what}: {output}".Trim(), inputError);
         }
     }
 }
