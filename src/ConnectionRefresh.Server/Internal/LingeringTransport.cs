@@ -8,10 +8,12 @@ namespace ConnectionRefresh.Server.Internal;
 /// </summary>
 /// <remarks>
 /// Why: when Kestrel closes an HTTP/2 connection gracefully while no stream runs (at its age, or when the server
-/// stops), it writes GOAWAY and closes the socket at once. A client that picked the connection for a new call just before then reads GOAWAY and end-of-stream
-/// together, and .NET's SocketsHttpHandler fails that call instead of retrying it elsewhere. grpc-go avoids the race
-/// with a PING round-trip before its final GOAWAY; here the socket lingers, still open, until the client closes its
-/// side (it does so as soon as it has processed the GOAWAY) or <c>maxLinger</c> passes.
+/// stops), it writes GOAWAY and closes the socket at once. A client that picked the connection for a new call just
+/// before then reads GOAWAY and end-of-stream together, and .NET's SocketsHttpHandler fails that call instead of
+/// retrying it elsewhere. grpc-go avoids the race with a PING round-trip before its final GOAWAY; here the socket
+/// lingers, still open, until the client closes its side (it does so as soon as it has processed the GOAWAY) or
+/// <c>maxLinger</c> passes. Kestrel's shutdown waits for connection middleware, so a linger delays the host's
+/// StopAsync by at most <c>maxLinger</c>, and the abort at the end of the host's shutdown timeout ends it at once.
 /// Thread safety: Kestrel calls the reader and writer from its own loops, as with any transport; the completion
 /// flags are written by Kestrel before the connection delegate returns and read by <see cref="CloseAsync"/> after it.
 /// </remarks>
