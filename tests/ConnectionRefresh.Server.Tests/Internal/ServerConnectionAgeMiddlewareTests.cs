@@ -1,5 +1,6 @@
 using ConnectionRefresh.Server.Internal;
 using ConnectionRefresh.Server.Tests.TestSupport;
+using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.Logging;
 
@@ -424,7 +425,7 @@ public sealed class ServerConnectionAgeMiddlewareTests
         var connection = harness.Open();
 
         connection.ServerRequestsClose();
-        connection.Abort(new Microsoft.AspNetCore.Connections.ConnectionAbortedException("shutdown timeout"));
+        connection.Abort(new ConnectionAbortedException("shutdown timeout"));
         MiddlewareHarness.EndServerSide(connection);
 
         await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
@@ -444,7 +445,7 @@ public sealed class ServerConnectionAgeMiddlewareTests
         await Poll.UntilAsync(() => harness.Ages.GetMeasurementSnapshot().Count == 1, "the middleware saw Kestrel finish");
         Assert.False(harness.Run(connection).IsCompleted);
 
-        connection.Abort(new Microsoft.AspNetCore.Connections.ConnectionAbortedException("shutdown timeout"));
+        connection.Abort(new ConnectionAbortedException("shutdown timeout"));
 
         await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
         Assert.True(connection.SocketClosed);
