@@ -150,9 +150,11 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
     /// Then call <see cref="RecordAge"/>.
     /// </summary>
     /// <returns>
-    /// Whether this package had started a graceful close and not aborted the connection: then the client may still be
-    /// reading the GOAWAY when Kestrel is done, and the socket should linger. Decided in the same step that ends the
-    /// connection, so that no timer can change it afterwards.
+    /// Whether the connection was closed gracefully and this package did not abort it: then the client may still be
+    /// reading the GOAWAY when Kestrel is done, and the socket should linger. The graceful close is this package's
+    /// (age, idleness) or anyone's <c>RequestClose</c>, above all Kestrel's own at server shutdown, which cancels the
+    /// same <see cref="IConnectionLifetimeNotificationFeature.ConnectionClosedRequested"/> token. Decided in the same
+    /// step that ends the connection, so that no timer can change it afterwards.
     /// </returns>
     public bool Ended()
     {
@@ -160,7 +162,7 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
         {
             _ended = true;
             DisposeTimers();
-            return _reason != CloseReason.None && !_aborted;
+            return !_aborted && (_reason != CloseReason.None || _lifetime.ConnectionClosedRequested.IsCancellationRequested);
         }
     }
 

@@ -7,11 +7,13 @@ namespace ConnectionRefresh.Server.Internal;
 /// Kestrel's completions of the input and output are held back until <see cref="CloseAsync"/> decides.
 /// </summary>
 /// <remarks>
-/// Why: when Kestrel closes an HTTP/2 connection gracefully while no stream runs, it writes GOAWAY and closes the
-/// socket at once. A client that picked the connection for a new call just before then reads GOAWAY and end-of-stream
-/// together, and .NET's SocketsHttpHandler fails that call instead of retrying it elsewhere. grpc-go avoids the race
-/// with a PING round-trip before its final GOAWAY; here the socket lingers, still open, until the client closes its
-/// side (it does so as soon as it has processed the GOAWAY) or <c>maxLinger</c> passes.
+/// Why: when Kestrel closes an HTTP/2 connection gracefully while no stream runs (at its age, or when the server
+/// stops), it writes GOAWAY and closes the socket at once. A client that picked the connection for a new call just
+/// before then reads GOAWAY and end-of-stream together, and .NET's SocketsHttpHandler fails that call instead of
+/// retrying it elsewhere. grpc-go avoids the race with a PING round-trip before its final GOAWAY; here the socket
+/// lingers, still open, until the client closes its side (it does so as soon as it has processed the GOAWAY) or
+/// <c>maxLinger</c> passes. Kestrel's shutdown waits for connection middleware, so a linger delays the host's
+/// StopAsync by at most <c>maxLinger</c>, and the abort at the end of the host's shutdown timeout ends it at once.
 /// Thread safety: Kestrel calls the reader and writer from its own loops, as with any transport; the completion
 /// flags are written by Kestrel before the connection delegate returns and read by <see cref="CloseAsync"/> after it.
 /// </remarks>
@@ -37,10 +39,13 @@ internal sealed class LingeringTransport : IDuplexPipe
 
     /// <summary>
     /// Completes the real transport. With <paramref name="linger"/>, first keeps the socket open, discarding whatever
-    /// the client still sends, until the client closes its side or <paramref name="maxLinger"/> passes.
+    /// the client still sends, until the client closes its side, the connection is aborted (at server shutdown, when
+    /// the host's shutdown timeout ends) or <paramref name="maxLinger"/> passes. Never throws.
     /// </summary>
-    public async Task CloseAsync(bool linger, TimeSpan maxLinger, TimeProvider time)
+    /// <returns>Whether the linger ran until <paramref name="maxLinger"/> without the client closing its side.</returns>
+    public async Task<bool> CloseAsync(bool linger, TimeSpan maxLinger, TimeProvider time)
     {
+        var expired = false;
         if (linger && !_input.Failed && !_output.Failed)
         {
             using var timeout = new CancellationTokenSource(maxLinger, time);
@@ -56,18 +61,21 @@ internal sealed class LingeringTransport : IDuplexPipe
                     }
                 }
             }
-            catch (OperationCanceledException)
+            catch (OperationCanceledException) when (timeout.IsCancellationRequested)
             {
                 // maxLinger passed: close anyway.
+                expired = true;
             }
-            catch (Exception ex) when (ex is IOException or InvalidOperationException or System.Net.Sockets.SocketException)
+            catch (Exception ex) when (ex is OperationCanceledException or IOException or InvalidOperationException or System.Net.Sockets.SocketException)
             {
-                // The connection broke or was aborted meanwhile: nothing left to wait for.
+                // The connection broke or was aborted meanwhile (ConnectionAbortedException is an
+                // OperationCanceledException): nothing left to wait for.
             }
         }
 
         await _input.ReleaseAsync().ConfigureAwait(false);
         await _output.ReleaseAsync().ConfigureAwait(false);
+        return expired;
     }
 
     /// <summary>A reader whose completion is held until <see cref="ReleaseAsync"/>.</summary>

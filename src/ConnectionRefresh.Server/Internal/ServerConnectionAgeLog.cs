@@ -28,4 +28,8 @@ internal static partial class ServerConnectionAgeLog
     [LoggerMessage(EventId = 6, EventName = "GraceExpiredCallsNotCounted", Level = LogLevel.Warning,
         Message = "Connection {ConnectionId} was still open when the grace period {Grace} ended; aborting it (its running calls are not counted without services.AddServerConnectionAge(...)).")]
     public static partial void GraceExpiredCallsNotCounted(ILogger logger, string connectionId, TimeSpan grace);
+
+    [LoggerMessage(EventId = 7, EventName = "LingerExpired", Level = LogLevel.Debug,
+        Message = "The client of connection {ConnectionId} did not close its side within {MaxLinger} after the GOAWAY; closing the socket.")]
+    public static partial void LingerExpired(ILogger logger, string connectionId, TimeSpan maxLinger);
 }

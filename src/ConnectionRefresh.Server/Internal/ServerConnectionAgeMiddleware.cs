@@ -7,8 +7,8 @@ namespace ConnectionRefresh.Server.Internal;
 /// <summary>
 /// Kestrel connection middleware: gives every connection a <see cref="ConnectionAgeTracker"/>, reachable by the
 /// connection's requests as <see cref="IConnectionClosingFeature"/>, and stops it when the connection ends. After a
-/// graceful close it started on an HTTP/2 connection, the socket lingers until the client has closed its side (see
-/// <see cref="LingeringTransport"/>).
+/// graceful close of an HTTP/2 connection (started by the tracker, or by Kestrel when the server stops), the socket
+/// lingers until the client has closed its side (see <see cref="LingeringTransport"/>).
 /// </summary>
 /// <remarks>
 /// Thread safety: shared by all connections of an endpoint; it holds only immutable settings and thread-safe
@@ -68,15 +68,22 @@ internal sealed class ServerConnectionAgeMiddleware
             connection.Transport = transport.Inner;
 
             // One step: the connection ends (no close or abort starts after it) and tells whether it had been closed
-            // gracefully and not aborted; then the socket lingers, but only after an HTTP/2 GOAWAY: HTTP/1.1 has
-            // nothing for the client to read first, and a socket held open there is reused by clients for a request
-            // that is never answered. The age is recorded once the linger's deadline is set, so that whoever sees it
-            // (metrics, tests) sees the deadline already running.
+            // gracefully (by this package, or by Kestrel at shutdown) and not aborted; then the socket lingers, but
+            // only after an HTTP/2 GOAWAY: HTTP/1.1 has nothing for the client to read first, and a socket held open
+            // there is reused by clients for a request that is never answered. A transport that already reports the
+            // connection closed (aborted by Kestrel, or the client is gone) has nothing to wait for. The age is
+            // recorded once the linger's deadline is set, so that whoever sees it (metrics, tests) sees the deadline
+            // already running.
             var closedGracefully = tracker.Ended();
-            var linger = closedGracefully && ConnectionProtocol.IsHttp2(connection.Features, _settings.EndpointProtocols);
+            var linger = closedGracefully
+                && !connection.ConnectionClosed.IsCancellationRequested
+                && ConnectionProtocol.IsHttp2(connection.Features, _settings.EndpointProtocols);
             var closing = transport.CloseAsync(linger, ServerConnectionAgeDefaults.MaxGoAwayLinger, _time);
             tracker.RecordAge();
-            await closing.ConfigureAwait(false);
+            if (await closing.ConfigureAwait(false))
+            {
+                ServerConnectionAgeLog.LingerExpired(_logger, connection.ConnectionId, ServerConnectionAgeDefaults.MaxGoAwayLinger);
+            }
         }
     }
 }

@@ -1,5 +1,7 @@
 using ConnectionRefresh.Server.Internal;
 using ConnectionRefresh.Server.Tests.TestSupport;
+using Microsoft.AspNetCore.Connections;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.Logging;
 
 namespace ConnectionRefresh.Server.Tests.Internal;
@@ -354,6 +356,100 @@ public sealed class ServerConnectionAgeMiddlewareTests
 
         await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
         Assert.True(connection.SocketClosed);
+    }
+
+    [Fact]
+    public async Task OnConnectionAsync_KestrelClosedGracefullyAtShutdown_SocketLingersUntilClientCloses()
+    {
+        // The server stops: Kestrel requests a graceful close of every connection (GOAWAY) and finishes this idle one
+        // at once. The close is not the tracker's, but the client races the GOAWAY all the same.
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromMinutes(5)));
+        var connection = harness.Open();
+
+        connection.ServerRequestsClose();
+        MiddlewareHarness.EndServerSide(connection);
+        await connection.ClientToServer.Writer.WriteAsync(new byte[] { 1, 2, 3 });
+        await Task.Yield();
+        Assert.False(harness.Run(connection).IsCompleted);
+        Assert.False(connection.SocketClosed);
+
+        connection.ClientToServer.Writer.Complete();
+        await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
+        Assert.True(connection.SocketClosed);
+
+        // Not a close of this package: none counted, the age is tagged "none".
+        Assert.Equal(0, connection.CloseRequests);
+        Assert.Empty(harness.Closes.GetMeasurementSnapshot());
+        Assert.Equal("none", Assert.Single(harness.Ages.GetMeasurementSnapshot()).Tags[ServerConnectionAgeMetrics.ReasonTag]);
+        Assert.DoesNotContain(harness.Logger.Collector.GetSnapshot(), r => r.Id.Id == 7);
+    }
+
+    [Fact]
+    public async Task OnConnectionAsync_ClientNeverClosesAfterKestrelClosedGracefully_SocketClosesAfterMaxLinger()
+    {
+        // The linger delays the server's StopAsync (Kestrel waits for connection middleware): it must stay bounded.
+        using var harness = new MiddlewareHarness(Options());
+        var connection = harness.Open();
+
+        connection.ServerRequestsClose();
+        MiddlewareHarness.EndServerSide(connection);
+        await Poll.UntilAsync(() => harness.Ages.GetMeasurementSnapshot().Count == 1, "the middleware saw Kestrel finish");
+        harness.Advance(ServerConnectionAgeDefaults.MaxGoAwayLinger - OneMs);
+        Assert.False(harness.Run(connection).IsCompleted);
+
+        harness.Advance(OneMs);
+        await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
+        Assert.True(connection.SocketClosed);
+        Assert.Contains(harness.Logger.Collector.GetSnapshot(), r => r.Id.Id == 7 && r.Level == LogLevel.Debug);
+    }
+
+    [Fact]
+    public async Task OnConnectionAsync_KestrelClosedGracefullyOnHttp11_SocketClosesWithoutLinger()
+    {
+        // Without TLS, an endpoint that allows HTTP/1.x speaks HTTP/1.1: no GOAWAY, nothing to linger for.
+        using var harness = new MiddlewareHarness(Options(), protocols: HttpProtocols.Http1AndHttp2);
+        var connection = harness.Open();
+
+        connection.ServerRequestsClose();
+        MiddlewareHarness.EndServerSide(connection);
+
+        await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
+        Assert.True(connection.SocketClosed);
+    }
+
+    [Fact]
+    public async Task OnConnectionAsync_KestrelAbortsAfterItsGracefulClose_SocketClosesWithoutLinger()
+    {
+        // The host's shutdown timeout ended while calls still ran: Kestrel aborts the connections it had asked to close.
+        using var harness = new MiddlewareHarness(Options());
+        var connection = harness.Open();
+
+        connection.ServerRequestsClose();
+        connection.Abort(new ConnectionAbortedException("shutdown timeout"));
+        MiddlewareHarness.EndServerSide(connection);
+
+        await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
+        Assert.True(connection.SocketClosed);
+        Assert.DoesNotContain(harness.Logger.Collector.GetSnapshot(), r => r.Id.Id == 7);
+    }
+
+    [Fact]
+    public async Task OnConnectionAsync_AbortedWhileLingering_EndsAtOnceWithoutThrowing()
+    {
+        // The shutdown timeout ends during the linger (a client that does not close): Kestrel aborts the connection,
+        // and the linger must end at once, without an exception out of the middleware.
+        using var harness = new MiddlewareHarness(Options());
+        var connection = harness.Open();
+        connection.ServerRequestsClose();
+        MiddlewareHarness.EndServerSide(connection);
+        await Poll.UntilAsync(() => harness.Ages.GetMeasurementSnapshot().Count == 1, "the middleware saw Kestrel finish");
+        Assert.False(harness.Run(connection).IsCompleted);
+
+        connection.Abort(new ConnectionAbortedException("shutdown timeout"));
+
+        await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
+        Assert.True(connection.SocketClosed);
+        Assert.DoesNotContain(harness.Logger.Collector.GetSnapshot(), r => r.Id.Id == 7);
     }
 
     [Fact]

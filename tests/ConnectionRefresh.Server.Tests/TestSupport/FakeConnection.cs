@@ -5,9 +5,15 @@ using Microsoft.AspNetCore.Http.Features;
 
 namespace ConnectionRefresh.Server.Tests.TestSupport;
 
-/// <summary>A connection for middleware unit tests: records RequestClose and Abort instead of doing them.</summary>
+/// <summary>
+/// A connection for middleware unit tests: records RequestClose and Abort. Like Kestrel's, RequestClose cancels
+/// <see cref="ConnectionClosedRequested"/>; like the socket transport's, Abort ends what the server reads with the abort
+/// reason and fires <see cref="ConnectionClosed"/>.
+/// </summary>
 internal sealed class FakeConnection : ConnectionContext, IConnectionLifetimeNotificationFeature
 {
+    private readonly CancellationTokenSource _closeRequested = new();
+    private readonly CancellationTokenSource _closed = new();
     private int _closeRequests;
     private int _aborts;
 
@@ -38,8 +44,19 @@ internal sealed class FakeConnection : ConnectionContext, IConnectionLifetimeNot
     /// <summary>Whether the server side has closed the (fake) socket.</summary>
     public bool SocketClosed => ServerToClient.Reader.TryRead(out var result) && result.IsCompleted;
 
-    public CancellationToken ConnectionClosedRequested { get; set; }
+    public CancellationToken ConnectionClosedRequested
+    {
+        get => _closeRequested.Token;
+        set => throw new NotSupportedException();
+    }
 
+    public override CancellationToken ConnectionClosed
+    {
+        get => _closed.Token;
+        set => throw new NotSupportedException();
+    }
+
+    /// <summary>RequestClose calls (by the package: <see cref="ServerRequestsClose"/> is not counted).</summary>
     public int CloseRequests => Volatile.Read(ref _closeRequests);
 
     public int Aborts => Volatile.Read(ref _aborts);
@@ -52,12 +69,21 @@ internal sealed class FakeConnection : ConnectionContext, IConnectionLifetimeNot
     /// </summary>
     public TaskCompletionSource End { get; } = new();
 
-    public void RequestClose() => Interlocked.Increment(ref _closeRequests);
+    public void RequestClose()
+    {
+        Interlocked.Increment(ref _closeRequests);
+        _closeRequested.Cancel();
+    }
+
+    /// <summary>What Kestrel does to every connection when the server stops: a graceful close (GOAWAY on HTTP/2).</summary>
+    public void ServerRequestsClose() => _closeRequested.Cancel();
 
     public override void Abort(ConnectionAbortedException abortReason)
     {
         AbortReason = abortReason;
         Interlocked.Increment(ref _aborts);
+        ClientToServer.Writer.Complete(abortReason);
+        _closed.Cancel();
     }
 
     public IConnectionClosingFeature? Closing => Features.Get<IConnectionClosingFeature>();

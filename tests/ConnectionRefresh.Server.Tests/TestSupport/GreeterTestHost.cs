@@ -22,6 +22,7 @@ internal sealed class GreeterTestHost : IAsyncDisposable
 {
     private readonly WebApplication _app;
     private long _connectionsAccepted;
+    private bool _stopped;
 
     private GreeterTestHost(WebApplication app, GreeterProbe probe)
     {
@@ -126,10 +127,22 @@ internal sealed class GreeterTestHost : IAsyncDisposable
         return host;
     }
 
+    /// <summary>Stops the host the way a pod exits (SIGTERM): <c>IHost.StopAsync</c>, Kestrel's graceful shutdown.</summary>
+    /// <param name="cancellationToken">Ends the graceful part: Kestrel then aborts the connections still open.</param>
+    public Task StopAsync(CancellationToken cancellationToken = default)
+    {
+        _stopped = true;
+        return _app.StopAsync(cancellationToken);
+    }
+
     public async ValueTask DisposeAsync()
     {
-        using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(5));
-        await _app.StopAsync(stop.Token);
+        if (!_stopped)
+        {
+            using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+            await _app.StopAsync(stop.Token);
+        }
+
         await _app.DisposeAsync();
         Closes.Dispose();
         Aborts.Dispose();

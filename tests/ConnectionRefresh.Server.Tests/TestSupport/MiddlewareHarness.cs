@@ -1,5 +1,6 @@
 using System.Diagnostics.Metrics;
 using ConnectionRefresh.Server.Internal;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Diagnostics.Metrics.Testing;
 using Microsoft.Extensions.Logging.Testing;
@@ -19,7 +20,8 @@ internal sealed class MiddlewareHarness : IDisposable
     private readonly List<(FakeConnection Connection, Task Run)> _connections = [];
     private readonly HookedTimeProvider _hookedTime;
 
-    public MiddlewareHarness(ServerConnectionAgeOptions options, int seed = 1, bool callsCounted = false)
+    public MiddlewareHarness(
+        ServerConnectionAgeOptions options, int seed = 1, bool callsCounted = false, HttpProtocols protocols = HttpProtocols.Http2)
     {
         _services = new ServiceCollection().AddMetrics().BuildServiceProvider();
         var meterFactory = _services.GetRequiredService<IMeterFactory>();
@@ -29,7 +31,7 @@ internal sealed class MiddlewareHarness : IDisposable
         _hookedTime = new HookedTimeProvider(Time);
         _middleware = new ServerConnectionAgeMiddleware(
             connection => ((FakeConnection)connection).End.Task,
-            ConnectionAgeSettings.From(options, callsCounted),
+            ConnectionAgeSettings.From(options, callsCounted, protocols),
             _hookedTime,
             new ServerConnectionAgeMetrics(meterFactory),
             Logger,
