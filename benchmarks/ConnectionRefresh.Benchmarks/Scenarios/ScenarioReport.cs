@@ -176,42 +176,53 @@ internal static class ScenarioReport
         text.Append(CultureInfo.InvariantCulture, $"Measured {started:yyyy-MM-dd HH:mm} UTC on {machine}.").AppendLine().AppendLine();
         if (throughput.Count > 0)
         {
-            text.Append(CultureInfo.InvariantCulture, $"Throughput: {settings.Concurrency} concurrent unary calls, closed loop, {settings.Rounds} interleaved rounds × {settings.Duration.TotalSeconds:0.#} s per strategy and transport (median of rounds; p50/p99 are medians of the rounds' percentiles; client CPU is this process's CPU time per call, the server runs in another process).").AppendLine().AppendLine();
-            text.AppendLine("| transport | strategy | calls/s | vs bare channel | paired vs bare¹ | paired vs per-call dial¹ | p50 µs | p99 µs | client CPU µs/call | CPU vs bare | failed |");
-            text.AppendLine("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-            foreach (var r in throughput)
-            {
-                var bareResult = throughput.Single(x => x.Transport == r.Transport && x.Strategy == Strategy.BareChannel);
-                var bare = bareResult.CallsPerSecond;
-                var bareCpu = bareResult.CpuMicrosPerCall;
-                text.Append(CultureInfo.InvariantCulture, $"| {r.Transport} | {r.Label} | {N(r.CallsPerSecond)} | {r.CallsPerSecond / bare:P0} | {r.PairedRatio(bareResult):P0} | {X(PairedToPerCall(throughput, r))} | {N(r.P50Micros)} | {N(r.P99Micros)} | {r.CpuMicrosPerCall:0.0} | {r.CpuMicrosPerCall / bareCpu:P0} | {r.Failures} |").AppendLine();
-            }
-
-            text.AppendLine().AppendLine(PairedFootnote).AppendLine();
+            AppendTable(
+                text,
+                $"Throughput: {settings.Concurrency} concurrent unary calls, closed loop, {settings.Rounds} interleaved rounds × {settings.Duration.TotalSeconds:0.#} s per strategy and transport (median of rounds; p50/p99 are medians of the rounds' percentiles; client CPU is this process's CPU time per call, the server runs in another process).",
+                ["transport", "strategy", "calls/s", "vs bare channel", "paired vs bare¹", "paired vs per-call dial¹", "p50 µs", "p99 µs", "client CPU µs/call", "CPU vs bare", "failed"],
+                "llrrrrrrrrr",
+                throughput.Select(r =>
+                {
+                    var bare = throughput.Single(x => x.Transport == r.Transport && x.Strategy == Strategy.BareChannel);
+                    return new[]
+                    {
+                        r.Transport, r.Label, N(r.CallsPerSecond), P(r.CallsPerSecond / bare.CallsPerSecond), P(r.PairedRatio(bare)),
+                        X(PairedToPerCall(throughput, r)), N(r.P50Micros), N(r.P99Micros), r.CpuMicrosPerCall.ToString("0.0", CultureInfo.InvariantCulture),
+                        P(r.CpuMicrosPerCall / bare.CpuMicrosPerCall), r.Failures.ToString(CultureInfo.InvariantCulture),
+                    };
+                }),
+                PairedFootnote);
         }
 
         if (cluster.Count > 0)
         {
-            text.Append(CultureInfo.InvariantCulture, $"On the simulated cluster: {settings.BalanceClients} client replicas × {settings.Concurrency} concurrent unary calls, {settings.BalancePods} pods behind a per-connection random ClusterIP, each pod running at most {settings.ClusterPodCapacity} calls at once with {settings.ClusterWorkMs} ms of work per call (more wait in its queue), MaxConnectionAge {settings.BalanceConnectionAge.TotalSeconds:0.#} s; {settings.ClusterRounds} interleaved rounds × {settings.ClusterDuration.TotalSeconds:0.#} s, a fresh cluster per run (median of rounds).").AppendLine().AppendLine();
-            text.AppendLine("| transport | strategy | calls/s | paired vs per-call dial¹ | paired vs AddGrpcClient¹ | p50 µs | p99 µs | max/mean pod load | idle pods | failed |");
-            text.AppendLine("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-            foreach (var r in cluster)
-            {
-                text.Append(CultureInfo.InvariantCulture, $"| {r.Transport} | {r.Label} | {N(r.CallsPerSecond)} | {X(PairedToPerCall(cluster, r))} | {X(PairedTo(cluster, r, Strategy.GrpcClientDefaults))} | {N(r.P50Micros)} | {N(r.P99Micros)} | {r.MaxToMean:0.00} | {r.IdlePods} | {r.Failures} |").AppendLine();
-            }
-
-            text.AppendLine().AppendLine(PairedFootnote).AppendLine();
+            AppendTable(
+                text,
+                $"On the simulated cluster: {settings.BalanceClients} client replicas × {settings.Concurrency} concurrent unary calls, {settings.BalancePods} pods behind a per-connection random ClusterIP, each pod running at most {settings.ClusterPodCapacity} calls at once with {settings.ClusterWorkMs} ms of work per call (more wait in its queue), MaxConnectionAge {settings.BalanceConnectionAge.TotalSeconds:0.#} s; {settings.ClusterRounds} interleaved rounds × {settings.ClusterDuration.TotalSeconds:0.#} s, a fresh cluster per run (median of rounds).",
+                ["transport", "strategy", "calls/s", "paired vs per-call dial¹", "paired vs AddGrpcClient¹", "p50 µs", "p99 µs", "max/mean pod load", "idle pods", "failed"],
+                "llrrrrrrrr",
+                cluster.Select(r => new[]
+                {
+                    r.Transport, r.Label, N(r.CallsPerSecond), X(PairedToPerCall(cluster, r)), X(PairedTo(cluster, r, Strategy.GrpcClientDefaults)),
+                    N(r.P50Micros), N(r.P99Micros), r.MaxToMean.ToString("0.00", CultureInfo.InvariantCulture), r.IdlePods.ToString(CultureInfo.InvariantCulture),
+                    r.Failures.ToString(CultureInfo.InvariantCulture),
+                }),
+                PairedFootnote);
         }
 
         if (balance.Count > 0)
         {
-            text.Append(CultureInfo.InvariantCulture, $"Balance: {settings.BalanceClients} client replicas × {settings.BalancePods} pods behind a per-connection random ClusterIP, {settings.BalanceWorkersPerClient} concurrent calls per client, MaxConnectionAge {settings.BalanceConnectionAge.TotalSeconds:0.#} s, window {settings.BalanceWindow.TotalSeconds:0.#} s, {settings.BalanceRounds} rounds.").AppendLine().AppendLine();
-            text.AppendLine("| strategy | round | calls | connections opened | max/mean | idle pods | calls per pod |");
-            text.AppendLine("|---|---:|---:|---:|---:|---:|---|");
-            foreach (var r in balance.OrderBy(r => r.Strategy).ThenBy(r => r.Round))
-            {
-                text.Append(CultureInfo.InvariantCulture, $"| {r.Label} | {r.Round} | {N(r.Calls)} | {r.ConnectionsOpened} | {r.MaxToMean:0.00} | {r.IdlePods} | {string.Join(" ", r.CallsPerPod.Select(c => N(c)))} |").AppendLine();
-            }
+            AppendTable(
+                text,
+                $"Balance: {settings.BalanceClients} client replicas × {settings.BalancePods} pods behind a per-connection random ClusterIP, {settings.BalanceWorkersPerClient} concurrent calls per client, MaxConnectionAge {settings.BalanceConnectionAge.TotalSeconds:0.#} s, window {settings.BalanceWindow.TotalSeconds:0.#} s, {settings.BalanceRounds} rounds.",
+                ["strategy", "round", "calls", "connections opened", "max/mean", "idle pods", "calls per pod"],
+                "lrrrrrl",
+                balance.OrderBy(r => r.Strategy).ThenBy(r => r.Round).Select(r => new[]
+                {
+                    r.Label, r.Round.ToString(CultureInfo.InvariantCulture), N(r.Calls), r.ConnectionsOpened.ToString(CultureInfo.InvariantCulture),
+                    r.MaxToMean.ToString("0.00", CultureInfo.InvariantCulture), r.IdlePods.ToString(CultureInfo.InvariantCulture), string.Join(" ", r.CallsPerPod.Select(c => N(c))),
+                }),
+                footnote: null);
         }
 
         File.WriteAllText(path, text.ToString());
@@ -334,6 +345,29 @@ internal static class ScenarioReport
         Strategy.KubernetesResolver => "k8s resolver",
         _ => strategy.Label(),
     };
+
+    /// <summary>
+    /// One Markdown table: an introducing sentence, the columns, the rows, a footnote. <paramref name="align"/> has one
+    /// letter per column: l for text, r for figures.
+    /// </summary>
+    private static void AppendTable(System.Text.StringBuilder text, string intro, string[] columns, string align, IEnumerable<string[]> rows, string? footnote)
+    {
+        text.AppendLine(intro).AppendLine();
+        text.AppendLine("| " + string.Join(" | ", columns) + " |");
+        text.AppendLine("|" + string.Join("|", align.Select(a => a == 'r' ? "---:" : "---")) + "|");
+        foreach (var row in rows)
+        {
+            text.AppendLine("| " + string.Join(" | ", row) + " |");
+        }
+
+        text.AppendLine();
+        if (footnote is not null)
+        {
+            text.AppendLine(footnote).AppendLine();
+        }
+    }
+
+    private static string P(double ratio) => ratio.ToString("P0", CultureInfo.InvariantCulture);
 
     private static string X(double ratio) => double.IsNaN(ratio) ? "-" : ratio.ToString("0.0", CultureInfo.InvariantCulture) + "×";
 
