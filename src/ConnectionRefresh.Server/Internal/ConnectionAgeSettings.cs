@@ -13,7 +13,7 @@ namespace ConnectionRefresh.Server.Internal;
 /// </param>
 /// <param name="EndpointProtocols">
 /// The protocols of the endpoint (<c>ListenOptions.Protocols</c>); with TLS, ALPN decides per connection. Only
-/// HTTP/2 connections linger after a graceful close (see <see cref="LingeringTransport"/>).
+/// HTTP/2 connections linger after Kestrel ended them (see <see cref="LingeringTransport"/>).
 /// </param>
 internal sealed record ConnectionAgeSettings(
     TimeSpan MaxAge, double Jitter, TimeSpan Grace, TimeSpan MaxIdle, bool CallsCounted, HttpProtocols EndpointProtocols = HttpProtocols.Http2)

@@ -150,11 +150,11 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
     /// Then call <see cref="RecordAge"/>.
     /// </summary>
     /// <returns>
-    /// Whether the connection was closed gracefully and this package did not abort it: then the client may still be
-    /// reading the GOAWAY when Kestrel is done, and the socket should linger. The graceful close is this package's
-    /// (age, idleness) or anyone's <c>RequestClose</c>, above all Kestrel's own at server shutdown, which cancels the
-    /// same <see cref="IConnectionLifetimeNotificationFeature.ConnectionClosedRequested"/> token. Decided in the same
-    /// step that ends the connection, so that no timer can change it afterwards.
+    /// Whether this package did not abort the connection (its grace did not end): then, on HTTP/2, the socket may
+    /// linger (see <see cref="ServerConnectionAgeMiddleware"/>), whoever closed the connection; the tracker need not
+    /// have seen the close (Kestrel's keep-alive timeout and protocol errors do not go through
+    /// <see cref="IConnectionLifetimeNotificationFeature"/>). Decided in the same step that ends the connection, so
+    /// that no grace timer can abort it afterwards.
     /// </returns>
     public bool Ended()
     {
@@ -162,7 +162,7 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
         {
             _ended = true;
             DisposeTimers();
-            return !_aborted && (_reason != CloseReason.None || _lifetime.ConnectionClosedRequested.IsCancellationRequested);
+            return !_aborted;
         }
     }
 

@@ -7,13 +7,16 @@ namespace ConnectionRefresh.Server.Internal;
 /// Kestrel's completions of the input and output are held back until <see cref="CloseAsync"/> decides.
 /// </summary>
 /// <remarks>
-/// Why: when Kestrel closes an HTTP/2 connection gracefully while no stream runs (at its age, or when the server
-/// stops), it writes GOAWAY and closes the socket at once. A client that picked the connection for a new call just
-/// before then reads GOAWAY and end-of-stream together, and .NET's SocketsHttpHandler fails that call instead of
-/// retrying it elsewhere. grpc-go avoids the race with a PING round-trip before its final GOAWAY; here the socket
-/// lingers, still open, until the client closes its side (it does so as soon as it has processed the GOAWAY) or
-/// <c>maxLinger</c> passes. Kestrel's shutdown waits for connection middleware, so a linger delays the host's
-/// StopAsync by at most <c>maxLinger</c>, and the abort at the end of the host's shutdown timeout ends it at once.
+/// Why: when Kestrel ends an HTTP/2 connection on which no stream runs, it writes GOAWAY and closes the socket at once,
+/// whoever decided: this package (age, idleness), the server stopping, Kestrel's keep-alive timeout
+/// (<c>KestrelServerLimits.KeepAliveTimeout</c>, by default after 130 s without a stream) or a protocol error. A
+/// client that picked the connection for a new call just before then reads GOAWAY and end-of-stream together, and
+/// .NET's SocketsHttpHandler fails that call instead of retrying it elsewhere. grpc-go avoids the race with a PING
+/// round-trip before its final GOAWAY; here the socket lingers, still open, until the client closes its side (it does
+/// so as soon as it has processed the GOAWAY) or <c>maxLinger</c> passes. Kestrel's shutdown waits for connection
+/// middleware, so a linger delays the host's StopAsync by at most <c>maxLinger</c>, and the abort at the end of the
+/// host's shutdown timeout ends it at once. A lingering connection still counts against Kestrel's
+/// <c>MaxConcurrentConnections</c>, for at most <c>maxLinger</c>.
 /// Thread safety: Kestrel calls the reader and writer from its own loops, as with any transport; the completion
 /// flags are written by Kestrel before the connection delegate returns and read by <see cref="CloseAsync"/> after it.
 /// </remarks>
@@ -40,7 +43,8 @@ internal sealed class LingeringTransport : IDuplexPipe
     /// <summary>
     /// Completes the real transport. With <paramref name="linger"/>, first keeps the socket open, discarding whatever
     /// the client still sends, until the client closes its side, the connection is aborted (at server shutdown, when
-    /// the host's shutdown timeout ends) or <paramref name="maxLinger"/> passes. Never throws.
+    /// the host's shutdown timeout ends) or <paramref name="maxLinger"/> passes. A client that had already closed its
+    /// side ends it at the first read, without waiting. Never throws.
     /// </summary>
     /// <returns>Whether the linger ran until <paramref name="maxLinger"/> without the client closing its side.</returns>
     public async Task<bool> CloseAsync(bool linger, TimeSpan maxLinger, TimeProvider time)
@@ -55,7 +59,12 @@ internal sealed class LingeringTransport : IDuplexPipe
                 {
                     var result = await _inner.Input.ReadAsync(timeout.Token).ConfigureAwait(false);
                     _inner.Input.AdvanceTo(result.Buffer.End);
-                    if (result.IsCompleted || result.IsCanceled)
+
+                    // Only the client's end (or the connection's) ends the linger. A cancelled read is not one: Kestrel
+                    // cancels the transport's pending read when it finishes an HTTP/2 connection, and when its own
+                    // reader had already stopped (it was copying data the client sent just then), that cancellation
+                    // is left over for this loop's first read.
+                    if (result.IsCompleted)
                     {
                         break;
                     }

@@ -6,9 +6,10 @@ namespace ConnectionRefresh.Server.Internal;
 
 /// <summary>
 /// Kestrel connection middleware: gives every connection a <see cref="ConnectionAgeTracker"/>, reachable by the
-/// connection's requests as <see cref="IConnectionClosingFeature"/>, and stops it when the connection ends. After a
-/// graceful close of an HTTP/2 connection (started by the tracker, or by Kestrel when the server stops), the socket
-/// lingers until the client has closed its side (see <see cref="LingeringTransport"/>).
+/// connection's requests as <see cref="IConnectionClosingFeature"/>, and stops it when the connection ends. When
+/// Kestrel has finished an HTTP/2 connection that was not aborted and whose client has not closed its side, the socket
+/// lingers until the client has (see <see cref="LingeringTransport"/>), whoever decided to close it: the tracker (age,
+/// idleness), Kestrel at server shutdown, Kestrel's own keep-alive timeout, or a protocol error.
 /// </summary>
 /// <remarks>
 /// Thread safety: shared by all connections of an endpoint; it holds only immutable settings and thread-safe
@@ -67,15 +68,21 @@ internal sealed class ServerConnectionAgeMiddleware
         {
             connection.Transport = transport.Inner;
 
-            // One step: the connection ends (no close or abort starts after it) and tells whether it had been closed
-            // gracefully (by this package, or by Kestrel at shutdown) and not aborted; then the socket lingers, but
-            // only after an HTTP/2 GOAWAY: HTTP/1.1 has nothing for the client to read first, and a socket held open
-            // there is reused by clients for a request that is never answered. A transport that already reports the
-            // connection closed (aborted by Kestrel, or the client is gone) has nothing to wait for. The age is
-            // recorded once the linger's deadline is set, so that whoever sees it (metrics, tests) sees the deadline
-            // already running.
-            var closedGracefully = tracker.Ended();
-            var linger = closedGracefully
+            // The linger rule. Kestrel ends an HTTP/2 connection that it was not asked to abort by writing a GOAWAY
+            // and closing at once, whoever decided: this tracker or Kestrel's shutdown (RequestClose), its keep-alive
+            // timeout (KeepAliveTimeout, 130 s without a stream) or a protocol error (a GOAWAY with an error code).
+            // In each case a client may have picked the connection for a new call just before, and lose it if the
+            // socket closes before it read the GOAWAY: so the socket lingers, unless
+            // - this package aborted the connection (its grace ended; Ended() ends the connection in the same step, so
+            //   no abort starts after this decision), or the transport reports it closed: aborted by Kestrel, or the
+            //   client is gone. An abort that is not reported yet ends the linger at once anyway: its input ends;
+            // - the client closed its side first: the linger's first read returns that end, without waiting;
+            // - the connection is not HTTP/2: HTTP/1.1 has no GOAWAY for the client to read first, and a socket held
+            //   open there is reused by clients for a request that is never answered.
+            // The age is recorded once the linger's deadline is set, so that whoever sees it (metrics, tests) sees the
+            // deadline already running.
+            var notAbortedByUs = tracker.Ended();
+            var linger = notAbortedByUs
                 && !connection.ConnectionClosed.IsCancellationRequested
                 && ConnectionProtocol.IsHttp2(connection.Features, _settings.EndpointProtocols);
             var closing = transport.CloseAsync(linger, ServerConnectionAgeDefaults.MaxGoAwayLinger, _time);

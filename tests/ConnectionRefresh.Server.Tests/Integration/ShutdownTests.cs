@@ -14,13 +14,6 @@ namespace ConnectionRefresh.Server.Tests.Integration;
 /// </summary>
 public sealed class ShutdownTests
 {
-    private const byte SettingsFrame = 0x4;
-    private const byte GoAwayFrame = 0x7;
-
-    // The HTTP/2 client preface, then an empty SETTINGS frame (length 0, type 4, no flags, stream 0).
-    private static readonly byte[] ClientPreface =
-        [.. "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"u8, 0, 0, 0, SettingsFrame, 0, 0, 0, 0, 0];
-
     private static Task<GreeterTestHost> StartAsync(ConnectionEndProbe probe, TaskCompletionSource? kestrelDone = null) =>
         GreeterTestHost.StartAsync(
             _ => { },
@@ -97,7 +90,7 @@ public sealed class ShutdownTests
     {
         var probe = new ConnectionEndProbe();
         await using var host = await StartAsync(probe);
-        using var tcp = await ConnectHttp2Async(host);
+        using var client = await RawHttp2Client.ConnectAsync(host.Address);
         var connection = Assert.Single(probe.Connections);
 
         var stopwatch = Stopwatch.StartNew();
@@ -108,7 +101,7 @@ public sealed class ShutdownTests
         var lowerBound = ServerConnectionAgeDefaults.MaxGoAwayLinger - TimeSpan.FromMilliseconds(500);
         Assert.True(stopTook >= lowerBound && stopTook < Poll.DefaultTimeout, $"StopAsync took {stopTook}");
         Assert.False((await connection).ClientEndReadBeforeReturn);
-        Assert.Contains(GoAwayFrame, await ReadFrameTypesToEndAsync(tcp.GetStream()));
+        Assert.Contains(RawHttp2Client.GoAwayFrame, await client.ReadFrameTypesToEndAsync());
     }
 
     [Fact]
@@ -116,7 +109,7 @@ public sealed class ShutdownTests
     {
         var probe = new ConnectionEndProbe();
         await using var host = await StartAsync(probe);
-        using var tcp = await ConnectHttp2Async(host);
+        using var client = await RawHttp2Client.ConnectAsync(host.Address);
         var connection = Assert.Single(probe.Connections);
 
         // The host's shutdown timeout ends while the connection lingers: Kestrel aborts it, and the linger ends then.
@@ -130,44 +123,6 @@ public sealed class ShutdownTests
             returnedAfter < ServerConnectionAgeDefaults.MaxGoAwayLinger - TimeSpan.FromSeconds(1),
             $"the connection middleware returned {returnedAfter} after the shutdown began");
         Assert.False(result.ClientEndReadBeforeReturn);
-        await ReadFrameTypesToEndAsync(tcp.GetStream());
-    }
-
-    /// <summary>Opens a raw HTTP/2 connection that never closes by itself, once Kestrel serves it (its SETTINGS came).</summary>
-    private static async Task<TcpClient> ConnectHttp2Async(GreeterTestHost host)
-    {
-        var tcp = new TcpClient();
-        await tcp.ConnectAsync(host.Address.Host, host.Address.Port);
-        var stream = tcp.GetStream();
-        await stream.WriteAsync(ClientPreface);
-        using var timeout = new CancellationTokenSource(Poll.DefaultTimeout);
-        var header = new byte[9];
-        await stream.ReadExactlyAsync(header, timeout.Token);
-        Assert.Equal(SettingsFrame, header[3]);
-        await stream.ReadExactlyAsync(new byte[PayloadLength(header)], timeout.Token);
-        return tcp;
-    }
-
-    private static int PayloadLength(byte[] header) => (header[0] << 16) | (header[1] << 8) | header[2];
-
-    /// <summary>The types of the frames the server sends until the connection ends (FIN or reset).</summary>
-    private static async Task<List<byte>> ReadFrameTypesToEndAsync(NetworkStream stream)
-    {
-        using var timeout = new CancellationTokenSource(Poll.DefaultTimeout);
-        var types = new List<byte>();
-        var header = new byte[9];
-        try
-        {
-            while (true)
-            {
-                await stream.ReadExactlyAsync(header, timeout.Token);
-                types.Add(header[3]);
-                await stream.ReadExactlyAsync(new byte[PayloadLength(header)], timeout.Token);
-            }
-        }
-        catch (Exception ex) when (ex is EndOfStreamException or IOException)
-        {
-            return types;
-        }
+        await client.ReadFrameTypesToEndAsync();
     }
 }

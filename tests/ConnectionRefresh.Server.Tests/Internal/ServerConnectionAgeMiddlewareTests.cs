@@ -1,3 +1,4 @@
+using System.IO.Pipelines;
 using ConnectionRefresh.Server.Internal;
 using ConnectionRefresh.Server.Tests.TestSupport;
 using Microsoft.AspNetCore.Connections;
@@ -331,9 +332,116 @@ public sealed class ServerConnectionAgeMiddlewareTests
     }
 
     [Fact]
-    public async Task OnConnectionAsync_ConnectionEndsWithoutGracefulClose_SocketClosesWithoutLinger()
+    public async Task OnConnectionAsync_KestrelEndedHttp2ConnectionOnItsOwn_SocketLingersUntilClientCloses()
     {
-        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10)));
+        // Kestrel's keep-alive timeout (or a protocol error): it writes GOAWAY and finishes the connection by itself,
+        // without RequestClose and without an abort. Neither the tracker nor the lifetime feature sees anything, but
+        // a client that just picked the connection races that GOAWAY all the same.
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromMinutes(5)));
+        var connection = harness.Open();
+
+        MiddlewareHarness.EndServerSide(connection);
+        await connection.ClientToServer.Writer.WriteAsync(new byte[] { 1, 2, 3 });
+        await Task.Yield();
+        Assert.False(harness.Run(connection).IsCompleted);
+        Assert.False(connection.SocketClosed);
+
+        connection.ClientToServer.Writer.Complete();
+        await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
+        Assert.True(connection.SocketClosed);
+
+        // Not a close of this package: none counted, the age is tagged "none".
+        Assert.Equal(0, connection.CloseRequests);
+        Assert.Empty(harness.Closes.GetMeasurementSnapshot());
+        Assert.Equal("none", Assert.Single(harness.Ages.GetMeasurementSnapshot()).Tags[ServerConnectionAgeMetrics.ReasonTag]);
+        Assert.DoesNotContain(harness.Logger.Collector.GetSnapshot(), r => r.Id.Id == 7);
+    }
+
+    [Fact]
+    public async Task OnConnectionAsync_ClientNeverClosesAfterKestrelEndedTheConnection_SocketClosesAfterMaxLinger()
+    {
+        using var harness = new MiddlewareHarness(Options());
+        var connection = harness.Open();
+
+        MiddlewareHarness.EndServerSide(connection);
+        await Poll.UntilAsync(() => harness.Ages.GetMeasurementSnapshot().Count == 1, "the middleware saw Kestrel finish");
+        harness.Advance(ServerConnectionAgeDefaults.MaxGoAwayLinger - OneMs);
+        Assert.False(harness.Run(connection).IsCompleted);
+
+        harness.Advance(OneMs);
+        await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
+        Assert.True(connection.SocketClosed);
+        Assert.Contains(harness.Logger.Collector.GetSnapshot(), r => r.Id.Id == 7 && r.Level == LogLevel.Debug);
+    }
+
+    [Fact]
+    public async Task OnConnectionAsync_KestrelCancelsTheTransportReadWhenDone_LingerGoesOnUntilClientCloses()
+    {
+        // Kestrel's HTTP/2 connection ends by cancelling the transport's pending read. When its reader had already
+        // stopped (it was copying data the client sent at that moment, typically a racing request), the cancellation
+        // is left over and the linger's first read returns it: that is not the client closing.
+        using var harness = new MiddlewareHarness(Options());
+        var connection = harness.Open();
+
+        connection.ServerCompletesTransport();
+        connection.Transport.Input.CancelPendingRead();
+        connection.End.TrySetResult();
+        await Poll.UntilAsync(() => harness.Ages.GetMeasurementSnapshot().Count == 1, "the middleware saw Kestrel finish");
+        await Task.Yield();
+        Assert.False(harness.Run(connection).IsCompleted);
+        Assert.False(connection.SocketClosed);
+
+        connection.ClientToServer.Writer.Complete();
+        await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
+        Assert.True(connection.SocketClosed);
+    }
+
+    [Fact]
+    public async Task OnConnectionAsync_ClientClosedItsSideFirst_SocketClosesWithoutWaiting()
+    {
+        // A client-initiated close: Kestrel reads the client's end and finishes (cancelling its transport read on the
+        // way, as it does). There is nothing to wait for: the middleware ends without any time passing.
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromMinutes(5)));
+        var connection = harness.Open();
+
+        connection.ClientToServer.Writer.Complete();
+        var input = connection.Transport.Input;
+        ReadResult read;
+        do
+        {
+            read = await input.ReadAsync();
+            input.AdvanceTo(read.Buffer.End);
+        }
+        while (!read.IsCompleted);
+        connection.ServerCompletesTransport();
+        input.CancelPendingRead();
+        connection.End.TrySetResult();
+
+        await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
+        Assert.True(connection.SocketClosed);
+        Assert.DoesNotContain(harness.Logger.Collector.GetSnapshot(), r => r.Id.Id == 7);
+    }
+
+    [Fact]
+    public async Task OnConnectionAsync_KestrelAbortedWithoutGracefulClose_SocketClosesWithoutLinger()
+    {
+        // Kestrel aborts an HTTP/2 connection (a request-headers or data-rate timeout, a flow-control error).
+        using var harness = new MiddlewareHarness(Options());
+        var connection = harness.Open();
+
+        connection.Abort(new ConnectionAbortedException("request headers timeout"));
+        MiddlewareHarness.EndServerSide(connection);
+
+        await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
+        Assert.True(connection.SocketClosed);
+        Assert.DoesNotContain(harness.Logger.Collector.GetSnapshot(), r => r.Id.Id == 7);
+    }
+
+    [Fact]
+    public async Task OnConnectionAsync_KestrelEndedHttp11ConnectionOnItsOwn_SocketClosesWithoutLinger()
+    {
+        // An HTTP/1.1 keep-alive timeout: no GOAWAY, nothing to linger for.
+        using var harness = new MiddlewareHarness(Options(), protocols: HttpProtocols.Http1AndHttp2);
         var connection = harness.Open();
 
         MiddlewareHarness.EndServerSide(connection);
