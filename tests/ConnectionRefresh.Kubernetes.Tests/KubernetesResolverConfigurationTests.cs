@@ -100,16 +100,10 @@ public sealed class KubernetesResolverConfigurationTests
         using var harness = new FactoryResolverHarness(Options(account), InCluster(server.Api));
         await Poll.UntilAsync(() => server.Api.ActiveWatches == 1, "watching with the first token");
 
-        // The kubelet renews the projected token (atomic rename) and the API server stops accepting the old one;
-        // the open watch ends (as on a server-side timeout) and the next requests must carry the new token.
+        // The kubelet renews the projected token (atomic rename); the API server then accepts only the new one and the open
+        // watch ends (as on a server-side timeout), so the next requests must carry the new token.
         account.WriteToken("token-2");
-        server.Api.SetAcceptedTokens("token-2");
-        server.Api.CloseWatches();
-        server.Api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1", "10.0.0.2"], 8080));
-
-        await Poll.UntilAsync(() => harness.LastAddresses?.Count == 2, "resolved the change with the rotated token");
-        Assert.Equal("token-1", server.Api.SeenTokens.First());
-        Assert.Equal("token-2", server.Api.SeenTokens.Last());
+        await TokenRotation.AssertAChangeIsResolvedWithTheNewTokenAsync(server.Api, harness, "token-1", "token-2", ["10.0.0.1", "10.0.0.2"]);
         Assert.All(harness.Results, r => Assert.Equal(StatusCode.OK, r.Status.StatusCode));
     }
 
@@ -337,13 +331,7 @@ public sealed class KubernetesResolverConfigurationTests
         Assert.Equal(["10.0.0.9:8080"], harness.LastAddresses!);
 
         dir.Write("token", "file-token-2\n");
-        api.SetAcceptedTokens("file-token-2");
-        api.CloseWatches();
-        api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.9", "10.0.0.10"], 8080));
-
-        await Poll.UntilAsync(() => harness.LastAddresses?.Count == 2, "resolved the change with the file's new token");
-        Assert.Equal("file-token-1", api.SeenTokens.First());
-        Assert.Equal("file-token-2", api.SeenTokens.Last());
+        await TokenRotation.AssertAChangeIsResolvedWithTheNewTokenAsync(api, harness, "file-token-1", "file-token-2", ["10.0.0.9", "10.0.0.10"]);
         Assert.DoesNotContain(api.SeenTokens, token => token is "" or "token-file");
     }
 
@@ -366,13 +354,7 @@ public sealed class KubernetesResolverConfigurationTests
         Assert.Equal(["10.0.0.11:8080"], harness.LastAddresses!);
 
         File.WriteAllText(source, "exec-token-2");
-        api.SetAcceptedTokens("exec-token-2");
-        api.CloseWatches();
-        api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.11", "10.0.0.12"], 8080));
-
-        await Poll.UntilAsync(() => harness.LastAddresses?.Count == 2, "resolved the change with the plugin's new token");
-        Assert.Equal("exec-token-1", api.SeenTokens.First());
-        Assert.Equal("exec-token-2", api.SeenTokens.Last());
+        await TokenRotation.AssertAChangeIsResolvedWithTheNewTokenAsync(api, harness, "exec-token-1", "exec-token-2", ["10.0.0.11", "10.0.0.12"]);
         Assert.DoesNotContain(api.SeenTokens, token => token.Length == 0);
     }
 

@@ -113,8 +113,7 @@ public sealed class KubernetesResolverGrpcTests
 
         // The kubelet writes a new token; the API server stops accepting the old one and the watch ends.
         cluster.Account.WriteToken("token-2");
-        cluster.Api.SetAcceptedTokens("token-2");
-        cluster.Api.CloseWatches();
+        TokenRotation.Revoke(cluster.Api, "token-2");
         await Poll.UntilAsync(() => cluster.Api.SeenTokens.Contains("token-2") && cluster.Api.ActiveWatches > 0, "the resolver watches with the new token");
 
         cluster.Api.Apply("default", Slices.Ready("greeter-a", "greeter", ips, cluster.Pods.Port));
