@@ -49,6 +49,12 @@ internal sealed class ResolverTestCluster : IAsyncDisposable
         return new ResolverTestCluster(api, pods, account, client);
     }
 
+    /// <summary>
+    /// The Service's EndpointSlice <paramref name="slice"/> lists <paramref name="ips"/> as ready on the pods' port, as the
+    /// EndpointSlice controller writes it (replacing what that slice listed before).
+    /// </summary>
+    public void PublishReady(IEnumerable<string> ips, string slice = "greeter-a") => Api.Apply(Namespace, Slices.Ready(slice, Service, ips, Pods.Port));
+
     public MetricCollector<T> Collect<T>(string instrument)
         where T : struct =>
         new(Services.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>(), "ConnectionRefresh.Kubernetes", instrument);
