@@ -270,10 +270,9 @@ public sealed class KubernetesResolverConfigurationTests
         server.Api.Apply("staging", Slices.Ready("a", "greeter", ["10.0.0.7"], 8080));
         server.Api.Apply("default", Slices.Ready("a", "greeter", ["10.9.9.9"], 8080));
         using var dir = new TempDirectory();
-        var kubeconfig = dir.Write("config", Kubeconfig(server.Api.Url, server.CaPem, "dev-token", "staging"));
 
         // No service account (a developer machine): the kubeconfig gives server, CA, token and the namespace.
-        var options = new KubernetesResolverOptions { KubeconfigPath = kubeconfig, ServiceAccountPath = dir.Combine("no-service-account") };
+        var options = KubeconfigOnly(dir, Kubeconfig(server.Api.Url, server.CaPem, "dev-token", "staging"));
         using var harness = new FactoryResolverHarness(Fast(options), new Dictionary<string, string>());
 
         await Poll.UntilAsync(() => harness.LastAddresses is not null, "resolved through the kubeconfig");
@@ -324,8 +323,7 @@ public sealed class KubernetesResolverConfigurationTests
         dir.Write("token", "file-token-1\n");
 
         // tokenFile relative to the kubeconfig's directory, as kubectl reads it.
-        var kubeconfig = dir.Write("config", KubeconfigWithUser(api.Url, caPem: null, user: "tokenFile: token", ns: null));
-        var options = new KubernetesResolverOptions { KubeconfigPath = kubeconfig, ServiceAccountPath = dir.Combine("no-service-account") };
+        var options = KubeconfigOnly(dir, KubeconfigWithUser(api.Url, caPem: null, user: "tokenFile: token", ns: null));
         using var harness = new FactoryResolverHarness(Fast(options), new Dictionary<string, string>());
         await Poll.UntilAsync(() => harness.LastAddresses is not null && api.ActiveWatches == 1, "resolved and watching with the token file's token");
         Assert.Equal(["10.0.0.9:8080"], harness.LastAddresses!);
@@ -368,9 +366,12 @@ public sealed class KubernetesResolverConfigurationTests
                   args: ["{plugin}"]
                   interactiveMode: Never
             """;
-        var kubeconfig = dir.Write("config", KubeconfigWithUser(apiServer, caPem: null, user, ns: null));
-        return new KubernetesResolverOptions { KubeconfigPath = kubeconfig, ServiceAccountPath = dir.Combine("no-service-account") };
+        return KubeconfigOnly(dir, KubeconfigWithUser(apiServer, caPem: null, user, ns: null));
     }
+
+    // A developer machine: the kubeconfig written to dir/config, no service account.
+    private static KubernetesResolverOptions KubeconfigOnly(TempDirectory dir, string kubeconfig) =>
+        new() { KubeconfigPath = dir.Write("config", kubeconfig), ServiceAccountPath = dir.Combine("no-service-account") };
 
     [Fact]
     public async Task Kubeconfig_ExecCredentialPluginFailsAtFirst_RetriedWithBackoffUntilItSucceeds()
