@@ -24,41 +24,35 @@ public sealed class KubernetesResolverConfigurationTests
     [Fact]
     public async Task InCluster_ServiceHostPortAndServiceAccount_ResolvesOverVerifiedHttpsWithTheBearerToken()
     {
-        using var ca = new TestCertificates();
-        using var serverCertificate = ca.IssueServerCertificate();
-        await using var api = await SimulatedKubernetesApi.StartHttpsAsync(serverCertificate, "token-1");
-        api.Apply("prod", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080));
-        api.Apply("default", Slices.Ready("a", "greeter", ["10.9.9.9"], 8080));
-        using var account = new ServiceAccountDirectory("token-1", ns: "prod");
-        account.WriteCa(ca.CaPem);
+        await using var server = await HttpsKubernetesApi.StartAsync("token-1");
+        server.Api.Apply("prod", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080));
+        server.Api.Apply("default", Slices.Ready("a", "greeter", ["10.9.9.9"], 8080));
+        using var account = new ServiceAccountDirectory("token-1", ns: "prod", caPem: server.CaPem);
 
         // kubernetes:///greeter:8080 has no namespace: the service account's (prod) is used.
-        using var harness = new FactoryResolverHarness(Options(account), InCluster(api));
+        using var harness = new FactoryResolverHarness(Options(account), InCluster(server.Api));
 
         await Poll.UntilAsync(() => harness.LastAddresses is not null, "resolved through the in-cluster configuration");
         Assert.Equal(["10.0.0.1:8080"], harness.LastAddresses!);
         Assert.Equal("prod", harness.Resolver.Namespace);
-        Assert.Equal(Uri.UriSchemeHttps, api.Url.Scheme);
-        Assert.NotEmpty(api.SeenTokens);
-        Assert.All(api.SeenTokens, token => Assert.Equal("token-1", token));
+        Assert.Equal(Uri.UriSchemeHttps, server.Api.Url.Scheme);
+        Assert.NotEmpty(server.Api.SeenTokens);
+        Assert.All(server.Api.SeenTokens, token => Assert.Equal("token-1", token));
     }
 
     [Fact]
     public async Task AddKubernetesResolver_InClusterWithoutApiServer_CallsReachThePods()
     {
-        using var ca = new TestCertificates();
-        using var serverCertificate = ca.IssueServerCertificate();
-        await using var api = await SimulatedKubernetesApi.StartHttpsAsync(serverCertificate, "token-1");
+        await using var server = await HttpsKubernetesApi.StartAsync("token-1");
         await using var pods = await GreeterPods.StartAsync(2);
-        api.Apply("default", Slices.Ready("greeter-a", "greeter", pods.Ips, pods.Port));
-        using var account = new ServiceAccountDirectory("token-1");
-        account.WriteCa(ca.CaPem);
+        server.Api.Apply("default", Slices.Ready("greeter-a", "greeter", pods.Ips, pods.Port));
+        using var account = new ServiceAccountDirectory("token-1", caPem: server.CaPem);
 
         // The README's registration with only the service account directory changed; the process environment is
         // replaced by the internal EnvironmentReader the factory takes from DI.
         var services = new ServiceCollection();
         services.AddLogging();
-        services.AddSingleton(Env(InCluster(api)));
+        services.AddSingleton(Env(InCluster(server.Api)));
         services.AddKubernetesResolver(o => o.ServiceAccountPath = account.Path);
         services.AddGrpcClient<Greeter.GreeterClient>(o => o.Address = new Uri("kubernetes:///greeter:grpc"))
             .ConfigureChannel(o =>
@@ -75,7 +69,7 @@ public sealed class KubernetesResolverConfigurationTests
             seen.Add((await client.SayHelloAsync(new HelloRequest { Name = "in-cluster" }, deadline: DateTime.UtcNow.AddSeconds(10))).Instance);
             return pods.Ips.All(seen.Contains);
         }, "both pods serve calls");
-        Assert.All(api.SeenTokens, token => Assert.Equal("token-1", token));
+        Assert.All(server.Api.SeenTokens, token => Assert.Equal("token-1", token));
     }
 
     [Fact]
@@ -100,40 +94,29 @@ public sealed class KubernetesResolverConfigurationTests
     [Fact]
     public async Task InCluster_TokenFileRotated_NewTokenUsedOnceTheOldOneIsRevoked()
     {
-        using var ca = new TestCertificates();
-        using var serverCertificate = ca.IssueServerCertificate();
-        await using var api = await SimulatedKubernetesApi.StartHttpsAsync(serverCertificate, "token-1");
-        api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080));
-        using var account = new ServiceAccountDirectory("token-1");
-        account.WriteCa(ca.CaPem);
-        using var harness = new FactoryResolverHarness(Options(account), InCluster(api));
-        await Poll.UntilAsync(() => api.ActiveWatches == 1, "watching with the first token");
+        await using var server = await HttpsKubernetesApi.StartAsync("token-1");
+        server.Api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080));
+        using var account = new ServiceAccountDirectory("token-1", caPem: server.CaPem);
+        using var harness = new FactoryResolverHarness(Options(account), InCluster(server.Api));
+        await Poll.UntilAsync(() => server.Api.ActiveWatches == 1, "watching with the first token");
 
-        // The kubelet renews the projected token (atomic rename) and the API server stops accepting the old one;
-        // the open watch ends (as on a server-side timeout) and the next requests must carry the new token.
+        // The kubelet renews the projected token (atomic rename); the API server then accepts only the new one and the open
+        // watch ends (as on a server-side timeout), so the next requests must carry the new token.
         account.WriteToken("token-2");
-        api.SetAcceptedTokens("token-2");
-        api.CloseWatches();
-        api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1", "10.0.0.2"], 8080));
-
-        await Poll.UntilAsync(() => harness.LastAddresses?.Count == 2, "resolved the change with the rotated token");
-        Assert.Equal("token-1", api.SeenTokens.First());
-        Assert.Equal("token-2", api.SeenTokens.Last());
+        await TokenRotation.AssertAChangeIsResolvedWithTheNewTokenAsync(server.Api, harness, "token-1", "token-2", ["10.0.0.1", "10.0.0.2"]);
         Assert.All(harness.Results, r => Assert.Equal(StatusCode.OK, r.Status.StatusCode));
     }
 
     [Fact]
     public async Task InCluster_ServerCertificateFromAnotherCa_RejectedBeforeTheTokenIsSentAndReported()
     {
-        using var clusterCa = new TestCertificates("cluster-ca");
-        using var otherCa = new TestCertificates("impostor-ca");
-        using var impostorCertificate = otherCa.IssueServerCertificate();
-        await using var api = await SimulatedKubernetesApi.StartHttpsAsync(impostorCertificate, "token-1");
-        api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080));
-        using var account = new ServiceAccountDirectory("token-1");
-        account.WriteCa(clusterCa.CaPem);
+        // The service account trusts the cluster's CA; the server presents a certificate from another one.
+        using var impostorCa = new TestCertificates("impostor-ca");
+        await using var server = await HttpsKubernetesApi.StartAsync("token-1", impostorCa);
+        server.Api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080));
+        using var account = new ServiceAccountDirectory("token-1", caPem: server.CaPem);
 
-        using var harness = new FactoryResolverHarness(Options(account), InCluster(api));
+        using var harness = new FactoryResolverHarness(Options(account), InCluster(server.Api));
 
         // Reported to the channel (calls fail fast with Unavailable), counted and logged, naming service and namespace.
         await Poll.UntilAsync(() => harness.Last is not null && harness.Errors.GetMeasurementSnapshot().Count > 0 &&
@@ -148,22 +131,19 @@ public sealed class KubernetesResolverConfigurationTests
         Assert.Equal("HttpRequestException", harness.Errors.GetMeasurementSnapshot()[0].Tags["error.type"]);
 
         // The handshake failed before any request: the untrusted server never saw the token.
-        Assert.Empty(api.SeenTokens);
-        Assert.Equal(0, api.ListCount);
+        Assert.Empty(server.Api.SeenTokens);
+        Assert.Equal(0, server.Api.ListCount);
     }
 
     [Fact]
     public async Task InCluster_TokenFileNotMountedYet_RetriedWithBackoffAndUsedOnceItAppears()
     {
-        using var ca = new TestCertificates();
-        using var serverCertificate = ca.IssueServerCertificate();
-        await using var api = await SimulatedKubernetesApi.StartHttpsAsync(serverCertificate, "token-1");
-        api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080));
-        using var account = new ServiceAccountDirectory("unused");
-        account.WriteCa(ca.CaPem);
+        await using var server = await HttpsKubernetesApi.StartAsync("token-1");
+        server.Api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080));
+        using var account = new ServiceAccountDirectory("unused", caPem: server.CaPem);
         account.DeleteToken();
 
-        using var harness = new FactoryResolverHarness(Options(account), InCluster(api));
+        using var harness = new FactoryResolverHarness(Options(account), InCluster(server.Api));
 
         // Reported (calls fail fast) and retried: no request goes out without the token.
         await Poll.UntilAsync(() => harness.Results.Count(r => r.Status.StatusCode == StatusCode.Unavailable) >= 2, "the missing token reported and retried");
@@ -173,26 +153,24 @@ public sealed class KubernetesResolverConfigurationTests
         account.WriteToken("token-1");
         await Poll.UntilAsync(() => harness.LastAddresses is not null, "resolved once the token is mounted");
         Assert.Equal(["10.0.0.1:8080"], harness.LastAddresses!);
-        Assert.All(api.SeenTokens, token => Assert.Equal("token-1", token));
+        Assert.All(server.Api.SeenTokens, token => Assert.Equal("token-1", token));
     }
 
     [Fact]
     public async Task InCluster_CaCertificateNotMountedYet_RetriedAndTheServerVerifiedOnceItAppears()
     {
-        using var ca = new TestCertificates();
-        using var serverCertificate = ca.IssueServerCertificate();
-        await using var api = await SimulatedKubernetesApi.StartHttpsAsync(serverCertificate, "token-1");
-        api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080));
-        using var account = new ServiceAccountDirectory("token-1");
+        await using var server = await HttpsKubernetesApi.StartAsync("token-1");
+        server.Api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080));
+        using var account = new ServiceAccountDirectory("token-1"); // no ca.crt yet
 
-        using var harness = new FactoryResolverHarness(Options(account), InCluster(api));
+        using var harness = new FactoryResolverHarness(Options(account), InCluster(server.Api));
 
         // Without ca.crt the client must not fall back to the system's roots for good: it waits for the file.
         await Poll.UntilAsync(() => harness.Results.Count(r => r.Status.StatusCode == StatusCode.Unavailable) >= 2, "the missing ca.crt reported and retried");
         Assert.NotNull(InnermostOfType<FileNotFoundException>(harness.Last!.Status.DebugException));
         Assert.Contains("ca.crt", harness.Last!.Status.Detail, StringComparison.Ordinal);
 
-        account.WriteCa(ca.CaPem);
+        account.WriteCa(server.CaPem);
         await Poll.UntilAsync(() => harness.LastAddresses is not null, "resolved over verified https once ca.crt is mounted");
         Assert.Equal(["10.0.0.1:8080"], harness.LastAddresses!);
     }
@@ -200,20 +178,17 @@ public sealed class KubernetesResolverConfigurationTests
     [Fact]
     public async Task InCluster_CaCertificateNotPem_ReportedNamingTheFileAndRetriedUntilFixed()
     {
-        using var ca = new TestCertificates();
-        using var serverCertificate = ca.IssueServerCertificate();
-        await using var api = await SimulatedKubernetesApi.StartHttpsAsync(serverCertificate, "token-1");
-        api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080));
-        using var account = new ServiceAccountDirectory("token-1");
-        account.WriteCa("not a certificate");
+        await using var server = await HttpsKubernetesApi.StartAsync("token-1");
+        server.Api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080));
+        using var account = new ServiceAccountDirectory("token-1", caPem: "not a certificate");
 
-        using var harness = new FactoryResolverHarness(Options(account), InCluster(api));
+        using var harness = new FactoryResolverHarness(Options(account), InCluster(server.Api));
 
         await Poll.UntilAsync(() => harness.Results.Count(r => r.Status.StatusCode == StatusCode.Unavailable) >= 2, "the bad ca.crt reported and retried");
         Assert.Contains($"'{Path.Combine(account.Path, "ca.crt")}' holds no PEM certificate", harness.Last!.Status.Detail, StringComparison.Ordinal);
-        Assert.Empty(api.SeenTokens);
+        Assert.Empty(server.Api.SeenTokens);
 
-        account.WriteCa(ca.CaPem);
+        account.WriteCa(server.CaPem);
         await Poll.UntilAsync(() => harness.LastAddresses is not null, "resolved once ca.crt is fixed");
     }
 
@@ -291,22 +266,19 @@ public sealed class KubernetesResolverConfigurationTests
     [Fact]
     public async Task Kubeconfig_TokenUserAndContextNamespace_ResolvesOverVerifiedHttps()
     {
-        using var ca = new TestCertificates();
-        using var serverCertificate = ca.IssueServerCertificate();
-        await using var api = await SimulatedKubernetesApi.StartHttpsAsync(serverCertificate, "dev-token");
-        api.Apply("staging", Slices.Ready("a", "greeter", ["10.0.0.7"], 8080));
-        api.Apply("default", Slices.Ready("a", "greeter", ["10.9.9.9"], 8080));
+        await using var server = await HttpsKubernetesApi.StartAsync("dev-token");
+        server.Api.Apply("staging", Slices.Ready("a", "greeter", ["10.0.0.7"], 8080));
+        server.Api.Apply("default", Slices.Ready("a", "greeter", ["10.9.9.9"], 8080));
         using var dir = new TempDirectory();
-        var kubeconfig = dir.Write("config", Kubeconfig(api.Url, ca.CaPem, "dev-token", "staging"));
 
         // No service account (a developer machine): the kubeconfig gives server, CA, token and the namespace.
-        var options = new KubernetesResolverOptions { KubeconfigPath = kubeconfig, ServiceAccountPath = dir.Combine("no-service-account") };
+        var options = KubeconfigOnly(dir, Kubeconfig(server.Api.Url, server.CaPem, "dev-token", "staging"));
         using var harness = new FactoryResolverHarness(Fast(options), new Dictionary<string, string>());
 
         await Poll.UntilAsync(() => harness.LastAddresses is not null, "resolved through the kubeconfig");
         Assert.Equal(["10.0.0.7:8080"], harness.LastAddresses!);
         Assert.Equal("staging", harness.Resolver.Namespace);
-        Assert.All(api.SeenTokens, token => Assert.Equal("dev-token", token));
+        Assert.All(server.Api.SeenTokens, token => Assert.Equal("dev-token", token));
     }
 
     [Fact]
@@ -351,20 +323,13 @@ public sealed class KubernetesResolverConfigurationTests
         dir.Write("token", "file-token-1\n");
 
         // tokenFile relative to the kubeconfig's directory, as kubectl reads it.
-        var kubeconfig = dir.Write("config", KubeconfigWithUser(api.Url, caPem: null, user: "tokenFile: token", ns: null));
-        var options = new KubernetesResolverOptions { KubeconfigPath = kubeconfig, ServiceAccountPath = dir.Combine("no-service-account") };
+        var options = KubeconfigOnly(dir, KubeconfigWithUser(api.Url, caPem: null, user: "tokenFile: token", ns: null));
         using var harness = new FactoryResolverHarness(Fast(options), new Dictionary<string, string>());
         await Poll.UntilAsync(() => harness.LastAddresses is not null && api.ActiveWatches == 1, "resolved and watching with the token file's token");
         Assert.Equal(["10.0.0.9:8080"], harness.LastAddresses!);
 
         dir.Write("token", "file-token-2\n");
-        api.SetAcceptedTokens("file-token-2");
-        api.CloseWatches();
-        api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.9", "10.0.0.10"], 8080));
-
-        await Poll.UntilAsync(() => harness.LastAddresses?.Count == 2, "resolved the change with the file's new token");
-        Assert.Equal("file-token-1", api.SeenTokens.First());
-        Assert.Equal("file-token-2", api.SeenTokens.Last());
+        await TokenRotation.AssertAChangeIsResolvedWithTheNewTokenAsync(api, harness, "file-token-1", "file-token-2", ["10.0.0.9", "10.0.0.10"]);
         Assert.DoesNotContain(api.SeenTokens, token => token is "" or "token-file");
     }
 
@@ -387,13 +352,7 @@ public sealed class KubernetesResolverConfigurationTests
         Assert.Equal(["10.0.0.11:8080"], harness.LastAddresses!);
 
         File.WriteAllText(source, "exec-token-2");
-        api.SetAcceptedTokens("exec-token-2");
-        api.CloseWatches();
-        api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.11", "10.0.0.12"], 8080));
-
-        await Poll.UntilAsync(() => harness.LastAddresses?.Count == 2, "resolved the change with the plugin's new token");
-        Assert.Equal("exec-token-1", api.SeenTokens.First());
-        Assert.Equal("exec-token-2", api.SeenTokens.Last());
+        await TokenRotation.AssertAChangeIsResolvedWithTheNewTokenAsync(api, harness, "exec-token-1", "exec-token-2", ["10.0.0.11", "10.0.0.12"]);
         Assert.DoesNotContain(api.SeenTokens, token => token.Length == 0);
     }
 
@@ -407,9 +366,12 @@ public sealed class KubernetesResolverConfigurationTests
                   args: ["{plugin}"]
                   interactiveMode: Never
             """;
-        var kubeconfig = dir.Write("config", KubeconfigWithUser(apiServer, caPem: null, user, ns: null));
-        return new KubernetesResolverOptions { KubeconfigPath = kubeconfig, ServiceAccountPath = dir.Combine("no-service-account") };
+        return KubeconfigOnly(dir, KubeconfigWithUser(apiServer, caPem: null, user, ns: null));
     }
+
+    // A developer machine: the kubeconfig written to dir/config, no service account.
+    private static KubernetesResolverOptions KubeconfigOnly(TempDirectory dir, string kubeconfig) =>
+        new() { KubeconfigPath = dir.Write("config", kubeconfig), ServiceAccountPath = dir.Combine("no-service-account") };
 
     [Fact]
     public async Task Kubeconfig_ExecCredentialPluginFailsAtFirst_RetriedWithBackoffUntilItSucceeds()

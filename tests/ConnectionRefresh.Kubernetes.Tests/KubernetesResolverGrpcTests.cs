@@ -18,11 +18,11 @@ public sealed class KubernetesResolverGrpcTests
     {
         await using var cluster = await ResolverTestCluster.StartAsync(podCount: 4);
         var ips = cluster.Pods.Ips;
-        cluster.Api.Apply("default", Slices.Ready("greeter-a", "greeter", ips.Take(3), cluster.Pods.Port));
+        cluster.PublishReady(ips.Take(3));
         await using var loop = new CallLoop(cluster.Client);
         await Poll.UntilAsync(() => ips.Take(3).All(loop.Total.ContainsKey), "the first three pods serve calls");
 
-        cluster.Api.Apply("default", Slices.Ready("greeter-a", "greeter", ips, cluster.Pods.Port));
+        cluster.PublishReady(ips);
         var elapsed = await Poll.UntilAsync(() => loop.Total.ContainsKey(ips[3]), "the added pod serves calls");
 
         // Watch event → resolver → round_robin subchannel connect on loopback: ~10-100 ms when idle. The
@@ -37,7 +37,7 @@ public sealed class KubernetesResolverGrpcTests
         await using var cluster = await ResolverTestCluster.StartAsync(podCount: 4);
         var ips = cluster.Pods.Ips;
         var port = cluster.Pods.Port;
-        cluster.Api.Apply("default", Slices.Ready("greeter-a", "greeter", ips, port));
+        cluster.PublishReady(ips);
         await using var loop = new CallLoop(cluster.Client);
         await Poll.UntilAsync(() => ips.All(loop.Total.ContainsKey), "all pods serve calls");
 
@@ -60,7 +60,7 @@ public sealed class KubernetesResolverGrpcTests
     public async Task Calls_FourReadyPods_SpreadEvenly()
     {
         await using var cluster = await ResolverTestCluster.StartAsync(podCount: 4);
-        cluster.Api.Apply("default", Slices.Ready("greeter-a", "greeter", cluster.Pods.Ips, cluster.Pods.Port));
+        cluster.PublishReady(cluster.Pods.Ips);
         await WaitForAllAsync(cluster, cluster.Pods.Ips);
 
         var counts = new Dictionary<string, int>();
@@ -84,7 +84,7 @@ public sealed class KubernetesResolverGrpcTests
         await using var cluster = await ResolverTestCluster.StartAsync(podCount: 3);
         using var restarts = cluster.Collect<long>("connectionrefresh.kubernetes.errors");
         var ips = cluster.Pods.Ips;
-        cluster.Api.Apply("default", Slices.Ready("greeter-a", "greeter", ips.Take(2), cluster.Pods.Port));
+        cluster.PublishReady(ips.Take(2));
         await using var loop = new CallLoop(cluster.Client);
         await Poll.UntilAsync(() => ips.Take(2).All(loop.Total.ContainsKey), "both pods serve calls");
         var watchesBefore = cluster.Api.WatchCount;
@@ -97,7 +97,7 @@ public sealed class KubernetesResolverGrpcTests
 
         cluster.Api.SetOutage(false);
         await Poll.UntilAsync(() => cluster.Api.ActiveWatches > 0 && cluster.Api.WatchCount > watchesBefore, "the watch reconnected");
-        cluster.Api.Apply("default", Slices.Ready("greeter-a", "greeter", ips, cluster.Pods.Port));
+        cluster.PublishReady(ips);
         await Poll.UntilAsync(() => loop.Total.ContainsKey(ips[2]), "a pod added after the outage serves calls");
         Assert.Empty(loop.Failures);
     }
@@ -107,17 +107,16 @@ public sealed class KubernetesResolverGrpcTests
     {
         await using var cluster = await ResolverTestCluster.StartAsync(podCount: 2);
         var ips = cluster.Pods.Ips;
-        cluster.Api.Apply("default", Slices.Ready("greeter-a", "greeter", ips.Take(1), cluster.Pods.Port));
+        cluster.PublishReady(ips.Take(1));
         await using var loop = new CallLoop(cluster.Client);
         await Poll.UntilAsync(() => loop.Total.ContainsKey(ips[0]), "the first pod serves calls");
 
         // The kubelet writes a new token; the API server stops accepting the old one and the watch ends.
         cluster.Account.WriteToken("token-2");
-        cluster.Api.SetAcceptedTokens("token-2");
-        cluster.Api.CloseWatches();
+        TokenRotation.Revoke(cluster.Api, "token-2");
         await Poll.UntilAsync(() => cluster.Api.SeenTokens.Contains("token-2") && cluster.Api.ActiveWatches > 0, "the resolver watches with the new token");
 
-        cluster.Api.Apply("default", Slices.Ready("greeter-a", "greeter", ips, cluster.Pods.Port));
+        cluster.PublishReady(ips);
         await Poll.UntilAsync(() => loop.Total.ContainsKey(ips[1]), "a pod added after the rotation serves calls");
         Assert.Empty(loop.Failures);
     }
@@ -128,11 +127,10 @@ public sealed class KubernetesResolverGrpcTests
         await using var cluster = await ResolverTestCluster.StartAsync(podCount: 250);
         using var endpointsGauge = cluster.Collect<int>("connectionrefresh.kubernetes.endpoints");
         var ips = cluster.Pods.Ips;
-        var port = cluster.Pods.Port;
         // The EndpointSlice controller caps slices at 100 endpoints: 100 + 100 + 50.
-        cluster.Api.Apply("default", Slices.Ready("greeter-a", "greeter", ips.Take(100), port));
-        cluster.Api.Apply("default", Slices.Ready("greeter-b", "greeter", ips.Skip(100).Take(100), port));
-        cluster.Api.Apply("default", Slices.Ready("greeter-c", "greeter", ips.Skip(200), port));
+        cluster.PublishReady(ips.Take(100), slice: "greeter-a");
+        cluster.PublishReady(ips.Skip(100).Take(100), slice: "greeter-b");
+        cluster.PublishReady(ips.Skip(200), slice: "greeter-c");
 
         var seen = new HashSet<string>();
         await Poll.UntilAsync(async () =>
@@ -183,7 +181,7 @@ public sealed class KubernetesResolverGrpcTests
         var logs = cluster.Services.GetRequiredService<FakeLogCollector>();
         int Logged(int id) => logs.GetSnapshot().Count(r => r.Id.Id == id);
         var ips = cluster.Pods.Ips;
-        cluster.Api.Apply("default", Slices.Ready("greeter-a", "greeter", ips, cluster.Pods.Port));
+        cluster.PublishReady(ips);
         await WaitForAllAsync(cluster, ips);
         var lists = cluster.Api.ListCount;
         var watches = cluster.Api.WatchCount;

@@ -10,22 +10,13 @@ public sealed class KubernetesResolverLifecycleTests
     {
         // grpc-dotnet disposes the resolver, then the balancer: a result published after Dispose would make the disposed
         // channel's balancer create subchannels (and open connections nobody closes).
-        using var listing = new ManualResetEventSlim();
-        using var answer = new ManualResetEventSlim();
-        var client = new ScriptedEndpointSliceClient
-        {
-            OnList = _ =>
-            {
-                listing.Set();
-                answer.Wait(TimeSpan.FromSeconds(30));
-                return ScriptedEndpointSliceClient.Snapshot("10", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080));
-            },
-        };
+        using var list = new HeldList(ScriptedEndpointSliceClient.Snapshot("10", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080)));
+        var client = new ScriptedEndpointSliceClient { OnList = list.Answer };
         using var harness = new ResolverHarness(client);
-        await Poll.UntilAsync(() => listing.IsSet, "the LIST is in flight");
+        await Poll.UntilAsync(() => list.InFlight, "the LIST is in flight");
 
         harness.Resolver.Dispose();
-        answer.Set();
+        list.Release();
 
         await Poll.WithTimeout(harness.Resolver.Completion, "the resolver loop to end");
         Assert.Empty(harness.Results);
@@ -36,22 +27,13 @@ public sealed class KubernetesResolverLifecycleTests
     {
         // grpc-dotnet's ConnectionManager calls Start(listener) and then Refresh() at once; the loop may already be listing.
         var time = new CountingTimeProvider();
-        using var listing = new ManualResetEventSlim();
-        using var answer = new ManualResetEventSlim();
-        var client = new ScriptedEndpointSliceClient
-        {
-            OnList = _ =>
-            {
-                listing.Set();
-                answer.Wait(TimeSpan.FromSeconds(30));
-                return ScriptedEndpointSliceClient.Snapshot("10", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080));
-            },
-        };
+        using var list = new HeldList(ScriptedEndpointSliceClient.Snapshot("10", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080)));
+        var client = new ScriptedEndpointSliceClient { OnList = list.Answer };
         using var harness = new ResolverHarness(client, time: time, random: () => 0.5);
-        await Poll.UntilAsync(() => listing.IsSet, "the first LIST is in flight");
+        await Poll.UntilAsync(() => list.InFlight, "the first LIST is in flight");
 
         harness.Resolver.Refresh();
-        answer.Set();
+        list.Release();
 
         // The fake clock never moves: a relist for that Refresh() would wait out the minimum refresh interval first.
         await Poll.UntilAsync(() => client.Watches == 1, "watching right after the first LIST");

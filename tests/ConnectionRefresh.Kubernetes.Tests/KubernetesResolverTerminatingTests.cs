@@ -1,9 +1,6 @@
 using ConnectionRefresh.Kubernetes.Tests.Fakes;
 using ConnectionRefresh.Protos;
 using ConnectionRefresh.Testing;
-using Grpc.Core;
-using Grpc.Net.Client.Configuration;
-using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Time.Testing;
 
 namespace ConnectionRefresh.Kubernetes.Tests;
@@ -72,30 +69,14 @@ public sealed class KubernetesResolverTerminatingTests
     }
 
     /// <summary>A cluster on a fake clock with a preStop hook, its mirror in a fake API server, and a resolver client.</summary>
-    private sealed class MirroredCluster : IAsyncDisposable
+    private sealed class MirroredCluster(FakeTimeProvider time, SimulatedCluster cluster, SimulatedKubernetesApi api, IDisposable mirror, ResolverClient client, string account)
+        : IAsyncDisposable
     {
-        private readonly IDisposable _mirror;
-        private readonly ServiceProvider _services;
-        private readonly string _account;
+        public FakeTimeProvider Time => time;
 
-        private MirroredCluster(FakeTimeProvider time, SimulatedCluster cluster, SimulatedKubernetesApi api, IDisposable mirror, ServiceProvider services, string account)
-        {
-            Time = time;
-            Cluster = cluster;
-            Api = api;
-            _mirror = mirror;
-            _services = services;
-            _account = account;
-            Client = services.GetRequiredService<Greeter.GreeterClient>();
-        }
+        public SimulatedCluster Cluster => cluster;
 
-        public FakeTimeProvider Time { get; }
-
-        public SimulatedCluster Cluster { get; }
-
-        public SimulatedKubernetesApi Api { get; }
-
-        public Greeter.GreeterClient Client { get; }
+        public Greeter.GreeterClient Client => client.Client;
 
         public static async Task<MirroredCluster> StartAsync(int replicas, bool includeTerminating)
         {
@@ -110,32 +91,17 @@ public sealed class KubernetesResolverTerminatingTests
             var api = await SimulatedKubernetesApi.StartAsync();
             var mirror = api.MirrorEndpoints(cluster);
             var account = Directory.CreateTempSubdirectory("k8s-term-").FullName;
-            var services = new ServiceCollection();
-            services.AddLogging();
-            services.AddKubernetesResolver(o =>
-            {
-                o.ApiServer = api.Url;
-                o.ServiceAccountPath = account;
-                o.IncludeTerminatingEndpoints = includeTerminating;
-                o.InitialBackoff = TimeSpan.FromMilliseconds(50);
-                o.MaxBackoff = TimeSpan.FromMilliseconds(500);
-            });
-            services.AddGrpcClient<Greeter.GreeterClient>(o => o.Address = new Uri("kubernetes:///greeter.default:grpc"))
-                .ConfigureChannel(o =>
-                {
-                    o.Credentials = ChannelCredentials.Insecure;
-                    o.ServiceConfig = new ServiceConfig { LoadBalancingConfigs = { new RoundRobinConfig() } };
-                });
-            return new MirroredCluster(time, cluster, api, mirror, services.BuildServiceProvider(validateScopes: true), account);
+            var client = ResolverClient.Create(api.Url, account, configure: o => o.IncludeTerminatingEndpoints = includeTerminating);
+            return new MirroredCluster(time, cluster, api, mirror, client, account);
         }
 
         public async ValueTask DisposeAsync()
         {
-            await _services.DisposeAsync();
-            _mirror.Dispose();
-            await Api.DisposeAsync();
-            await Cluster.DisposeAsync();
-            Directory.Delete(_account, recursive: true);
+            await client.DisposeAsync();
+            mirror.Dispose();
+            await api.DisposeAsync();
+            await cluster.DisposeAsync();
+            Directory.Delete(account, recursive: true);
         }
     }
 }

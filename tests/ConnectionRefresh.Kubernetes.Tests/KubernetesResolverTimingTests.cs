@@ -3,7 +3,6 @@ using ConnectionRefresh.Kubernetes.Tests.Fakes;
 using Grpc.Core;
 using k8s;
 using k8s.Models;
-using Microsoft.Extensions.Logging.Testing;
 
 namespace ConnectionRefresh.Kubernetes.Tests;
 
@@ -66,38 +65,30 @@ public sealed class KubernetesResolverTimingTests
     [Fact]
     public async Task Resync_IntervalElapses_Relists()
     {
-        var time = new CountingTimeProvider();
-        var client = new ScriptedEndpointSliceClient { OnList = n => ScriptedEndpointSliceClient.Snapshot("10", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080)) };
-        var options = new KubernetesResolverOptions { ResyncInterval = TimeSpan.FromMinutes(1) };
-        using var harness = new ResolverHarness(client, options: options, time: time, random: () => 0.5);
+        using var watching = await WatchingResolver.StartAsync(new KubernetesResolverOptions { ResyncInterval = TimeSpan.FromMinutes(1) });
 
-        await Poll.UntilAsync(() => client.Watches == 1 && time.TimersCreated == 1, "watching with the resync timer armed");
-        time.Advance(TimeSpan.FromSeconds(59));
-        Assert.Equal(1, client.Lists);
-        time.Advance(TimeSpan.FromSeconds(1));
-        await Poll.UntilAsync(() => client.Lists == 2 && client.Watches == 2, "relisted and watching again");
+        watching.Time.Advance(TimeSpan.FromSeconds(59));
+        Assert.Equal(1, watching.Client.Lists);
+        watching.Time.Advance(TimeSpan.FromSeconds(1));
+        await Poll.UntilAsync(() => watching.Client.Lists == 2 && watching.Client.Watches == 2, "relisted and watching again");
     }
 
     [Fact]
     public async Task Refresh_WhileTheWatchIsLive_AnsweredByTheWatchWithoutRelisting()
     {
         // grpc-dotnet calls Refresh() whenever a subchannel goes idle (every GOAWAY): a live watch already has every change.
-        var time = new CountingTimeProvider();
-        var logger = new FakeLogger();
-        var client = new ScriptedEndpointSliceClient { OnList = _ => ScriptedEndpointSliceClient.Snapshot("10", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080)) };
-        using var harness = new ResolverHarness(client, time: time, random: () => 0.5, logger: logger);
-        await Poll.UntilAsync(() => client.Watches == 1 && time.TimersCreated == 1, "watching with the resync timer armed");
+        using var watching = await WatchingResolver.StartAsync();
 
-        time.Advance(KubernetesResolverDefaults.WatchLivenessWindow - TimeSpan.FromSeconds(1));
-        harness.Resolver.Refresh();
-        harness.Resolver.Refresh();
-        time.Advance(KubernetesResolverDefaults.MinRefreshInterval); // a relist for those requests would be due now
+        watching.Time.Advance(KubernetesResolverDefaults.WatchLivenessWindow - TimeSpan.FromSeconds(1));
+        watching.Resolver.Refresh();
+        watching.Resolver.Refresh();
+        watching.Time.Advance(KubernetesResolverDefaults.MinRefreshInterval); // a relist for those requests would be due now
 
-        await AssertTheSameWatchDeliversAsync(client, harness, "10.0.0.2");
-        Assert.Equal(1, client.Lists);
-        Assert.Equal(1, client.Watches);
-        Assert.Equal(2, logger.Collector.GetSnapshot().Count(r => r.Id.Id == RefreshAnsweredByWatchId));
-        Assert.DoesNotContain(logger.Collector.GetSnapshot(), r => r.Id.Id == RefreshRelistingId);
+        await watching.AssertTheSameWatchDeliversAsync("10.0.0.2");
+        Assert.Equal(1, watching.Client.Lists);
+        Assert.Equal(1, watching.Client.Watches);
+        Assert.Equal(2, watching.Logger.Collector.GetSnapshot().Count(r => r.Id.Id == RefreshAnsweredByWatchId));
+        Assert.DoesNotContain(watching.Logger.Collector.GetSnapshot(), r => r.Id.Id == RefreshRelistingId);
     }
 
     [Fact]
@@ -105,43 +96,36 @@ public sealed class KubernetesResolverTimingTests
     {
         // The safety net: a watch that delivered nothing, not even a bookmark, for longer than the window may have stopped
         // delivering without an error; a refresh request then relists.
-        var time = new CountingTimeProvider();
-        var logger = new FakeLogger();
-        var client = new ScriptedEndpointSliceClient { OnList = _ => ScriptedEndpointSliceClient.Snapshot("10", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080)) };
-        using var harness = new ResolverHarness(client, time: time, random: () => 0.5, logger: logger);
-        await Poll.UntilAsync(() => client.Watches == 1 && time.TimersCreated == 1, "watching with the resync timer armed");
+        using var watching = await WatchingResolver.StartAsync();
 
-        time.Advance(KubernetesResolverDefaults.WatchLivenessWindow - TimeSpan.FromSeconds(1));
-        harness.Resolver.Refresh();
-        await AssertTheSameWatchDeliversAsync(client, harness, "10.0.0.2");
-        Assert.Equal(1, client.Lists);
+        watching.Time.Advance(KubernetesResolverDefaults.WatchLivenessWindow - TimeSpan.FromSeconds(1));
+        watching.Resolver.Refresh();
+        await watching.AssertTheSameWatchDeliversAsync("10.0.0.2");
+        Assert.Equal(1, watching.Client.Lists);
 
         // That event was the watch's last sign of life.
-        time.Advance(KubernetesResolverDefaults.WatchLivenessWindow + TimeSpan.FromSeconds(1));
-        harness.Resolver.Refresh();
-        await Poll.UntilAsync(() => client.Lists == 2 && client.Watches == 2, "relisted and watching again");
-        Assert.Single(logger.Collector.GetSnapshot(), r => r.Id.Id == RefreshRelistingId);
+        watching.Time.Advance(KubernetesResolverDefaults.WatchLivenessWindow + TimeSpan.FromSeconds(1));
+        watching.Resolver.Refresh();
+        await Poll.UntilAsync(() => watching.Client.Lists == 2 && watching.Client.Watches == 2, "relisted and watching again");
+        Assert.Single(watching.Logger.Collector.GetSnapshot(), r => r.Id.Id == RefreshRelistingId);
     }
 
     [Fact]
     public async Task Refresh_BookmarkWithinTheLivenessWindow_KeepsTheWatchLive()
     {
         // On a quiet Service a bookmark (the API server sends one about once a minute) is the watch's only sign of life.
-        var time = new CountingTimeProvider();
-        var client = new ScriptedEndpointSliceClient { OnList = _ => ScriptedEndpointSliceClient.Snapshot("10", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080)) };
-        using var harness = new ResolverHarness(client, time: time, random: () => 0.5);
-        await Poll.UntilAsync(() => client.Watches == 1 && time.TimersCreated == 1, "watching with the resync timer armed");
+        using var watching = await WatchingResolver.StartAsync();
 
-        time.Advance(TimeSpan.FromSeconds(60));
-        client.Events.Writer.TryWrite(new EndpointSliceEvent(WatchEventType.Bookmark, new V1EndpointSlice { Metadata = new() { ResourceVersion = "11" } }));
-        await Poll.UntilAsync(() => harness.Resolver.WatchActivityTimestamp == time.GetTimestamp(), "the bookmark was read");
+        watching.Time.Advance(TimeSpan.FromSeconds(60));
+        watching.Client.Events.Writer.TryWrite(new EndpointSliceEvent(WatchEventType.Bookmark, new V1EndpointSlice { Metadata = new() { ResourceVersion = "11" } }));
+        await Poll.UntilAsync(() => watching.Resolver.WatchActivityTimestamp == watching.Time.GetTimestamp(), "the bookmark was read");
 
         // Longer than the window since the watch started, shorter since the bookmark.
-        time.Advance(KubernetesResolverDefaults.WatchLivenessWindow - TimeSpan.FromSeconds(1));
-        harness.Resolver.Refresh();
-        await AssertTheSameWatchDeliversAsync(client, harness, "10.0.0.2");
-        Assert.Equal(1, client.Lists);
-        Assert.Equal(1, client.Watches);
+        watching.Time.Advance(KubernetesResolverDefaults.WatchLivenessWindow - TimeSpan.FromSeconds(1));
+        watching.Resolver.Refresh();
+        await watching.AssertTheSameWatchDeliversAsync("10.0.0.2");
+        Assert.Equal(1, watching.Client.Lists);
+        Assert.Equal(1, watching.Client.Watches);
     }
 
     [Fact]
@@ -149,29 +133,24 @@ public sealed class KubernetesResolverTimingTests
     {
         // The failed watch showed life a moment ago, but it is gone: the request is not answered by it. The LIST after the
         // backoff answers it (no earlier and no second LIST); the new watch then answers the next request.
-        var time = new CountingTimeProvider();
-        var logger = new FakeLogger();
-        var client = new ScriptedEndpointSliceClient { OnList = _ => ScriptedEndpointSliceClient.Snapshot("10", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080)) };
-        var options = new KubernetesResolverOptions { InitialBackoff = TimeSpan.FromSeconds(1) };
-        using var harness = new ResolverHarness(client, options: options, time: time, random: () => 0.5, logger: logger);
-        await Poll.UntilAsync(() => client.Watches == 1 && time.TimersCreated == 1, "watching with the resync timer armed");
+        using var watching = await WatchingResolver.StartAsync(new KubernetesResolverOptions { InitialBackoff = TimeSpan.FromSeconds(1) });
 
-        var events = client.Events;
+        var events = watching.Client.Events;
         events.Writer.TryWrite(new EndpointSliceEvent(WatchEventType.Bookmark, new V1EndpointSlice { Metadata = new() { ResourceVersion = "11" } }));
         events.Writer.TryComplete(new IOException("connection reset"));
-        await Poll.UntilAsync(() => time.TimersCreated == 2, "the failure's backoff is armed");
+        await Poll.UntilAsync(() => watching.Time.TimersCreated == 2, "the failure's backoff is armed");
 
-        harness.Resolver.Refresh();
-        Assert.Single(logger.Collector.GetSnapshot(), r => r.Id.Id == RefreshRelistingId);
-        Assert.Equal(1, client.Lists);
-        time.Advance(TimeSpan.FromSeconds(1));
-        await Poll.UntilAsync(() => client.Lists == 2 && client.Watches == 2, "relisted after the backoff and watching again");
+        watching.Resolver.Refresh();
+        Assert.Single(watching.Logger.Collector.GetSnapshot(), r => r.Id.Id == RefreshRelistingId);
+        Assert.Equal(1, watching.Client.Lists);
+        watching.Time.Advance(TimeSpan.FromSeconds(1));
+        await Poll.UntilAsync(() => watching.Client.Lists == 2 && watching.Client.Watches == 2, "relisted after the backoff and watching again");
 
-        harness.Resolver.Refresh();
-        await AssertTheSameWatchDeliversAsync(client, harness, "10.0.0.2");
-        Assert.Equal(2, client.Lists);
-        Assert.Equal(2, client.Watches);
-        Assert.Single(logger.Collector.GetSnapshot(), r => r.Id.Id == RefreshAnsweredByWatchId);
+        watching.Resolver.Refresh();
+        await watching.AssertTheSameWatchDeliversAsync("10.0.0.2");
+        Assert.Equal(2, watching.Client.Lists);
+        Assert.Equal(2, watching.Client.Watches);
+        Assert.Single(watching.Logger.Collector.GetSnapshot(), r => r.Id.Id == RefreshAnsweredByWatchId);
     }
 
     [Fact]
@@ -196,16 +175,4 @@ public sealed class KubernetesResolverTimingTests
 
     private const int RefreshRelistingId = 6;
     private const int RefreshAnsweredByWatchId = 9;
-
-    /// <summary>
-    /// Writes an event to the current watch and waits for its effect: proof that the watch still runs. A relist would make
-    /// the event arrive only through a new watch, after the LIST the test then sees counted.
-    /// </summary>
-    private static async Task AssertTheSameWatchDeliversAsync(ScriptedEndpointSliceClient client, ResolverHarness harness, string addedIp)
-    {
-        var slice = Slices.Ready("b", "greeter", [addedIp], 8080);
-        slice.Metadata.ResourceVersion = "20";
-        client.Events.Writer.TryWrite(new EndpointSliceEvent(WatchEventType.Added, slice));
-        await Poll.UntilAsync(() => harness.LastAddresses?.Contains($"{addedIp}:8080") == true, $"the watch delivered {addedIp}");
-    }
 }

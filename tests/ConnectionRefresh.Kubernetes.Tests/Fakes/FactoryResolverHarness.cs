@@ -1,6 +1,4 @@
-using System.Collections.Concurrent;
 using ConnectionRefresh.Kubernetes.Internal;
-using Grpc.Core;
 using Grpc.Net.Client.Balancer;
 using Microsoft.Extensions.Diagnostics.Metrics.Testing;
 using Microsoft.Extensions.Logging;
@@ -27,22 +25,21 @@ internal sealed class FactoryResolverHarness : IDisposable
         _factory = new KubernetesResolverFactory(Microsoft.Extensions.Options.Options.Create(options), new KubernetesResolverMetrics(_meters),
             environment: new EnvironmentReader(name => environment.GetValueOrDefault(name)));
         Resolver = _factory.CreateResolver(new Uri(target), _loggerFactory);
-        Resolver.Start(Results.Enqueue);
+        Resolver.Start(Results.Add);
     }
 
     public KubernetesResolver Resolver { get; }
 
-    public ConcurrentQueue<ResolverResult> Results { get; } = new();
+    public PublishedResults Results { get; } = new();
 
     public FakeLoggerProvider Logs { get; }
 
     public MetricCollector<long> Errors { get; }
 
-    public ResolverResult? Last => Results.LastOrDefault();
+    public ResolverResult? Last => Results.Last;
 
-    /// <summary>The addresses of the last OK result, as "ip:port", or null before the first one.</summary>
-    public HashSet<string>? LastAddresses =>
-        Results.LastOrDefault(r => r.Status.StatusCode == StatusCode.OK)?.Addresses!.Select(a => a.ToString()).ToHashSet();
+    /// <inheritdoc cref="PublishedResults.LastAddresses"/>
+    public HashSet<string>? LastAddresses => Results.LastAddresses;
 
     public void Dispose()
     {

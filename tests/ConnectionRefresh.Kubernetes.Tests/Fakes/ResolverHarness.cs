@@ -1,6 +1,4 @@
-using System.Collections.Concurrent;
 using ConnectionRefresh.Kubernetes.Internal;
-using Grpc.Core;
 using Grpc.Net.Client.Balancer;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -18,18 +16,17 @@ internal sealed class ResolverHarness : IDisposable
         var parsed = KubernetesTarget.Parse(new Uri(target));
         Resolver = new KubernetesResolver(parsed, parsed.Namespace ?? "default", client, options ?? new KubernetesResolverOptions(),
             new KubernetesResolverMetrics(_meters), time ?? TimeProvider.System, random ?? (() => 0.5), logger ?? NullLogger.Instance);
-        Resolver.Start(Results.Enqueue);
+        Resolver.Start(Results.Add);
     }
 
     public KubernetesResolver Resolver { get; }
 
-    public ConcurrentQueue<ResolverResult> Results { get; } = new();
+    public PublishedResults Results { get; } = new();
 
-    public ResolverResult? Last => Results.LastOrDefault();
+    public ResolverResult? Last => Results.Last;
 
-    /// <summary>The addresses of the last OK result, as "ip:port", or null before the first one.</summary>
-    public HashSet<string>? LastAddresses =>
-        Results.LastOrDefault(r => r.Status.StatusCode == StatusCode.OK)?.Addresses!.Select(a => a.ToString()).ToHashSet();
+    /// <inheritdoc cref="PublishedResults.LastAddresses"/>
+    public HashSet<string>? LastAddresses => Results.LastAddresses;
 
     public void Dispose()
     {

@@ -1,7 +1,5 @@
 using ConnectionRefresh.Protos;
 using ConnectionRefresh.Testing;
-using Grpc.Core;
-using Grpc.Net.Client.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Diagnostics.Metrics.Testing;
 
@@ -16,13 +14,14 @@ internal sealed class ResolverTestCluster : IAsyncDisposable
     public const string Service = "greeter";
     public const string Namespace = "default";
 
-    private ResolverTestCluster(SimulatedKubernetesApi api, GreeterPods pods, ServiceAccountDirectory account, ServiceProvider services)
+    private readonly ResolverClient _client;
+
+    private ResolverTestCluster(SimulatedKubernetesApi api, GreeterPods pods, ServiceAccountDirectory account, ResolverClient client)
     {
         Api = api;
         Pods = pods;
         Account = account;
-        Services = services;
-        Client = services.GetRequiredService<Greeter.GreeterClient>();
+        _client = client;
     }
 
     public SimulatedKubernetesApi Api { get; }
@@ -31,9 +30,9 @@ internal sealed class ResolverTestCluster : IAsyncDisposable
 
     public ServiceAccountDirectory Account { get; }
 
-    public ServiceProvider Services { get; }
+    public ServiceProvider Services => _client.Services;
 
-    public Greeter.GreeterClient Client { get; }
+    public Greeter.GreeterClient Client => _client.Client;
 
     /// <summary>Starts <paramref name="podCount"/> pods; none is in a slice yet.</summary>
     public static async Task<ResolverTestCluster> StartAsync(int podCount, string target = "kubernetes:///greeter.default:grpc", Action<KubernetesResolverOptions>? configure = null,
@@ -42,26 +41,19 @@ internal sealed class ResolverTestCluster : IAsyncDisposable
         var account = new ServiceAccountDirectory("token-1");
         var api = await SimulatedKubernetesApi.StartAsync("token-1");
         var pods = await GreeterPods.StartAsync(podCount);
-        var services = new ServiceCollection();
-        services.AddLogging();
-        services.AddMetrics();
-        services.AddKubernetesResolver(options =>
+        var client = ResolverClient.Create(api.Url, account.Path, target, configure, services =>
         {
-            options.ApiServer = api.Url;
-            options.ServiceAccountPath = account.Path;
-            options.InitialBackoff = TimeSpan.FromMilliseconds(50);
-            options.MaxBackoff = TimeSpan.FromMilliseconds(500);
-            configure?.Invoke(options);
+            services.AddMetrics();
+            configureServices?.Invoke(services);
         });
-        services.AddGrpcClient<Greeter.GreeterClient>(o => o.Address = new Uri(target))
-            .ConfigureChannel(o =>
-            {
-                o.Credentials = ChannelCredentials.Insecure;
-                o.ServiceConfig = new ServiceConfig { LoadBalancingConfigs = { new RoundRobinConfig() } };
-            });
-        configureServices?.Invoke(services);
-        return new ResolverTestCluster(api, pods, account, services.BuildServiceProvider(validateScopes: true));
+        return new ResolverTestCluster(api, pods, account, client);
     }
+
+    /// <summary>
+    /// The Service's EndpointSlice <paramref name="slice"/> lists <paramref name="ips"/> as ready on the pods' port, as the
+    /// EndpointSlice controller writes it (replacing what that slice listed before).
+    /// </summary>
+    public void PublishReady(IEnumerable<string> ips, string slice = "greeter-a") => Api.Apply(Namespace, Slices.Ready(slice, Service, ips, Pods.Port));
 
     public MetricCollector<T> Collect<T>(string instrument)
         where T : struct =>
@@ -69,7 +61,7 @@ internal sealed class ResolverTestCluster : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        await Services.DisposeAsync();
+        await _client.DisposeAsync();
         await Api.DisposeAsync();
         await Pods.DisposeAsync();
         Account.Dispose();

@@ -3,13 +3,21 @@ namespace ConnectionRefresh.Kubernetes.Tests.Fakes;
 /// <summary>A temporary stand-in for /var/run/secrets/kubernetes.io/serviceaccount (token, namespace and, optionally, ca.crt files).</summary>
 internal sealed class ServiceAccountDirectory : IDisposable
 {
-    public ServiceAccountDirectory(string token, string? ns = "default")
+    /// <param name="token">The token file's content.</param>
+    /// <param name="ns">The namespace file's content; null: no namespace file.</param>
+    /// <param name="caPem">The ca.crt file's content; null: no ca.crt (yet), as outside TLS tests.</param>
+    public ServiceAccountDirectory(string token, string? ns = "default", string? caPem = null)
     {
         Path = Directory.CreateTempSubdirectory("k8s-sa-").FullName;
         WriteToken(token);
         if (ns is not null)
         {
             File.WriteAllText(System.IO.Path.Combine(Path, "namespace"), ns);
+        }
+
+        if (caPem is not null)
+        {
+            WriteCa(caPem);
         }
     }
 

@@ -1,0 +1,51 @@
+using ConnectionRefresh.Protos;
+using Grpc.Core;
+using Grpc.Net.Client.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace ConnectionRefresh.Kubernetes.Tests.Fakes;
+
+/// <summary>
+/// A Greeter client registered the way the README shows, against a fake API server: <c>AddKubernetesResolver</c> and
+/// <c>AddGrpcClient</c> on a <c>kubernetes:///</c> target with round_robin, plaintext HTTP/2 to the fake pods. The backoffs
+/// are short so that tests see a recovery quickly. Owns the service provider (and so the channel).
+/// </summary>
+internal sealed class ResolverClient : IAsyncDisposable
+{
+    private ResolverClient(ServiceProvider services)
+    {
+        Services = services;
+        Client = services.GetRequiredService<Greeter.GreeterClient>();
+    }
+
+    public ServiceProvider Services { get; }
+
+    public Greeter.GreeterClient Client { get; }
+
+    /// <param name="configure">The test's own resolver options, applied last.</param>
+    /// <param name="configureServices">More registrations, added last.</param>
+    public static ResolverClient Create(Uri apiServer, string serviceAccountPath, string target = "kubernetes:///greeter.default:grpc",
+        Action<KubernetesResolverOptions>? configure = null, Action<IServiceCollection>? configureServices = null)
+    {
+        var services = new ServiceCollection();
+        services.AddLogging();
+        services.AddKubernetesResolver(options =>
+        {
+            options.ApiServer = apiServer;
+            options.ServiceAccountPath = serviceAccountPath;
+            options.InitialBackoff = TimeSpan.FromMilliseconds(50);
+            options.MaxBackoff = TimeSpan.FromMilliseconds(500);
+            configure?.Invoke(options);
+        });
+        services.AddGrpcClient<Greeter.GreeterClient>(o => o.Address = new Uri(target))
+            .ConfigureChannel(o =>
+            {
+                o.Credentials = ChannelCredentials.Insecure;
+                o.ServiceConfig = new ServiceConfig { LoadBalancingConfigs = { new RoundRobinConfig() } };
+            });
+        configureServices?.Invoke(services);
+        return new ResolverClient(services.BuildServiceProvider(validateScopes: true));
+    }
+
+    public ValueTask DisposeAsync() => Services.DisposeAsync();
+}
