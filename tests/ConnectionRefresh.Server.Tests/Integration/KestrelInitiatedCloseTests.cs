@@ -19,28 +19,7 @@ public sealed class KestrelInitiatedCloseTests
     private static readonly TimeSpan KeepAliveTimeout = TimeSpan.FromSeconds(2);
 
     private static Task<GreeterTestHost> StartAsync(ConnectionEndProbe probe, TaskCompletionSource kestrelDone, TimeSpan? keepAliveTimeout = null) =>
-        GreeterTestHost.StartAsync(
-            _ => { },
-            kestrelDefaults: kestrel => kestrel.Limits.KeepAliveTimeout = keepAliveTimeout ?? KeepAliveTimeout,
-            useConnectionAge: listen =>
-            {
-                // The probe sits outside the connection age: it sees what the server read before the socket closes.
-                listen.Use(probe.Middleware);
-                listen.UseServerConnectionAge();
-
-                // Inside the connection age, right around Kestrel's HTTP handling: completes when Kestrel is done.
-                listen.Use(next => async connection =>
-                {
-                    try
-                    {
-                        await next(connection);
-                    }
-                    finally
-                    {
-                        kestrelDone.TrySetResult();
-                    }
-                });
-            });
+        probe.StartHostAsync(kestrelDone, kestrel => kestrel.Limits.KeepAliveTimeout = keepAliveTimeout ?? KeepAliveTimeout);
 
     [Fact]
     public async Task KeepAliveTimeout_IdleGrpcConnection_SocketStaysOpenAfterTheGoAwayUntilTheClientClosedItsSide()
@@ -48,31 +27,11 @@ public sealed class KestrelInitiatedCloseTests
         var probe = new ConnectionEndProbe();
         var kestrelDone = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         await using var host = await StartAsync(probe, kestrelDone);
-        var clientStreams = new List<GatedClientStream>();
-        using var handler = new SocketsHttpHandler
-        {
-            ConnectCallback = async (context, cancellationToken) =>
-            {
-                var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-                await socket.ConnectAsync(context.DnsEndPoint, cancellationToken);
-                var stream = new GatedClientStream(new NetworkStream(socket, ownsSocket: true));
-                lock (clientStreams)
-                {
-                    clientStreams.Add(stream);
-                }
-
-                return stream;
-            },
-        };
-        using var channel = GrpcChannel.ForAddress(host.Address, new GrpcChannelOptions { HttpHandler = handler });
-        var client = new Greeter.GreeterClient(channel);
+        using var gated = new GatedGrpcClient(host.Address);
+        var client = gated.Client;
         await client.SayHelloAsync(new HelloRequest { Name = "a" });
         var connection = Assert.Single(probe.Connections);
-        GatedClientStream clientStream;
-        lock (clientStreams)
-        {
-            clientStream = Assert.Single(clientStreams);
-        }
+        var clientStream = gated.SingleStream;
 
         // The connection is idle now: Kestrel's keep-alive timeout (2 s) runs. The client reads nothing until Kestrel
         // has sent its GOAWAY and finished with the connection, so that the client cannot close first (on loopback it

@@ -14,56 +14,17 @@ namespace ConnectionRefresh.Server.Tests.Integration;
 /// </summary>
 public sealed class ShutdownTests
 {
-    private static Task<GreeterTestHost> StartAsync(ConnectionEndProbe probe, TaskCompletionSource? kestrelDone = null) =>
-        GreeterTestHost.StartAsync(
-            _ => { },
-            useConnectionAge: listen =>
-            {
-                // The probe sits outside the connection age: it sees what the server read before the socket closes.
-                listen.Use(probe.Middleware);
-                listen.UseServerConnectionAge();
-
-                // Inside the connection age, right around Kestrel's HTTP handling: completes when Kestrel is done.
-                listen.Use(next => async connection =>
-                {
-                    try
-                    {
-                        await next(connection);
-                    }
-                    finally
-                    {
-                        kestrelDone?.TrySetResult();
-                    }
-                });
-            });
-
     [Fact]
     public async Task StopAsync_GrpcClientHoldsIdleConnection_SocketStaysOpenUntilTheClientClosedItsSide()
     {
         var probe = new ConnectionEndProbe();
         var kestrelDone = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        await using var host = await StartAsync(probe, kestrelDone);
-        var clientStreams = new List<GatedClientStream>();
-        using var handler = new SocketsHttpHandler
-        {
-            ConnectCallback = async (context, cancellationToken) =>
-            {
-                var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-                await socket.ConnectAsync(context.DnsEndPoint, cancellationToken);
-                var stream = new GatedClientStream(new NetworkStream(socket, ownsSocket: true));
-                lock (clientStreams)
-                {
-                    clientStreams.Add(stream);
-                }
-
-                return stream;
-            },
-        };
-        using var channel = GrpcChannel.ForAddress(host.Address, new GrpcChannelOptions { HttpHandler = handler });
-        var client = new Greeter.GreeterClient(channel);
+        await using var host = await probe.StartHostAsync(kestrelDone);
+        using var gated = new GatedGrpcClient(host.Address);
+        var client = gated.Client;
         await client.SayHelloAsync(new HelloRequest { Name = "a" });
         var connection = Assert.Single(probe.Connections);
-        var clientStream = Assert.Single(clientStreams);
+        var clientStream = gated.SingleStream;
 
         // The client reads nothing until Kestrel has sent its GOAWAY and finished with the connection: on loopback the
         // client is otherwise often quick enough to close first, which hides what happens over a real network.
@@ -89,7 +50,7 @@ public sealed class ShutdownTests
     public async Task StopAsync_ClientNeverClosesAfterTheGoAway_SocketClosesAtTheLingerBound()
     {
         var probe = new ConnectionEndProbe();
-        await using var host = await StartAsync(probe);
+        await using var host = await probe.StartHostAsync();
         using var client = await RawHttp2Client.ConnectAsync(host.Address);
         var connection = Assert.Single(probe.Connections);
 
@@ -108,7 +69,7 @@ public sealed class ShutdownTests
     public async Task StopAsync_ShutdownTimeoutEndsDuringTheLinger_ConnectionAbortedWithoutErrorOrWait()
     {
         var probe = new ConnectionEndProbe();
-        await using var host = await StartAsync(probe);
+        await using var host = await probe.StartHostAsync();
         using var client = await RawHttp2Client.ConnectAsync(host.Address);
         var connection = Assert.Single(probe.Connections);
 

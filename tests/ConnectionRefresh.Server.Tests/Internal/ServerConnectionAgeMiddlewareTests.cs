@@ -300,17 +300,7 @@ public sealed class ServerConnectionAgeMiddlewareTests
         harness.Advance(TimeSpan.FromSeconds(10));
 
         MiddlewareHarness.EndServerSide(connection);
-        // Kestrel is done, but the client may not have read the GOAWAY yet: the socket stays open, and what the
-        // client still sends (a racing request) is read and discarded.
-        await connection.ClientToServer.Writer.WriteAsync(new byte[] { 1, 2, 3 });
-        await Task.Yield();
-        Assert.False(harness.Run(connection).IsCompleted);
-        Assert.False(connection.SocketClosed);
-
-        // The client closes its side once it processed the GOAWAY: the socket closes at once.
-        connection.ClientToServer.Writer.Complete();
-        await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
-        Assert.True(connection.SocketClosed);
+        await AssertLingersUntilClientClosesAsync(harness, connection);
     }
 
     [Fact]
@@ -331,24 +321,19 @@ public sealed class ServerConnectionAgeMiddlewareTests
         Assert.True(connection.SocketClosed);
     }
 
-    [Fact]
-    public async Task OnConnectionAsync_KestrelEndedHttp2ConnectionOnItsOwn_SocketLingersUntilClientCloses()
+    [Theory]
+    [InlineData(false)] // Kestrel's keep-alive timeout or a protocol error: no RequestClose
+    [InlineData(true)] // the server stops: Kestrel's RequestClose first
+    public async Task OnConnectionAsync_KestrelEndedHttp2Connection_SocketLingersUntilClientCloses(bool atShutdown)
     {
-        // Kestrel's keep-alive timeout (or a protocol error): it writes GOAWAY and finishes the connection by itself,
-        // without RequestClose and without an abort. Neither the tracker nor the lifetime feature sees anything, but
-        // a client that just picked the connection races that GOAWAY all the same.
+        // Kestrel writes GOAWAY and finishes the idle connection by itself, without an abort: at its keep-alive
+        // timeout or after a protocol error (neither the tracker nor the lifetime feature sees anything), or when the
+        // server stops (RequestClose, not the tracker's). A client that just picked the connection races that GOAWAY.
         using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromMinutes(5)));
         var connection = harness.Open();
 
-        MiddlewareHarness.EndServerSide(connection);
-        await connection.ClientToServer.Writer.WriteAsync(new byte[] { 1, 2, 3 });
-        await Task.Yield();
-        Assert.False(harness.Run(connection).IsCompleted);
-        Assert.False(connection.SocketClosed);
-
-        connection.ClientToServer.Writer.Complete();
-        await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
-        Assert.True(connection.SocketClosed);
+        KestrelEnds(connection, atShutdown);
+        await AssertLingersUntilClientClosesAsync(harness, connection);
 
         // Not a close of this package: none counted, the age is tagged "none".
         Assert.Equal(0, connection.CloseRequests);
@@ -357,13 +342,16 @@ public sealed class ServerConnectionAgeMiddlewareTests
         Assert.DoesNotContain(harness.Logger.Collector.GetSnapshot(), r => r.Id.Id == 7);
     }
 
-    [Fact]
-    public async Task OnConnectionAsync_ClientNeverClosesAfterKestrelEndedTheConnection_SocketClosesAfterMaxLinger()
+    [Theory]
+    [InlineData(false)] // Kestrel's keep-alive timeout or a protocol error: no RequestClose
+    [InlineData(true)] // the server stops: Kestrel's RequestClose first
+    public async Task OnConnectionAsync_ClientNeverClosesAfterKestrelEndedTheConnection_SocketClosesAfterMaxLinger(bool atShutdown)
     {
+        // Bounded: at shutdown the linger delays the server's StopAsync (Kestrel waits for connection middleware).
         using var harness = new MiddlewareHarness(Options());
         var connection = harness.Open();
 
-        MiddlewareHarness.EndServerSide(connection);
+        KestrelEnds(connection, atShutdown);
         await Poll.UntilAsync(() => harness.Ages.GetMeasurementSnapshot().Count == 1, "the middleware saw Kestrel finish");
         harness.Advance(ServerConnectionAgeDefaults.MaxGoAwayLinger - OneMs);
         Assert.False(harness.Run(connection).IsCompleted);
@@ -422,14 +410,22 @@ public sealed class ServerConnectionAgeMiddlewareTests
         Assert.DoesNotContain(harness.Logger.Collector.GetSnapshot(), r => r.Id.Id == 7);
     }
 
-    [Fact]
-    public async Task OnConnectionAsync_KestrelAbortedWithoutGracefulClose_SocketClosesWithoutLinger()
+    [Theory]
+    [InlineData(false)] // Kestrel's keep-alive timeout or a protocol error: no RequestClose
+    [InlineData(true)] // the server stops: Kestrel's RequestClose first
+    public async Task OnConnectionAsync_KestrelAborted_SocketClosesWithoutLinger(bool atShutdown)
     {
-        // Kestrel aborts an HTTP/2 connection (a request-headers or data-rate timeout, a flow-control error).
+        // Kestrel aborts an HTTP/2 connection: a request-headers or data-rate timeout, a flow-control error, or the end
+        // of the host's shutdown timeout while calls still ran on a connection it had asked to close.
         using var harness = new MiddlewareHarness(Options());
         var connection = harness.Open();
 
-        connection.Abort(new ConnectionAbortedException("request headers timeout"));
+        if (atShutdown)
+        {
+            connection.ServerRequestsClose();
+        }
+
+        connection.Abort(new ConnectionAbortedException(atShutdown ? "shutdown timeout" : "request headers timeout"));
         MiddlewareHarness.EndServerSide(connection);
 
         await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
@@ -437,14 +433,17 @@ public sealed class ServerConnectionAgeMiddlewareTests
         Assert.DoesNotContain(harness.Logger.Collector.GetSnapshot(), r => r.Id.Id == 7);
     }
 
-    [Fact]
-    public async Task OnConnectionAsync_KestrelEndedHttp11ConnectionOnItsOwn_SocketClosesWithoutLinger()
+    [Theory]
+    [InlineData(false)] // Kestrel's keep-alive timeout or a protocol error: no RequestClose
+    [InlineData(true)] // the server stops: Kestrel's RequestClose first
+    public async Task OnConnectionAsync_KestrelEndedHttp11Connection_SocketClosesWithoutLinger(bool atShutdown)
     {
-        // An HTTP/1.1 keep-alive timeout: no GOAWAY, nothing to linger for.
+        // Without TLS, an endpoint that allows HTTP/1.x speaks HTTP/1.1 (keep-alive timeout, or shutdown): no GOAWAY,
+        // nothing to linger for.
         using var harness = new MiddlewareHarness(Options(), protocols: HttpProtocols.Http1AndHttp2);
         var connection = harness.Open();
 
-        MiddlewareHarness.EndServerSide(connection);
+        KestrelEnds(connection, atShutdown);
 
         await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
         Assert.True(connection.SocketClosed);
@@ -464,81 +463,6 @@ public sealed class ServerConnectionAgeMiddlewareTests
 
         await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
         Assert.True(connection.SocketClosed);
-    }
-
-    [Fact]
-    public async Task OnConnectionAsync_KestrelClosedGracefullyAtShutdown_SocketLingersUntilClientCloses()
-    {
-        // The server stops: Kestrel requests a graceful close of every connection (GOAWAY) and finishes this idle one
-        // at once. The close is not the tracker's, but the client races the GOAWAY all the same.
-        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromMinutes(5)));
-        var connection = harness.Open();
-
-        connection.ServerRequestsClose();
-        MiddlewareHarness.EndServerSide(connection);
-        await connection.ClientToServer.Writer.WriteAsync(new byte[] { 1, 2, 3 });
-        await Task.Yield();
-        Assert.False(harness.Run(connection).IsCompleted);
-        Assert.False(connection.SocketClosed);
-
-        connection.ClientToServer.Writer.Complete();
-        await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
-        Assert.True(connection.SocketClosed);
-
-        // Not a close of this package: none counted, the age is tagged "none".
-        Assert.Equal(0, connection.CloseRequests);
-        Assert.Empty(harness.Closes.GetMeasurementSnapshot());
-        Assert.Equal("none", Assert.Single(harness.Ages.GetMeasurementSnapshot()).Tags[ServerConnectionAgeMetrics.ReasonTag]);
-        Assert.DoesNotContain(harness.Logger.Collector.GetSnapshot(), r => r.Id.Id == 7);
-    }
-
-    [Fact]
-    public async Task OnConnectionAsync_ClientNeverClosesAfterKestrelClosedGracefully_SocketClosesAfterMaxLinger()
-    {
-        // The linger delays the server's StopAsync (Kestrel waits for connection middleware): it must stay bounded.
-        using var harness = new MiddlewareHarness(Options());
-        var connection = harness.Open();
-
-        connection.ServerRequestsClose();
-        MiddlewareHarness.EndServerSide(connection);
-        await Poll.UntilAsync(() => harness.Ages.GetMeasurementSnapshot().Count == 1, "the middleware saw Kestrel finish");
-        harness.Advance(ServerConnectionAgeDefaults.MaxGoAwayLinger - OneMs);
-        Assert.False(harness.Run(connection).IsCompleted);
-
-        harness.Advance(OneMs);
-        await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
-        Assert.True(connection.SocketClosed);
-        Assert.Contains(harness.Logger.Collector.GetSnapshot(), r => r.Id.Id == 7 && r.Level == LogLevel.Debug);
-    }
-
-    [Fact]
-    public async Task OnConnectionAsync_KestrelClosedGracefullyOnHttp11_SocketClosesWithoutLinger()
-    {
-        // Without TLS, an endpoint that allows HTTP/1.x speaks HTTP/1.1: no GOAWAY, nothing to linger for.
-        using var harness = new MiddlewareHarness(Options(), protocols: HttpProtocols.Http1AndHttp2);
-        var connection = harness.Open();
-
-        connection.ServerRequestsClose();
-        MiddlewareHarness.EndServerSide(connection);
-
-        await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
-        Assert.True(connection.SocketClosed);
-    }
-
-    [Fact]
-    public async Task OnConnectionAsync_KestrelAbortsAfterItsGracefulClose_SocketClosesWithoutLinger()
-    {
-        // The host's shutdown timeout ended while calls still ran: Kestrel aborts the connections it had asked to close.
-        using var harness = new MiddlewareHarness(Options());
-        var connection = harness.Open();
-
-        connection.ServerRequestsClose();
-        connection.Abort(new ConnectionAbortedException("shutdown timeout"));
-        MiddlewareHarness.EndServerSide(connection);
-
-        await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
-        Assert.True(connection.SocketClosed);
-        Assert.DoesNotContain(harness.Logger.Collector.GetSnapshot(), r => r.Id.Id == 7);
     }
 
     [Fact]
@@ -694,5 +618,30 @@ public sealed class ServerConnectionAgeMiddlewareTests
 
         Assert.Equal(1, connection.CloseRequests);
         Assert.Equal("max_age", Assert.Single(harness.Closes.GetMeasurementSnapshot()).Tags[ServerConnectionAgeMetrics.ReasonTag]);
+    }
+
+    // Kestrel finishes the connection by itself; at shutdown after its RequestClose (which the tracker does not start).
+    private static void KestrelEnds(FakeConnection connection, bool atShutdown)
+    {
+        if (atShutdown)
+        {
+            connection.ServerRequestsClose();
+        }
+
+        MiddlewareHarness.EndServerSide(connection);
+    }
+
+    // Kestrel is done, but the client may not have read the GOAWAY yet: the socket stays open and what the client still
+    // sends (a racing request) is read and discarded; once the client closes its side, the socket closes at once.
+    private static async Task AssertLingersUntilClientClosesAsync(MiddlewareHarness harness, FakeConnection connection)
+    {
+        await connection.ClientToServer.Writer.WriteAsync(new byte[] { 1, 2, 3 });
+        await Task.Yield();
+        Assert.False(harness.Run(connection).IsCompleted);
+        Assert.False(connection.SocketClosed);
+
+        connection.ClientToServer.Writer.Complete();
+        await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
+        Assert.True(connection.SocketClosed);
     }
 }

@@ -1,5 +1,7 @@
 using System.IO.Pipelines;
 using Microsoft.AspNetCore.Connections;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
 
 namespace ConnectionRefresh.Server.Tests.TestSupport;
 
@@ -28,6 +30,31 @@ internal sealed class ConnectionEndProbe
             }
         }
     }
+
+    /// <summary>
+    /// Starts a Greeter host whose endpoint runs this probe outside the connection age, and, inside it, right around
+    /// Kestrel's HTTP handling, a step that completes <paramref name="kestrelDone"/> when Kestrel is done with a connection.
+    /// </summary>
+    public Task<GreeterTestHost> StartHostAsync(TaskCompletionSource? kestrelDone = null, Action<KestrelServerOptions>? kestrelDefaults = null) =>
+        GreeterTestHost.StartAsync(
+            _ => { },
+            kestrelDefaults: kestrelDefaults,
+            useConnectionAge: listen =>
+            {
+                listen.Use(Middleware);
+                listen.UseServerConnectionAge();
+                listen.Use(next => async connection =>
+                {
+                    try
+                    {
+                        await next(connection);
+                    }
+                    finally
+                    {
+                        kestrelDone?.TrySetResult();
+                    }
+                });
+            });
 
     public ConnectionDelegate Middleware(ConnectionDelegate next) => async connection =>
     {

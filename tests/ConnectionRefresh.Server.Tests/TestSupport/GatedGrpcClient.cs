@@ -1,0 +1,58 @@
+using System.Net.Sockets;
+using ConnectionRefresh.Protos;
+using Grpc.Net.Client;
+
+namespace ConnectionRefresh.Server.Tests.TestSupport;
+
+/// <summary>
+/// A real GrpcChannel whose connections are <see cref="GatedClientStream"/>s, so that a test can hold what the client
+/// reads from the server. Thread-safe: the handler adds streams under a lock.
+/// </summary>
+internal sealed class GatedGrpcClient : IDisposable
+{
+    private readonly List<GatedClientStream> _streams = [];
+    private readonly Lock _gate = new();
+    private readonly SocketsHttpHandler _handler;
+    private readonly GrpcChannel _channel;
+
+    public GatedGrpcClient(Uri address)
+    {
+        _handler = new SocketsHttpHandler
+        {
+            ConnectCallback = async (context, cancellationToken) =>
+            {
+                var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+                await socket.ConnectAsync(context.DnsEndPoint, cancellationToken);
+                var stream = new GatedClientStream(new NetworkStream(socket, ownsSocket: true));
+                lock (_gate)
+                {
+                    _streams.Add(stream);
+                }
+
+                return stream;
+            },
+        };
+        _channel = GrpcChannel.ForAddress(address, new GrpcChannelOptions { HttpHandler = _handler });
+        Client = new Greeter.GreeterClient(_channel);
+    }
+
+    public Greeter.GreeterClient Client { get; }
+
+    /// <summary>The only connection the client has opened so far.</summary>
+    public GatedClientStream SingleStream
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return Assert.Single(_streams);
+            }
+        }
+    }
+
+    public void Dispose()
+    {
+        _channel.Dispose();
+        _handler.Dispose();
+    }
+}
