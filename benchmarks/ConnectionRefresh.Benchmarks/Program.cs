@@ -7,6 +7,7 @@ using ConnectionRefresh.Benchmarks.Scenarios;
 //   (none) | micro [--full] [BenchmarkDotNet options]   the BenchmarkDotNet micro benchmark of one unary call
 //   scenarios [--quick] [--out dir] [...]               throughput h2c/TLS and balance, table + JSON + PNG
 //   ab [--seconds S] [--strategies A,B] [...]          paired calls/s against the bare channel, alternated in short slices
+//   podexits [--mode M] [--seconds S] [...]           calls lost at pod exits, with and without ConnectionRefresh.Server on the pods
 //   alloc [calls]                                       quick allocated-bytes-per-call check of each strategy
 //   server                                              the loopback benchmark server (started by the others)
 var command = args.Length > 0 && !args[0].StartsWith('-') ? args[0] : "micro";
@@ -21,6 +22,9 @@ switch (command)
 
     case "ab":
         return await AbCommand.RunAsync(rest);
+
+    case "podexits":
+        return await PodExitsCommand.RunAsync(rest);
 
     case "alloc":
         return await AllocationCheck.RunAsync(rest);
@@ -40,7 +44,7 @@ switch (command)
     }
 
     default:
-        Console.Error.WriteLine($"Unknown command '{command}'. Use micro, scenarios, ab, alloc or server; see benchmarks/README.md.");
+        Console.Error.WriteLine($"Unknown command '{command}'. Use micro, scenarios, ab, podexits, alloc or server; see benchmarks/README.md.");
         return 2;
 }
 
