@@ -593,8 +593,18 @@ public sealed class SimulatedCluster : IAsyncDisposable
                 if (stepInterval > TimeSpan.Zero)
                 {
                     // minReadySeconds: the new pod counts as available only after being ready this long; until then the
-                    // old pod keeps serving (maxUnavailable 0).
-                    await Task.Delay(stepInterval, _time, cancellationToken).ConfigureAwait(false);
+                    // old pod keeps serving (maxUnavailable 0). Disposing the cluster ends the wait (on a fake clock it
+                    // might never end otherwise); the next step then throws ObjectDisposedException (as does _shutdown.Token
+                    // once the disposal has disposed its source).
+                    using var wait = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _shutdown.Token);
+                    try
+                    {
+                        await Task.Delay(stepInterval, _time, wait.Token).ConfigureAwait(false);
+                    }
+                    catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+                    {
+                        continue;
+                    }
                 }
             }
         }

@@ -430,6 +430,20 @@ public sealed class SimulatedClusterTests
     }
 
     [Fact]
+    public async Task DisposeAsync_DuringRollingUpdateStepInterval_UpdateEndsWithObjectDisposed()
+    {
+        // The fake clock never moves: only the disposal can end the update's minReadySeconds wait.
+        var time = new FakeTimeProvider();
+        var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1, TimeProvider = time });
+        var update = cluster.RollingUpdateAsync(TimeSpan.FromSeconds(10));
+        await Poll.UntilAsync(() => cluster.ReadyPods.Count == 2, "the surge pod to be ready");
+
+        await Poll.WithTimeout(cluster.DisposeAsync().AsTask(), "the disposal");
+
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => Poll.WithTimeout(update, "the rolling update to end after the disposal"));
+    }
+
+    [Fact]
     public async Task AddPodAsync_DuringRollingUpdate_UpdateEndsWithOneMorePod()
     {
         var time = new FakeTimeProvider();
