@@ -68,6 +68,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
     private int _generation;
     // The replica count a running rolling update works toward (ScaleAsync and AddPodAsync change it); null when none runs.
     private int? _rolloutReplicas;
+    // Changes whenever _rolloutReplicas is set outright (an update starts, ScaleAsync): an AddPodAsync that raised the
+    // count and then failed takes its raise back only if nothing set the count since.
+    private int _rolloutReplicasSet;
     private bool _disposed;
     private Task? _disposal;
 
@@ -178,7 +181,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
     /// <param name="cancellationToken">Cancels the start.</param>
     /// <returns>The new pod, ready.</returns>
     /// <exception cref="ObjectDisposedException">The cluster was disposed before or while the pod started (disposing cancels the start and waits for it).</exception>
-    /// <remarks>During a rolling update the pod is built from the new template and raises the count the update ends with by one.</remarks>
+    /// <remarks>During a rolling update the pod is built from the new template and raises the count the update ends with by one (unless the start fails or is cancelled).</remarks>
     /// <exception cref="InvalidOperationException">The cluster already runs 64 pods that are not terminating (or a rolling update works toward 64).</exception>
     public Task<SimulatedPod> AddPodAsync(CancellationToken cancellationToken = default) =>
         AddPodCoreAsync(byUser: true, cancellationToken);
@@ -188,6 +191,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
     private async Task<SimulatedPod> AddPodCoreAsync(bool byUser, CancellationToken cancellationToken)
     {
         SimulatedPod pod;
+        int? raised = null;
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
@@ -203,6 +207,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
             if (byUser && _rolloutReplicas is not null)
             {
                 _rolloutReplicas++;
+                raised = _rolloutReplicasSet;
             }
 
             pod = new SimulatedPod(this, $"{_options.PodNamePrefix}-{++_podSequence}")
@@ -217,6 +222,21 @@ public sealed class SimulatedCluster : IAsyncDisposable
         try
         {
             return await StartPodAsync(pod, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (raised is not null && (cancellationToken.IsCancellationRequested || ex is not OperationCanceledException))
+        {
+            // The caller cancelled or the start failed: no pod was added, so the update's count goes back, as it would
+            // have stayed without an update (a pod stopped or killed while starting is replaced instead, like any pod
+            // lost during the update). Before StartCompleted, so that the update's next step sees it.
+            lock (_gate)
+            {
+                if (_rolloutReplicas is not null && _rolloutReplicasSet == raised)
+                {
+                    _rolloutReplicas--;
+                }
+            }
+
+            throw;
         }
         finally
         {
@@ -312,6 +332,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
             if (_rolloutReplicas is not null)
             {
                 _rolloutReplicas = replicas;
+                _rolloutReplicasSet++;
             }
 
             added = Math.Max(0, replicas - current.Count);
@@ -523,6 +544,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
 
             var replicas = _pods.Count(p => p.State is SimulatedPodState.Pending or SimulatedPodState.Running);
             _rolloutReplicas = replicas;
+            _rolloutReplicasSet++;
             generation = ++_generation;
             AddEvent(ClusterEventKind.RollingUpdateStarted, null, $"rolling update of {replicas} pods");
         }

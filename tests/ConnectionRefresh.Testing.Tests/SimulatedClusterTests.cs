@@ -430,6 +430,23 @@ public sealed class SimulatedClusterTests
     }
 
     [Fact]
+    public async Task AddPodAsync_CancelledDuringRollingUpdate_UpdateEndsWithTheReplicaCountItHad()
+    {
+        var time = new FakeTimeProvider();
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 2, TimeProvider = time });
+        var update = cluster.RollingUpdateAsync(TimeSpan.FromSeconds(10));
+        await Poll.UntilAsync(() => cluster.ReadyPods.Count == 3, "the surge pod to be ready");
+
+        // No pod was added: as without an update, the count the update works toward must not change.
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => cluster.AddPodAsync(new CancellationToken(canceled: true)));
+        await Poll.UntilAsync(() => { time.Advance(TimeSpan.FromSeconds(1)); return update.IsCompleted; }, "the rolling update to complete");
+        await update;
+
+        Assert.Equal(2, cluster.Pods.Count);
+        Assert.DoesNotContain(cluster.Pods, p => p.Name is "greeter-1" or "greeter-2");
+    }
+
+    [Fact]
     public async Task DisposeAsync_DuringRollingUpdateStepInterval_UpdateEndsWithObjectDisposed()
     {
         // The fake clock never moves: only the disposal can end the update's minReadySeconds wait.
