@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
+using System.Runtime.CompilerServices;
 using ConnectionRefresh.Testing.Internal;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Connections;
@@ -188,7 +189,8 @@ public sealed class SimulatedCluster : IAsyncDisposable
 
     // byUser: one more replica, checked against MaxPods (during a rolling update, against the count it works toward).
     // Otherwise ScaleAsync, which checked its count, or a rolling update, whose surge pod may go one above MaxPods.
-    private async Task<SimulatedPod> AddPodCoreAsync(bool byUser, CancellationToken cancellationToken)
+    // created: receives the pod as soon as it exists, for a caller that must tell why its start failed.
+    private async Task<SimulatedPod> AddPodCoreAsync(bool byUser, CancellationToken cancellationToken, StrongBox<SimulatedPod?>? created = null)
     {
         SimulatedPod pod;
         int? raised = null;
@@ -217,6 +219,11 @@ public sealed class SimulatedCluster : IAsyncDisposable
             };
             _pods.Add(pod);
             _allPods.Add(pod);
+        }
+
+        if (created is not null)
+        {
+            created.Value = pod;
         }
 
         try
@@ -603,13 +610,17 @@ public sealed class SimulatedCluster : IAsyncDisposable
                 }
 
                 // maxSurge 1: at most one pod above the replica count, and only until an old pod stops.
+                var created = new StrongBox<SimulatedPod?>();
                 try
                 {
-                    await AddPodCoreAsync(byUser: false, cancellationToken).ConfigureAwait(false);
+                    await AddPodCoreAsync(byUser: false, cancellationToken, created).ConfigureAwait(false);
                 }
-                catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+                catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested && created.Value?.App is not null)
                 {
-                    continue; // Stopped while starting (a concurrent scale-down): the next step decides again.
+                    // Started, but stopped or killed while starting (a concurrent scale-down): the next step decides again.
+                    // A start that failed (App never set), also with an OperationCanceledException of its own (a
+                    // dependency's timeout), fails the update, as any other failed start: retrying it would loop forever.
+                    continue;
                 }
 
                 if (stepInterval > TimeSpan.Zero)

@@ -447,6 +447,33 @@ public sealed class SimulatedClusterTests
     }
 
     [Fact]
+    public async Task RollingUpdateAsync_NewPodStartThrowsOperationCanceled_UpdateFailsInsteadOfRetryingForever()
+    {
+        // A pod whose start gives up on something of its own (an HttpClient timeout is a TaskCanceledException) failed to
+        // start, as any other exception; only a pod stopped or killed while starting is replaced.
+        var failing = false;
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions
+        {
+            Replicas = 1,
+            ConfigureApp = _ =>
+            {
+                if (Volatile.Read(ref failing))
+                {
+                    throw new TaskCanceledException("A dependency did not answer in time.");
+                }
+            },
+        });
+        Volatile.Write(ref failing, true);
+
+        // On the thread pool: before the fix the update spun without ever awaiting, so it never returned to its caller.
+        var update = Task.Run(() => cluster.RollingUpdateAsync());
+
+        var failure = await Assert.ThrowsAnyAsync<OperationCanceledException>(() => Poll.WithTimeout(update, "the rolling update to fail"));
+        Assert.Equal("A dependency did not answer in time.", failure.Message);
+        Assert.Equal("greeter-1", Assert.Single(cluster.Pods).Name);
+    }
+
+    [Fact]
     public async Task DisposeAsync_DuringRollingUpdateStepInterval_UpdateEndsWithObjectDisposed()
     {
         // The fake clock never moves: only the disposal can end the update's minReadySeconds wait.
