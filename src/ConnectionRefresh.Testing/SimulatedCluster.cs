@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
+using System.Runtime.CompilerServices;
 using ConnectionRefresh.Testing.Internal;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Connections;
@@ -68,6 +69,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
     private int _generation;
     // The replica count a running rolling update works toward (ScaleAsync and AddPodAsync change it); null when none runs.
     private int? _rolloutReplicas;
+    // Changes whenever _rolloutReplicas is set outright (an update starts, ScaleAsync): an AddPodAsync that raised the
+    // count and then failed takes its raise back only if nothing set the count since.
+    private int _rolloutReplicasSet;
     private bool _disposed;
     private Task? _disposal;
 
@@ -178,16 +182,18 @@ public sealed class SimulatedCluster : IAsyncDisposable
     /// <param name="cancellationToken">Cancels the start.</param>
     /// <returns>The new pod, ready.</returns>
     /// <exception cref="ObjectDisposedException">The cluster was disposed before or while the pod started (disposing cancels the start and waits for it).</exception>
-    /// <remarks>During a rolling update the pod is built from the new template and raises the count the update ends with by one.</remarks>
+    /// <remarks>During a rolling update the pod is built from the new template and raises the count the update ends with by one (unless the start fails or is cancelled).</remarks>
     /// <exception cref="InvalidOperationException">The cluster already runs 64 pods that are not terminating (or a rolling update works toward 64).</exception>
     public Task<SimulatedPod> AddPodAsync(CancellationToken cancellationToken = default) =>
         AddPodCoreAsync(byUser: true, cancellationToken);
 
     // byUser: one more replica, checked against MaxPods (during a rolling update, against the count it works toward).
     // Otherwise ScaleAsync, which checked its count, or a rolling update, whose surge pod may go one above MaxPods.
-    private async Task<SimulatedPod> AddPodCoreAsync(bool byUser, CancellationToken cancellationToken)
+    // created: receives the pod as soon as it exists, for a caller that must tell why its start failed.
+    private async Task<SimulatedPod> AddPodCoreAsync(bool byUser, CancellationToken cancellationToken, StrongBox<SimulatedPod?>? created = null)
     {
         SimulatedPod pod;
+        int? raised = null;
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
@@ -203,6 +209,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
             if (byUser && _rolloutReplicas is not null)
             {
                 _rolloutReplicas++;
+                raised = _rolloutReplicasSet;
             }
 
             pod = new SimulatedPod(this, $"{_options.PodNamePrefix}-{++_podSequence}")
@@ -214,9 +221,29 @@ public sealed class SimulatedCluster : IAsyncDisposable
             _allPods.Add(pod);
         }
 
+        if (created is not null)
+        {
+            created.Value = pod;
+        }
+
         try
         {
             return await StartPodAsync(pod, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (raised is not null && (cancellationToken.IsCancellationRequested || ex is not OperationCanceledException))
+        {
+            // The caller cancelled or the start failed: no pod was added, so the update's count goes back, as it would
+            // have stayed without an update (a pod stopped or killed while starting is replaced instead, like any pod
+            // lost during the update). Before StartCompleted, so that the update's next step sees it.
+            lock (_gate)
+            {
+                if (_rolloutReplicas is not null && _rolloutReplicasSet == raised)
+                {
+                    _rolloutReplicas--;
+                }
+            }
+
+            throw;
         }
         finally
         {
@@ -312,6 +339,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
             if (_rolloutReplicas is not null)
             {
                 _rolloutReplicas = replicas;
+                _rolloutReplicasSet++;
             }
 
             added = Math.Max(0, replicas - current.Count);
@@ -523,6 +551,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
 
             var replicas = _pods.Count(p => p.State is SimulatedPodState.Pending or SimulatedPodState.Running);
             _rolloutReplicas = replicas;
+            _rolloutReplicasSet++;
             generation = ++_generation;
             AddEvent(ClusterEventKind.RollingUpdateStarted, null, $"rolling update of {replicas} pods");
         }
@@ -581,20 +610,34 @@ public sealed class SimulatedCluster : IAsyncDisposable
                 }
 
                 // maxSurge 1: at most one pod above the replica count, and only until an old pod stops.
+                var created = new StrongBox<SimulatedPod?>();
                 try
                 {
-                    await AddPodCoreAsync(byUser: false, cancellationToken).ConfigureAwait(false);
+                    await AddPodCoreAsync(byUser: false, cancellationToken, created).ConfigureAwait(false);
                 }
-                catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+                catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested && created.Value?.App is not null)
                 {
-                    continue; // Stopped while starting (a concurrent scale-down): the next step decides again.
+                    // Started, but stopped or killed while starting (a concurrent scale-down): the next step decides again.
+                    // A start that failed (App never set), also with an OperationCanceledException of its own (a
+                    // dependency's timeout), fails the update, as any other failed start: retrying it would loop forever.
+                    continue;
                 }
 
                 if (stepInterval > TimeSpan.Zero)
                 {
                     // minReadySeconds: the new pod counts as available only after being ready this long; until then the
-                    // old pod keeps serving (maxUnavailable 0).
-                    await Task.Delay(stepInterval, _time, cancellationToken).ConfigureAwait(false);
+                    // old pod keeps serving (maxUnavailable 0). Disposing the cluster ends the wait (on a fake clock it
+                    // might never end otherwise); the next step then throws ObjectDisposedException (as does _shutdown.Token
+                    // once the disposal has disposed its source).
+                    using var wait = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _shutdown.Token);
+                    try
+                    {
+                        await Task.Delay(stepInterval, _time, wait.Token).ConfigureAwait(false);
+                    }
+                    catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+                    {
+                        continue;
+                    }
                 }
             }
         }

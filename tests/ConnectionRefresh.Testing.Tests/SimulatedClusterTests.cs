@@ -430,6 +430,64 @@ public sealed class SimulatedClusterTests
     }
 
     [Fact]
+    public async Task AddPodAsync_CancelledDuringRollingUpdate_UpdateEndsWithTheReplicaCountItHad()
+    {
+        var time = new FakeTimeProvider();
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 2, TimeProvider = time });
+        var update = cluster.RollingUpdateAsync(TimeSpan.FromSeconds(10));
+        await Poll.UntilAsync(() => cluster.ReadyPods.Count == 3, "the surge pod to be ready");
+
+        // No pod was added: as without an update, the count the update works toward must not change.
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => cluster.AddPodAsync(new CancellationToken(canceled: true)));
+        await Poll.UntilAsync(() => { time.Advance(TimeSpan.FromSeconds(1)); return update.IsCompleted; }, "the rolling update to complete");
+        await update;
+
+        Assert.Equal(2, cluster.Pods.Count);
+        Assert.DoesNotContain(cluster.Pods, p => p.Name is "greeter-1" or "greeter-2");
+    }
+
+    [Fact]
+    public async Task RollingUpdateAsync_NewPodStartThrowsOperationCanceled_UpdateFailsInsteadOfRetryingForever()
+    {
+        // A pod whose start gives up on something of its own (an HttpClient timeout is a TaskCanceledException) failed to
+        // start, as any other exception; only a pod stopped or killed while starting is replaced.
+        var failing = false;
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions
+        {
+            Replicas = 1,
+            ConfigureApp = _ =>
+            {
+                if (Volatile.Read(ref failing))
+                {
+                    throw new TaskCanceledException("A dependency did not answer in time.");
+                }
+            },
+        });
+        Volatile.Write(ref failing, true);
+
+        // On the thread pool: before the fix the update spun without ever awaiting, so it never returned to its caller.
+        var update = Task.Run(() => cluster.RollingUpdateAsync());
+
+        var failure = await Assert.ThrowsAnyAsync<OperationCanceledException>(() => Poll.WithTimeout(update, "the rolling update to fail"));
+        Assert.Equal("A dependency did not answer in time.", failure.Message);
+        Assert.Equal("greeter-1", Assert.Single(cluster.Pods).Name);
+    }
+
+    [Fact]
+    public async Task DisposeAsync_DuringRollingUpdateStepInterval_UpdateEndsWithObjectDisposed()
+    {
+        // The fake clock never moves: only the disposal can end the update's minReadySeconds wait.
+        var time = new FakeTimeProvider();
+        var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1, TimeProvider = time });
+        var update = cluster.RollingUpdateAsync(TimeSpan.FromSeconds(10));
+        await Poll.UntilAsync(() => cluster.ReadyPods.Count == 2, "the surge pod to be ready");
+
+        await Poll.WithTimeout(cluster.DisposeAsync().AsTask(), "the disposal");
+
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => Poll.WithTimeout(update, "the rolling update to end after the disposal"));
+    }
+
+    [Fact]
     public async Task AddPodAsync_DuringRollingUpdate_UpdateEndsWithOneMorePod()
     {
         var time = new FakeTimeProvider();
