@@ -63,7 +63,7 @@ internal static class ConnectionRefreshConfiguration
             $"The ConnectionRefresh configuration section '{section.Path}' given for HTTP client '{clientName}' does not exist, " +
             $"so none of its settings would apply.{found} Check the path (':' separates levels). To run with the defaults on purpose, " +
             "call AddConnectionRefresh() without a section (it reads the optional 'ConnectionRefresh' section) or write the section " +
-            "as an empty object ({}).");
+            "as an empty object ({}) in the application's IConfiguration (the one registered in DI).");
     }
 
     private static bool IsListed(IConfiguration configuration, string path)
