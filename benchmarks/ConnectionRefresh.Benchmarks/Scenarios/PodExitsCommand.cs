@@ -8,6 +8,7 @@ using ConnectionRefresh.Testing;
 using Grpc.Core;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
 
 namespace ConnectionRefresh.Benchmarks.Scenarios;
 
@@ -41,6 +42,7 @@ internal static class PodExitsCommand
         var mode = KubeProxyMode.Userspace;
         var preStop = TimeSpan.FromMilliseconds(200);
         string[] strategies = ["direct", "defaults", "k1", "k4"];
+        string? balancerLog = null;
         for (var i = 0; i < args.Count; i++)
         {
             string Next() => i + 1 < args.Count ? args[++i] : throw new ArgumentException($"{args[i]} needs a value.");
@@ -50,6 +52,7 @@ internal static class PodExitsCommand
                 case "--mode": mode = Enum.Parse<KubeProxyMode>(Next(), ignoreCase: true); break;
                 case "--prestop-ms": preStop = TimeSpan.FromMilliseconds(int.Parse(Next(), CultureInfo.InvariantCulture)); break;
                 case "--strategies": strategies = Next().Split(','); break;
+                case "--balancer-log": balancerLog = Next(); break;
                 default: throw new ArgumentException($"Unknown option '{args[i]}'. See benchmarks/README.md.");
             }
         }
@@ -66,7 +69,7 @@ internal static class PodExitsCommand
 
         var runs = strategies.SelectMany(s => new[] { s, s + ServerSuffix }).ToArray();
         Console.WriteLine($"podexits: {string.Join(", ", runs)}; {mode}, {seconds} s, preStop {preStop.TotalMilliseconds:N0} ms, side by side.");
-        var outcomes = await Task.WhenAll(runs.Select(r => RunOneAsync(r, mode, seconds, preStop))).ConfigureAwait(false);
+        var outcomes = await Task.WhenAll(runs.Select(r => RunOneAsync(r, mode, seconds, preStop, balancerLog))).ConfigureAwait(false);
 
         var report = new StringBuilder();
         report.AppendLine($"Measured {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC on {MachineInfo.Current()}; {mode} mode, {seconds} s.");
@@ -94,7 +97,7 @@ internal static class PodExitsCommand
         return 0;
     }
 
-    private static async Task<Outcome> RunOneAsync(string name, KubeProxyMode mode, int seconds, TimeSpan preStop)
+    private static async Task<Outcome> RunOneAsync(string name, KubeProxyMode mode, int seconds, TimeSpan preStop, string? balancerLog)
     {
         var withServer = name.EndsWith(ServerSuffix, StringComparison.Ordinal);
         var strategy = withServer ? name[..^ServerSuffix.Length] : name;
@@ -117,7 +120,8 @@ internal static class PodExitsCommand
         }
 
         await using var cluster = await SimulatedCluster.StartAsync(options).ConfigureAwait(false);
-        var providers = Enumerable.Range(0, Clients).Select(_ => BuildClient(strategy, cluster)).ToList();
+        var log = balancerLog is null ? null : new TimedLog(cluster);
+        var providers = Enumerable.Range(0, Clients).Select(c => BuildClient(strategy, cluster, log, $"c{c}")).ToList();
         try
         {
             long ok = 0, failed = 0;
@@ -145,6 +149,17 @@ internal static class PodExitsCommand
             var stopMs = exits
                 .Select(e => events.LastOrDefault(s => s.Kind == ClusterEventKind.PodStopping && s.Pod == e.Pod && s.At <= e.At) is { } s ? (e.At - s.At).TotalMilliseconds : double.NaN)
                 .Where(d => !double.IsNaN(d)).Order().ToList();
+            if (log is not null)
+            {
+                Directory.CreateDirectory(balancerLog!);
+                var lines = log.Lines
+                    .Concat(events.Where(e => e.Kind is ClusterEventKind.PodStopping or ClusterEventKind.PodStopped).Select(e => (e.At, $"cluster {e.Kind} {e.Pod}")))
+                    .Concat(failures.Select(f => (f.At, $"FAILED {f.Chain}")))
+                    .OrderBy(l => l.Item1)
+                    .Select(l => $"{l.Item1.TotalMilliseconds,10:F1} {l.Item2}");
+                await File.WriteAllLinesAsync(Path.Combine(balancerLog!, name + ".log"), lines).ConfigureAwait(false);
+            }
+
             var located = failures
                 .Select(f => (f, exits.Count == 0 ? double.NaN : exits.Select(e => (f.At - e.At).TotalMilliseconds).MinBy(Math.Abs)))
                 .ToList();
@@ -192,9 +207,15 @@ internal static class PodExitsCommand
         }
     }
 
-    private static ServiceProvider BuildClient(string strategy, SimulatedCluster cluster)
+    private static ServiceProvider BuildClient(string strategy, SimulatedCluster cluster, TimedLog? log, string clientName)
     {
         var services = new ServiceCollection();
+        if (log is not null)
+        {
+            // grpc-dotnet's load-balancing logs (subchannel states, the socket transport's pre-connect, checks and streams).
+            services.AddLogging(b => b.SetMinimumLevel(LogLevel.Trace).AddFilter((category, _) => category?.StartsWith("Grpc.Net.Client.Balancer", StringComparison.Ordinal) == true).AddProvider(new TimedLogProvider(log, clientName)));
+        }
+
         var builder = services.AddGrpcClient<Greeter.GreeterClient>(o => o.Address = cluster.Address);
         switch (strategy)
         {
@@ -259,5 +280,40 @@ internal static class PodExitsCommand
         }
 
         return string.Join(" -> ", parts);
+    }
+
+    // --balancer-log: log lines stamped with the cluster's clock, so that they line up with its pod events.
+    private sealed class TimedLog(SimulatedCluster cluster)
+    {
+        private readonly ConcurrentQueue<(TimeSpan, string)> _lines = new();
+
+        public IEnumerable<(TimeSpan, string)> Lines => _lines;
+
+        public void Add(string line)
+        {
+            if (_lines.Count < 2_000_000)
+            {
+                _lines.Enqueue((cluster.Elapsed(), line));
+            }
+        }
+    }
+
+    private sealed class TimedLogProvider(TimedLog log, string clientName) : ILoggerProvider
+    {
+        public ILogger CreateLogger(string categoryName) => new TimedLogger(log, clientName + " " + categoryName[(categoryName.LastIndexOf('.') + 1)..]);
+
+        public void Dispose()
+        {
+        }
+    }
+
+    private sealed class TimedLogger(TimedLog log, string prefix) : ILogger
+    {
+        public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
+
+        public bool IsEnabled(LogLevel logLevel) => true;
+
+        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
+            log.Add($"{prefix} {eventId.Name}: {formatter(state, exception)}{(exception is null ? "" : $" [{exception.GetType().Name}: {exception.Message.ReplaceLineEndings(" ")}]")}");
     }
 }
