@@ -1,4 +1,5 @@
 using System.IO.Pipelines;
+using System.Runtime.CompilerServices;
 
 namespace ConnectionRefresh.Server.Internal;
 
@@ -17,8 +18,8 @@ namespace ConnectionRefresh.Server.Internal;
 /// middleware, so a linger delays the host's StopAsync by at most <c>maxLinger</c>, and the abort at the end of the
 /// host's shutdown timeout ends it at once. A lingering connection still counts against Kestrel's
 /// <c>MaxConcurrentConnections</c>, for at most <c>maxLinger</c>.
-/// Thread safety: Kestrel calls the reader and writer from its own loops, as with any transport; the completion
-/// flags are written by Kestrel before the connection delegate returns and read by <see cref="CloseAsync"/> after it.
+/// Thread safety: Kestrel calls the reader and writer from its own loops, as with any transport; the completion and
+/// data flags are written by Kestrel's calls before the connection delegate returns and read after it.
 /// </remarks>
 internal sealed class LingeringTransport : IDuplexPipe
 {
@@ -35,6 +36,12 @@ internal sealed class LingeringTransport : IDuplexPipe
 
     /// <summary>The transport this one wraps.</summary>
     public IDuplexPipe Inner => _inner;
+
+    /// <summary>
+    /// Whether Kestrel has read any byte from the client. One that never sent any (a pre-connected spare socket) has
+    /// no request in flight, so it gets no linger: see <see cref="ServerConnectionAgeMiddleware"/>.
+    /// </summary>
+    public bool ClientSentData => _input.ReceivedData;
 
     public PipeReader Input => _input;
 
@@ -87,13 +94,16 @@ internal sealed class LingeringTransport : IDuplexPipe
         return expired;
     }
 
-    /// <summary>A reader whose completion is held until <see cref="ReleaseAsync"/>.</summary>
+    /// <summary>A reader whose completion is held until <see cref="ReleaseAsync"/>, and which notes the first data read.</summary>
     private sealed class HeldReader(PipeReader inner) : PipeReader
     {
         private bool _completed;
         private Exception? _error;
+        private bool _receivedData;
 
         public bool Failed => _error is not null;
+
+        public bool ReceivedData => _receivedData;
 
         public override void AdvanceTo(SequencePosition consumed) => inner.AdvanceTo(consumed);
 
@@ -101,9 +111,25 @@ internal sealed class LingeringTransport : IDuplexPipe
 
         public override void CancelPendingRead() => inner.CancelPendingRead();
 
-        public override ValueTask<ReadResult> ReadAsync(CancellationToken cancellationToken = default) => inner.ReadAsync(cancellationToken);
+        // Reads pass straight through once data has arrived; only the first ones look at the result (a pooled state
+        // machine, so even those allocate nothing).
+        public override ValueTask<ReadResult> ReadAsync(CancellationToken cancellationToken = default) =>
+            _receivedData ? inner.ReadAsync(cancellationToken) : ReadUntilDataAsync(cancellationToken);
 
-        public override bool TryRead(out ReadResult result) => inner.TryRead(out result);
+        public override bool TryRead(out ReadResult result)
+        {
+            var read = inner.TryRead(out result);
+            _receivedData |= read && !result.Buffer.IsEmpty;
+            return read;
+        }
+
+        [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+        private async ValueTask<ReadResult> ReadUntilDataAsync(CancellationToken cancellationToken)
+        {
+            var result = await inner.ReadAsync(cancellationToken).ConfigureAwait(false);
+            _receivedData |= !result.Buffer.IsEmpty;
+            return result;
+        }
 
         public override void Complete(Exception? exception = null)
         {

@@ -79,12 +79,17 @@ internal sealed class ServerConnectionAgeMiddleware
             // - the client closed its side first: the linger's first read returns that end, without waiting;
             // - the connection is not HTTP/2: HTTP/1.1 has no GOAWAY for the client to read first, and a socket held
             //   open there is reused by clients for a request that is never answered.
+            // - the client never sent a byte (a pre-connected spare socket, as grpc-dotnet's balancer keeps one): no
+            //   request can be in flight, and closing at once lets the client see the socket closed and dial anew.
+            //   grpc-dotnet checks its spare for closure before use but hands over an open one with the GOAWAY
+            //   already buffered, and that connection's handshake then fails the call.
             // The age is recorded once the linger's deadline is set, so that whoever sees it (metrics, tests) sees the
             // deadline already running.
             var notAbortedByUs = tracker.Ended();
             var linger = notAbortedByUs
                 && !connection.ConnectionClosed.IsCancellationRequested
-                && ConnectionProtocol.IsHttp2(connection.Features, _settings.EndpointProtocols);
+                && ConnectionProtocol.IsHttp2(connection.Features, _settings.EndpointProtocols)
+                && transport.ClientSentData;
             var closing = transport.CloseAsync(linger, ServerConnectionAgeDefaults.MaxGoAwayLinger, _time);
             tracker.RecordAge();
             if (await closing.ConfigureAwait(false))

@@ -86,4 +86,31 @@ public sealed class ShutdownTests
         Assert.False(result.ClientEndReadBeforeReturn);
         await client.ReadFrameTypesToEndAsync();
     }
+
+    [Fact]
+    public async Task StopAsync_SpareSocketThatNeverSentAByte_ClosesWithoutTheLinger()
+    {
+        // A pre-connected spare socket (grpc-dotnet's balancer keeps one) never sent a byte: no request can be in flight
+        // on it, and its client must see it closed at once; held open with the GOAWAY buffered, the client would hand
+        // it over and fail the call that takes it.
+        var probe = new ConnectionEndProbe();
+        await using var host = await probe.StartHostAsync();
+        using var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        await socket.ConnectAsync(host.Address.Host, host.Address.Port);
+        await Poll.UntilAsync(() => probe.Connections.Count == 1, "the server to accept the connection");
+
+        var stopwatch = Stopwatch.StartNew();
+        await Poll.WithTimeout(host.StopAsync(), "the host to stop");
+        var stopTook = stopwatch.Elapsed;
+
+        // With a linger, the host would wait the full bound for this client, which never closes its side.
+        Assert.True(stopTook < ServerConnectionAgeDefaults.MaxGoAwayLinger - TimeSpan.FromSeconds(1), $"StopAsync took {stopTook}");
+        Assert.False((await Poll.WithTimeout(Assert.Single(probe.Connections), "the connection middleware to return")).ClientEndReadBeforeReturn);
+        using var endOfStream = new CancellationTokenSource(Poll.DefaultTimeout);
+        var buffer = new byte[1024];
+        while (await socket.ReceiveAsync(buffer, SocketFlags.None, endOfStream.Token) > 0)
+        {
+            // Kestrel's GOAWAY; then the end of the stream.
+        }
+    }
 }

@@ -413,6 +413,22 @@ public sealed class ServerConnectionAgeMiddlewareTests
     [Theory]
     [InlineData(false)] // Kestrel's keep-alive timeout or a protocol error: no RequestClose
     [InlineData(true)] // the server stops: Kestrel's RequestClose first
+    public async Task OnConnectionAsync_ClientNeverSentAByte_SocketClosesWithoutLinger(bool atShutdown)
+    {
+        // A pre-connected spare socket: nothing can be in flight, and its client must see it closed at once.
+        using var harness = new MiddlewareHarness(Options());
+        var connection = harness.Open(clientSpoke: false);
+
+        KestrelEnds(connection, atShutdown);
+
+        await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
+        Assert.True(connection.SocketClosed);
+        Assert.DoesNotContain(harness.Logger.Collector.GetSnapshot(), r => r.Id.Id == 7);
+    }
+
+    [Theory]
+    [InlineData(false)] // Kestrel's keep-alive timeout or a protocol error: no RequestClose
+    [InlineData(true)] // the server stops: Kestrel's RequestClose first
     public async Task OnConnectionAsync_KestrelAborted_SocketClosesWithoutLinger(bool atShutdown)
     {
         // Kestrel aborts an HTTP/2 connection: a request-headers or data-rate timeout, a flow-control error, or the end

@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Diagnostics.Metrics;
 using ConnectionRefresh.Server.Internal;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
@@ -48,11 +49,30 @@ internal sealed class MiddlewareHarness : IDisposable
 
     public MetricCollector<double> Ages { get; }
 
-    public FakeConnection Open(bool withLifetimeNotification = true)
+    /// <summary>
+    /// Opens a connection through the middleware. With <paramref name="clientSpoke"/> (the usual case), "Kestrel" has
+    /// already read the client's first bytes (its HTTP/2 preface); without, the client never sent any, like a
+    /// pre-connected spare socket.
+    /// </summary>
+    public FakeConnection Open(bool withLifetimeNotification = true, bool clientSpoke = true)
     {
         var connection = new FakeConnection("c" + _connections.Count, withLifetimeNotification);
         var run = _middleware.OnConnectionAsync(connection);
         _connections.Add((connection, run));
+        if (clientSpoke)
+        {
+            // The middleware is waiting in Kestrel's part now, so the transport is the one Kestrel reads from.
+            connection.ClientToServer.Writer.Write("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"u8);
+            _ = connection.ClientToServer.Writer.FlushAsync().AsTask().GetAwaiter().GetResult();
+            var input = connection.Transport.Input;
+            if (!input.TryRead(out var preface))
+            {
+                throw new InvalidOperationException("the client's preface should be readable at once");
+            }
+
+            input.AdvanceTo(preface.Buffer.End);
+        }
+
         return connection;
     }
 
