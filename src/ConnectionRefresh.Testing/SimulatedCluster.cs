@@ -188,7 +188,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
         AddPodCoreAsync(byUser: true, cancellationToken);
 
     // byUser: one more replica, checked against MaxPods (during a rolling update, against the count it works toward).
-    // Otherwise ScaleAsync, which checked its count, or a rolling update, whose surge pod may go one above MaxPods.
+    // Otherwise a rolling update, whose surge pod may go one above MaxPods.
     // created: receives the pod as soon as it exists, for a caller that must tell why its start failed.
     private async Task<SimulatedPod> AddPodCoreAsync(bool byUser, CancellationToken cancellationToken, StrongBox<SimulatedPod?>? created = null)
     {
@@ -212,13 +212,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
                 raised = _rolloutReplicasSet;
             }
 
-            pod = new SimulatedPod(this, $"{_options.PodNamePrefix}-{++_podSequence}")
-            {
-                Capacity = _options.MaxConcurrentCallsPerPod is { } limit ? new SemaphoreSlim(limit, limit) : null,
-                Generation = _generation,
-            };
-            _pods.Add(pod);
-            _allPods.Add(pod);
+            pod = CreatePod();
         }
 
         if (created is not null)
@@ -226,6 +220,28 @@ public sealed class SimulatedCluster : IAsyncDisposable
             created.Value = pod;
         }
 
+        return await StartCreatedPodAsync(pod, raised, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Creates a Pending pod of the current template (under the lock). Called in the same lock section that decided the
+    /// pod is wanted, so every count taken after it (ScaleAsync, AddPodAsync's limit, a rolling update's step) includes it.
+    /// </summary>
+    private SimulatedPod CreatePod()
+    {
+        var pod = new SimulatedPod(this, $"{_options.PodNamePrefix}-{++_podSequence}")
+        {
+            Capacity = _options.MaxConcurrentCallsPerPod is { } limit ? new SemaphoreSlim(limit, limit) : null,
+            Generation = _generation,
+        };
+        _pods.Add(pod);
+        _allPods.Add(pod);
+        return pod;
+    }
+
+    /// <summary>Starts a pod made by <see cref="CreatePod"/>, outside the lock; raised: see <see cref="AddPodCoreAsync"/>.</summary>
+    private async Task<SimulatedPod> StartCreatedPodAsync(SimulatedPod pod, int? raised, CancellationToken cancellationToken)
+    {
         try
         {
             return await StartPodAsync(pod, cancellationToken).ConfigureAwait(false);
@@ -329,7 +345,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
             throw new ArgumentOutOfRangeException(nameof(replicas), replicas, $"replicas must be between 0 and {MaxPods}.");
         }
 
-        int added;
+        List<SimulatedPod> added;
         List<SimulatedPod> victims;
         lock (_gate)
         {
@@ -342,7 +358,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
                 _rolloutReplicasSet++;
             }
 
-            added = Math.Max(0, replicas - current.Count);
+            // Created here, under the lock that decided them (and started below): a rolling update starting or stepping
+            // meanwhile counts them, and no other pod can take their place below MaxPods.
+            added = [.. Enumerable.Range(0, Math.Max(0, replicas - current.Count)).Select(_ => CreatePod())];
             // Pods of an older template first (a rolling update would replace them anyway), then pods not ready, then the
             // newest. They turn Terminating here, under the lock, so a rolling update cannot pick one of them as well.
             victims = [.. current
@@ -353,10 +371,14 @@ public sealed class SimulatedCluster : IAsyncDisposable
                 .Where(BeginStop)];
         }
 
+        AfterScaleDecided?.Invoke();
         await Task.WhenAll(
             victims.Select(p => CompleteStopAsync(p, changed: true, cancellationToken))
-                .Concat(Enumerable.Range(0, added).Select(_ => (Task)AddPodCoreAsync(byUser: false, cancellationToken)))).ConfigureAwait(false);
+                .Concat(added.Select(p => (Task)StartCreatedPodAsync(p, raised: null, cancellationToken)))).ConfigureAwait(false);
     }
+
+    /// <summary>Test hook: runs after <see cref="ScaleAsync"/> has decided (and released the lock), before its pods start.</summary>
+    internal Action? AfterScaleDecided { get; set; }
 
     /// <summary>
     /// Stops a pod gracefully, like a Kubernetes pod deletion: readiness off (new connections avoid it, the endpoints drop it),

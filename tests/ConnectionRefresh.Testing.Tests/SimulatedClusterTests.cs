@@ -414,6 +414,31 @@ public sealed class SimulatedClusterTests
     }
 
     [Fact]
+    public async Task ScaleAsync_RollingUpdateStartsBeforeTheNewPodsStart_UpdateEndsWithTheScaledCount()
+    {
+        // The update starts right after ScaleAsync decided to add two pods: it must count them (they are wanted), or it
+        // works toward the old count and the scale-up is lost. The update holds in its first minReadySeconds wait (the
+        // fake clock has not moved) while ScaleAsync goes on.
+        var time = new FakeTimeProvider();
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 3, TimeProvider = time });
+        Task? update = null;
+        cluster.AfterScaleDecided = () =>
+        {
+            cluster.AfterScaleDecided = null;
+            update = cluster.RollingUpdateAsync(TimeSpan.FromSeconds(10));
+        };
+
+        await Poll.WithTimeout(cluster.ScaleAsync(5), "the scale");
+        // The clock only moves here, 1 s per poll: every wait of the update ends, whatever the machine's speed.
+        await Poll.UntilAsync(() => { time.Advance(TimeSpan.FromSeconds(1)); return update!.IsCompleted; }, "the rolling update to complete");
+        await update!;
+
+        Assert.Equal(5, cluster.Pods.Count);
+        Assert.All(cluster.Pods, p => Assert.True(p.IsReady));
+        Assert.DoesNotContain(cluster.Pods, p => p.Name is "greeter-1" or "greeter-2" or "greeter-3");
+    }
+
+    [Fact]
     public async Task KillPodAsync_NewPodDuringRollingUpdate_UpdateReplacesItAndEndsWithTheReplicaCount()
     {
         var time = new FakeTimeProvider();
