@@ -326,8 +326,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
     }
 
     /// <summary>
-    /// Scales to <paramref name="replicas"/> pods (starting or running; terminating pods do not count): adds pods in parallel, or stops the newest ones gracefully.
-    /// Existing connections are not moved, as in Kubernetes.
+    /// Scales to <paramref name="replicas"/> pods (starting or running; terminating pods do not count): adds pods in parallel,
+    /// or stops pods gracefully, in this order: pods of an older template (left by a rolling update), then pods that are not
+    /// ready, then the newest. Existing connections are not moved, as in Kubernetes.
     /// </summary>
     /// <remarks>
     /// During a <see cref="RollingUpdateAsync(TimeSpan, CancellationToken)"/>, as with a Deployment, the update goes on toward
