@@ -74,6 +74,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
     private int _rolloutReplicasSet;
     private bool _disposed;
     private Task? _disposal;
+    // Completed (and replaced) under the lock whenever a pod's state or readiness changes, or the cluster is disposed: what
+    // a rolling update waits on while a new pod is not ready, instead of polling.
+    private TaskCompletionSource _podsChanged = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     private SimulatedCluster(SimulatedClusterOptions options)
     {
@@ -287,6 +290,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
                 pod.State = SimulatedPodState.Killed;
                 pod.RemovedAt = Elapsed();
                 _pods.Remove(pod);
+                SignalPodsChanged();
             }
 
             if (app is not null)
@@ -309,6 +313,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
                 pod.IsReady = true;
                 pod.AddedAt = Elapsed();
                 AddEvent(ClusterEventKind.PodStarted, pod, $"{pod.Name} started");
+                SignalPodsChanged();
             }
         }
 
@@ -418,6 +423,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
         pod.ServingWhileTerminating = pod.State == SimulatedPodState.Running && pod.IsReady;
         pod.State = SimulatedPodState.Terminating;
         pod.IsReady = false;
+        SignalPodsChanged();
         AddEvent(ClusterEventKind.PodStopping, pod, _options.PreStopDelay > TimeSpan.Zero
             ? $"{pod.Name} stopping (preStop {_options.PreStopDelay.TotalSeconds.ToString("0.###", CultureInfo.InvariantCulture)} s)"
             : $"{pod.Name} stopping");
@@ -466,6 +472,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
             pod.IsReady = false;
             pod.RemovedAt = Elapsed();
             _pods.Remove(pod);
+            SignalPodsChanged();
             // A black-holed pod's node is unreachable: no RST can reach its clients, their connections stay silent.
             connections = pod.IsBlackHoled ? [] : [.. pod.Connections];
             pod.NetworkListener?.Dispose();
@@ -529,6 +536,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
             }
 
             pod.IsReady = ready;
+            SignalPodsChanged();
             AddEvent(ClusterEventKind.PodReadinessChanged, pod, $"{pod.Name} {(ready ? "ready" : "not ready")}");
         }
 
@@ -543,6 +551,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
     /// Like a Deployment, the update works toward a replica count: the number of pods when it starts, changed by
     /// <see cref="ScaleAsync"/> (set) and <see cref="AddPodAsync"/> (one more) while it runs; it ends with exactly that many
     /// new pods. A pod stopped or killed during the update is replaced, as a ReplicaSet would; after the update nothing is.
+    /// A new pod counts as available only while it is ready: one made not ready (<see cref="SetReadyAsync"/>) holds the
+    /// update, and the old pods keep serving, until it is ready again, stopped or killed. A black-holed pod stays ready
+    /// (see <see cref="BlackHole"/>), so it counts as available, as Kubernetes would count it until someone notices.
     /// One update at a time.
     /// </remarks>
     /// <param name="cancellationToken">Cancels the update.</param>
@@ -594,15 +605,17 @@ public sealed class SimulatedCluster : IAsyncDisposable
                     var replicas = _rolloutReplicas.GetValueOrDefault();
                     var old = _pods.Where(p => p.Generation < generation && p.State is SimulatedPodState.Pending or SimulatedPodState.Running).ToList();
                     var fresh = _pods.Where(p => p.Generation >= generation && p.State is SimulatedPodState.Pending or SimulatedPodState.Running).ToList();
-                    var freshRunning = fresh.Count(p => p.State == SimulatedPodState.Running);
+                    // Available as in Kubernetes: running and ready. A black-holed pod stays ready until someone notices (its
+                    // node cannot report otherwise), so it counts as available too.
+                    var freshAvailable = fresh.Count(p => p.State == SimulatedPodState.Running && p.IsReady);
                     if (old.Count == 0 && fresh.Count >= replicas)
                     {
                         break;
                     }
 
-                    if (old.Count > 0 && freshRunning + old.Count > replicas)
+                    if (old.Count > 0 && freshAvailable + old.Count > replicas)
                     {
-                        // maxUnavailable 0: enough new pods run to stop an old one (not-ready first, then the oldest).
+                        // maxUnavailable 0: enough new pods are available to stop an old one (not-ready first, then the oldest).
                         victim = old.Where(p => p.State == SimulatedPodState.Running).OrderBy(p => p.IsReady).FirstOrDefault();
                         if (victim is null)
                         {
@@ -618,6 +631,13 @@ public sealed class SimulatedCluster : IAsyncDisposable
                         // New pods that ScaleAsync or AddPodAsync are starting: count them once they are ready.
                         starting = Task.WhenAny(fresh.Where(p => p.State == SimulatedPodState.Pending).Select(p => p.StartCompleted.Task));
                     }
+                    else if (old.Count + fresh.Count > replicas)
+                    {
+                        // A new pod runs but is not ready: it is not available, so no old pod may stop (maxUnavailable 0),
+                        // and it holds the surge, so no other pod may start (maxSurge 1). Wait until readiness or a pod's
+                        // state changes (SetReadyAsync, a stop, a kill, the disposal).
+                        starting = _podsChanged.Task;
+                    }
                 }
 
                 if (victim is not null)
@@ -628,6 +648,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
 
                 if (starting is not null)
                 {
+                    RolloutWaiting?.Invoke();
                     await starting.WaitAsync(cancellationToken).ConfigureAwait(false);
                     continue;
                 }
@@ -680,6 +701,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
         }
     }
 
+    /// <summary>Test hook: runs when a rolling update's step waits for pods to change (outside the lock).</summary>
+    internal Action? RolloutWaiting { get; set; }
+
     /// <summary>Adds a user-defined mark to the timeline (e.g. "load started"), for charts and summaries.</summary>
     /// <param name="description">What happened.</param>
     public void Mark(string description)
@@ -727,6 +751,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
             if (_disposal is null)
             {
                 _disposed = true;
+                SignalPodsChanged(); // A rolling update waiting for a pod wakes and throws ObjectDisposedException.
                 owner = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
                 _disposal = owner.Task;
             }
@@ -828,6 +853,13 @@ public sealed class SimulatedCluster : IAsyncDisposable
         }
 
         _shutdown.Dispose();
+    }
+
+    /// <summary>Wakes whatever waits for a pod's state or readiness to change; under the lock.</summary>
+    private void SignalPodsChanged()
+    {
+        _podsChanged.TrySetResult();
+        _podsChanged = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
     }
 
     internal void AddEvent(ClusterEventKind kind, SimulatedPod? pod, string description) =>
@@ -1004,6 +1036,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
                 pod.State = SimulatedPodState.Terminated;
                 pod.RemovedAt = Elapsed();
                 _pods.Remove(pod);
+                SignalPodsChanged();
                 AddEvent(ClusterEventKind.PodStopped, pod, $"{pod.Name} exited");
             }
 

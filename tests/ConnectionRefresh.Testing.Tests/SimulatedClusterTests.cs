@@ -439,6 +439,56 @@ public sealed class SimulatedClusterTests
     }
 
     [Fact]
+    public async Task RollingUpdateAsync_NewPodNotReady_OldPodKeepsServingUntilTheNewOneIsReady()
+    {
+        // maxUnavailable 0: a new pod counts as available only while it is ready, so an old ready pod may not stop for a
+        // new pod made not ready; and maxSurge 1: no other new pod starts meanwhile.
+        var time = new FakeTimeProvider();
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1, TimeProvider = time });
+        var old = cluster.Pods.Single();
+        var update = cluster.RollingUpdateAsync(TimeSpan.FromSeconds(10));
+        await Poll.UntilAsync(() => cluster.ReadyPods.Count == 2, "the surge pod to be ready");
+        var fresh = cluster.Pods.Single(p => p != old);
+        await cluster.SetReadyAsync(fresh, false);
+        var waiting = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        cluster.RolloutWaiting = () => waiting.TrySetResult();
+
+        time.Advance(TimeSpan.FromSeconds(10)); // minReadySeconds has passed: the update's next step decides.
+        await Poll.WithTimeout(Task.WhenAny(waiting.Task, update), "the update to wait or go on");
+
+        Assert.False(update.IsCompleted, "the update completed with its only new pod not ready");
+        Assert.Equal(SimulatedPodState.Running, old.State);
+        Assert.True(old.IsReady);
+        Assert.Equal([old, fresh], cluster.Pods);
+
+        await cluster.SetReadyAsync(fresh, true);
+        await Poll.WithTimeout(update, "the rolling update to complete once the new pod is ready");
+
+        Assert.Equal([fresh], cluster.Pods);
+        Assert.Equal(SimulatedPodState.Terminated, old.State);
+    }
+
+    [Fact]
+    public async Task RollingUpdateAsync_NewPodBlackHoled_CountsAsReadyAndOldPodStops()
+    {
+        // A black-holed pod stays ready until someone notices (as in Kubernetes, where its node's kubelet cannot report
+        // otherwise): the update cannot tell it from a healthy pod and goes on.
+        var time = new FakeTimeProvider();
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1, TimeProvider = time });
+        var old = cluster.Pods.Single();
+        var update = cluster.RollingUpdateAsync(TimeSpan.FromSeconds(10));
+        await Poll.UntilAsync(() => cluster.ReadyPods.Count == 2, "the surge pod to be ready");
+        var fresh = cluster.Pods.Single(p => p != old);
+        cluster.BlackHole(fresh);
+
+        time.Advance(TimeSpan.FromSeconds(10));
+        await Poll.WithTimeout(update, "the rolling update to complete");
+
+        Assert.Equal([fresh], cluster.Pods);
+        Assert.Equal(SimulatedPodState.Terminated, old.State);
+    }
+
+    [Fact]
     public async Task KillPodAsync_NewPodDuringRollingUpdate_UpdateReplacesItAndEndsWithTheReplicaCount()
     {
         var time = new FakeTimeProvider();
