@@ -469,6 +469,24 @@ public sealed class SimulatedClusterTests
     }
 
     [Fact]
+    public async Task DisposeAsync_RollingUpdateWaitingForANewPodToBeReady_UpdateEndsWithObjectDisposed()
+    {
+        var time = new FakeTimeProvider();
+        var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1, TimeProvider = time });
+        var update = cluster.RollingUpdateAsync(TimeSpan.FromSeconds(10));
+        await Poll.UntilAsync(() => cluster.ReadyPods.Count == 2, "the surge pod to be ready");
+        await cluster.SetReadyAsync(cluster.Pods[1], false);
+        var waiting = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        cluster.RolloutWaiting = () => waiting.TrySetResult();
+        time.Advance(TimeSpan.FromSeconds(10));
+        await Poll.WithTimeout(waiting.Task, "the update to wait for the new pod");
+
+        await Poll.WithTimeout(cluster.DisposeAsync().AsTask(), "the disposal");
+
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => Poll.WithTimeout(update, "the rolling update to end after the disposal"));
+    }
+
+    [Fact]
     public async Task RollingUpdateAsync_NewPodBlackHoled_CountsAsReadyAndOldPodStops()
     {
         // A black-holed pod stays ready until someone notices (as in Kubernetes, where its node's kubelet cannot report
@@ -486,6 +504,26 @@ public sealed class SimulatedClusterTests
 
         Assert.Equal([fresh], cluster.Pods);
         Assert.Equal(SimulatedPodState.Terminated, old.State);
+    }
+
+    [Fact]
+    public async Task ScaleAsync_ToMaxPodsWhileAnAddPodAsyncStarts_ScaleSucceedsAndOnlyTheAddIsRejected()
+    {
+        // ScaleAsync decided (63 → 64) first: its pod is already counted, so the AddPodAsync that comes in between is the
+        // one over the limit, not one of ScaleAsync's pods.
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 63 });
+        Task<SimulatedPod>? added = null;
+        cluster.AfterScaleDecided = () =>
+        {
+            cluster.AfterScaleDecided = null;
+            added = cluster.AddPodAsync();
+        };
+
+        await Poll.WithTimeout(cluster.ScaleAsync(64), "the scale");
+
+        var error = await Assert.ThrowsAsync<InvalidOperationException>(() => added!);
+        Assert.Contains("runs 64 pods that are not terminating", error.Message, StringComparison.Ordinal);
+        Assert.Equal(64, cluster.Pods.Count);
     }
 
     [Fact]
