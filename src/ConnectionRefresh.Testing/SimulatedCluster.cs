@@ -74,6 +74,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
     private int _rolloutReplicasSet;
     private bool _disposed;
     private Task? _disposal;
+    // Completed (and replaced) under the lock whenever a pod's state or readiness changes, or the cluster is disposed: what
+    // a rolling update waits on while a new pod is not ready, instead of polling.
+    private TaskCompletionSource _podsChanged = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     private SimulatedCluster(SimulatedClusterOptions options)
     {
@@ -188,7 +191,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
         AddPodCoreAsync(byUser: true, cancellationToken);
 
     // byUser: one more replica, checked against MaxPods (during a rolling update, against the count it works toward).
-    // Otherwise ScaleAsync, which checked its count, or a rolling update, whose surge pod may go one above MaxPods.
+    // Otherwise a rolling update, whose surge pod may go one above MaxPods.
     // created: receives the pod as soon as it exists, for a caller that must tell why its start failed.
     private async Task<SimulatedPod> AddPodCoreAsync(bool byUser, CancellationToken cancellationToken, StrongBox<SimulatedPod?>? created = null)
     {
@@ -212,13 +215,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
                 raised = _rolloutReplicasSet;
             }
 
-            pod = new SimulatedPod(this, $"{_options.PodNamePrefix}-{++_podSequence}")
-            {
-                Capacity = _options.MaxConcurrentCallsPerPod is { } limit ? new SemaphoreSlim(limit, limit) : null,
-                Generation = _generation,
-            };
-            _pods.Add(pod);
-            _allPods.Add(pod);
+            pod = CreatePod();
         }
 
         if (created is not null)
@@ -226,6 +223,28 @@ public sealed class SimulatedCluster : IAsyncDisposable
             created.Value = pod;
         }
 
+        return await StartCreatedPodAsync(pod, raised, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Creates a Pending pod of the current template (under the lock). Called in the same lock section that decided the
+    /// pod is wanted, so every count taken after it (ScaleAsync, AddPodAsync's limit, a rolling update's step) includes it.
+    /// </summary>
+    private SimulatedPod CreatePod()
+    {
+        var pod = new SimulatedPod(this, $"{_options.PodNamePrefix}-{++_podSequence}")
+        {
+            Capacity = _options.MaxConcurrentCallsPerPod is { } limit ? new SemaphoreSlim(limit, limit) : null,
+            Generation = _generation,
+        };
+        _pods.Add(pod);
+        _allPods.Add(pod);
+        return pod;
+    }
+
+    /// <summary>Starts a pod made by <see cref="CreatePod"/>, outside the lock; raised: see <see cref="AddPodCoreAsync"/>.</summary>
+    private async Task<SimulatedPod> StartCreatedPodAsync(SimulatedPod pod, int? raised, CancellationToken cancellationToken)
+    {
         try
         {
             return await StartPodAsync(pod, cancellationToken).ConfigureAwait(false);
@@ -271,6 +290,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
                 pod.State = SimulatedPodState.Killed;
                 pod.RemovedAt = Elapsed();
                 _pods.Remove(pod);
+                SignalPodsChanged();
             }
 
             if (app is not null)
@@ -293,6 +313,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
                 pod.IsReady = true;
                 pod.AddedAt = Elapsed();
                 AddEvent(ClusterEventKind.PodStarted, pod, $"{pod.Name} started");
+                SignalPodsChanged();
             }
         }
 
@@ -310,8 +331,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
     }
 
     /// <summary>
-    /// Scales to <paramref name="replicas"/> pods (starting or running; terminating pods do not count): adds pods in parallel, or stops the newest ones gracefully.
-    /// Existing connections are not moved, as in Kubernetes.
+    /// Scales to <paramref name="replicas"/> pods (starting or running; terminating pods do not count): adds pods in parallel,
+    /// or stops pods gracefully, in this order: pods of an older template (left by a rolling update), then pods that are not
+    /// ready, then the newest. Existing connections are not moved, as in Kubernetes.
     /// </summary>
     /// <remarks>
     /// During a <see cref="RollingUpdateAsync(TimeSpan, CancellationToken)"/>, as with a Deployment, the update goes on toward
@@ -329,7 +351,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
             throw new ArgumentOutOfRangeException(nameof(replicas), replicas, $"replicas must be between 0 and {MaxPods}.");
         }
 
-        int added;
+        List<SimulatedPod> added;
         List<SimulatedPod> victims;
         lock (_gate)
         {
@@ -342,7 +364,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
                 _rolloutReplicasSet++;
             }
 
-            added = Math.Max(0, replicas - current.Count);
+            // Created here, under the lock that decided them (and started below): a rolling update starting or stepping
+            // meanwhile counts them, and no other pod can take their place below MaxPods.
+            added = [.. Enumerable.Range(0, Math.Max(0, replicas - current.Count)).Select(_ => CreatePod())];
             // Pods of an older template first (a rolling update would replace them anyway), then pods not ready, then the
             // newest. They turn Terminating here, under the lock, so a rolling update cannot pick one of them as well.
             victims = [.. current
@@ -353,10 +377,14 @@ public sealed class SimulatedCluster : IAsyncDisposable
                 .Where(BeginStop)];
         }
 
+        AfterScaleDecided?.Invoke();
         await Task.WhenAll(
             victims.Select(p => CompleteStopAsync(p, changed: true, cancellationToken))
-                .Concat(Enumerable.Range(0, added).Select(_ => (Task)AddPodCoreAsync(byUser: false, cancellationToken)))).ConfigureAwait(false);
+                .Concat(added.Select(p => (Task)StartCreatedPodAsync(p, raised: null, cancellationToken)))).ConfigureAwait(false);
     }
+
+    /// <summary>Test hook: runs after <see cref="ScaleAsync"/> has decided (and released the lock), before its pods start.</summary>
+    internal Action? AfterScaleDecided { get; set; }
 
     /// <summary>
     /// Stops a pod gracefully, like a Kubernetes pod deletion: readiness off (new connections avoid it, the endpoints drop it),
@@ -395,6 +423,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
         pod.ServingWhileTerminating = pod.State == SimulatedPodState.Running && pod.IsReady;
         pod.State = SimulatedPodState.Terminating;
         pod.IsReady = false;
+        SignalPodsChanged();
         AddEvent(ClusterEventKind.PodStopping, pod, _options.PreStopDelay > TimeSpan.Zero
             ? $"{pod.Name} stopping (preStop {_options.PreStopDelay.TotalSeconds.ToString("0.###", CultureInfo.InvariantCulture)} s)"
             : $"{pod.Name} stopping");
@@ -443,6 +472,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
             pod.IsReady = false;
             pod.RemovedAt = Elapsed();
             _pods.Remove(pod);
+            SignalPodsChanged();
             // A black-holed pod's node is unreachable: no RST can reach its clients, their connections stay silent.
             connections = pod.IsBlackHoled ? [] : [.. pod.Connections];
             pod.NetworkListener?.Dispose();
@@ -506,6 +536,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
             }
 
             pod.IsReady = ready;
+            SignalPodsChanged();
             AddEvent(ClusterEventKind.PodReadinessChanged, pod, $"{pod.Name} {(ready ? "ready" : "not ready")}");
         }
 
@@ -520,6 +551,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
     /// Like a Deployment, the update works toward a replica count: the number of pods when it starts, changed by
     /// <see cref="ScaleAsync"/> (set) and <see cref="AddPodAsync"/> (one more) while it runs; it ends with exactly that many
     /// new pods. A pod stopped or killed during the update is replaced, as a ReplicaSet would; after the update nothing is.
+    /// A new pod counts as available only while it is ready: one made not ready (<see cref="SetReadyAsync"/>) holds the
+    /// update, and the old pods keep serving, until it is ready again, stopped or killed. A black-holed pod stays ready
+    /// (see <see cref="BlackHole"/>), so it counts as available, as Kubernetes would count it until someone notices.
     /// One update at a time.
     /// </remarks>
     /// <param name="cancellationToken">Cancels the update.</param>
@@ -571,15 +605,17 @@ public sealed class SimulatedCluster : IAsyncDisposable
                     var replicas = _rolloutReplicas.GetValueOrDefault();
                     var old = _pods.Where(p => p.Generation < generation && p.State is SimulatedPodState.Pending or SimulatedPodState.Running).ToList();
                     var fresh = _pods.Where(p => p.Generation >= generation && p.State is SimulatedPodState.Pending or SimulatedPodState.Running).ToList();
-                    var freshRunning = fresh.Count(p => p.State == SimulatedPodState.Running);
+                    // Available as in Kubernetes: running and ready. A black-holed pod stays ready until someone notices (its
+                    // node cannot report otherwise), so it counts as available too.
+                    var freshAvailable = fresh.Count(p => p.State == SimulatedPodState.Running && p.IsReady);
                     if (old.Count == 0 && fresh.Count >= replicas)
                     {
                         break;
                     }
 
-                    if (old.Count > 0 && freshRunning + old.Count > replicas)
+                    if (old.Count > 0 && freshAvailable + old.Count > replicas)
                     {
-                        // maxUnavailable 0: enough new pods run to stop an old one (not-ready first, then the oldest).
+                        // maxUnavailable 0: enough new pods are available to stop an old one (not-ready first, then the oldest).
                         victim = old.Where(p => p.State == SimulatedPodState.Running).OrderBy(p => p.IsReady).FirstOrDefault();
                         if (victim is null)
                         {
@@ -595,6 +631,13 @@ public sealed class SimulatedCluster : IAsyncDisposable
                         // New pods that ScaleAsync or AddPodAsync are starting: count them once they are ready.
                         starting = Task.WhenAny(fresh.Where(p => p.State == SimulatedPodState.Pending).Select(p => p.StartCompleted.Task));
                     }
+                    else if (old.Count + fresh.Count > replicas)
+                    {
+                        // A new pod runs but is not ready: it is not available, so no old pod may stop (maxUnavailable 0),
+                        // and it holds the surge, so no other pod may start (maxSurge 1). Wait until readiness or a pod's
+                        // state changes (SetReadyAsync, a stop, a kill, the disposal).
+                        starting = _podsChanged.Task;
+                    }
                 }
 
                 if (victim is not null)
@@ -605,6 +648,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
 
                 if (starting is not null)
                 {
+                    RolloutWaiting?.Invoke();
                     await starting.WaitAsync(cancellationToken).ConfigureAwait(false);
                     continue;
                 }
@@ -657,6 +701,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
         }
     }
 
+    /// <summary>Test hook: runs when a rolling update's step waits for pods to change (outside the lock).</summary>
+    internal Action? RolloutWaiting { get; set; }
+
     /// <summary>Adds a user-defined mark to the timeline (e.g. "load started"), for charts and summaries.</summary>
     /// <param name="description">What happened.</param>
     public void Mark(string description)
@@ -704,6 +751,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
             if (_disposal is null)
             {
                 _disposed = true;
+                SignalPodsChanged(); // A rolling update waiting for a pod wakes and throws ObjectDisposedException.
                 owner = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
                 _disposal = owner.Task;
             }
@@ -805,6 +853,13 @@ public sealed class SimulatedCluster : IAsyncDisposable
         }
 
         _shutdown.Dispose();
+    }
+
+    /// <summary>Wakes whatever waits for a pod's state or readiness to change; under the lock.</summary>
+    private void SignalPodsChanged()
+    {
+        _podsChanged.TrySetResult();
+        _podsChanged = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
     }
 
     internal void AddEvent(ClusterEventKind kind, SimulatedPod? pod, string description) =>
@@ -981,6 +1036,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
                 pod.State = SimulatedPodState.Terminated;
                 pod.RemovedAt = Elapsed();
                 _pods.Remove(pod);
+                SignalPodsChanged();
                 AddEvent(ClusterEventKind.PodStopped, pod, $"{pod.Name} exited");
             }
 

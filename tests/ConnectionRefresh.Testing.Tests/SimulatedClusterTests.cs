@@ -414,6 +414,119 @@ public sealed class SimulatedClusterTests
     }
 
     [Fact]
+    public async Task ScaleAsync_RollingUpdateStartsBeforeTheNewPodsStart_UpdateEndsWithTheScaledCount()
+    {
+        // The update starts right after ScaleAsync decided to add two pods: it must count them (they are wanted), or it
+        // works toward the old count and the scale-up is lost. The update holds in its first minReadySeconds wait (the
+        // fake clock has not moved) while ScaleAsync goes on.
+        var time = new FakeTimeProvider();
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 3, TimeProvider = time });
+        Task? update = null;
+        cluster.AfterScaleDecided = () =>
+        {
+            cluster.AfterScaleDecided = null;
+            update = cluster.RollingUpdateAsync(TimeSpan.FromSeconds(10));
+        };
+
+        await Poll.WithTimeout(cluster.ScaleAsync(5), "the scale");
+        // The clock only moves here, 1 s per poll: every wait of the update ends, whatever the machine's speed.
+        await Poll.UntilAsync(() => { time.Advance(TimeSpan.FromSeconds(1)); return update!.IsCompleted; }, "the rolling update to complete");
+        await update!;
+
+        Assert.Equal(5, cluster.Pods.Count);
+        Assert.All(cluster.Pods, p => Assert.True(p.IsReady));
+        Assert.DoesNotContain(cluster.Pods, p => p.Name is "greeter-1" or "greeter-2" or "greeter-3");
+    }
+
+    [Fact]
+    public async Task RollingUpdateAsync_NewPodNotReady_OldPodKeepsServingUntilTheNewOneIsReady()
+    {
+        // maxUnavailable 0: a new pod counts as available only while it is ready, so an old ready pod may not stop for a
+        // new pod made not ready; and maxSurge 1: no other new pod starts meanwhile.
+        var time = new FakeTimeProvider();
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1, TimeProvider = time });
+        var old = cluster.Pods.Single();
+        var update = cluster.RollingUpdateAsync(TimeSpan.FromSeconds(10));
+        await Poll.UntilAsync(() => cluster.ReadyPods.Count == 2, "the surge pod to be ready");
+        var fresh = cluster.Pods.Single(p => p != old);
+        await cluster.SetReadyAsync(fresh, false);
+        var waiting = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        cluster.RolloutWaiting = () => waiting.TrySetResult();
+
+        time.Advance(TimeSpan.FromSeconds(10)); // minReadySeconds has passed: the update's next step decides.
+        await Poll.WithTimeout(Task.WhenAny(waiting.Task, update), "the update to wait or go on");
+
+        Assert.False(update.IsCompleted, "the update completed with its only new pod not ready");
+        Assert.Equal(SimulatedPodState.Running, old.State);
+        Assert.True(old.IsReady);
+        Assert.Equal([old, fresh], cluster.Pods);
+
+        await cluster.SetReadyAsync(fresh, true);
+        await Poll.WithTimeout(update, "the rolling update to complete once the new pod is ready");
+
+        Assert.Equal([fresh], cluster.Pods);
+        Assert.Equal(SimulatedPodState.Terminated, old.State);
+    }
+
+    [Fact]
+    public async Task DisposeAsync_RollingUpdateWaitingForANewPodToBeReady_UpdateEndsWithObjectDisposed()
+    {
+        var time = new FakeTimeProvider();
+        var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1, TimeProvider = time });
+        var update = cluster.RollingUpdateAsync(TimeSpan.FromSeconds(10));
+        await Poll.UntilAsync(() => cluster.ReadyPods.Count == 2, "the surge pod to be ready");
+        await cluster.SetReadyAsync(cluster.Pods[1], false);
+        var waiting = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        cluster.RolloutWaiting = () => waiting.TrySetResult();
+        time.Advance(TimeSpan.FromSeconds(10));
+        await Poll.WithTimeout(waiting.Task, "the update to wait for the new pod");
+
+        await Poll.WithTimeout(cluster.DisposeAsync().AsTask(), "the disposal");
+
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => Poll.WithTimeout(update, "the rolling update to end after the disposal"));
+    }
+
+    [Fact]
+    public async Task RollingUpdateAsync_NewPodBlackHoled_CountsAsReadyAndOldPodStops()
+    {
+        // A black-holed pod stays ready until someone notices (as in Kubernetes, where its node's kubelet cannot report
+        // otherwise): the update cannot tell it from a healthy pod and goes on.
+        var time = new FakeTimeProvider();
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1, TimeProvider = time });
+        var old = cluster.Pods.Single();
+        var update = cluster.RollingUpdateAsync(TimeSpan.FromSeconds(10));
+        await Poll.UntilAsync(() => cluster.ReadyPods.Count == 2, "the surge pod to be ready");
+        var fresh = cluster.Pods.Single(p => p != old);
+        cluster.BlackHole(fresh);
+
+        time.Advance(TimeSpan.FromSeconds(10));
+        await Poll.WithTimeout(update, "the rolling update to complete");
+
+        Assert.Equal([fresh], cluster.Pods);
+        Assert.Equal(SimulatedPodState.Terminated, old.State);
+    }
+
+    [Fact]
+    public async Task ScaleAsync_ToMaxPodsWhileAnAddPodAsyncStarts_ScaleSucceedsAndOnlyTheAddIsRejected()
+    {
+        // ScaleAsync decided (63 → 64) first: its pod is already counted, so the AddPodAsync that comes in between is the
+        // one over the limit, not one of ScaleAsync's pods.
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 63 });
+        Task<SimulatedPod>? added = null;
+        cluster.AfterScaleDecided = () =>
+        {
+            cluster.AfterScaleDecided = null;
+            added = cluster.AddPodAsync();
+        };
+
+        await Poll.WithTimeout(cluster.ScaleAsync(64), "the scale");
+
+        var error = await Assert.ThrowsAsync<InvalidOperationException>(() => added!);
+        Assert.Contains("runs 64 pods that are not terminating", error.Message, StringComparison.Ordinal);
+        Assert.Equal(64, cluster.Pods.Count);
+    }
+
+    [Fact]
     public async Task KillPodAsync_NewPodDuringRollingUpdate_UpdateReplacesItAndEndsWithTheReplicaCount()
     {
         var time = new FakeTimeProvider();
