@@ -42,9 +42,11 @@ public sealed class RecyclingTests
 
         Assert.Empty(result.Failures);
         var pod = cluster.Pods[0];
-        // 2,000 calls at 5 per connection = 400 connections; slot 0's first budget is staggered to 3 calls and each
-        // slot may end on a partly used connection, hence at most 402. Budgets are exact, so no load can exceed that.
-        Assert.InRange(pod.ConnectionsAccepted, 400, 402);
+        // 2,000 calls at 5 per connection = 400 generations; slot 0's first budget is staggered to 3 calls and each
+        // slot may end on a partly used connection, hence at most 402. A generation's SocketsHttpHandler may rarely
+        // open a spare TCP connection (see the test above; seen once in a full CI run here: 403), so the TCP count
+        // may exceed that by a few; the budget's exactness is the test above's.
+        Assert.InRange(pod.ConnectionsAccepted, 400, 410);
         // Every retired handler is disposed after its last call, closing its connection: only the two current
         // connections stay open. Closing crosses the proxy asynchronously, hence the poll (10 s: generous).
         await Poll.UntilAsync(() => pod.OpenConnections <= 2, "only the two current connections open", TimeSpan.FromSeconds(10));
