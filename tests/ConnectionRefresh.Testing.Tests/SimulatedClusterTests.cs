@@ -375,9 +375,7 @@ public sealed class SimulatedClusterTests
         await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 2, TimeProvider = time });
 
         var update = cluster.RollingUpdateAsync(step);
-        // The clock only moves here, 1 s per poll: every wait of the update ends, whatever the machine's speed.
-        await Poll.UntilAsync(() => { time.Advance(TimeSpan.FromSeconds(1)); return update.IsCompleted; }, "the rolling update to complete");
-        await update;
+        await CompleteOnFakeClockAsync(time, update);
 
         var events = cluster.Summary().Events;
         foreach (var (oldPod, newPod) in new[] { ("greeter-1", "greeter-3"), ("greeter-2", "greeter-4") })
@@ -404,9 +402,7 @@ public sealed class SimulatedClusterTests
         await Poll.UntilAsync(() => cluster.ReadyPods.Count == 4, "the surge pod to be ready");
 
         await Poll.WithTimeout(cluster.ScaleAsync(replicas), "the scale during the update");
-        // The clock only moves here, 1 s per poll: every wait of the update ends, whatever the machine's speed.
-        await Poll.UntilAsync(() => { time.Advance(TimeSpan.FromSeconds(1)); return update.IsCompleted; }, "the rolling update to complete");
-        await update;
+        await CompleteOnFakeClockAsync(time, update);
 
         Assert.Equal(replicas, cluster.Pods.Count);
         Assert.All(cluster.Pods, p => Assert.True(p.IsReady));
@@ -429,9 +425,7 @@ public sealed class SimulatedClusterTests
         };
 
         await Poll.WithTimeout(cluster.ScaleAsync(5), "the scale");
-        // The clock only moves here, 1 s per poll: every wait of the update ends, whatever the machine's speed.
-        await Poll.UntilAsync(() => { time.Advance(TimeSpan.FromSeconds(1)); return update!.IsCompleted; }, "the rolling update to complete");
-        await update!;
+        await CompleteOnFakeClockAsync(time, update!);
 
         Assert.Equal(5, cluster.Pods.Count);
         Assert.All(cluster.Pods, p => Assert.True(p.IsReady));
@@ -535,8 +529,7 @@ public sealed class SimulatedClusterTests
         await Poll.UntilAsync(() => cluster.ReadyPods.Count == 3, "the surge pod to be ready");
 
         await cluster.KillPodAsync(cluster.Pods.Single(p => p.Name == "greeter-3"));
-        await Poll.UntilAsync(() => { time.Advance(TimeSpan.FromSeconds(1)); return update.IsCompleted; }, "the rolling update to complete");
-        await update;
+        await CompleteOnFakeClockAsync(time, update);
 
         Assert.Equal(2, cluster.Pods.Count);
         Assert.DoesNotContain(cluster.Pods, p => p.Name is "greeter-1" or "greeter-2" or "greeter-3");
@@ -552,8 +545,7 @@ public sealed class SimulatedClusterTests
 
         // No pod was added: as without an update, the count the update works toward must not change.
         await Assert.ThrowsAnyAsync<OperationCanceledException>(() => cluster.AddPodAsync(new CancellationToken(canceled: true)));
-        await Poll.UntilAsync(() => { time.Advance(TimeSpan.FromSeconds(1)); return update.IsCompleted; }, "the rolling update to complete");
-        await update;
+        await CompleteOnFakeClockAsync(time, update);
 
         Assert.Equal(2, cluster.Pods.Count);
         Assert.DoesNotContain(cluster.Pods, p => p.Name is "greeter-1" or "greeter-2");
@@ -610,8 +602,7 @@ public sealed class SimulatedClusterTests
 
         await cluster.AddPodAsync();
         var second = await Assert.ThrowsAsync<InvalidOperationException>(() => cluster.RollingUpdateAsync());
-        await Poll.UntilAsync(() => { time.Advance(TimeSpan.FromSeconds(1)); return update.IsCompleted; }, "the rolling update to complete");
-        await update;
+        await CompleteOnFakeClockAsync(time, update);
 
         Assert.Contains("already running", second.Message, StringComparison.Ordinal);
         Assert.Equal(3, cluster.Pods.Count);
@@ -828,5 +819,12 @@ public sealed class SimulatedClusterTests
         public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 
         public Task StoppedAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+    }
+
+    // The clock only moves here, 1 s per poll: every wait of the update ends, whatever the machine's speed.
+    private static async Task CompleteOnFakeClockAsync(FakeTimeProvider time, Task update)
+    {
+        await Poll.UntilAsync(() => { time.Advance(TimeSpan.FromSeconds(1)); return update.IsCompleted; }, "the rolling update to complete");
+        await update;
     }
 }
