@@ -404,9 +404,7 @@ public sealed class SimulatedClusterTests
         await Poll.WithTimeout(cluster.ScaleAsync(replicas), "the scale during the update");
         await CompleteOnFakeClockAsync(time, update);
 
-        Assert.Equal(replicas, cluster.Pods.Count);
-        Assert.All(cluster.Pods, p => Assert.True(p.IsReady));
-        Assert.DoesNotContain(cluster.Pods, p => p.Name is "greeter-1" or "greeter-2" or "greeter-3");
+        AssertOnlyNewReadyPods(cluster, replicas);
     }
 
     [Fact]
@@ -427,9 +425,7 @@ public sealed class SimulatedClusterTests
         await Poll.WithTimeout(cluster.ScaleAsync(5), "the scale");
         await CompleteOnFakeClockAsync(time, update!);
 
-        Assert.Equal(5, cluster.Pods.Count);
-        Assert.All(cluster.Pods, p => Assert.True(p.IsReady));
-        Assert.DoesNotContain(cluster.Pods, p => p.Name is "greeter-1" or "greeter-2" or "greeter-3");
+        AssertOnlyNewReadyPods(cluster, 5);
     }
 
     [Fact]
@@ -826,5 +822,13 @@ public sealed class SimulatedClusterTests
     {
         await Poll.UntilAsync(() => { time.Advance(TimeSpan.FromSeconds(1)); return update.IsCompleted; }, "the rolling update to complete");
         await update;
+    }
+
+    // After an update of a 3-pod cluster: exactly `count` pods, all ready, none of the three it started with.
+    private static void AssertOnlyNewReadyPods(SimulatedCluster cluster, int count)
+    {
+        Assert.Equal(count, cluster.Pods.Count);
+        Assert.All(cluster.Pods, p => Assert.True(p.IsReady));
+        Assert.DoesNotContain(cluster.Pods, p => p.Name is "greeter-1" or "greeter-2" or "greeter-3");
     }
 }
