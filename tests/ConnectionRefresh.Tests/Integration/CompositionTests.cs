@@ -7,6 +7,8 @@ using ConnectionRefresh.Tests.Infrastructure;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Diagnostics.Metrics.Testing;
+using Microsoft.Extensions.Http.Logging;
+using Microsoft.Extensions.Logging.Testing;
 
 namespace ConnectionRefresh.Tests.Integration;
 
@@ -137,5 +139,66 @@ public sealed class CompositionTests
         }
 
         Assert.Equal(3, cluster.Pods[0].ConnectionsAccepted);
+    }
+
+    public static TheoryData<string, bool> LoggingSetups => new()
+    {
+        { "AddGrpcClient alone", true },
+        { "AddConnectionRefresh", false },
+        { "AddConnectionRefresh, then AddDefaultLogger", true },
+        { "AddDefaultLogger, then AddConnectionRefresh", true },
+    };
+
+    [Theory]
+    [MemberData(nameof(LoggingSetups))]
+    public async Task HttpClientFactoryDefaultLogging_WithRefresh_IsRemovedUnlessAddDefaultLoggerAsksForIt(string setup, bool expectLogs)
+    {
+        await using var cluster = await SimulatedCluster.StartAsync(new() { Replicas = 1 });
+        using var host = GreeterClientHost.Create(cluster.Address, b => _ = setup switch
+        {
+            "AddGrpcClient alone" => b,
+            "AddConnectionRefresh" => b.AddConnectionRefresh(),
+            "AddConnectionRefresh, then AddDefaultLogger" => b.AddConnectionRefresh().AddDefaultLogger(),
+            _ => b.AddDefaultLogger().AddConnectionRefresh(),
+        }, services => services.AddFakeLogging());
+
+        await host.Client.SayHelloAsync(new HelloRequest { Name = "log" });
+
+        // HttpClientFactory's default handlers log under System.Net.Http.HttpClient.<name>.LogicalHandler/ClientHandler.
+        var httpLogs = host.Services.GetRequiredService<FakeLogCollector>().GetSnapshot()
+            .Count(r => r.Category?.StartsWith("System.Net.Http.HttpClient.", StringComparison.Ordinal) == true);
+        Assert.Equal(expectLogs, httpLogs > 0);
+        Assert.Equal(1L, cluster.Pods[0].CallsServed);
+    }
+
+    [Fact]
+    public async Task AddLogger_BeforeAddConnectionRefresh_KeepsLoggingEveryCall()
+    {
+        await using var cluster = await SimulatedCluster.StartAsync(new() { Replicas = 1 });
+        var logger = new CountingHttpClientLogger();
+        using var host = GreeterClientHost.Create(cluster.Address, b => b.AddLogger(_ => logger).AddConnectionRefresh());
+
+        for (var i = 0; i < 3; i++)
+        {
+            await host.Client.SayHelloAsync(new HelloRequest { Name = "log" });
+        }
+
+        Assert.Equal(3, logger.Stopped);
+    }
+
+    private sealed class CountingHttpClientLogger : IHttpClientLogger
+    {
+        private int _stopped;
+
+        public int Stopped => Volatile.Read(ref _stopped);
+
+        public object? LogRequestStart(HttpRequestMessage request) => null;
+
+        public void LogRequestStop(object? context, HttpRequestMessage request, HttpResponseMessage response, TimeSpan elapsed)
+            => Interlocked.Increment(ref _stopped);
+
+        public void LogRequestFailed(object? context, HttpRequestMessage request, HttpResponseMessage? response, Exception exception, TimeSpan elapsed)
+        {
+        }
     }
 }
