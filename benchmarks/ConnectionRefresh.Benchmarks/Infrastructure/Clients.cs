@@ -22,8 +22,8 @@ internal enum Strategy
     /// <summary><c>AddGrpcClient().AddConnectionRefresh()</c>, one connection per endpoint.</summary>
     Refresh1,
 
-    /// <summary><c>AddConnectionRefresh</c>, one connection, without HttpClientFactory's logging handlers.</summary>
-    Refresh1NoLoggers,
+    /// <summary><c>AddConnectionRefresh</c>, one connection, with HttpClientFactory's logging handlers kept (<c>AddDefaultLogger</c>).</summary>
+    Refresh1DefaultLogger,
 
     /// <summary><c>AddConnectionRefresh</c>, four connections per endpoint.</summary>
     Refresh4,
@@ -52,7 +52,7 @@ internal static class StrategyNames
         Strategy.BareChannel => "bare GrpcChannel",
         Strategy.GrpcClientDefaults => "AddGrpcClient defaults",
         Strategy.GrpcClientNoLoggers => "AddGrpcClient, RemoveAllLoggers",
-        Strategy.Refresh1NoLoggers => "AddConnectionRefresh K=1, RemoveAllLoggers",
+        Strategy.Refresh1DefaultLogger => "AddConnectionRefresh K=1, AddDefaultLogger",
         Strategy.Refresh1 => "AddConnectionRefresh K=1",
         Strategy.Refresh4 => "AddConnectionRefresh K=4",
         Strategy.Refresh16 => "AddConnectionRefresh K=16",
@@ -78,8 +78,8 @@ internal abstract class GreeterTarget : IAsyncDisposable
         Strategy.NewConnectionPerCall => new PerCallTarget(address, thumbprint),
         Strategy.BareChannel => new ChannelTarget(BareChannel(address, thumbprint)),
         Strategy.GrpcClientDefaults => ServiceProviderTarget.ForAddress(address, thumbprint, refresh: null),
-        Strategy.GrpcClientNoLoggers => ServiceProviderTarget.ForAddress(address, thumbprint, refresh: null, removeLoggers: true),
-        Strategy.Refresh1NoLoggers => Refresh(address, thumbprint, 1, null, configure, removeLoggers: true),
+        Strategy.GrpcClientNoLoggers => ServiceProviderTarget.ForAddress(address, thumbprint, refresh: null, b => b.RemoveAllLoggers()),
+        Strategy.Refresh1DefaultLogger => Refresh(address, thumbprint, 1, null, configure, b => b.AddDefaultLogger()),
         Strategy.Refresh1 => Refresh(address, thumbprint, 1, null, configure),
         Strategy.Refresh4 => Refresh(address, thumbprint, 4, null, configure),
         Strategy.Refresh16 => Refresh(address, thumbprint, 16, null, configure),
@@ -89,13 +89,13 @@ internal abstract class GreeterTarget : IAsyncDisposable
     };
 
     private static ServiceProviderTarget Refresh(
-        Uri address, string? thumbprint, int connections, int? maxRequests, Action<ConnectionRefreshOptions>? configure, bool removeLoggers = false) =>
+        Uri address, string? thumbprint, int connections, int? maxRequests, Action<ConnectionRefreshOptions>? configure, Action<IHttpClientBuilder>? logging = null) =>
         ServiceProviderTarget.ForAddress(address, thumbprint, options =>
         {
             options.ConnectionsPerEndpoint = connections;
             options.MaxRequestsPerConnection = maxRequests;
             configure?.Invoke(options);
-        }, removeLoggers);
+        }, logging);
 
     /// <summary>
     /// A GrpcChannel as an application would create one. Over h2c exactly <c>GrpcChannel.ForAddress(address)</c>;
@@ -144,16 +144,12 @@ internal sealed class ServiceProviderTarget(ServiceProvider services) : GreeterT
 {
     private readonly Greeter.GreeterClient _client = services.GetRequiredService<Greeter.GreeterClient>();
 
-    public static ServiceProviderTarget ForAddress(Uri address, string? thumbprint, Action<ConnectionRefreshOptions>? refresh, bool removeLoggers = false)
+    /// <param name="logging">Adds or removes HttpClientFactory's per-request logging handlers, after the rest.</param>
+    public static ServiceProviderTarget ForAddress(
+        Uri address, string? thumbprint, Action<ConnectionRefreshOptions>? refresh, Action<IHttpClientBuilder>? logging = null)
     {
         var services = new ServiceCollection();
         var builder = services.AddGrpcClient<Greeter.GreeterClient>(o => o.Address = address);
-        if (removeLoggers)
-        {
-            // HttpClientFactory's per-request logging handlers; not part of what AddConnectionRefresh costs.
-            builder.RemoveAllLoggers();
-        }
-
         if (refresh is null)
         {
             if (thumbprint is not null)
@@ -168,6 +164,7 @@ internal sealed class ServiceProviderTarget(ServiceProvider services) : GreeterT
                 .ConfigureConnectionRefreshHandler((handler, _) => AcceptCertificate(handler, thumbprint));
         }
 
+        logging?.Invoke(builder);
         return new ServiceProviderTarget(services.BuildServiceProvider());
     }
 

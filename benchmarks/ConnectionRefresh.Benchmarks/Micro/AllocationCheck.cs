@@ -23,7 +23,7 @@ internal static class AllocationCheck
         using var server = await ServerProcess.StartAsync();
         Strategy[] strategies =
         [
-            Strategy.BareChannel, Strategy.GrpcClientDefaults, Strategy.GrpcClientNoLoggers, Strategy.Refresh1, Strategy.Refresh1NoLoggers,
+            Strategy.BareChannel, Strategy.GrpcClientDefaults, Strategy.GrpcClientNoLoggers, Strategy.Refresh1, Strategy.Refresh1DefaultLogger,
             Strategy.Refresh4, Strategy.Refresh1Recycle1000,
         ];
         foreach (var strategy in only.Length > 0 ? only : strategies)

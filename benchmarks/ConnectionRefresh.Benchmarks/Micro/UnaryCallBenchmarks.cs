@@ -20,7 +20,7 @@ public class UnaryCallBenchmarks
     private GreeterTarget _defaults = null!;
     private GreeterTarget _defaultsNoLoggers = null!;
     private GreeterTarget _refresh1 = null!;
-    private GreeterTarget _refresh1NoLoggers = null!;
+    private GreeterTarget _refresh1DefaultLogger = null!;
     private GreeterTarget _refresh4 = null!;
     private GreeterTarget _refresh16 = null!;
     private GreeterTarget _recycle1 = null!;
@@ -47,7 +47,7 @@ public class UnaryCallBenchmarks
         _defaults = GreeterTarget.Create(Strategy.GrpcClientDefaults, address, null);
         _defaultsNoLoggers = GreeterTarget.Create(Strategy.GrpcClientNoLoggers, address, null);
         _refresh1 = GreeterTarget.Create(Strategy.Refresh1, address, null);
-        _refresh1NoLoggers = GreeterTarget.Create(Strategy.Refresh1NoLoggers, address, null);
+        _refresh1DefaultLogger = GreeterTarget.Create(Strategy.Refresh1DefaultLogger, address, null);
         _refresh4 = GreeterTarget.Create(Strategy.Refresh4, address, null);
         _refresh16 = GreeterTarget.Create(Strategy.Refresh16, address, null);
         _recycle1 = GreeterTarget.Create(Strategy.Refresh1Recycle1000, address, null);
@@ -57,7 +57,7 @@ public class UnaryCallBenchmarks
     [GlobalCleanup]
     public async Task CleanupAsync()
     {
-        foreach (var target in new[] { _bare, _defaults, _defaultsNoLoggers, _refresh1, _refresh1NoLoggers, _refresh4, _refresh16, _recycle1, _recycle4 })
+        foreach (var target in new[] { _bare, _defaults, _defaultsNoLoggers, _refresh1, _refresh1DefaultLogger, _refresh4, _refresh16, _recycle1, _recycle4 })
         {
             await target.DisposeAsync();
         }
@@ -80,8 +80,8 @@ public class UnaryCallBenchmarks
     [Benchmark(Description = "AddConnectionRefresh K=1")]
     public Task<HelloReply> Refresh1() => _refresh1.CallAsync(Request);
 
-    [Benchmark(Description = "AddConnectionRefresh K=1, RemoveAllLoggers")]
-    public Task<HelloReply> Refresh1NoLoggers() => _refresh1NoLoggers.CallAsync(Request);
+    [Benchmark(Description = "AddConnectionRefresh K=1, AddDefaultLogger")]
+    public Task<HelloReply> Refresh1DefaultLogger() => _refresh1DefaultLogger.CallAsync(Request);
 
     [Benchmark(Description = "AddConnectionRefresh K=4")]
     public Task<HelloReply> Refresh4() => _refresh4.CallAsync(Request);
