@@ -241,6 +241,51 @@ public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
         Assert.Equal((1, TimeSpan.FromMinutes(2)), (options.ConnectionsPerEndpoint, options.MaxConnectionAge));
     }
 
+    /// <summary>Sections written as something other than an object, with what the message must say, for both overloads.</summary>
+    public static TheoryData<string, string, bool> SectionsThatAreNotObjects()
+    {
+        var shapes = new (string Json, string Found)[]
+        {
+            ("\"5m\"", "found the value '5m'"),
+            ("3", "found the value '3'"),
+            ("true", "found the value 'True'"),
+            // The JSON provider stores "" and [] alike: the key with the value "".
+            ("\"\"", "found an empty value"),
+            ("[]", "found an empty value"),
+            ("""[ { "MaxConnectionAge": "00:05:00" } ]""", "found an array"),
+            ("[ 1, 2 ]", "found an array"),
+        };
+        var data = new TheoryData<string, string, bool>();
+        foreach (var (json, found) in shapes)
+        {
+            data.Add(json, found, false);
+            data.Add(json, found, true);
+        }
+
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(SectionsThatAreNotObjects))]
+    public void ValidateOnStart_SectionThatIsNotAnObject_FailsNamingPathAndValue(string json, string found, bool bySection)
+    {
+        var path = bySection ? "Clients:Greeter:ConnectionRefresh" : "ConnectionRefresh";
+        var configuration = Json(bySection
+            ? $$"""{ "Clients": { "Greeter": { "ConnectionRefresh": {{json}} } } }"""
+            : $$"""{ "ConnectionRefresh": {{json}} }""");
+        var services = new ServiceCollection();
+        services.AddSingleton<IConfiguration>(configuration);
+        var client = GrpcClient(services);
+        _ = bySection ? client.AddConnectionRefresh(configuration.GetSection(path)) : client.AddConnectionRefresh();
+        using var provider = services.BuildServiceProvider();
+
+        // Before: scalars and [] bound nothing and ran with the defaults; [ {...} ] failed as an unknown setting '...:0'.
+        var failure = Assert.Throws<InvalidOperationException>(() => ValidateOnStart(provider));
+        Assert.Contains($"ConnectionRefresh section '{path}'", failure.Message, StringComparison.Ordinal);
+        Assert.Contains("must be an object of settings", failure.Message, StringComparison.Ordinal);
+        Assert.Contains(found, failure.Message, StringComparison.Ordinal);
+    }
+
     [Fact]
     public void AddConnectionRefresh_ConfigurationReloaded_KeepsTheSettingsReadAtStartUp()
     {

@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Reflection;
 using Microsoft.Extensions.Configuration;
 
@@ -18,6 +19,7 @@ internal static class ConnectionRefreshConfiguration
 
     public static void Bind(ConnectionRefreshOptions options, IConfigurationSection section, string clientName)
     {
+        ThrowIfNotAnObject(section, clientName);
         foreach (var entry in section.GetChildren())
         {
             if (SiblingSections.Contains(entry.Key) && entry.Value is null)
@@ -43,6 +45,37 @@ internal static class ConnectionRefreshConfiguration
 
             property.SetValue(options, Convert(entry, property, clientName));
         }
+    }
+
+    /// <summary>
+    /// The section must be an object of settings. A scalar ("5m", 3) or "" counts as an existing section yet has no
+    /// settings, so it would run with the defaults in silence; the JSON provider stores [] as "" too. An array with
+    /// elements shows as the keys "0", "1", ..., which would otherwise fail as the unknown setting '...:0'.
+    /// </summary>
+    private static void ThrowIfNotAnObject(IConfigurationSection section, string clientName)
+    {
+        string found;
+        if (section.Value is { } value)
+        {
+            found = value.Length == 0
+                ? "found an empty value (in JSON, \"\" and [] both give one)"
+                : $"found the value '{value}'";
+        }
+        else
+        {
+            var elements = section.GetChildren().Select(child => child.Key).ToList();
+            if (elements.Count == 0 || !elements.All(key => int.TryParse(key, NumberStyles.None, CultureInfo.InvariantCulture, out _)))
+            {
+                return;
+            }
+
+            found = $"found an array of {elements.Count} element{(elements.Count == 1 ? "" : "s")}; write the settings as one object, not a list";
+        }
+
+        throw new InvalidOperationException(
+            $"ConnectionRefresh section '{section.Path}' for HTTP client '{clientName}' must be an object of settings " +
+            $"(e.g. {{ \"MaxConnectionAge\": \"00:05:00\" }}); {found}. Known settings: " +
+            $"{string.Join(", ", Settings.Keys.Order(StringComparer.Ordinal))}. To run with the defaults, write the section as {{}}.");
     }
 
     /// <summary>
