@@ -28,6 +28,7 @@ public static class ConnectionRefreshHttpClientBuilderExtensions
     /// <summary>
     /// Adds connection refresh with the settings of the <c>ConnectionRefresh</c> configuration section, when the
     /// application's <see cref="IConfiguration"/> has one, and the defaults of <see cref="ConnectionRefreshOptions"/> otherwise.
+    /// A section that is there but is not an object (a value, <c>""</c> or a list) fails at start-up.
     /// </summary>
     /// <param name="builder">The client's builder.</param>
     /// <returns>The same builder.</returns>
@@ -59,7 +60,8 @@ public static class ConnectionRefreshHttpClientBuilderExtensions
 
     /// <summary>
     /// Adds connection refresh with the settings of <paramref name="section"/>. A section that does not exist (a
-    /// misspelled path), unknown keys and values that do not parse or are out of range fail at start-up. A section
+    /// misspelled path) or is not an object (a value, <c>""</c> or a list), unknown keys and values that do not parse
+    /// or are out of range fail at start-up. A section
     /// written as an empty object (<c>{}</c>) in the application's configuration gives the defaults.
     /// </summary>
     /// <param name="builder">The client's builder.</param>
