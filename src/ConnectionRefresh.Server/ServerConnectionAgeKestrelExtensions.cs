@@ -11,8 +11,9 @@ namespace Microsoft.AspNetCore.Hosting;
 /// (<see cref="ListenOptions"/>) or for all of them (<see cref="KestrelServerOptions"/>).
 /// </summary>
 /// <remarks>
-/// The options are read and validated when Kestrel is configured, at start-up: a bad value stops the application
-/// with a message that names the key, the value and the allowed range.
+/// The options are read and validated when Kestrel is configured, at start-up (for a <c>WebApplication</c>, in
+/// <c>builder.Build()</c>): a bad value stops the application with a message that names the key, the value and the
+/// allowed range, and so does a section that is not an object or, given by path, does not exist.
 /// <see cref="ServerConnectionAgeOptions.MaxConnectionIdle"/> also needs
 /// <c>services.AddServerConnectionAge(...)</c>, which counts the calls of each connection.
 /// An endpoint has at most one connection age: a later call for the same endpoint (for example the endpoint's own
@@ -24,7 +25,8 @@ public static class ServerConnectionAgeKestrelExtensions
     /// <summary>
     /// Limits the age of the endpoint's connections with the options registered by
     /// <c>services.AddServerConnectionAge(...)</c>, or, when there are none, with the
-    /// <c>ConnectionRefresh:Server</c> section of the application's configuration (defaults when it is absent).
+    /// <c>ConnectionRefresh:Server</c> section of the application's configuration (defaults when it is absent; a section
+    /// that is not an object fails).
     /// </summary>
     /// <param name="listenOptions">The endpoint.</param>
     /// <returns><paramref name="listenOptions"/>.</returns>
@@ -47,13 +49,17 @@ public static class ServerConnectionAgeKestrelExtensions
 
     /// <summary>Limits the age of the endpoint's connections with options bound from a configuration section.</summary>
     /// <param name="listenOptions">The endpoint.</param>
-    /// <param name="section">The section, for example <c>configuration.GetSection("ConnectionRefresh:Server")</c>; unknown keys are rejected.</param>
+    /// <param name="section">
+    /// The section, for example <c>configuration.GetSection("ConnectionRefresh:Server")</c>. It must exist (a misspelled
+    /// path fails at start-up, naming what is there) and be an object of settings; unknown keys are rejected. A section
+    /// written as <c>{}</c> in the application's configuration (the <c>IConfiguration</c> in its services) gives the defaults.
+    /// </param>
     /// <returns><paramref name="listenOptions"/>.</returns>
     public static ListenOptions UseServerConnectionAge(this ListenOptions listenOptions, IConfigurationSection section)
     {
         ArgumentNullException.ThrowIfNull(listenOptions);
         ArgumentNullException.ThrowIfNull(section);
-        return listenOptions.UseServerConnectionAge(ServerConnectionAgeOptionsLoader.FromSection(section));
+        return listenOptions.UseServerConnectionAge(ServerConnectionAgeOptionsLoader.FromSection(section, listenOptions.ApplicationServices));
     }
 
     /// <summary>
@@ -94,13 +100,17 @@ public static class ServerConnectionAgeKestrelExtensions
     /// defaults apply.
     /// </summary>
     /// <param name="options">Kestrel's options.</param>
-    /// <param name="section">The section, for example <c>configuration.GetSection("ConnectionRefresh:Server")</c>; unknown keys are rejected.</param>
+    /// <param name="section">
+    /// The section, for example <c>configuration.GetSection("ConnectionRefresh:Server")</c>. It must exist (a misspelled
+    /// path fails at start-up, naming what is there) and be an object of settings; unknown keys are rejected. A section
+    /// written as <c>{}</c> in the application's configuration (the <c>IConfiguration</c> in its services) gives the defaults.
+    /// </param>
     /// <returns><paramref name="options"/>.</returns>
     public static KestrelServerOptions UseServerConnectionAge(this KestrelServerOptions options, IConfigurationSection section)
     {
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(section);
-        return options.UseServerConnectionAge(ServerConnectionAgeOptionsLoader.FromSection(section));
+        return options.UseServerConnectionAge(ServerConnectionAgeOptionsLoader.FromSection(section, options.ApplicationServices));
     }
 
     private static KestrelServerOptions UseServerConnectionAge(this KestrelServerOptions options, ServerConnectionAgeOptions ageOptions)

@@ -20,7 +20,10 @@ namespace Microsoft.Extensions.DependencyInjection;
 /// </example>
 public static class ServerConnectionAgeServiceCollectionExtensions
 {
-    /// <summary>Registers the server-side connection age with options bound from the <c>ConnectionRefresh:Server</c> section.</summary>
+    /// <summary>
+    /// Registers the server-side connection age with options bound from the <c>ConnectionRefresh:Server</c> section:
+    /// defaults when it is absent; a section that is not an object (a value, <c>""</c> or a list) fails at start-up.
+    /// </summary>
     /// <param name="services">The services.</param>
     /// <returns><paramref name="services"/>.</returns>
     public static IServiceCollection AddServerConnectionAge(this IServiceCollection services)
@@ -46,13 +49,21 @@ public static class ServerConnectionAgeServiceCollectionExtensions
 
     /// <summary>Registers the server-side connection age with options bound from a configuration section.</summary>
     /// <param name="services">The services.</param>
-    /// <param name="section">The section, for example <c>configuration.GetSection("ConnectionRefresh:Server")</c>; unknown keys are rejected.</param>
+    /// <param name="section">
+    /// The section, for example <c>configuration.GetSection("ConnectionRefresh:Server")</c>. It must exist (a misspelled
+    /// path fails at start-up, naming what is there) and be an object of settings; unknown keys are rejected. A section
+    /// written as <c>{}</c> in the application's configuration (the <c>IConfiguration</c> in its services) gives the defaults.
+    /// </param>
     /// <returns><paramref name="services"/>.</returns>
     public static IServiceCollection AddServerConnectionAge(this IServiceCollection services, IConfigurationSection section)
     {
         ArgumentNullException.ThrowIfNull(services);
         ArgumentNullException.ThrowIfNull(section);
-        AddCore(services).Configure(options => ServerConnectionAgeOptionsLoader.Bind(section, options));
+        AddCore(services).Configure<IServiceProvider>((options, provider) =>
+        {
+            ServerConnectionAgeOptionsLoader.ThrowIfMissing(section, provider);
+            ServerConnectionAgeOptionsLoader.Bind(section, options);
+        });
         return services;
     }
 

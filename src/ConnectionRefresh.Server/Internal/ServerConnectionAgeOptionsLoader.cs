@@ -6,8 +6,8 @@ using Microsoft.Extensions.Options;
 namespace ConnectionRefresh.Server.Internal;
 
 /// <summary>
-/// Builds <see cref="ServerConnectionAgeOptions"/> from configuration or code, rejecting unknown keys and
-/// validating the result. Stateless, so thread-safe.
+/// Builds <see cref="ServerConnectionAgeOptions"/> from configuration or code, rejecting missing or misshapen sections,
+/// unknown keys and unparsable values, and validating the result. Stateless, so thread-safe.
 /// </summary>
 internal static class ServerConnectionAgeOptionsLoader
 {
@@ -19,10 +19,14 @@ internal static class ServerConnectionAgeOptionsLoader
         nameof(ServerConnectionAgeOptions.MaxConnectionIdle),
     ];
 
-    /// <summary>Binds <paramref name="section"/> onto <paramref name="options"/>; an unknown key throws.</summary>
-    public static void Bind(IConfiguration section, ServerConnectionAgeOptions options)
+    /// <summary>
+    /// Binds <paramref name="section"/> onto <paramref name="options"/>; a section that is not an object of settings,
+    /// an unknown key or a value that does not parse throws.
+    /// </summary>
+    public static void Bind(IConfigurationSection section, ServerConnectionAgeOptions options)
     {
-        var path = (section as IConfigurationSection)?.Path;
+        var path = section.Path;
+        ThrowIfNotAnObject(section);
         var unknown = section.GetChildren()
             .Where(child => !KnownKeys.Contains(child.Key, StringComparer.OrdinalIgnoreCase))
             .Select(child => child.Path)
@@ -31,7 +35,7 @@ internal static class ServerConnectionAgeOptionsLoader
         {
             throw new InvalidOperationException(
                 $"Unknown configuration key(s) {string.Join(", ", unknown.Select(k => $"'{k}'"))}; "
-                + $"the keys of {path ?? nameof(ServerConnectionAgeOptions)} are {string.Join(", ", KnownKeys)}.");
+                + $"the keys of {path} are {string.Join(", ", KnownKeys)}.");
         }
 
         foreach (var child in section.GetChildren())
@@ -41,6 +45,72 @@ internal static class ServerConnectionAgeOptionsLoader
 
         section.Bind(options);
         options.ConfigurationPath = path;
+    }
+
+    /// <summary>
+    /// A value ("5m", 3), or "" (the JSON provider stores [] as "" too), counts as an existing section without settings,
+    /// so it would run with the defaults in silence; an array with elements shows as the keys "0", "1", ....
+    /// </summary>
+    private static void ThrowIfNotAnObject(IConfigurationSection section)
+    {
+        var keys = section.GetChildren().Select(child => child.Key).ToList();
+        var found = section.Value switch
+        {
+            "" => "an empty value (in JSON, \"\" and [] both give one)",
+            { } value => $"the value '{value}'",
+            _ when keys.Count > 0 && keys.All(key => key.All(char.IsAsciiDigit)) => $"an array of {keys.Count} element{(keys.Count == 1 ? "" : "s")}",
+            _ => null,
+        };
+        if (found is not null)
+        {
+            throw new InvalidOperationException(
+                $"The configuration section '{section.Path}' must be an object of settings, for example "
+                + $"{{ \"MaxConnectionAge\": \"00:05:00\" }}; found {found}. Its keys are {string.Join(", ", KnownKeys)}; "
+                + "to run with the defaults, write it as {}.");
+        }
+    }
+
+    /// <summary>
+    /// A section given by path must exist: a misspelled path binds nothing and would run with the defaults in silence.
+    /// Exists() is false for <c>"Section": {}</c> too (the JSON provider stores it as the key with a null value), but
+    /// the application's configuration still lists that key under its parent, which tells a deliberate empty section
+    /// from a typo. Without the application's IConfiguration (a hand-made service provider) an empty section fails too.
+    /// </summary>
+    public static void ThrowIfMissing(IConfigurationSection section, IServiceProvider? services)
+    {
+        var application = services?.GetService<IConfiguration>();
+        if (section.Exists() || (application is not null && IsListed(application, section.Path)))
+        {
+            return;
+        }
+
+        throw new InvalidOperationException(
+            $"The configuration section '{section.Path}' does not exist, so none of its settings would apply. "
+            + (application is null
+                ? "There is no IConfiguration in the application's services to tell a section written as {} from a missing one."
+                : WhereThePathStops(application, section.Path))
+            + $" Check the path (':' separates levels). To run with the defaults, use the overload without a section (it reads "
+            + $"the optional '{ServerConnectionAgeDefaults.SectionName}' section), or write the section as {{}} in the application's configuration.");
+    }
+
+    private static bool IsListed(IConfiguration configuration, string path) =>
+        (ConfigurationPath.GetParentPath(path) is { } parent ? configuration.GetSection(parent) : configuration)
+            .GetChildren().Any(child => string.Equals(child.Key, ConfigurationPath.GetSectionKey(path), StringComparison.OrdinalIgnoreCase));
+
+    // Names the keys of the deepest level of the path that has any, so that a typo shows next to what is there.
+    private static string WhereThePathStops(IConfiguration configuration, string path)
+    {
+        for (var parent = ConfigurationPath.GetParentPath(path); ; parent = ConfigurationPath.GetParentPath(parent))
+        {
+            var keys = (parent is null ? configuration : configuration.GetSection(parent)).GetChildren().Select(child => child.Key).ToList();
+            if (keys.Count > 0 || parent is null)
+            {
+                return keys.Count == 0
+                    ? "The application's configuration is empty."
+                    : $"{(parent is null ? "The top level" : $"'{parent}'")} has: {string.Join(", ", keys.Take(10))}"
+                      + (keys.Count > 10 ? $" and {keys.Count - 10} more." : ".");
+            }
+        }
     }
 
     private static void ThrowIfUnparsable(IConfigurationSection child)
@@ -57,13 +127,14 @@ internal static class ServerConnectionAgeOptionsLoader
         }
     }
 
-    /// <summary>Options bound from <paramref name="section"/> and validated.</summary>
-    public static ServerConnectionAgeOptions FromSection(IConfigurationSection section)
+    /// <summary>
+    /// Options bound from <paramref name="section"/>, given by the caller (so it must exist, see
+    /// <see cref="ThrowIfMissing"/>), and validated.
+    /// </summary>
+    public static ServerConnectionAgeOptions FromSection(IConfigurationSection section, IServiceProvider? services)
     {
-        var options = new ServerConnectionAgeOptions();
-        Bind(section, options);
-        ServerConnectionAgeOptionsValidator.ThrowIfInvalid(options);
-        return options;
+        ThrowIfMissing(section, services);
+        return FromAction(options => Bind(section, options));
     }
 
     /// <summary>Default options changed by <paramref name="configure"/>, validated.</summary>
@@ -89,6 +160,6 @@ internal static class ServerConnectionAgeOptionsLoader
         var configuration = services?.GetService<IConfiguration>();
         return configuration is null
             ? FromAction(static _ => { })
-            : FromSection(configuration.GetSection(ServerConnectionAgeDefaults.SectionName));
+            : FromAction(options => Bind(configuration.GetSection(ServerConnectionAgeDefaults.SectionName), options));
     }
 }
