@@ -21,8 +21,9 @@ namespace ConnectionRefresh.Server.Internal;
 /// <c>MaxConcurrentConnections</c>, for at most <c>maxLinger</c>.
 /// A GOAWAY with an error code is the exception: after it RFC 9113 requires closing the connection, so the transport
 /// follows the HTTP/2 frames Kestrel writes (<see cref="Http2GoAwayScanner"/>) when it sees them in clear, that is,
-/// when the client's first bytes are the HTTP/2 preface. It does not when this middleware runs outside Kestrel's TLS
-/// middleware (the usual order): it then sees only encrypted bytes, and such a connection lingers as any other.
+/// when the client's first bytes are the HTTP/2 preface. It cannot when this middleware runs outside Kestrel's TLS
+/// middleware (the order endpoint defaults give): it sees only TLS records there, so it cannot tell an error GOAWAY
+/// from a graceful one.
 /// Thread safety: Kestrel calls the reader and writer from its own loops, as with any transport; the completion, data
 /// and GOAWAY flags are written by Kestrel's calls before the connection delegate returns and read after it.
 /// </remarks>

@@ -77,7 +77,7 @@ internal sealed class ServerConnectionAgeMiddleware
             // - Kestrel's GOAWAY carried an error code: after a connection error RFC 9113 (section 5.4.1) requires
             //   closing the TCP connection, and a client that broke the protocol has nothing to retry. Known only where
             //   the transport sees HTTP/2 in clear (not under TLS when this middleware runs outside it): otherwise the
-            //   connection lingers as a graceful close does;
+            //   rule is the same as for a graceful close;
             // - this package aborted the connection (its grace ended; Ended() ends the connection in the same step, so
             //   no abort starts after this decision), or the transport reports it closed: aborted by Kestrel, or the
             //   client is gone. An abort that is not reported yet ends the linger at once anyway: its input ends;

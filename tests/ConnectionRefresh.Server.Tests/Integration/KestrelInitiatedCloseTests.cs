@@ -1,5 +1,6 @@
 using System.Diagnostics;
-using System.Net.Sockets;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
 using ConnectionRefresh.Protos;
 using ConnectionRefresh.Server.Internal;
 using ConnectionRefresh.Server.Tests.TestSupport;
@@ -107,6 +108,59 @@ public sealed class KestrelInitiatedCloseTests
             closedAfter < ServerConnectionAgeDefaults.MaxGoAwayLinger - TimeSpan.FromSeconds(1),
             $"the socket closed {closedAfter} after Kestrel finished");
         Assert.False((await Poll.WithTimeout(connection, "the connection middleware to return")).ClientEndReadBeforeReturn);
+    }
+
+    [Fact]
+    public async Task ProtocolErrorOverTls_ConnectionAgeInsideTls_SocketClosesWithoutWaitingForTheClient()
+    {
+        // listen.UseHttps(...) then listen.UseServerConnectionAge(): the package's transport carries the decrypted
+        // HTTP/2 frames, so it sees the error GOAWAY as without TLS. (In the other order, as with endpoint defaults, it
+        // sees only TLS records.)
+        var probe = new ConnectionEndProbe();
+        var kestrelDone = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var certificate = SelfSignedCertificate();
+        await using var host = await GreeterTestHost.StartAsync(
+            _ => { },
+            useConnectionAge: listen =>
+            {
+                listen.Use(probe.Middleware);
+                listen.UseHttps(certificate);
+                listen.UseServerConnectionAge();
+                listen.Use(next => async connection =>
+                {
+                    try
+                    {
+                        await next(connection);
+                    }
+                    finally
+                    {
+                        kestrelDone.TrySetResult();
+                    }
+                });
+            });
+        using var client = await RawHttp2Client.ConnectAsync(host.Address, certificate);
+
+        var (frame, errorCode) = ProtocolViolation("ping-on-stream-2");
+        await client.Stream.WriteAsync(frame);
+        var goAway = await client.ReadUntilAsync(RawHttp2Client.GoAwayFrame);
+        Assert.Equal(errorCode, goAway.Payload[7]);
+        await Poll.WithTimeout(kestrelDone.Task, "Kestrel to finish the connection after its GOAWAY");
+        var kestrelFinished = Stopwatch.GetTimestamp();
+
+        // Measured where the socket is held, at the outermost connection middleware (the client's TLS stream may end
+        // before its socket does): the client never closes its side, yet the socket is not held.
+        var result = await Poll.WithTimeout(Assert.Single(probe.Connections), "the connection middleware to return");
+        var heldFor = Stopwatch.GetElapsedTime(kestrelFinished, result.ReturnedAt);
+        Assert.False(result.ClientEndReadBeforeReturn);
+        Assert.True(heldFor < ServerConnectionAgeDefaults.MaxGoAwayLinger - TimeSpan.FromSeconds(1), $"the socket was held {heldFor} after Kestrel finished");
+    }
+
+    private static X509Certificate2 SelfSignedCertificate()
+    {
+        using var key = RSA.Create(2048);
+        var request = new CertificateRequest("CN=localhost", key, HashAlgorithmName.SHA256, RSASignaturePadding.Pkcs1);
+        using var ephemeral = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(1));
+        return X509CertificateLoader.LoadPkcs12(ephemeral.Export(X509ContentType.Pfx), null);
     }
 
     // A frame that Kestrel answers with a connection error, and the error code of its GOAWAY.
