@@ -322,13 +322,13 @@ public sealed class ServerConnectionAgeMiddlewareTests
     }
 
     [Theory]
-    [InlineData(false)] // Kestrel's keep-alive timeout or a protocol error: no RequestClose
+    [InlineData(false)] // Kestrel's keep-alive timeout: no RequestClose
     [InlineData(true)] // the server stops: Kestrel's RequestClose first
     public async Task OnConnectionAsync_KestrelEndedHttp2Connection_SocketLingersUntilClientCloses(bool atShutdown)
     {
-        // Kestrel writes GOAWAY and finishes the idle connection by itself, without an abort: at its keep-alive
-        // timeout or after a protocol error (neither the tracker nor the lifetime feature sees anything), or when the
-        // server stops (RequestClose, not the tracker's). A client that just picked the connection races that GOAWAY.
+        // Kestrel writes a graceful GOAWAY and finishes the idle connection by itself, without an abort: at its
+        // keep-alive timeout (neither the tracker nor the lifetime feature sees anything), or when the server stops
+        // (RequestClose, not the tracker's). A client that just picked the connection races that GOAWAY.
         using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromMinutes(5)));
         var connection = harness.Open();
 
@@ -343,7 +343,7 @@ public sealed class ServerConnectionAgeMiddlewareTests
     }
 
     [Theory]
-    [InlineData(false)] // Kestrel's keep-alive timeout or a protocol error: no RequestClose
+    [InlineData(false)] // Kestrel's keep-alive timeout: no RequestClose
     [InlineData(true)] // the server stops: Kestrel's RequestClose first
     public async Task OnConnectionAsync_ClientNeverClosesAfterKestrelEndedTheConnection_SocketClosesAfterMaxLinger(bool atShutdown)
     {
