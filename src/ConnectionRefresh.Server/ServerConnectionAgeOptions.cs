@@ -23,8 +23,8 @@ public sealed class ServerConnectionAgeOptions
     /// <remarks>
     /// With <c>services.AddServerConnectionAge(...)</c> registered, a connection that reaches its age before its
     /// first call (a client's pre-connected spare socket) is closed when that first call starts, while the call runs:
-    /// Kestrel closes a connection that has not begun HTTP/2 without a GOAWAY, and a client starting to use it at
-    /// that moment would fail its call.
+    /// Kestrel closes a connection that has not begun HTTP/2 with a GOAWAY in place of its SETTINGS, and a client
+    /// starting to use it at that moment would fail its handshake and the call.
     /// </remarks>
     public TimeSpan MaxConnectionAge { get; set; } = ServerConnectionAgeDefaults.MaxConnectionAge;
 

@@ -151,9 +151,9 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
     /// </summary>
     /// <returns>
     /// Whether this package did not abort the connection (its grace did not end): then, on HTTP/2, the socket may
-    /// linger (see <see cref="ServerConnectionAgeMiddleware"/>), whoever closed the connection; the tracker need not
-    /// have seen the close (Kestrel's keep-alive timeout and protocol errors do not go through
-    /// <see cref="IConnectionLifetimeNotificationFeature"/>). Decided in the same step that ends the connection, so
+    /// linger (see <see cref="ServerConnectionAgeMiddleware"/>), whoever closed the connection, unless Kestrel's
+    /// GOAWAY carried an error code; the tracker need not have seen the close (Kestrel's keep-alive timeout and
+    /// protocol errors do not go through <see cref="IConnectionLifetimeNotificationFeature"/>). Decided in the same step that ends the connection, so
     /// that no grace timer can abort it afterwards.
     /// </returns>
     public bool Ended()
@@ -183,8 +183,10 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
         lock (_gate)
         {
             // A connection that never carried a call (a client's pre-connected spare socket, or one still in its
-            // HTTP/2 handshake) is not closed yet: Kestrel would close it without a GOAWAY, and a client that starts
-            // using it at that moment fails its call. It is closed when its first call starts instead.
+            // HTTP/2 handshake) is not closed yet: before it has read the client's preface, Kestrel closes with a
+            // GOAWAY in place of its SETTINGS (the server's side of the handshake), so a client that starts using the
+            // connection at that moment fails its handshake and the call. It is closed when its first call starts
+            // instead.
             if (_settings.CallsCounted && !_hadCall)
             {
                 _agedBeforeFirstCall = true;

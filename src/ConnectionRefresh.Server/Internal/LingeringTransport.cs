@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.IO.Pipelines;
 using System.Runtime.CompilerServices;
 
@@ -18,8 +19,13 @@ namespace ConnectionRefresh.Server.Internal;
 /// middleware, so a linger delays the host's StopAsync by at most <c>maxLinger</c>, and the abort at the end of the
 /// host's shutdown timeout ends it at once. A lingering connection still counts against Kestrel's
 /// <c>MaxConcurrentConnections</c>, for at most <c>maxLinger</c>.
-/// Thread safety: Kestrel calls the reader and writer from its own loops, as with any transport; the completion and
-/// data flags are written by Kestrel's calls before the connection delegate returns and read after it.
+/// A GOAWAY with an error code is the exception: after it RFC 9113 requires closing the connection, so the transport
+/// follows the HTTP/2 frames Kestrel writes (<see cref="Http2GoAwayScanner"/>) when it sees them in clear, that is,
+/// when the client's first bytes are the HTTP/2 preface. It cannot when this middleware runs outside Kestrel's TLS
+/// middleware (the order endpoint defaults give): it sees only TLS records there, so it cannot tell an error GOAWAY
+/// from a graceful one.
+/// Thread safety: Kestrel calls the reader and writer from its own loops, as with any transport; the completion, data
+/// and GOAWAY flags are written by Kestrel's calls before the connection delegate returns and read after it.
 /// </remarks>
 internal sealed class LingeringTransport : IDuplexPipe
 {
@@ -30,8 +36,8 @@ internal sealed class LingeringTransport : IDuplexPipe
     public LingeringTransport(IDuplexPipe inner)
     {
         _inner = inner;
-        _input = new HeldReader(inner.Input);
         _output = new HeldWriter(inner.Output);
+        _input = new HeldReader(inner.Input, _output);
     }
 
     /// <summary>The transport this one wraps.</summary>
@@ -42,6 +48,12 @@ internal sealed class LingeringTransport : IDuplexPipe
     /// no request in flight, so it gets no linger: see <see cref="ServerConnectionAgeMiddleware"/>.
     /// </summary>
     public bool ClientSentData => _input.ReceivedData;
+
+    /// <summary>
+    /// Whether Kestrel wrote a GOAWAY with an error code (a connection error: RFC 9113 requires closing the connection
+    /// after it). Only known for a connection whose HTTP/2 frames this transport sees in clear; otherwise false.
+    /// </summary>
+    public bool SentErrorGoAway => _output.SentErrorGoAway;
 
     public PipeReader Input => _input;
 
@@ -94,8 +106,11 @@ internal sealed class LingeringTransport : IDuplexPipe
         return expired;
     }
 
-    /// <summary>A reader whose completion is held until <see cref="ReleaseAsync"/>, and which notes the first data read.</summary>
-    private sealed class HeldReader(PipeReader inner) : PipeReader
+    /// <summary>
+    /// A reader whose completion is held until <see cref="ReleaseAsync"/>, and which notes the first data read: when
+    /// that is the HTTP/2 client preface, <paramref name="output"/> follows the frames the server writes.
+    /// </summary>
+    private sealed class HeldReader(PipeReader inner, HeldWriter output) : PipeReader
     {
         private bool _completed;
         private Exception? _error;
@@ -119,7 +134,11 @@ internal sealed class LingeringTransport : IDuplexPipe
         public override bool TryRead(out ReadResult result)
         {
             var read = inner.TryRead(out result);
-            _receivedData |= read && !result.Buffer.IsEmpty;
+            if (read && !_receivedData)
+            {
+                OnRead(result.Buffer);
+            }
+
             return read;
         }
 
@@ -127,8 +146,36 @@ internal sealed class LingeringTransport : IDuplexPipe
         private async ValueTask<ReadResult> ReadUntilDataAsync(CancellationToken cancellationToken)
         {
             var result = await inner.ReadAsync(cancellationToken).ConfigureAwait(false);
-            _receivedData |= !result.Buffer.IsEmpty;
+            OnRead(result.Buffer);
             return result;
+        }
+
+        // Kestrel writes no HTTP/2 frame before it has read the client's preface, so the writer sees all of them. The
+        // exception, a GOAWAY written before (a close decided before the client spoke), ends the connection's output:
+        // nothing follows that the scan could misread.
+        private void OnRead(in ReadOnlySequence<byte> buffer)
+        {
+            if (buffer.IsEmpty)
+            {
+                return;
+            }
+
+            _receivedData = true;
+            if (StartsAsHttp2Preface(buffer))
+            {
+                output.ScanFrames();
+            }
+        }
+
+        // The first bytes, however few arrived, are the start of "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n": HTTP/2 in clear, not
+        // a TLS handshake or HTTP/1.x.
+        private static bool StartsAsHttp2Preface(in ReadOnlySequence<byte> buffer)
+        {
+            var preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"u8;
+            Span<byte> start = stackalloc byte[preface.Length];
+            var length = (int)Math.Min(buffer.Length, preface.Length);
+            buffer.Slice(0, length).CopyTo(start);
+            return start[..length].SequenceEqual(preface[..length]);
         }
 
         public override void Complete(Exception? exception = null)
@@ -140,30 +187,61 @@ internal sealed class LingeringTransport : IDuplexPipe
         public ValueTask ReleaseAsync() => inner.CompleteAsync(_completed ? _error : null);
     }
 
-    /// <summary>A writer whose completion is held until <see cref="ReleaseAsync"/>.</summary>
+    /// <summary>
+    /// A writer whose completion is held until <see cref="ReleaseAsync"/>, and which, once told to, follows the HTTP/2
+    /// frames written through it. Without that, every call passes straight through.
+    /// </summary>
     private sealed class HeldWriter(PipeWriter inner) : PipeWriter
     {
         private bool _completed;
         private Exception? _error;
+        private bool _scanning;
+        private Http2GoAwayScanner _scanner;
+
+        // While scanning: the buffer handed out by the last GetMemory/GetSpan, whose first bytes Advance commits.
+        private Memory<byte> _buffer;
 
         public bool Failed => _error is not null;
+
+        public bool SentErrorGoAway => _scanner.SawErrorGoAway;
+
+        public void ScanFrames() => _scanning = true;
 
         public override bool CanGetUnflushedBytes => inner.CanGetUnflushedBytes;
 
         public override long UnflushedBytes => inner.UnflushedBytes;
 
-        public override void Advance(int bytes) => inner.Advance(bytes);
+        public override void Advance(int bytes)
+        {
+            if (_scanning && bytes <= _buffer.Length)
+            {
+                _scanner.Scan(_buffer.Span[..bytes]);
+                _buffer = default;
+            }
+
+            inner.Advance(bytes);
+        }
 
         public override void CancelPendingFlush() => inner.CancelPendingFlush();
 
         public override ValueTask<FlushResult> FlushAsync(CancellationToken cancellationToken = default) => inner.FlushAsync(cancellationToken);
 
-        public override Memory<byte> GetMemory(int sizeHint = 0) => inner.GetMemory(sizeHint);
+        public override Memory<byte> GetMemory(int sizeHint = 0) =>
+            _scanning ? (_buffer = inner.GetMemory(sizeHint)) : inner.GetMemory(sizeHint);
 
-        public override Span<byte> GetSpan(int sizeHint = 0) => inner.GetSpan(sizeHint);
+        // A span cannot be kept for Advance: while scanning, the memory behind it is.
+        public override Span<byte> GetSpan(int sizeHint = 0) =>
+            _scanning ? (_buffer = inner.GetMemory(sizeHint)).Span : inner.GetSpan(sizeHint);
 
-        public override ValueTask<FlushResult> WriteAsync(ReadOnlyMemory<byte> source, CancellationToken cancellationToken = default) =>
-            inner.WriteAsync(source, cancellationToken);
+        public override ValueTask<FlushResult> WriteAsync(ReadOnlyMemory<byte> source, CancellationToken cancellationToken = default)
+        {
+            if (_scanning)
+            {
+                _scanner.Scan(source.Span);
+            }
+
+            return inner.WriteAsync(source, cancellationToken);
+        }
 
         public override void Complete(Exception? exception = null)
         {

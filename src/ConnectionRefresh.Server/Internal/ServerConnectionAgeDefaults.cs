@@ -12,9 +12,9 @@ internal static class ServerConnectionAgeDefaults
     public static readonly TimeSpan MaxConnectionIdle = Timeout.InfiniteTimeSpan;
 
     /// <summary>
-    /// Longest time an HTTP/2 connection that Kestrel ended without an abort (closed by this package, by the server
-    /// stopping, by Kestrel's keep-alive timeout or after a protocol error) stays open after Kestrel finished with it,
-    /// waiting for the client to close its side (see <see cref="LingeringTransport"/>). Clients close within
+    /// Longest time an HTTP/2 connection that Kestrel ended gracefully, without an abort (closed by this package, by
+    /// the server stopping or by Kestrel's keep-alive timeout; not after a protocol error) stays open after Kestrel
+    /// finished with it, waiting for the client to close its side (see <see cref="LingeringTransport"/>). Clients close within
     /// milliseconds of reading the GOAWAY; the bound is for clients that never do, and it is also the most a linger
     /// adds to the host's StopAsync.
     /// </summary>

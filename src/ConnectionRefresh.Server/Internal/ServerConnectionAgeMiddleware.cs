@@ -9,7 +9,8 @@ namespace ConnectionRefresh.Server.Internal;
 /// connection's requests as <see cref="IConnectionClosingFeature"/>, and stops it when the connection ends. When
 /// Kestrel has finished an HTTP/2 connection that was not aborted and whose client has not closed its side, the socket
 /// lingers until the client has (see <see cref="LingeringTransport"/>), whoever decided to close it: the tracker (age,
-/// idleness), Kestrel at server shutdown, Kestrel's own keep-alive timeout, or a protocol error.
+/// idleness), Kestrel at server shutdown, or Kestrel's own keep-alive timeout. After a GOAWAY with an error code (a
+/// protocol error) it closes at once, as RFC 9113 requires.
 /// </summary>
 /// <remarks>
 /// Thread safety: shared by all connections of an endpoint; it holds only immutable settings and thread-safe
@@ -73,6 +74,10 @@ internal sealed class ServerConnectionAgeMiddleware
             // timeout (KeepAliveTimeout, 130 s without a stream) or a protocol error (a GOAWAY with an error code).
             // In each case a client may have picked the connection for a new call just before, and lose it if the
             // socket closes before it read the GOAWAY: so the socket lingers, unless
+            // - Kestrel's GOAWAY carried an error code: after a connection error RFC 9113 (section 5.4.1) requires
+            //   closing the TCP connection, and a client that broke the protocol has nothing to retry. Known only where
+            //   the transport sees HTTP/2 in clear (not under TLS when this middleware runs outside it): otherwise the
+            //   rule is the same as for a graceful close;
             // - this package aborted the connection (its grace ended; Ended() ends the connection in the same step, so
             //   no abort starts after this decision), or the transport reports it closed: aborted by Kestrel, or the
             //   client is gone. An abort that is not reported yet ends the linger at once anyway: its input ends;
@@ -89,7 +94,8 @@ internal sealed class ServerConnectionAgeMiddleware
             var linger = notAbortedByUs
                 && !connection.ConnectionClosed.IsCancellationRequested
                 && ConnectionProtocol.IsHttp2(connection.Features, _settings.EndpointProtocols)
-                && transport.ClientSentData;
+                && transport.ClientSentData
+                && !transport.SentErrorGoAway;
             var closing = transport.CloseAsync(linger, ServerConnectionAgeDefaults.MaxGoAwayLinger, _time);
             tracker.RecordAge();
             if (await closing.ConfigureAwait(false))

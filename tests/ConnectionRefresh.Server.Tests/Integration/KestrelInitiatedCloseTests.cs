@@ -1,5 +1,6 @@
 using System.Diagnostics;
-using System.Net.Sockets;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
 using ConnectionRefresh.Protos;
 using ConnectionRefresh.Server.Internal;
 using ConnectionRefresh.Server.Tests.TestSupport;
@@ -11,8 +12,9 @@ namespace ConnectionRefresh.Server.Tests.Integration;
 /// <summary>
 /// Kestrel ends HTTP/2 connections by itself, without <c>RequestClose</c> and without an abort: at its keep-alive
 /// timeout (<c>KestrelServerLimits.KeepAliveTimeout</c>: GOAWAY NO_ERROR, then it finishes) and after a protocol error
-/// (GOAWAY with the error code, then it finishes). Neither goes through the connection age, yet a client that just
-/// picked the connection races that GOAWAY the same way. Real Kestrel on loopback, real clocks.
+/// (GOAWAY with the error code, then it finishes). Neither goes through the connection age. A client that just picked
+/// the connection races the keep-alive GOAWAY, so that socket lingers; after an error GOAWAY it must close at once
+/// (RFC 9113). Real Kestrel on loopback, real clocks.
 /// </summary>
 public sealed class KestrelInitiatedCloseTests
 {
@@ -78,8 +80,11 @@ public sealed class KestrelInitiatedCloseTests
         Assert.False((await Poll.WithTimeout(connection, "the connection middleware to return")).ClientEndReadBeforeReturn);
     }
 
-    [Fact]
-    public async Task ProtocolError_KestrelSendsGoAwayWithTheError_SocketStaysOpenUntilTheClientClosedItsSide()
+    [Theory]
+    [InlineData("ping-on-stream-2")] // PINGs belong on stream 0, and even stream ids are the server's: PROTOCOL_ERROR
+    [InlineData("data-on-idle-stream")] // DATA on stream 1, which no HEADERS opened: PROTOCOL_ERROR
+    [InlineData("oversized-frame")] // a frame longer than SETTINGS_MAX_FRAME_SIZE (16 384 by default): FRAME_SIZE_ERROR
+    public async Task ProtocolError_KestrelSendsGoAwayWithTheError_SocketClosesWithoutWaitingForTheClient(string violation)
     {
         var probe = new ConnectionEndProbe();
         var kestrelDone = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -87,16 +92,85 @@ public sealed class KestrelInitiatedCloseTests
         using var client = await RawHttp2Client.ConnectAsync(host.Address);
         var connection = Assert.Single(probe.Connections);
 
-        // A PING on stream 2 (PINGs belong on stream 0; even stream ids are the server's): a connection error.
-        await client.Stream.WriteAsync((byte[])[0, 0, 8, RawHttp2Client.PingFrame, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0]);
+        var (frame, errorCode) = ProtocolViolation(violation);
+        await client.Stream.WriteAsync(frame);
         var goAway = await client.ReadUntilAsync(RawHttp2Client.GoAwayFrame);
-        Assert.Equal(1, goAway.Payload[7]); // PROTOCOL_ERROR
+        Assert.Equal(errorCode, goAway.Payload[7]);
         await Poll.WithTimeout(kestrelDone.Task, "Kestrel to finish the connection after its GOAWAY");
+        var kestrelFinished = Stopwatch.GetTimestamp();
 
-        // Kestrel is done, the socket still open: the client closes its side now, and the server reads that end.
-        client.Tcp.Client.Shutdown(SocketShutdown.Send);
+        // RFC 9113 (section 5.4.1): after a GOAWAY for a connection error the endpoint MUST close the TCP connection.
+        // The client never closes its side here, so the socket ends only by the server's close: at once, not at the
+        // linger's bound (5 s) that a graceful GOAWAY gets.
         Assert.Empty(await client.ReadFrameTypesToEndAsync());
-        var result = await Poll.WithTimeout(connection, "the connection middleware to return");
-        Assert.True(result.ClientEndReadBeforeReturn, "the server should keep the socket open until the client closed its side");
+        var closedAfter = Stopwatch.GetElapsedTime(kestrelFinished);
+        Assert.True(
+            closedAfter < ServerConnectionAgeDefaults.MaxGoAwayLinger - TimeSpan.FromSeconds(1),
+            $"the socket closed {closedAfter} after Kestrel finished");
+        Assert.False((await Poll.WithTimeout(connection, "the connection middleware to return")).ClientEndReadBeforeReturn);
     }
+
+    [Fact]
+    public async Task ProtocolErrorOverTls_ConnectionAgeInsideTls_SocketClosesWithoutWaitingForTheClient()
+    {
+        // listen.UseHttps(...) then listen.UseServerConnectionAge(): the package's transport carries the decrypted
+        // HTTP/2 frames, so it sees the error GOAWAY as without TLS. (In the other order, as with endpoint defaults, it
+        // sees only TLS records.)
+        var probe = new ConnectionEndProbe();
+        var kestrelDone = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var certificate = SelfSignedCertificate();
+        await using var host = await GreeterTestHost.StartAsync(
+            _ => { },
+            useConnectionAge: listen =>
+            {
+                listen.Use(probe.Middleware);
+                listen.UseHttps(certificate);
+                listen.UseServerConnectionAge();
+                listen.Use(next => async connection =>
+                {
+                    try
+                    {
+                        await next(connection);
+                    }
+                    finally
+                    {
+                        kestrelDone.TrySetResult();
+                    }
+                });
+            });
+        using var client = await RawHttp2Client.ConnectAsync(host.Address, certificate);
+
+        var (frame, errorCode) = ProtocolViolation("ping-on-stream-2");
+        await client.Stream.WriteAsync(frame);
+        var goAway = await client.ReadUntilAsync(RawHttp2Client.GoAwayFrame);
+        Assert.Equal(errorCode, goAway.Payload[7]);
+        await Poll.WithTimeout(kestrelDone.Task, "Kestrel to finish the connection after its GOAWAY");
+        var kestrelFinished = Stopwatch.GetTimestamp();
+
+        // Measured where the socket is held, at the outermost connection middleware (the client's TLS stream may end
+        // before its socket does): the client never closes its side, yet the socket is not held.
+        var result = await Poll.WithTimeout(Assert.Single(probe.Connections), "the connection middleware to return");
+        var heldFor = Stopwatch.GetElapsedTime(kestrelFinished, result.ReturnedAt);
+        Assert.False(result.ClientEndReadBeforeReturn);
+        Assert.True(heldFor < ServerConnectionAgeDefaults.MaxGoAwayLinger - TimeSpan.FromSeconds(1), $"the socket was held {heldFor} after Kestrel finished");
+    }
+
+    private static X509Certificate2 SelfSignedCertificate()
+    {
+        using var key = RSA.Create(2048);
+        var request = new CertificateRequest("CN=localhost", key, HashAlgorithmName.SHA256, RSASignaturePadding.Pkcs1);
+        using var ephemeral = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(1));
+        return X509CertificateLoader.LoadPkcs12(ephemeral.Export(X509ContentType.Pfx), null);
+    }
+
+    // A frame that Kestrel answers with a connection error, and the error code of its GOAWAY.
+    private static (byte[] Frame, byte ErrorCode) ProtocolViolation(string violation) => violation switch
+    {
+        "ping-on-stream-2" => ([0, 0, 8, RawHttp2Client.PingFrame, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0], 0x1),
+        "data-on-idle-stream" => ([0, 0, 1, 0x0, 0, 0, 0, 0, 1, 42], 0x1),
+
+        // Only the header: Kestrel rejects the length before the payload arrives.
+        "oversized-frame" => ([0x00, 0x40, 0x01, 0x0, 0, 0, 0, 0, 1], 0x6),
+        _ => throw new ArgumentOutOfRangeException(nameof(violation), violation, null),
+    };
 }

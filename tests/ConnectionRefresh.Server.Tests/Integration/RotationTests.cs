@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using System.Net.Sockets;
 using ConnectionRefresh.Protos;
 using ConnectionRefresh.Server.Internal;
 using ConnectionRefresh.Server.Tests.TestSupport;
@@ -89,6 +90,48 @@ public sealed class RotationTests
         Assert.True(host.CloseCount >= Rotations, $"expected ≥ {Rotations} graceful closes, saw {host.CloseCount}");
         Assert.True(host.ConnectionsAccepted >= Rotations + 1, $"expected ≥ {Rotations + 1} connections, saw {host.ConnectionsAccepted}");
         Assert.Equal(0, host.AbortCount);
+    }
+
+    [Fact]
+    public async Task MaxConnectionAge_ClientNeverSentAByte_KestrelSendsAGoAwayInsteadOfItsSettings()
+    {
+        // Pins Kestrel's behaviour that ConnectionAgeTracker relies on: a connection closed before the client's
+        // preface (a pre-connected spare socket) gets a GOAWAY (NO_ERROR, last stream 0) as the server's only frame,
+        // before and instead of the SETTINGS that must open the server's side of HTTP/2. A client that starts using
+        // the socket at that moment fails its handshake, hence the wait for the first call when calls are counted.
+        var clock = NewClock();
+        await using var host = await GreeterTestHost.StartAsync(
+            o =>
+            {
+                o.MaxConnectionAge = TimeSpan.FromMinutes(1);
+                o.MaxConnectionAgeJitter = 0;
+            },
+            clock,
+            registerServices: false);
+        using var socket = new Socket(SocketType.Stream, ProtocolType.Tcp);
+        await socket.ConnectAsync(host.Address.Host, host.Address.Port);
+
+        // Calls are not counted here, so the age closes the connection before any call. The middleware may not have
+        // started its timer yet when the clock first moves: move it until the server writes.
+        await Poll.UntilAsync(
+            () =>
+            {
+                clock.Advance(TimeSpan.FromMinutes(1));
+                return socket.Available > 0;
+            },
+            "the server to write after the connection's age");
+
+        var received = new List<byte>();
+        var buffer = new byte[256];
+        using var endOfStream = new CancellationTokenSource(Poll.DefaultTimeout);
+        int read;
+        while ((read = await socket.ReceiveAsync(buffer, SocketFlags.None, endOfStream.Token)) > 0)
+        {
+            received.AddRange(buffer.AsSpan(0, read));
+        }
+
+        Assert.Equal([0, 0, 8, 0x7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], received);
+        Assert.Equal(1, host.CloseCount);
     }
 
     [Fact]

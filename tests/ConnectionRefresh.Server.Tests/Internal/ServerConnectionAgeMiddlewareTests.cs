@@ -322,13 +322,13 @@ public sealed class ServerConnectionAgeMiddlewareTests
     }
 
     [Theory]
-    [InlineData(false)] // Kestrel's keep-alive timeout or a protocol error: no RequestClose
+    [InlineData(false)] // Kestrel's keep-alive timeout: no RequestClose
     [InlineData(true)] // the server stops: Kestrel's RequestClose first
     public async Task OnConnectionAsync_KestrelEndedHttp2Connection_SocketLingersUntilClientCloses(bool atShutdown)
     {
-        // Kestrel writes GOAWAY and finishes the idle connection by itself, without an abort: at its keep-alive
-        // timeout or after a protocol error (neither the tracker nor the lifetime feature sees anything), or when the
-        // server stops (RequestClose, not the tracker's). A client that just picked the connection races that GOAWAY.
+        // Kestrel writes a graceful GOAWAY and finishes the idle connection by itself, without an abort: at its
+        // keep-alive timeout (neither the tracker nor the lifetime feature sees anything), or when the server stops
+        // (RequestClose, not the tracker's). A client that just picked the connection races that GOAWAY.
         using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromMinutes(5)));
         var connection = harness.Open();
 
@@ -343,7 +343,7 @@ public sealed class ServerConnectionAgeMiddlewareTests
     }
 
     [Theory]
-    [InlineData(false)] // Kestrel's keep-alive timeout or a protocol error: no RequestClose
+    [InlineData(false)] // Kestrel's keep-alive timeout: no RequestClose
     [InlineData(true)] // the server stops: Kestrel's RequestClose first
     public async Task OnConnectionAsync_ClientNeverClosesAfterKestrelEndedTheConnection_SocketClosesAfterMaxLinger(bool atShutdown)
     {
@@ -360,6 +360,43 @@ public sealed class ServerConnectionAgeMiddlewareTests
         await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
         Assert.True(connection.SocketClosed);
         Assert.Contains(harness.Logger.Collector.GetSnapshot(), r => r.Id.Id == 7 && r.Level == LogLevel.Debug);
+    }
+
+    [Theory]
+    [InlineData(0x1, 0)] // PROTOCOL_ERROR, each write whole
+    [InlineData(0x6, 0)] // FRAME_SIZE_ERROR
+    [InlineData(0x9, 0)] // COMPRESSION_ERROR
+    [InlineData(0xb, 0)] // ENHANCE_YOUR_CALM
+    [InlineData(0x1, 1)] // written byte by byte: frame headers and the error code split across writes
+    [InlineData(0x1, 5)]
+    public async Task OnConnectionAsync_KestrelEndedWithAnErrorGoAway_SocketClosesWithoutLinger(int errorCode, int chunk)
+    {
+        // RFC 9113: after a GOAWAY for an error condition the endpoint MUST close the TCP connection. Kestrel writes
+        // that GOAWAY (after a protocol error) and finishes without an abort, as for a graceful close.
+        using var harness = new MiddlewareHarness(Options());
+        var connection = harness.Open();
+
+        await KestrelWritesAsync(connection, chunk, ServerSettings, DataFrameLookingLikeGoAway(0x1), GoAway(errorCode));
+        MiddlewareHarness.EndServerSide(connection);
+
+        await AssertClosesWithoutLingerAsync(harness, connection);
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(1)]
+    [InlineData(7)]
+    public async Task OnConnectionAsync_KestrelEndedWithANoErrorGoAway_SocketLingersUntilClientCloses(int chunk)
+    {
+        // A graceful GOAWAY (keep-alive timeout, shutdown, age) keeps the linger, even after a DATA frame whose payload
+        // looks like an error GOAWAY: only frame headers count.
+        using var harness = new MiddlewareHarness(Options());
+        var connection = harness.Open();
+
+        await KestrelWritesAsync(connection, chunk, ServerSettings, DataFrameLookingLikeGoAway(0x1), GoAway(0x0));
+        MiddlewareHarness.EndServerSide(connection);
+
+        await AssertLingersUntilClientClosesAsync(harness, connection);
     }
 
     [Fact]
@@ -629,6 +666,44 @@ public sealed class ServerConnectionAgeMiddlewareTests
     }
 
     // Kestrel finishes the connection by itself; at shutdown after its RequestClose (which the tracker does not start).
+    // Kestrel's first frame: an empty SETTINGS.
+    private static readonly byte[] ServerSettings = [0, 0, 0, 0x4, 0, 0, 0, 0, 0];
+
+    // A GOAWAY as Kestrel writes it: last stream id 0, the error code, no debug data.
+    private static byte[] GoAway(int errorCode) => [0, 0, 8, 0x7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, (byte)errorCode];
+
+    // A DATA frame on stream 1 whose payload is the bytes of an error GOAWAY.
+    private static byte[] DataFrameLookingLikeGoAway(int errorCode) => [0, 0, 17, 0x0, 0, 0, 0, 0, 1, .. GoAway(errorCode)];
+
+    // "Kestrel" writes frames to the transport as it does (GetSpan/GetMemory then Advance, or WriteAsync), each frame in
+    // one piece (chunk 0) or in pieces of chunk bytes; then flushes.
+    private static async Task KestrelWritesAsync(FakeConnection connection, int chunk, params byte[][] frames)
+    {
+        var output = connection.Transport.Output;
+        var bytes = frames.SelectMany(f => f).ToArray();
+        var size = chunk == 0 ? bytes.Length : chunk;
+        for (var (offset, i) = (0, 0); offset < bytes.Length; offset += size, i++)
+        {
+            var piece = bytes.AsMemory(offset, Math.Min(size, bytes.Length - offset));
+            switch (i % 3)
+            {
+                case 0:
+                    piece.Span.CopyTo(output.GetSpan(piece.Length));
+                    output.Advance(piece.Length);
+                    break;
+                case 1:
+                    piece.CopyTo(output.GetMemory(piece.Length));
+                    output.Advance(piece.Length);
+                    break;
+                default:
+                    await output.WriteAsync(piece);
+                    break;
+            }
+        }
+
+        await output.FlushAsync();
+    }
+
     private static void KestrelEnds(FakeConnection connection, bool atShutdown)
     {
         if (atShutdown)

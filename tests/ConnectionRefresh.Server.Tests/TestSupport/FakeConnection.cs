@@ -41,8 +41,20 @@ internal sealed class FakeConnection : ConnectionContext, IConnectionLifetimeNot
     /// <summary>What the server sends: completed when the server closes the socket.</summary>
     public Pipe ServerToClient { get; } = new();
 
-    /// <summary>Whether the server side has closed the (fake) socket.</summary>
-    public bool SocketClosed => ServerToClient.Reader.TryRead(out var result) && result.IsCompleted;
+    /// <summary>Whether the server side has closed the (fake) socket. Leaves what the server wrote unread.</summary>
+    public bool SocketClosed
+    {
+        get
+        {
+            if (!ServerToClient.Reader.TryRead(out var result))
+            {
+                return false;
+            }
+
+            ServerToClient.Reader.AdvanceTo(result.Buffer.Start, result.Buffer.End);
+            return result.IsCompleted;
+        }
+    }
 
     public CancellationToken ConnectionClosedRequested
     {

@@ -1,4 +1,6 @@
+using System.Net.Security;
 using System.Net.Sockets;
+using System.Security.Cryptography.X509Certificates;
 
 namespace ConnectionRefresh.Server.Tests.TestSupport;
 
@@ -16,26 +18,45 @@ internal sealed class RawHttp2Client : IDisposable
     private static readonly byte[] ClientPreface =
         [.. "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"u8, 0, 0, 0, SettingsFrame, 0, 0, 0, 0, 0];
 
-    private RawHttp2Client(TcpClient tcp)
+    private RawHttp2Client(TcpClient tcp, Stream stream)
     {
         Tcp = tcp;
-        Stream = tcp.GetStream();
+        Stream = stream;
     }
 
     public TcpClient Tcp { get; }
 
-    /// <summary>The connection's stream (taken once: TcpClient refuses it after a half-close).</summary>
-    public NetworkStream Stream { get; }
+    /// <summary>
+    /// The connection's stream (taken once: TcpClient refuses it after a half-close): the socket's, or TLS over it.
+    /// </summary>
+    public Stream Stream { get; }
 
     /// <summary>A frame the server sent: its type, flags and payload.</summary>
     internal sealed record Frame(byte Type, byte Flags, byte[] Payload);
 
-    /// <summary>Opens a connection and sends the preface, once Kestrel serves it (its SETTINGS came).</summary>
-    public static async Task<RawHttp2Client> ConnectAsync(Uri address)
+    /// <summary>
+    /// Opens a connection and sends the preface, once Kestrel serves it (its SETTINGS came). With
+    /// <paramref name="serverCertificate"/>, over TLS with ALPN <c>h2</c>, trusting that certificate only.
+    /// </summary>
+    public static async Task<RawHttp2Client> ConnectAsync(Uri address, X509Certificate2? serverCertificate = null)
     {
         var tcp = new TcpClient();
         await tcp.ConnectAsync(address.Host, address.Port);
-        var client = new RawHttp2Client(tcp);
+        Stream stream = tcp.GetStream();
+        if (serverCertificate is not null)
+        {
+            var ssl = new SslStream(stream);
+            await ssl.AuthenticateAsClientAsync(new SslClientAuthenticationOptions
+            {
+                TargetHost = "localhost",
+                ApplicationProtocols = [SslApplicationProtocol.Http2],
+                RemoteCertificateValidationCallback = (_, certificate, _, _) =>
+                    certificate is not null && certificate.GetCertHashString() == serverCertificate.GetCertHashString(),
+            });
+            stream = ssl;
+        }
+
+        var client = new RawHttp2Client(tcp, stream);
         await client.Stream.WriteAsync(ClientPreface);
         var settings = await client.ReadFrameAsync() ?? throw new InvalidOperationException("the server closed before its SETTINGS");
         Assert.Equal(SettingsFrame, settings.Type);
