@@ -6,6 +6,7 @@ using ConnectionRefresh.Server.Internal;
 using ConnectionRefresh.Server.Tests.TestSupport;
 using Grpc.Net.Client;
 using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
 
 namespace ConnectionRefresh.Server.Tests.Integration;
 
@@ -153,6 +154,30 @@ public sealed class KestrelInitiatedCloseTests
         var heldFor = Stopwatch.GetElapsedTime(kestrelFinished, result.ReturnedAt);
         Assert.False(result.ClientEndReadBeforeReturn);
         Assert.True(heldFor < ServerConnectionAgeDefaults.MaxGoAwayLinger - TimeSpan.FromSeconds(1), $"the socket was held {heldFor} after Kestrel finished");
+    }
+
+    [Theory]
+    [InlineData(HttpProtocols.Http2)]
+    [InlineData(HttpProtocols.Http1AndHttp2)]
+    public async Task Shutdown_ConnectionAgeOutsideTls_ConnectionEndsCleanlyWithItsAgeRecorded(HttpProtocols protocols)
+    {
+        // listen.UseServerConnectionAge() then listen.UseHttps(...), the order endpoint defaults give: when the package
+        // decides on the linger, Kestrel's TLS middleware has returned and disposed its SslStream, and with it the answer
+        // of ALPN. Before, reading it threw there: no close through the package, no age recorded, an error for Kestrel.
+        using var certificate = SelfSignedCertificate();
+        await using var host = await GreeterTestHost.StartAsync(_ => { }, protocols: protocols, useConnectionAge: listen =>
+        {
+            listen.UseServerConnectionAge();
+            listen.UseHttps(certificate);
+        });
+        using var handler = new SocketsHttpHandler();
+        handler.SslOptions.RemoteCertificateValidationCallback = (_, presented, _, _) => presented?.GetCertHashString() == certificate.GetCertHashString();
+        using var channel = GrpcChannel.ForAddress(host.Address, new GrpcChannelOptions { HttpHandler = handler });
+        await new Greeter.GreeterClient(channel).SayHelloAsync(new HelloRequest { Name = "tls" });
+
+        await Poll.WithTimeout(host.StopAsync(), "the host to stop");
+
+        await Poll.UntilAsync(() => host.EndedCount == 1, "the connection's age to be recorded at its end");
     }
 
     private static X509Certificate2 SelfSignedCertificate()

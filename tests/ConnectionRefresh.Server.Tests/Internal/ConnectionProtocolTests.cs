@@ -35,11 +35,26 @@ public sealed class ConnectionProtocolTests
         Assert.Equal(expected, ConnectionProtocol.IsHttp2(features, HttpProtocols.Http2));
     }
 
-    private sealed class FakeTls(byte[] alpn) : ITlsConnectionFeature, ITlsApplicationProtocolFeature
+    [Theory]
+    [InlineData(HttpProtocols.Http2, true)]
+    [InlineData(HttpProtocols.Http1AndHttp2, false)]
+    public void IsHttp2_TlsStreamAlreadyDisposed_FallsBackToTheEndpointsProtocols(HttpProtocols endpoint, bool expected)
+    {
+        // Kestrel's TLS feature reads ALPN from its SslStream, which throws once Kestrel's TLS middleware disposed it.
+        var features = new FeatureCollection();
+        var tls = new FakeTls(null);
+        features.Set<ITlsConnectionFeature>(tls);
+        features.Set<ITlsApplicationProtocolFeature>(tls);
+
+        Assert.Equal(expected, ConnectionProtocol.IsHttp2(features, endpoint));
+    }
+
+    // A null ALPN stands for a disposed SslStream.
+    private sealed class FakeTls(byte[]? alpn) : ITlsConnectionFeature, ITlsApplicationProtocolFeature
     {
         public X509Certificate2? ClientCertificate { get; set; }
 
-        public ReadOnlyMemory<byte> ApplicationProtocol => alpn;
+        public ReadOnlyMemory<byte> ApplicationProtocol => alpn ?? throw new ObjectDisposedException("SslStream");
 
         public Task<X509Certificate2?> GetClientCertificateAsync(CancellationToken cancellationToken) => Task.FromResult(ClientCertificate);
     }
