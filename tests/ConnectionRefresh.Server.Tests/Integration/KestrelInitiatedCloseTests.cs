@@ -127,17 +127,7 @@ public sealed class KestrelInitiatedCloseTests
                 listen.Use(probe.Middleware);
                 listen.UseHttps(certificate);
                 listen.UseServerConnectionAge();
-                listen.Use(next => async connection =>
-                {
-                    try
-                    {
-                        await next(connection);
-                    }
-                    finally
-                    {
-                        kestrelDone.TrySetResult();
-                    }
-                });
+                listen.Use(ConnectionEndProbe.SignalsWhenKestrelIsDone(kestrelDone));
             });
         using var client = await RawHttp2Client.ConnectAsync(host.Address, certificate);
 

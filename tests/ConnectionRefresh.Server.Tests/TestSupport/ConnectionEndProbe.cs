@@ -43,18 +43,21 @@ internal sealed class ConnectionEndProbe
             {
                 listen.Use(Middleware);
                 listen.UseServerConnectionAge();
-                listen.Use(next => async connection =>
-                {
-                    try
-                    {
-                        await next(connection);
-                    }
-                    finally
-                    {
-                        kestrelDone?.TrySetResult();
-                    }
-                });
+                listen.Use(SignalsWhenKestrelIsDone(kestrelDone));
             });
+
+    /// <summary>A connection middleware, placed right around Kestrel's HTTP handling, that completes <paramref name="kestrelDone"/> when Kestrel is done with a connection.</summary>
+    public static Func<ConnectionDelegate, ConnectionDelegate> SignalsWhenKestrelIsDone(TaskCompletionSource? kestrelDone) => next => async connection =>
+    {
+        try
+        {
+            await next(connection);
+        }
+        finally
+        {
+            kestrelDone?.TrySetResult();
+        }
+    };
 
     public ConnectionDelegate Middleware(ConnectionDelegate next) => async connection =>
     {
