@@ -61,8 +61,8 @@ public static class ConnectionRefreshHttpClientBuilderExtensions
     /// <summary>
     /// Adds connection refresh with the settings of <paramref name="section"/>. A section that does not exist (a
     /// misspelled path) or is not an object (a value, <c>""</c> or a list), unknown keys and values that do not parse
-    /// or are out of range fail at start-up. A section
-    /// written as an empty object (<c>{}</c>) in the application's configuration gives the defaults.
+    /// or are out of range fail at start-up. A section written as an empty object (<c>{}</c>) in the application's
+    /// configuration gives the defaults.
     /// </summary>
     /// <param name="builder">The client's builder.</param>
     /// <param name="section">The configuration section, e.g. <c>configuration.GetSection("Clients:Greeter:ConnectionRefresh")</c>.</param>

@@ -153,8 +153,8 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
     /// Whether this package did not abort the connection (its grace did not end): then, on HTTP/2, the socket may
     /// linger (see <see cref="ServerConnectionAgeMiddleware"/>), whoever closed the connection, unless Kestrel's
     /// GOAWAY carried an error code; the tracker need not have seen the close (Kestrel's keep-alive timeout and
-    /// protocol errors do not go through <see cref="IConnectionLifetimeNotificationFeature"/>). Decided in the same step that ends the connection, so
-    /// that no grace timer can abort it afterwards.
+    /// protocol errors do not go through <see cref="IConnectionLifetimeNotificationFeature"/>). Decided in the same
+    /// step that ends the connection, so that no grace timer can abort it afterwards.
     /// </returns>
     public bool Ended()
     {

@@ -14,9 +14,9 @@ internal static class ServerConnectionAgeDefaults
     /// <summary>
     /// Longest time an HTTP/2 connection that Kestrel ended gracefully, without an abort (closed by this package, by
     /// the server stopping or by Kestrel's keep-alive timeout; not after a protocol error) stays open after Kestrel
-    /// finished with it, waiting for the client to close its side (see <see cref="LingeringTransport"/>). Clients close within
-    /// milliseconds of reading the GOAWAY; the bound is for clients that never do, and it is also the most a linger
-    /// adds to the host's StopAsync.
+    /// finished with it, waiting for the client to close its side (see <see cref="LingeringTransport"/>). Clients
+    /// close within milliseconds of reading the GOAWAY; the bound is for clients that never do, and it is also the
+    /// most a linger adds to the host's StopAsync.
     /// </summary>
     public static readonly TimeSpan MaxGoAwayLinger = TimeSpan.FromSeconds(5);
 
