@@ -90,6 +90,25 @@ public sealed class KubernetesResolverApiServerTests
     }
 
     [Fact]
+    public async Task DualStack_SlicePerFamily_OneAddressPerPod()
+    {
+        await using var api = await SimulatedKubernetesApi.StartAsync("t");
+        api.Apply("default", Slices.Family("greeter-v4", "greeter", "IPv4", 8080, ("10.0.0.1", "greeter-1"), ("10.0.0.2", "greeter-2")));
+        api.Apply("default", Slices.Family("greeter-v6", "greeter", "IPv6", 8080, ("fd00::1", "greeter-1"), ("fd00::2", "greeter-2")));
+        using var harness = new ResolverHarness(Client(api, "t"), options: FastRetry);
+        await Poll.UntilAsync(() => harness.LastAddresses is not null && api.ActiveWatches == 1, "resolved and watching");
+        Assert.Equal(["10.0.0.1:8080", "10.0.0.2:8080"], harness.LastAddresses!.Order());
+
+        // A new pod reaches the IPv6 slice first: it is used at once, by its IPv6 address, until the IPv4 slice lists it.
+        api.Apply("default", Slices.Family("greeter-v6", "greeter", "IPv6", 8080, ("fd00::1", "greeter-1"), ("fd00::2", "greeter-2"), ("fd00::3", "greeter-3")));
+        await Poll.UntilAsync(() => harness.LastAddresses?.Count == 3, "the new pod published");
+        Assert.Equal(["10.0.0.1:8080", "10.0.0.2:8080", "fd00::3:8080"], harness.LastAddresses!.Order()); // BalancerAddress prints no brackets.
+        api.Apply("default", Slices.Family("greeter-v4", "greeter", "IPv4", 8080, ("10.0.0.1", "greeter-1"), ("10.0.0.2", "greeter-2"), ("10.0.0.3", "greeter-3")));
+        await Poll.UntilAsync(() => harness.LastAddresses?.Contains("10.0.0.3:8080") == true, "the new pod moved to IPv4");
+        Assert.Equal(["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080"], harness.LastAddresses!.Order());
+    }
+
+    [Fact]
     public async Task Target_NamespaceInAuthority_WatchesThatNamespaceOnly()
     {
         await using var api = await SimulatedKubernetesApi.StartAsync("t");

@@ -3,23 +3,30 @@ using k8s.Models;
 namespace ConnectionRefresh.Kubernetes.Internal;
 
 /// <summary>
-/// Turns EndpointSlices into the de-duplicated, sorted union of usable <c>host:port</c> endpoints, with the target's port
+/// Turns EndpointSlices into a sorted list of usable <c>host:port</c> endpoints, one per pod, with the target's port
 /// resolved per slice (a port name can map to a different number in each slice). kube-proxy's rule across all slices of the
 /// Service: the ready endpoints; only when none is ready (and <c>includeTerminating</c>), the serving terminating ones, so a
 /// pod that shuts down gracefully gets no new calls while another pod can take them. Conditions are read as the API
-/// documents them: a missing <c>ready</c> or <c>serving</c> means true, a missing <c>terminating</c> false. Stateless.
+/// documents them: a missing <c>ready</c> or <c>serving</c> means true, a missing <c>terminating</c> false.
+/// <para>
+/// A dual-stack Service has one slice per address family, each listing every pod. Endpoints with the same
+/// <c>targetRef</c> (uid, else kind/namespace/name) are one pod, published once: by its IPv4 address when that one is
+/// usable, else by its IPv6 address, so a pod listed only in the IPv6 slice (the slices update independently) is still
+/// reached. Endpoints without a <c>targetRef</c> cannot be matched and are all published. Slices of addressType
+/// <c>FQDN</c> are ignored, as kube-proxy does (the API defines no semantics for them). Stateless.
+/// </para>
 /// </summary>
 internal sealed class EndpointSelector(KubernetesTarget target, bool includeTerminating)
 {
     /// <summary>Selects the endpoints of all <paramref name="slices"/>; <paramref name="skippedSlices"/> counts slices without a matching port.</summary>
     public IReadOnlyList<ResolvedEndpoint> Select(IEnumerable<V1EndpointSlice> slices, out int skippedSlices)
     {
-        var ready = new SortedSet<ResolvedEndpoint>();
-        var servingTerminating = new SortedSet<ResolvedEndpoint>();
+        var ready = new PodEndpoints();
+        var servingTerminating = new PodEndpoints();
         skippedSlices = 0;
         foreach (var slice in slices)
         {
-            if (slice.Endpoints is null || slice.Endpoints.Count == 0)
+            if (slice.Endpoints is null || slice.Endpoints.Count == 0 || slice.AddressType == "FQDN")
             {
                 continue;
             }
@@ -31,6 +38,8 @@ internal sealed class EndpointSelector(KubernetesTarget target, bool includeTerm
                 continue;
             }
 
+            // IPv4 first: a fixed preference, so a pod's address only changes while its IPv4 endpoint is not usable.
+            var rank = slice.AddressType == "IPv6" ? 1 : 0;
             foreach (var endpoint in slice.Endpoints)
             {
                 // Addresses are fungible (same pod); the API documents that consumers may use the first.
@@ -43,16 +52,16 @@ internal sealed class EndpointSelector(KubernetesTarget target, bool includeTerm
                 var conditions = endpoint.Conditions;
                 if (conditions?.Ready ?? true)
                 {
-                    ready.Add(new ResolvedEndpoint(address, port.Value));
+                    ready.Add(endpoint.TargetRef, rank, new ResolvedEndpoint(address, port.Value));
                 }
                 else if (includeTerminating && (conditions.Serving ?? true) && (conditions.Terminating ?? false))
                 {
-                    servingTerminating.Add(new ResolvedEndpoint(address, port.Value));
+                    servingTerminating.Add(endpoint.TargetRef, rank, new ResolvedEndpoint(address, port.Value));
                 }
             }
         }
 
-        return ready.Count > 0 ? [.. ready] : [.. servingTerminating];
+        return ready.Count > 0 ? ready.ToList() : servingTerminating.ToList();
     }
 
     private int? ResolvePort(V1EndpointSlice slice)
@@ -71,5 +80,37 @@ internal sealed class EndpointSelector(KubernetesTarget target, bool includeTerm
 
         // No port given: the service's only port.
         return ports.Count == 1 ? ports[0].Port : null;
+    }
+
+    /// <summary>The endpoints of one condition class: the best-ranked per pod, plus every endpoint that names no pod.</summary>
+    private sealed class PodEndpoints
+    {
+        private readonly Dictionary<string, (int Rank, ResolvedEndpoint Endpoint)> _byPod = new(StringComparer.Ordinal);
+        private readonly SortedSet<ResolvedEndpoint> _unmatched = [];
+
+        public int Count => _byPod.Count + _unmatched.Count;
+
+        public void Add(V1ObjectReference? targetRef, int rank, ResolvedEndpoint endpoint)
+        {
+            var pod = !string.IsNullOrEmpty(targetRef?.Uid) ? targetRef.Uid
+                : !string.IsNullOrEmpty(targetRef?.Name) ? $"{targetRef.Kind}/{targetRef.NamespaceProperty}/{targetRef.Name}"
+                : null;
+            if (pod is null)
+            {
+                _unmatched.Add(endpoint);
+            }
+            else if (!_byPod.TryGetValue(pod, out var current) || rank < current.Rank || (rank == current.Rank && endpoint.CompareTo(current.Endpoint) < 0))
+            {
+                // Ties (the same pod twice in one family while slices are rebalanced) go to the lowest, so the result is stable.
+                _byPod[pod] = (rank, endpoint);
+            }
+        }
+
+        public List<ResolvedEndpoint> ToList()
+        {
+            var all = new SortedSet<ResolvedEndpoint>(_unmatched);
+            all.UnionWith(_byPod.Values.Select(v => v.Endpoint));
+            return [.. all];
+        }
     }
 }

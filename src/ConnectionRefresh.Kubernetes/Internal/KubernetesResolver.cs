@@ -7,7 +7,7 @@ namespace ConnectionRefresh.Kubernetes.Internal;
 
 /// <summary>
 /// Resolves one <c>kubernetes:</c> target: LIST the Service's EndpointSlices, WATCH from the list's
-/// resourceVersion (with bookmarks), publish the union of ready endpoints on every change; relist on
+/// resourceVersion (with bookmarks), publish the ready endpoints (one per pod, see <see cref="EndpointSelector"/>) on every change; relist on
 /// <c>410 Gone</c>, every resync interval, and on a <see cref="Refresh"/> that finds no live watch (a live watch
 /// already delivers every change); keep the last known endpoints and reconnect with jittered exponential backoff while
 /// the API server is unreachable.

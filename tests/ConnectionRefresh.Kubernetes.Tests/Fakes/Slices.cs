@@ -26,4 +26,20 @@ internal static class Slices
 
     public static V1EndpointSlice Ready(string name, string service, IEnumerable<string> ips, int port, string portName = "grpc") =>
         Create(name, service, ips.Select(ip => (ip, true)), (portName, port));
+
+    /// <summary>
+    /// One address family's slice of a dual-stack Service: the controller writes one slice per family, each listing every
+    /// pod with the same <c>targetRef</c> (kind, namespace, name, uid).
+    /// </summary>
+    public static V1EndpointSlice Family(string name, string service, string addressType, int port, params (string Ip, string Pod)[] endpoints)
+    {
+        var slice = Ready(name, service, endpoints.Select(e => e.Ip), port);
+        slice.AddressType = addressType;
+        for (var i = 0; i < endpoints.Length; i++)
+        {
+            slice.Endpoints[i].TargetRef = new V1ObjectReference { Kind = "Pod", NamespaceProperty = "default", Name = endpoints[i].Pod, Uid = "uid-" + endpoints[i].Pod };
+        }
+
+        return slice;
+    }
 }

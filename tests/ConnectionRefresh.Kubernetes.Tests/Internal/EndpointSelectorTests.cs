@@ -85,15 +85,81 @@ public sealed class EndpointSelectorTests
         Assert.Equal([new ResolvedEndpoint("10.0.0.1", 5000)], endpoints);
     }
 
-    [Fact]
-    public void Select_DualStackSlices_PublishesBothFamilies()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Select_DualStackSlices_OneIPv4EndpointPerPod(bool withUid)
     {
-        var v6 = Slices.Ready("a-v6", "greeter", ["fd00::1"], 8080);
-        v6.AddressType = "IPv6";
+        var v4 = Slices.Family("a-v4", "greeter", "IPv4", 8080, ("10.0.0.1", "greeter-1"), ("10.0.0.2", "greeter-2"));
+        var v6 = Slices.Family("a-v6", "greeter", "IPv6", 8080, ("fd00::1", "greeter-1"), ("fd00::2", "greeter-2"));
+        if (!withUid)
+        {
+            // Without a uid the pod is matched by kind, namespace and name.
+            foreach (var endpoint in v4.Endpoints.Concat(v6.Endpoints))
+            {
+                endpoint.TargetRef.Uid = null;
+            }
+        }
 
-        var endpoints = new EndpointSelector(Named, false).Select([Slices.Ready("a-v4", "greeter", ["10.0.0.1"], 8080), v6], out _);
+        var endpoints = new EndpointSelector(Named, false).Select([v6, v4], out _);
+
+        Assert.Equal(["10.0.0.1:8080", "10.0.0.2:8080"], endpoints.Select(e => e.ToString()));
+    }
+
+    [Fact]
+    public void Select_PodMissingOrNotReadyInIPv4Slice_UsesItsIPv6Endpoint()
+    {
+        // The two slices are updated independently: a pod can be in the IPv6 slice before the IPv4 one (greeter-2),
+        // or ready in one and not yet in the other (greeter-3). It keeps a usable address either way.
+        var v4 = Slices.Family("a-v4", "greeter", "IPv4", 8080, ("10.0.0.1", "greeter-1"), ("10.0.0.3", "greeter-3"));
+        v4.Endpoints[1].Conditions.Ready = false;
+        var v6 = Slices.Family("a-v6", "greeter", "IPv6", 8080, ("fd00::1", "greeter-1"), ("fd00::2", "greeter-2"), ("fd00::3", "greeter-3"));
+
+        var endpoints = new EndpointSelector(Named, false).Select([v4, v6], out _);
+
+        Assert.Equal(["10.0.0.1:8080", "[fd00::2]:8080", "[fd00::3]:8080"], endpoints.Select(e => e.ToString()));
+    }
+
+    [Fact]
+    public void Select_DualStackAndNoEndpointReady_OneServingTerminatingEndpointPerPod()
+    {
+        var v4 = Slices.Family("a-v4", "greeter", "IPv4", 8080, ("10.0.0.1", "greeter-1"));
+        var v6 = Slices.Family("a-v6", "greeter", "IPv6", 8080, ("fd00::1", "greeter-1"), ("fd00::2", "greeter-2"));
+        foreach (var endpoint in v4.Endpoints.Concat(v6.Endpoints))
+        {
+            endpoint.Conditions = new V1EndpointConditions { Ready = false, Serving = true, Terminating = true };
+        }
+
+        var endpoints = new EndpointSelector(Named, includeTerminating: true).Select([v4, v6], out _);
+
+        Assert.Equal(["10.0.0.1:8080", "[fd00::2]:8080"], endpoints.Select(e => e.ToString()));
+    }
+
+    [Fact]
+    public void Select_DualStackWithoutTargetRef_PublishesEveryAddress()
+    {
+        // Nothing says which addresses belong to the same backend, so none is dropped.
+        var v4 = Slices.Family("a-v4", "greeter", "IPv4", 8080, ("10.0.0.1", "greeter-1"));
+        var v6 = Slices.Family("a-v6", "greeter", "IPv6", 8080, ("fd00::1", "greeter-1"));
+        v4.Endpoints[0].TargetRef = null;
+        v6.Endpoints[0].TargetRef = null;
+
+        var endpoints = new EndpointSelector(Named, false).Select([v4, v6], out _);
 
         Assert.Equal(["10.0.0.1:8080", "[fd00::1]:8080"], endpoints.Select(e => e.ToString()));
+    }
+
+    [Fact]
+    public void Select_FqdnSlice_Ignored()
+    {
+        // The API defines no semantics for FQDN slices; the EndpointSlice controller never writes them, kube-proxy skips them.
+        var fqdn = Slices.Ready("a-fqdn", "greeter", ["greeter-1.example.com"], 8080);
+        fqdn.AddressType = "FQDN";
+
+        var endpoints = new EndpointSelector(Named, false).Select([fqdn, Slices.Ready("a-v4", "greeter", ["10.0.0.1"], 8080)], out var skipped);
+
+        Assert.Equal([new ResolvedEndpoint("10.0.0.1", 8080)], endpoints);
+        Assert.Equal(0, skipped);
     }
 
     private static V1EndpointSlice WithConditions(params (string Ip, bool Ready, bool Serving, bool Terminating)[] endpoints)
