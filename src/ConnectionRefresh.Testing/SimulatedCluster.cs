@@ -75,7 +75,8 @@ public sealed class SimulatedCluster : IAsyncDisposable
     private bool _disposed;
     private Task? _disposal;
     // Completed (and replaced) under the lock whenever a pod's state or readiness changes, or the cluster is disposed: what
-    // a rolling update waits on while a new pod is not ready, instead of polling.
+    // a rolling update waits on while a new pod is not available (with a timer for the end of its minReadySeconds), instead
+    // of polling.
     private TaskCompletionSource _podsChanged = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     private SimulatedCluster(SimulatedClusterOptions options)
@@ -312,6 +313,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
                 pod.State = SimulatedPodState.Running;
                 pod.IsReady = true;
                 pod.AddedAt = Elapsed();
+                pod.ReadySince = pod.AddedAt;
                 AddEvent(ClusterEventKind.PodStarted, pod, $"{pod.Name} started");
                 SignalPodsChanged();
             }
@@ -536,6 +538,11 @@ public sealed class SimulatedCluster : IAsyncDisposable
             }
 
             pod.IsReady = ready;
+            if (ready)
+            {
+                pod.ReadySince = Elapsed();
+            }
+
             SignalPodsChanged();
             AddEvent(ClusterEventKind.PodReadinessChanged, pod, $"{pod.Name} {(ready ? "ready" : "not ready")}");
         }
@@ -564,10 +571,16 @@ public sealed class SimulatedCluster : IAsyncDisposable
 
     /// <summary>
     /// Rolling update (see <see cref="RollingUpdateAsync(CancellationToken)"/>) in which each new pod must have been ready
-    /// for <paramref name="stepInterval"/> before an old pod stops and the next new pod starts, like <c>minReadySeconds</c>:
-    /// the update spreads over time, and during each wait both the new and the old pod serve.
+    /// continuously for <paramref name="stepInterval"/> before an old pod stops and the next new pod starts, like
+    /// <c>minReadySeconds</c>: the update spreads over time, and during each wait both the new and the old pod serve.
     /// </summary>
-    /// <param name="stepInterval">How long each new pod is ready before its old pod stops, measured with <see cref="SimulatedClusterOptions.TimeProvider"/>; 0 or more.</param>
+    /// <remarks>
+    /// As in Kubernetes, where <c>minReadySeconds</c> counts from the last transition of the pod's Ready condition, the
+    /// interval counts from the new pod's last turn to ready: a pod made not ready and ready again
+    /// (<see cref="SetReadyAsync"/>) during the wait starts it over. This holds for every new pod, also those that
+    /// <see cref="ScaleAsync"/> and <see cref="AddPodAsync"/> add during the update.
+    /// </remarks>
+    /// <param name="stepInterval">How long each new pod is ready continuously before an old pod stops, measured with <see cref="SimulatedClusterOptions.TimeProvider"/>; 0 or more.</param>
     /// <param name="cancellationToken">Cancels the update.</param>
     /// <returns>A task that completes when every old pod has exited.</returns>
     /// <exception cref="InvalidOperationException">Another rolling update of this cluster is running.</exception>
@@ -599,15 +612,18 @@ public sealed class SimulatedCluster : IAsyncDisposable
             {
                 SimulatedPod? victim = null;
                 Task? starting = null;
+                TimeSpan? availableIn = null;
                 lock (_gate)
                 {
                     ObjectDisposedException.ThrowIf(_disposed, this);
                     var replicas = _rolloutReplicas.GetValueOrDefault();
                     var old = _pods.Where(p => p.Generation < generation && p.State is SimulatedPodState.Pending or SimulatedPodState.Running).ToList();
                     var fresh = _pods.Where(p => p.Generation >= generation && p.State is SimulatedPodState.Pending or SimulatedPodState.Running).ToList();
-                    // Available as in Kubernetes: running and ready. A black-holed pod stays ready until someone notices (its
-                    // node cannot report otherwise), so it counts as available too.
-                    var freshAvailable = fresh.Count(p => p.State == SimulatedPodState.Running && p.IsReady);
+                    // Available as in Kubernetes: running, and ready continuously for minReadySeconds (stepInterval), counted
+                    // from its last turn to ready. A black-holed pod stays ready until someone notices (its node cannot report
+                    // otherwise), so it counts as available too.
+                    var now = Elapsed();
+                    var freshAvailable = fresh.Count(p => p.State == SimulatedPodState.Running && p.IsReady && now - p.ReadySince >= stepInterval);
                     if (old.Count == 0 && fresh.Count >= replicas)
                     {
                         break;
@@ -633,10 +649,15 @@ public sealed class SimulatedCluster : IAsyncDisposable
                     }
                     else if (old.Count + fresh.Count > replicas)
                     {
-                        // A new pod runs but is not ready: it is not available, so no old pod may stop (maxUnavailable 0),
-                        // and it holds the surge, so no other pod may start (maxSurge 1). Wait until readiness or a pod's
-                        // state changes (SetReadyAsync, a stop, a kill, the disposal).
+                        // A new pod runs but is not available (not ready, or not ready for stepInterval yet): no old pod may
+                        // stop (maxUnavailable 0), and it holds the surge, so no other pod may start (maxSurge 1). Wait until
+                        // readiness or a pod's state changes (SetReadyAsync, a stop, a kill, the disposal), or until the first
+                        // of the ready ones has been ready for stepInterval; a turn to not ready and back starts its count over.
                         starting = _podsChanged.Task;
+                        availableIn = fresh
+                            .Where(p => p.State == SimulatedPodState.Running && p.IsReady && now - p.ReadySince < stepInterval)
+                            .Select(p => (TimeSpan?)(stepInterval - (now - p.ReadySince)))
+                            .Min();
                     }
                 }
 
@@ -649,7 +670,22 @@ public sealed class SimulatedCluster : IAsyncDisposable
                 if (starting is not null)
                 {
                     RolloutWaiting?.Invoke();
-                    await starting.WaitAsync(cancellationToken).ConfigureAwait(false);
+                    if (availableIn is { } wait)
+                    {
+                        try
+                        {
+                            await starting.WaitAsync(TimerDueTime(wait), _time, cancellationToken).ConfigureAwait(false);
+                        }
+                        catch (TimeoutException)
+                        {
+                            // A new pod has been ready for stepInterval (unless the wait was capped): the next step decides.
+                        }
+                    }
+                    else
+                    {
+                        await starting.WaitAsync(cancellationToken).ConfigureAwait(false);
+                    }
+
                     continue;
                 }
 
@@ -667,22 +703,8 @@ public sealed class SimulatedCluster : IAsyncDisposable
                     continue;
                 }
 
-                if (stepInterval > TimeSpan.Zero)
-                {
-                    // minReadySeconds: the new pod counts as available only after being ready this long; until then the
-                    // old pod keeps serving (maxUnavailable 0). Disposing the cluster ends the wait (on a fake clock it
-                    // might never end otherwise); the next step then throws ObjectDisposedException (as does _shutdown.Token
-                    // once the disposal has disposed its source).
-                    using var wait = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _shutdown.Token);
-                    try
-                    {
-                        await Task.Delay(stepInterval, _time, wait.Token).ConfigureAwait(false);
-                    }
-                    catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
-                    {
-                        continue;
-                    }
-                }
+                // The new pod counts as available once it has been ready for stepInterval (minReadySeconds): the next
+                // steps wait for that, while the old pod keeps serving (maxUnavailable 0).
             }
         }
         finally
@@ -703,6 +725,17 @@ public sealed class SimulatedCluster : IAsyncDisposable
 
     /// <summary>Test hook: runs when a rolling update's step waits for pods to change (outside the lock).</summary>
     internal Action? RolloutWaiting { get; set; }
+
+    /// <summary>
+    /// A timer's due time for a wait of <paramref name="wait"/>: rounded up to whole milliseconds (system timers count
+    /// those, truncating, so a timer could fire a moment before a pod is available and the step would wait again for that
+    /// moment), and at most a day (timers take less than 49.7 days; a longer wait is waited a day at a time).
+    /// </summary>
+    private static TimeSpan TimerDueTime(TimeSpan wait)
+    {
+        var ticks = Math.Min(wait.Ticks, TimeSpan.TicksPerDay);
+        return TimeSpan.FromTicks((ticks + TimeSpan.TicksPerMillisecond - 1) / TimeSpan.TicksPerMillisecond * TimeSpan.TicksPerMillisecond);
+    }
 
     /// <summary>Adds a user-defined mark to the timeline (e.g. "load started"), for charts and summaries.</summary>
     /// <param name="description">What happened.</param>

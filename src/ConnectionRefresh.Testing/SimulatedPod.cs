@@ -82,6 +82,13 @@ public sealed class SimulatedPod
     /// <summary>When the pod became ready, as time since the cluster started.</summary>
     public TimeSpan AddedAt { get; internal set; }
 
+    /// <summary>
+    /// When the pod last turned ready (time since the cluster started), like the <c>lastTransitionTime</c> of a Kubernetes
+    /// pod's Ready condition: from here a rolling update counts how long it has been ready continuously. Meaningful only
+    /// while <see cref="IsReady"/>; set under the cluster's lock whenever readiness turns on.
+    /// </summary>
+    internal TimeSpan ReadySince { get; set; }
+
     /// <summary>When the pod left the cluster (stopped or killed), or <see langword="null"/> while it is in it.</summary>
     public TimeSpan? RemovedAt { get; internal set; }
 

@@ -429,21 +429,29 @@ public sealed class SimulatedClusterTests
     }
 
     [Fact]
-    public async Task RollingUpdateAsync_NewPodNotReady_OldPodKeepsServingUntilTheNewOneIsReady()
+    public async Task RollingUpdateAsync_NewPodNotReady_OldPodKeepsServingUntilTheNewOneWasReadyForTheStepInterval()
     {
         // maxUnavailable 0: a new pod counts as available only while it is ready, so an old ready pod may not stop for a
-        // new pod made not ready; and maxSurge 1: no other new pod starts meanwhile.
+        // new pod made not ready, however long it stays not ready; and maxSurge 1: no other new pod starts meanwhile.
         var time = new FakeTimeProvider();
+        var step = TimeSpan.FromSeconds(10);
         await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1, TimeProvider = time });
         var old = cluster.Pods.Single();
-        var update = cluster.RollingUpdateAsync(TimeSpan.FromSeconds(10));
+        var update = cluster.RollingUpdateAsync(step);
         await Poll.UntilAsync(() => cluster.ReadyPods.Count == 2, "the surge pod to be ready");
         var fresh = cluster.Pods.Single(p => p != old);
-        await cluster.SetReadyAsync(fresh, false);
+        // Set before the readiness change: the update may wait for it as soon as the change is made.
         var waiting = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        cluster.RolloutWaiting = () => waiting.TrySetResult();
+        cluster.RolloutWaiting = () =>
+        {
+            if (!fresh.IsReady)
+            {
+                waiting.TrySetResult();
+            }
+        };
+        await cluster.SetReadyAsync(fresh, false);
 
-        time.Advance(TimeSpan.FromSeconds(10)); // minReadySeconds has passed: the update's next step decides.
+        time.Advance(3 * step); // Well past minReadySeconds counted from the first readiness.
         await Poll.WithTimeout(Task.WhenAny(waiting.Task, update), "the update to wait or go on");
 
         Assert.False(update.IsCompleted, "the update completed with its only new pod not ready");
@@ -452,10 +460,94 @@ public sealed class SimulatedClusterTests
         Assert.Equal([old, fresh], cluster.Pods);
 
         await cluster.SetReadyAsync(fresh, true);
-        await Poll.WithTimeout(update, "the rolling update to complete once the new pod is ready");
+        var readyAgainAt = cluster.Elapsed();
+        await CompleteOnFakeClockAsync(time, update);
 
         Assert.Equal([fresh], cluster.Pods);
         Assert.Equal(SimulatedPodState.Terminated, old.State);
+        var stopping = cluster.Summary().Events.Single(e => e is { Kind: ClusterEventKind.PodStopping } && e.Pod == old.Name);
+        Assert.True(stopping.At - readyAgainAt >= step, $"{old.Name} began stopping {stopping.At - readyAgainAt} after {fresh.Name} was ready again");
+    }
+
+    [Fact]
+    public async Task RollingUpdateAsync_NewPodNotReadyHalfWayThroughTheStepInterval_OldPodStopsOnlyStepIntervalAfterItIsReadyAgain()
+    {
+        // minReadySeconds counts from the pod's last transition to Ready (its Ready condition's lastTransitionTime): a new
+        // pod that was not ready for a moment must be ready continuously for the whole interval again before an old pod goes.
+        var time = new FakeTimeProvider();
+        var step = TimeSpan.FromSeconds(10);
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1, TimeProvider = time });
+        var old = cluster.Pods.Single();
+        var update = cluster.RollingUpdateAsync(step);
+        await Poll.UntilAsync(() => cluster.ReadyPods.Count == 2, "the surge pod to be ready");
+        var fresh = cluster.Pods.Single(p => p != old);
+
+        time.Advance(step / 2);
+        await cluster.SetReadyAsync(fresh, false);
+        time.Advance(TimeSpan.FromSeconds(1));
+        var waiting = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        cluster.RolloutWaiting = () => waiting.TrySetResult();
+        await cluster.SetReadyAsync(fresh, true);
+        var readyAgainAt = cluster.Elapsed();
+
+        // Past the deadline counted from the first readiness, 1 s short of the one counted from the second. The update
+        // must wait again after the readiness change (it cannot stop the old pod before 16 s whenever it looks); an update
+        // that kept counting from the first readiness has stopped the old pod by now.
+        time.Advance(step - TimeSpan.FromSeconds(1));
+        await Poll.UntilAsync(() => waiting.Task.IsCompleted || old.State != SimulatedPodState.Running, "the update to wait or stop the old pod");
+
+        Assert.Equal(SimulatedPodState.Running, old.State);
+        Assert.True(old.IsReady);
+        Assert.False(update.IsCompleted, "the update completed before its new pod was ready continuously for the interval");
+        Assert.Equal([old, fresh], cluster.Pods);
+
+        time.Advance(TimeSpan.FromSeconds(1));
+        await Poll.WithTimeout(update, "the rolling update to complete once the new pod was ready for the interval");
+
+        Assert.Equal([fresh], cluster.Pods);
+        Assert.Equal(SimulatedPodState.Terminated, old.State);
+        var stopping = cluster.Summary().Events.Single(e => e is { Kind: ClusterEventKind.PodStopping } && e.Pod == old.Name);
+        Assert.Equal(readyAgainAt + step, stopping.At);
+    }
+
+    [Fact]
+    public async Task RollingUpdateAsync_EarlierNewPodNotReadyDuringALaterStepInterval_NextOldPodWaitsUntilItWasReadyForTheIntervalAgain()
+    {
+        // Every new pod counts as available only once ready continuously for the interval, not just the one the current
+        // step started: greeter-3 (ready at 0 s, replaced greeter-1 at 10 s) flaps at 15 s, so at 20 s, when greeter-4 has
+        // been ready 10 s, only one new pod is available and greeter-2 must keep serving until 25 s.
+        var time = new FakeTimeProvider();
+        var step = TimeSpan.FromSeconds(10);
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 2, TimeProvider = time });
+        var update = cluster.RollingUpdateAsync(step);
+        await Poll.UntilAsync(() => cluster.ReadyPods.Count == 3, "the first surge pod to be ready");
+        time.Advance(step);
+        await Poll.UntilAsync(() => cluster.ReadyPods.Any(p => p.Name == "greeter-4"), "the second surge pod to be ready");
+        var first = cluster.Pods.Single(p => p.Name == "greeter-3");
+        var second = cluster.Pods.Single(p => p.Name == "greeter-2");
+
+        time.Advance(step / 2);
+        await cluster.SetReadyAsync(first, false);
+        await cluster.SetReadyAsync(first, true);
+        var readyAgainAt = cluster.Elapsed();
+        var waiting = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        cluster.RolloutWaiting = () =>
+        {
+            if (cluster.Elapsed() >= readyAgainAt + (step / 2))
+            {
+                waiting.TrySetResult();
+            }
+        };
+        time.Advance(step / 2);
+        await Poll.UntilAsync(() => waiting.Task.IsCompleted || second.State != SimulatedPodState.Running, "the update to wait or stop greeter-2");
+
+        Assert.Equal(SimulatedPodState.Running, second.State);
+        Assert.True(second.IsReady);
+
+        await CompleteOnFakeClockAsync(time, update);
+        var stopping = cluster.Summary().Events.Single(e => e is { Kind: ClusterEventKind.PodStopping } && e.Pod == second.Name);
+        Assert.True(stopping.At - readyAgainAt >= step, $"{second.Name} began stopping {stopping.At - readyAgainAt} after {first.Name} was ready again");
+        Assert.Equal(["greeter-3", "greeter-4"], cluster.Pods.Select(p => p.Name));
     }
 
     [Fact]
@@ -465,9 +557,17 @@ public sealed class SimulatedClusterTests
         var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1, TimeProvider = time });
         var update = cluster.RollingUpdateAsync(TimeSpan.FromSeconds(10));
         await Poll.UntilAsync(() => cluster.ReadyPods.Count == 2, "the surge pod to be ready");
-        await cluster.SetReadyAsync(cluster.Pods[1], false);
+        var fresh = cluster.Pods[1];
+        // Set before the readiness change: the update may wait for it as soon as the change is made.
         var waiting = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        cluster.RolloutWaiting = () => waiting.TrySetResult();
+        cluster.RolloutWaiting = () =>
+        {
+            if (!fresh.IsReady)
+            {
+                waiting.TrySetResult();
+            }
+        };
+        await cluster.SetReadyAsync(fresh, false);
         time.Advance(TimeSpan.FromSeconds(10));
         await Poll.WithTimeout(waiting.Task, "the update to wait for the new pod");
 
