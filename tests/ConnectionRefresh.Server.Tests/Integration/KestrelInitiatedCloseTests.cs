@@ -218,6 +218,45 @@ public sealed class KestrelInitiatedCloseTests
     }
 
     [Fact]
+    public async Task KeepAliveTimeout_IdleGrpcConnectionOverTls_ConnectionAgeOutsideTlsOnMixedEndpoint_SocketStaysOpenUntilTheClientClosedItsSide()
+    {
+        // The order endpoint defaults give (the connection age before UseHttps), on an endpoint with Kestrel's default
+        // protocols, with a real .NET gRPC client: it reads the GOAWAY through its TLS stream while the socket is held,
+        // closes its side, and moves on to a new connection.
+        var probe = new ConnectionEndProbe();
+        var kestrelDone = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var certificate = SelfSignedCertificate();
+        await using var host = await GreeterTestHost.StartAsync(
+            _ => { },
+            protocols: HttpProtocols.Http1AndHttp2,
+            kestrelDefaults: kestrel => kestrel.Limits.KeepAliveTimeout = KeepAliveTimeout,
+            useConnectionAge: listen =>
+            {
+                listen.Use(probe.Middleware);
+                listen.UseServerConnectionAge();
+                listen.UseHttps(certificate);
+                listen.Use(ConnectionEndProbe.SignalsWhenKestrelIsDone(kestrelDone));
+            });
+        using var gated = new GatedGrpcClient(host.Address, certificate);
+        var client = gated.Client;
+        await client.SayHelloAsync(new HelloRequest { Name = "a" });
+        var connection = Assert.Single(probe.Connections);
+
+        // The client reads nothing until Kestrel has sent its GOAWAY and finished with the connection.
+        gated.SingleStream.HoldReads();
+        await Poll.WithTimeout(kestrelDone.Task, "Kestrel's keep-alive timeout to finish the idle connection");
+        var released = Stopwatch.GetTimestamp();
+        gated.SingleStream.ReleaseReads();
+
+        var result = await Poll.WithTimeout(connection, "the connection middleware to return");
+        Assert.True(result.ClientEndReadBeforeReturn, "the server should keep the socket open until the client closed its side");
+        var lingered = Stopwatch.GetElapsedTime(released, result.ReturnedAt);
+        Assert.True(lingered < ServerConnectionAgeDefaults.MaxGoAwayLinger, $"the linger lasted {lingered} after the client could read");
+        await client.SayHelloAsync(new HelloRequest { Name = "b" });
+        Assert.Equal(2, host.ConnectionsAccepted);
+    }
+
+    [Fact]
     public async Task KeepAliveTimeout_Http11OverTlsOnMixedEndpoint_ConnectionAgeOutsideTls_SocketClosesWithoutTheHold()
     {
         // ALPN chose HTTP/1.1 on an endpoint that allows both: no GOAWAY for the client to read, and a held socket would
