@@ -12,7 +12,8 @@ internal static class ConnectionProtocol
     /// without TLS, only on an endpoint that does not allow HTTP/1.x (Kestrel has no h2c upgrade or prior-knowledge
     /// detection, so a cleartext endpoint that allows HTTP/1.x speaks HTTP/1.1). Read after the TLS middleware ran
     /// (it sets the TLS features on the connection), that is, once the inner middleware returned. When that TLS
-    /// middleware ran inside the caller, ALPN's answer is gone by then, and only the endpoint's protocols tell.
+    /// middleware ran inside the caller, ALPN's answer is gone by then, and only the endpoint's protocols tell (the
+    /// caller notes ALPN's answer earlier instead: <see cref="LingeringTransport.NegotiatedHttp2"/>).
     /// </summary>
     public static bool IsHttp2(IFeatureCollection connectionFeatures, HttpProtocols endpointProtocols)
     {

@@ -1,6 +1,8 @@
 using System.Buffers;
 using System.IO.Pipelines;
 using System.Runtime.CompilerServices;
+using Microsoft.AspNetCore.Http.Features;
+using Microsoft.AspNetCore.Server.Kestrel.Core.Features;
 
 namespace ConnectionRefresh.Server.Internal;
 
@@ -23,9 +25,12 @@ namespace ConnectionRefresh.Server.Internal;
 /// follows the HTTP/2 frames Kestrel writes (<see cref="Http2GoAwayScanner"/>) when it sees them in clear, that is,
 /// when the client's first bytes are the HTTP/2 preface. It cannot when this middleware runs outside Kestrel's TLS
 /// middleware (the order endpoint defaults give): it sees only TLS records there, so it cannot tell an error GOAWAY
-/// from a graceful one.
+/// from a graceful one. What it can still learn there is the protocol ALPN chose: Kestrel's TLS middleware disposes its
+/// SslStream, which alone knows it, before this middleware decides on the linger, so the transport notes it from the
+/// SslStream (<see cref="ISslStreamFeature"/>) while that writes, once the handshake is done (<see cref="NegotiatedHttp2"/>).
 /// Thread safety: Kestrel calls the reader and writer from its own loops, as with any transport; the completion, data
-/// and GOAWAY flags are written by Kestrel's calls before the connection delegate returns and read after it.
+/// and GOAWAY flags and the protocol noted from ALPN are written by Kestrel's calls before the connection delegate
+/// returns and read after it.
 /// </remarks>
 internal sealed class LingeringTransport : IDuplexPipe
 {
@@ -33,11 +38,16 @@ internal sealed class LingeringTransport : IDuplexPipe
     private readonly HeldReader _input;
     private readonly HeldWriter _output;
 
-    public LingeringTransport(IDuplexPipe inner)
+    /// <param name="inner">The connection's transport.</param>
+    /// <param name="connectionFeatures">
+    /// The connection's features, where Kestrel's TLS middleware, when it runs over this transport, puts its
+    /// SslStream; <see langword="null"/>: ALPN is not noted.
+    /// </param>
+    public LingeringTransport(IDuplexPipe inner, IFeatureCollection? connectionFeatures = null)
     {
         _inner = inner;
         _output = new HeldWriter(inner.Output);
-        _input = new HeldReader(inner.Input, _output);
+        _input = new HeldReader(inner.Input, _output, connectionFeatures);
     }
 
     /// <summary>The transport this one wraps.</summary>
@@ -54,6 +64,14 @@ internal sealed class LingeringTransport : IDuplexPipe
     /// after it). Only known for a connection whose HTTP/2 frames this transport sees in clear; otherwise false.
     /// </summary>
     public bool SentErrorGoAway => _output.SentErrorGoAway;
+
+    /// <summary>
+    /// Whether ALPN chose <c>h2</c>, for a connection whose TLS Kestrel runs over this transport (its first bytes were a
+    /// TLS handshake): noted from Kestrel's SslStream at the first write after the handshake, as Kestrel's TLS
+    /// middleware disposes that stream before the connection delegate returns. <see langword="null"/> when not noted:
+    /// no TLS over it, or no write after the handshake.
+    /// </summary>
+    public bool? NegotiatedHttp2 => _output.NegotiatedHttp2;
 
     public PipeReader Input => _input;
 
@@ -110,7 +128,7 @@ internal sealed class LingeringTransport : IDuplexPipe
     /// A reader whose completion is held until <see cref="ReleaseAsync"/>, and which notes the first data read: when
     /// that is the HTTP/2 client preface, <paramref name="output"/> follows the frames the server writes.
     /// </summary>
-    private sealed class HeldReader(PipeReader inner, HeldWriter output) : PipeReader
+    private sealed class HeldReader(PipeReader inner, HeldWriter output, IFeatureCollection? features) : PipeReader
     {
         private bool _completed;
         private Exception? _error;
@@ -165,6 +183,21 @@ internal sealed class LingeringTransport : IDuplexPipe
             {
                 output.ScanFrames();
             }
+            else if (features is not null && FirstByte(buffer) == TlsHandshakeRecord)
+            {
+                output.NoteAlpn(features);
+            }
+        }
+
+        // A TLS record's first byte: its content type, 22 for a handshake (a ClientHello, first). HTTP/1.x starts with a
+        // method's letter, HTTP/2 with the preface's "P".
+        private const byte TlsHandshakeRecord = 22;
+
+        private static byte FirstByte(in ReadOnlySequence<byte> buffer)
+        {
+            Span<byte> first = stackalloc byte[1];
+            buffer.Slice(0, 1).CopyTo(first);
+            return first[0];
         }
 
         // The first bytes, however few arrived, are the start of "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n": HTTP/2 in clear, not
@@ -193,6 +226,10 @@ internal sealed class LingeringTransport : IDuplexPipe
     /// </summary>
     private sealed class HeldWriter(PipeWriter inner) : PipeWriter
     {
+        // While TLS runs over this transport and ALPN is not noted yet: the connection's features, where Kestrel's TLS
+        // middleware puts its SslStream (it does so before its handshake, which writes through here first).
+        private IFeatureCollection? _tlsFeatures;
+        private bool? _negotiatedHttp2;
         private bool _completed;
         private Exception? _error;
         private bool _scanning;
@@ -205,7 +242,37 @@ internal sealed class LingeringTransport : IDuplexPipe
 
         public bool SentErrorGoAway => _scanner.SawErrorGoAway;
 
+        public bool? NegotiatedHttp2 => _negotiatedHttp2;
+
         public void ScanFrames() => _scanning = true;
+
+        public void NoteAlpn(IFeatureCollection features) => _tlsFeatures = features;
+
+        // The SslStream writes through here: its handshake first, then what Kestrel writes once the handshake is done
+        // (HTTP/2 starts with its SETTINGS), when ALPN's answer is read, once. Before the handshake ends, or once the
+        // stream failed, IsAuthenticated is false and nothing is read. Without Kestrel's SslStream at the first write (no
+        // TLS middleware inside, only bytes that looked like TLS), there is nothing to note.
+        private void NoteAlpnOnce()
+        {
+            try
+            {
+                var ssl = _tlsFeatures!.Get<ISslStreamFeature>()?.SslStream;
+                if (ssl is null)
+                {
+                    _tlsFeatures = null;
+                }
+                else if (ssl.IsAuthenticated)
+                {
+                    _negotiatedHttp2 = ssl.NegotiatedApplicationProtocol == System.Net.Security.SslApplicationProtocol.Http2;
+                    _tlsFeatures = null;
+                }
+            }
+            catch (Exception ex) when (ex is ObjectDisposedException or InvalidOperationException)
+            {
+                // Disposed or failed meanwhile: the protocol stays unknown, as without this note.
+                _tlsFeatures = null;
+            }
+        }
 
         public override bool CanGetUnflushedBytes => inner.CanGetUnflushedBytes;
 
@@ -224,7 +291,15 @@ internal sealed class LingeringTransport : IDuplexPipe
 
         public override void CancelPendingFlush() => inner.CancelPendingFlush();
 
-        public override ValueTask<FlushResult> FlushAsync(CancellationToken cancellationToken = default) => inner.FlushAsync(cancellationToken);
+        public override ValueTask<FlushResult> FlushAsync(CancellationToken cancellationToken = default)
+        {
+            if (_tlsFeatures is not null)
+            {
+                NoteAlpnOnce();
+            }
+
+            return inner.FlushAsync(cancellationToken);
+        }
 
         public override Memory<byte> GetMemory(int sizeHint = 0) =>
             _scanning ? (_buffer = inner.GetMemory(sizeHint)) : inner.GetMemory(sizeHint);
@@ -238,6 +313,10 @@ internal sealed class LingeringTransport : IDuplexPipe
             if (_scanning)
             {
                 _scanner.Scan(source.Span);
+            }
+            else if (_tlsFeatures is not null)
+            {
+                NoteAlpnOnce();
             }
 
             return inner.WriteAsync(source, cancellationToken);

@@ -58,7 +58,7 @@ internal sealed class ServerConnectionAgeMiddleware
         // (HTTP/2 stream) of this connection sees these two.
         connection.Features.Set<IConnectionClosingFeature>(tracker);
         connection.Features.Set<IConnectionCallCounter>(tracker);
-        var transport = new LingeringTransport(connection.Transport);
+        var transport = new LingeringTransport(connection.Transport, connection.Features);
         connection.Transport = transport;
         tracker.Start();
         try
@@ -83,7 +83,9 @@ internal sealed class ServerConnectionAgeMiddleware
             //   client is gone. An abort that is not reported yet ends the linger at once anyway: its input ends;
             // - the client closed its side first: the linger's first read returns that end, without waiting;
             // - the connection is not HTTP/2: HTTP/1.1 has no GOAWAY for the client to read first, and a socket held
-            //   open there is reused by clients for a request that is never answered.
+            //   open there is reused by clients for a request that is never answered. Under TLS that runs inside this
+            //   middleware (the order endpoint defaults give), ALPN's answer is the one the transport noted while
+            //   Kestrel's SslStream lived: that stream is disposed by now.
             // - the client never sent a byte (a pre-connected spare socket, as grpc-dotnet's balancer keeps one): no
             //   request can be in flight, and closing at once lets the client see the socket closed and dial anew.
             //   grpc-dotnet checks its spare for closure before use but hands over an open one with the GOAWAY
@@ -93,7 +95,7 @@ internal sealed class ServerConnectionAgeMiddleware
             var notAbortedByUs = tracker.Ended();
             var linger = notAbortedByUs
                 && !connection.ConnectionClosed.IsCancellationRequested
-                && ConnectionProtocol.IsHttp2(connection.Features, _settings.EndpointProtocols)
+                && (transport.NegotiatedHttp2 ?? ConnectionProtocol.IsHttp2(connection.Features, _settings.EndpointProtocols))
                 && transport.ClientSentData
                 && !transport.SentErrorGoAway;
             var closing = transport.CloseAsync(linger, ServerConnectionAgeDefaults.MaxGoAwayLinger, _time);

@@ -147,6 +147,180 @@ public sealed class KestrelInitiatedCloseTests
     }
 
     [Theory]
+    [InlineData("endpoint defaults, outside TLS", "keep-alive timeout", HttpProtocols.Http2)]
+    [InlineData("endpoint defaults, outside TLS", "keep-alive timeout", HttpProtocols.Http1AndHttp2)]
+    [InlineData("endpoint defaults, outside TLS", "shutdown", HttpProtocols.Http2)]
+    [InlineData("endpoint defaults, outside TLS", "shutdown", HttpProtocols.Http1AndHttp2)]
+    [InlineData("before UseHttps, outside TLS", "keep-alive timeout", HttpProtocols.Http1AndHttp2)]
+    [InlineData("after UseHttps, inside TLS", "keep-alive timeout", HttpProtocols.Http2)]
+    [InlineData("after UseHttps, inside TLS", "keep-alive timeout", HttpProtocols.Http1AndHttp2)]
+    public async Task GracefulGoAwayOverTls_EitherOrderOfConnectionAgeAndTls_ClientsTlsStreamStaysOpenUntilTheClientClosesItsSide(
+        string placement, string closer, HttpProtocols protocols)
+    {
+        // Outside TLS (kestrel.UseServerConnectionAge(), endpoint defaults, runs before the endpoint's UseHttps), the
+        // held socket carries TLS records, and Kestrel's TLS middleware disposes its SslStream before the hold. The hold
+        // still serves the client only if that ends nothing the client reads: no close_notify, no end of stream. It does
+        // not (SslStream sends close_notify only from ShutdownAsync, which Kestrel does not call); this shows it where it
+        // matters, in what the client's TLS stream returns. Without the hold it ends within milliseconds of the GOAWAY.
+        // On an endpoint that also allows HTTP/1.x (Kestrel's default), the hold needs ALPN's answer, which the disposed
+        // SslStream no longer gives: before the package noted it while the stream lived, there was no hold there.
+        var kestrelDone = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var certificate = SelfSignedCertificate();
+        await using var host = await GreeterTestHost.StartAsync(
+            _ => { },
+            protocols: protocols,
+            kestrelDefaults: kestrel =>
+            {
+                kestrel.Limits.KeepAliveTimeout = closer == "shutdown" ? TimeSpan.FromMinutes(10) : TimeSpan.FromSeconds(1);
+                if (placement.StartsWith("endpoint defaults", StringComparison.Ordinal))
+                {
+                    kestrel.UseServerConnectionAge();
+                }
+            },
+            useConnectionAge: listen =>
+            {
+                if (placement.StartsWith("before UseHttps", StringComparison.Ordinal))
+                {
+                    listen.UseServerConnectionAge();
+                }
+
+                listen.UseHttps(certificate);
+                if (placement.StartsWith("after UseHttps", StringComparison.Ordinal))
+                {
+                    listen.UseServerConnectionAge();
+                }
+
+                listen.Use(ConnectionEndProbe.SignalsWhenKestrelIsDone(kestrelDone));
+            });
+        using var client = await RawHttp2Client.ConnectAsync(host.Address, certificate);
+        var stopping = closer == "shutdown" ? host.StopAsync() : Task.CompletedTask;
+
+        var goAway = await client.ReadUntilAsync(RawHttp2Client.GoAwayFrame);
+        Assert.Equal(new byte[4], goAway.Payload[4..8]); // NO_ERROR
+        await Poll.WithTimeout(kestrelDone.Task, "Kestrel to finish the connection after its GOAWAY");
+
+        // A client that picked the connection before it read the GOAWAY sends on it now (a PING stands in for its
+        // request): the hold takes it in without a TLS alert or a reset, and the client's TLS stream stays open.
+        await client.Stream.WriteAsync(new byte[] { 0, 0, 8, RawHttp2Client.PingFrame, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8 });
+        var read = ReadOrEndAsync(client.Stream);
+        if (await Task.WhenAny(read, Task.Delay(TimeSpan.FromSeconds(1))) == read)
+        {
+            Assert.Fail($"the client's TLS stream gave {await read} right after the GOAWAY, before the client closed its side");
+        }
+
+        // The client closes its side once it has processed the GOAWAY: the server closes then, well before the bound.
+        var clientClosed = Stopwatch.GetTimestamp();
+        client.Tcp.Client.Shutdown(System.Net.Sockets.SocketShutdown.Send);
+        Assert.Equal("end of stream", await Poll.WithTimeout(read, "the server to close after the client closed its side"));
+        var closedAfter = Stopwatch.GetElapsedTime(clientClosed);
+        Assert.True(closedAfter < ServerConnectionAgeDefaults.MaxGoAwayLinger - TimeSpan.FromSeconds(1), $"the server closed {closedAfter} after the client");
+        await Poll.WithTimeout(stopping, "the host to stop");
+    }
+
+    [Fact]
+    public async Task KeepAliveTimeout_IdleGrpcConnectionOverTls_ConnectionAgeOutsideTlsOnMixedEndpoint_SocketStaysOpenUntilTheClientClosedItsSide()
+    {
+        // The order endpoint defaults give (the connection age before UseHttps), on an endpoint with Kestrel's default
+        // protocols, with a real .NET gRPC client: it reads the GOAWAY through its TLS stream while the socket is held,
+        // closes its side, and moves on to a new connection.
+        var probe = new ConnectionEndProbe();
+        var kestrelDone = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var certificate = SelfSignedCertificate();
+        await using var host = await GreeterTestHost.StartAsync(
+            _ => { },
+            protocols: HttpProtocols.Http1AndHttp2,
+            kestrelDefaults: kestrel => kestrel.Limits.KeepAliveTimeout = KeepAliveTimeout,
+            useConnectionAge: listen =>
+            {
+                listen.Use(probe.Middleware);
+                listen.UseServerConnectionAge();
+                listen.UseHttps(certificate);
+                listen.Use(ConnectionEndProbe.SignalsWhenKestrelIsDone(kestrelDone));
+            });
+        using var gated = new GatedGrpcClient(host.Address, certificate);
+        var client = gated.Client;
+        await client.SayHelloAsync(new HelloRequest { Name = "a" });
+        var connection = Assert.Single(probe.Connections);
+
+        // The client reads nothing until Kestrel has sent its GOAWAY and finished with the connection.
+        gated.SingleStream.HoldReads();
+        await Poll.WithTimeout(kestrelDone.Task, "Kestrel's keep-alive timeout to finish the idle connection");
+        var released = Stopwatch.GetTimestamp();
+        gated.SingleStream.ReleaseReads();
+
+        var result = await Poll.WithTimeout(connection, "the connection middleware to return");
+        Assert.True(result.ClientEndReadBeforeReturn, "the server should keep the socket open until the client closed its side");
+        var lingered = Stopwatch.GetElapsedTime(released, result.ReturnedAt);
+        Assert.True(lingered < ServerConnectionAgeDefaults.MaxGoAwayLinger, $"the linger lasted {lingered} after the client could read");
+        await client.SayHelloAsync(new HelloRequest { Name = "b" });
+        Assert.Equal(2, host.ConnectionsAccepted);
+    }
+
+    [Fact]
+    public async Task KeepAliveTimeout_Http11OverTlsOnMixedEndpoint_ConnectionAgeOutsideTls_SocketClosesWithoutTheHold()
+    {
+        // ALPN chose HTTP/1.1 on an endpoint that allows both: no GOAWAY for the client to read, and a held socket would
+        // be reused by the client for a request never answered; so Kestrel's keep-alive close reaches it at once.
+        using var certificate = SelfSignedCertificate();
+        await using var host = await GreeterTestHost.StartAsync(
+            _ => { },
+            protocols: HttpProtocols.Http1AndHttp2,
+            kestrelDefaults: kestrel =>
+            {
+                kestrel.Limits.KeepAliveTimeout = TimeSpan.FromSeconds(1);
+                kestrel.UseServerConnectionAge();
+            },
+            useConnectionAge: listen => listen.UseHttps(certificate));
+        using var tcp = new System.Net.Sockets.TcpClient();
+        await tcp.ConnectAsync(host.Address.Host, host.Address.Port);
+        await using var tls = new System.Net.Security.SslStream(tcp.GetStream());
+        await tls.AuthenticateAsClientAsync(new System.Net.Security.SslClientAuthenticationOptions
+        {
+            TargetHost = "localhost",
+            ApplicationProtocols = [System.Net.Security.SslApplicationProtocol.Http11],
+            RemoteCertificateValidationCallback = (_, presented, _, _) => presented?.GetCertHashString() == certificate.GetCertHashString(),
+        });
+        Assert.Equal(System.Net.Security.SslApplicationProtocol.Http11, tls.NegotiatedApplicationProtocol);
+        await tls.WriteAsync("GET /ping HTTP/1.1\r\nHost: localhost\r\n\r\n"u8.ToArray());
+
+        // The response, then Kestrel's keep-alive close (1 s later), without the 5 s hold.
+        var answered = Stopwatch.GetTimestamp();
+        var response = new MemoryStream();
+        var buffer = new byte[1024];
+        using var timeout = new CancellationTokenSource(Poll.DefaultTimeout);
+        try
+        {
+            int read;
+            while ((read = await tls.ReadAsync(buffer, timeout.Token)) > 0)
+            {
+                response.Write(buffer, 0, read);
+            }
+        }
+        catch (IOException)
+        {
+            // A reset ends the stream too.
+        }
+
+        var closedAfter = Stopwatch.GetElapsedTime(answered);
+        Assert.Contains("pong", System.Text.Encoding.ASCII.GetString(response.ToArray()));
+        Assert.True(closedAfter < ServerConnectionAgeDefaults.MaxGoAwayLinger, $"the connection closed {closedAfter} after the request");
+    }
+
+    // What the client's TLS stream gives next: bytes (unexpected here), or its end (0 bytes, or a reset).
+    private static async Task<string> ReadOrEndAsync(Stream stream)
+    {
+        try
+        {
+            var read = await stream.ReadAsync(new byte[1024]);
+            return read == 0 ? "end of stream" : $"{read} bytes";
+        }
+        catch (IOException)
+        {
+            return "end of stream";
+        }
+    }
+
+    [Theory]
     [InlineData(HttpProtocols.Http2)]
     [InlineData(HttpProtocols.Http1AndHttp2)]
     public async Task Shutdown_ConnectionAgeOutsideTls_ConnectionEndsCleanlyWithItsAgeRecorded(HttpProtocols protocols)

@@ -1,4 +1,5 @@
 using System.Net.Sockets;
+using System.Security.Cryptography.X509Certificates;
 using ConnectionRefresh.Protos;
 using Grpc.Net.Client;
 
@@ -15,7 +16,9 @@ internal sealed class GatedGrpcClient : IDisposable
     private readonly SocketsHttpHandler _handler;
     private readonly GrpcChannel _channel;
 
-    public GatedGrpcClient(Uri address)
+    /// <param name="address">The server; <c>https</c> for TLS (the handler's, over the gated stream).</param>
+    /// <param name="serverCertificate">Over TLS, the only certificate trusted.</param>
+    public GatedGrpcClient(Uri address, X509Certificate2? serverCertificate = null)
     {
         _handler = new SocketsHttpHandler
         {
@@ -32,6 +35,12 @@ internal sealed class GatedGrpcClient : IDisposable
                 return stream;
             },
         };
+        if (serverCertificate is not null)
+        {
+            _handler.SslOptions.RemoteCertificateValidationCallback = (_, presented, _, _) =>
+                presented?.GetCertHashString() == serverCertificate.GetCertHashString();
+        }
+
         _channel = GrpcChannel.ForAddress(address, new GrpcChannelOptions { HttpHandler = _handler });
         Client = new Greeter.GreeterClient(_channel);
     }
