@@ -436,10 +436,7 @@ public sealed class SimulatedClusterTests
         var time = new FakeTimeProvider();
         var step = TimeSpan.FromSeconds(10);
         await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1, TimeProvider = time });
-        var old = cluster.Pods.Single();
-        var update = cluster.RollingUpdateAsync(step);
-        await Poll.UntilAsync(() => cluster.ReadyPods.Count == 2, "the surge pod to be ready");
-        var fresh = cluster.Pods.Single(p => p != old);
+        var (old, fresh, update) = await StartUpdateUntilSurgeReadyAsync(cluster, step);
         // Set before the readiness change: the update may wait for it as soon as the change is made.
         var waiting = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         cluster.RolloutWaiting = () =>
@@ -477,10 +474,7 @@ public sealed class SimulatedClusterTests
         var time = new FakeTimeProvider();
         var step = TimeSpan.FromSeconds(10);
         await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1, TimeProvider = time });
-        var old = cluster.Pods.Single();
-        var update = cluster.RollingUpdateAsync(step);
-        await Poll.UntilAsync(() => cluster.ReadyPods.Count == 2, "the surge pod to be ready");
-        var fresh = cluster.Pods.Single(p => p != old);
+        var (old, fresh, update) = await StartUpdateUntilSurgeReadyAsync(cluster, step);
 
         time.Advance(step / 2);
         await cluster.SetReadyAsync(fresh, false);
@@ -583,10 +577,7 @@ public sealed class SimulatedClusterTests
         // otherwise): the update cannot tell it from a healthy pod and goes on.
         var time = new FakeTimeProvider();
         await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1, TimeProvider = time });
-        var old = cluster.Pods.Single();
-        var update = cluster.RollingUpdateAsync(TimeSpan.FromSeconds(10));
-        await Poll.UntilAsync(() => cluster.ReadyPods.Count == 2, "the surge pod to be ready");
-        var fresh = cluster.Pods.Single(p => p != old);
+        var (old, fresh, update) = await StartUpdateUntilSurgeReadyAsync(cluster, TimeSpan.FromSeconds(10));
         cluster.BlackHole(fresh);
 
         time.Advance(TimeSpan.FromSeconds(10));
@@ -918,6 +909,15 @@ public sealed class SimulatedClusterTests
     }
 
     // The clock only moves here, 1 s per poll: every wait of the update ends, whatever the machine's speed.
+    /// <summary>Starts a rolling update of a one-pod cluster and waits until its surge pod is ready.</summary>
+    private static async Task<(SimulatedPod Old, SimulatedPod Fresh, Task Update)> StartUpdateUntilSurgeReadyAsync(SimulatedCluster cluster, TimeSpan step)
+    {
+        var old = cluster.Pods.Single();
+        var update = cluster.RollingUpdateAsync(step);
+        await Poll.UntilAsync(() => cluster.ReadyPods.Count == 2, "the surge pod to be ready");
+        return (old, cluster.Pods.Single(p => p != old), update);
+    }
+
     private static async Task CompleteOnFakeClockAsync(FakeTimeProvider time, Task update)
     {
         await Poll.UntilAsync(() => { time.Advance(TimeSpan.FromSeconds(1)); return update.IsCompleted; }, "the rolling update to complete");
