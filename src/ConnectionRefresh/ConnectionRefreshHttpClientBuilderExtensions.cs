@@ -17,7 +17,7 @@ namespace Microsoft.Extensions.DependencyInjection;
 /// <c>services.AddGrpcClient&lt;Greeter.GreeterClient&gt;(o =&gt; o.Address = new("http://greeter:5000")).AddConnectionRefresh();</c>
 /// </summary>
 /// <remarks>
-/// <c>AddConnectionRefresh</c> also takes HttpClientFactory's two default logging handlers out of the client. For
+/// On a gRPC client, <c>AddConnectionRefresh</c> also takes HttpClientFactory's two default logging handlers out. For
 /// gRPC they log every call as an HTTP POST answered with 200, even a failed one (the gRPC status travels in the
 /// trailers; grpc-dotnet's own <c>Grpc.Net.Client</c> logs show it), and they cost about 460 B and two async steps per
 /// call even when nothing listens. Call <c>AddDefaultLogger()</c> on the builder to keep them; loggers added with
@@ -115,7 +115,6 @@ public static class ConnectionRefreshHttpClientBuilderExtensions
             return builder;
         }
 
-        RemoveDefaultHttpLogging(builder);
         services.TryAddSingleton(sp => new ConnectionRefreshMetrics(sp.GetService<IMeterFactory>()));
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<ConnectionRefreshOptions>, ConnectionRefreshOptionsValidator>());
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<GrpcClientFactoryOptions>, GrpcChannelCompatibilityValidator>());
@@ -125,6 +124,11 @@ public static class ConnectionRefreshHttpClientBuilderExtensions
         // AddGrpcClient leaves this marker for every gRPC client (Grpc.Net.ClientFactory checks it the same way).
         var grpc = services.Any(d => d.ServiceType == typeof(IConfigureOptions<GrpcClientFactoryOptions>)
             && d.ImplementationInstance is ConfigureNamedOptions<GrpcClientFactoryOptions> marker && marker.Name == name);
+        if (grpc)
+        {
+            RemoveDefaultHttpLogging(builder);
+        }
+
         // The primary handler is noted where AddConnectionRefresh stands and replaced only after every Configure of
         // this client: a handler replaced later fails, and settings made on it in place later (a
         // ConfigurePrimaryHttpMessageHandler((handler, services) => ...) after us) are seen by the guard.
@@ -148,7 +152,7 @@ public static class ConnectionRefreshHttpClientBuilderExtensions
     }
 
     /// <summary>
-    /// Takes HttpClientFactory's default logging handlers out of this client, as <c>RemoveAllLoggers()</c> does, but
+    /// Takes HttpClientFactory's default logging handlers out of this gRPC client, as <c>RemoveAllLoggers()</c> does, but
     /// ahead of every other configuration: loggers the application adds with <c>AddLogger</c>, and
     /// <c>AddDefaultLogger()</c>, still apply wherever they stand on the builder.
     /// </summary>
@@ -156,6 +160,7 @@ public static class ConnectionRefreshHttpClientBuilderExtensions
     /// Why: for gRPC they log every call as an HTTP POST that ended with 200, even when the call failed (its status
     /// is in the trailers), and cost two async steps and about 460 B per call even when no logger listens: the whole
     /// difference between <c>AddGrpcClient</c> and a bare channel. grpc-dotnet logs the calls with their gRPC status.
+    /// Plain HTTP clients keep them: there the status they log is the answer.
     /// </remarks>
     private static void RemoveDefaultHttpLogging(IHttpClientBuilder builder)
     {

@@ -119,26 +119,48 @@ public sealed class CompositionTests
     {
         await using var cluster = await SimulatedCluster.StartAsync(new() { Replicas = 1 });
         var services = new ServiceCollection();
-        services.AddHttpClient("plain", c =>
-        {
-            c.BaseAddress = cluster.Address;
-            c.DefaultRequestVersion = HttpVersion.Version20;
-            c.DefaultVersionPolicy = HttpVersionPolicy.RequestVersionExact;
-        }).AddConnectionRefresh(o => o.MaxRequestsPerConnection = 10);
+        AddPlainHttp2Client(services, cluster.Address).AddConnectionRefresh(o => o.MaxRequestsPerConnection = 10);
         using var provider = services.BuildServiceProvider();
         var http = provider.GetRequiredService<IHttpClientFactory>().CreateClient("plain");
 
         for (var i = 0; i < 30; i++)
         {
-            // A raw gRPC call: an empty HelloRequest in a 5-byte gRPC frame.
-            using var content = new ByteArrayContent(new byte[5]);
-            content.Headers.ContentType = new("application/grpc");
-            using var response = await http.PostAsync("/greet.Greeter/SayHello", content);
-            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
-            Assert.NotEmpty(await response.Content.ReadAsByteArrayAsync());
+            await SayHelloOverPlainHttpAsync(http);
         }
 
         Assert.Equal(3, cluster.Pods[0].ConnectionsAccepted);
+    }
+
+    [Fact]
+    public async Task HttpClientFactoryDefaultLogging_PlainHttpClientWithRefresh_IsKept()
+    {
+        // Only gRPC clients lose the factory's logging handlers: for a plain HTTP client the status they log is the answer.
+        await using var cluster = await SimulatedCluster.StartAsync(new() { Replicas = 1 });
+        var services = new ServiceCollection();
+        services.AddFakeLogging();
+        AddPlainHttp2Client(services, cluster.Address).AddConnectionRefresh();
+        using var provider = services.BuildServiceProvider();
+
+        await SayHelloOverPlainHttpAsync(provider.GetRequiredService<IHttpClientFactory>().CreateClient("plain"));
+
+        Assert.Contains(provider.GetRequiredService<FakeLogCollector>().GetSnapshot(), r => r.Category == "System.Net.Http.HttpClient.plain.LogicalHandler");
+    }
+
+    private static IHttpClientBuilder AddPlainHttp2Client(IServiceCollection services, Uri address) => services.AddHttpClient("plain", c =>
+    {
+        c.BaseAddress = address;
+        c.DefaultRequestVersion = HttpVersion.Version20;
+        c.DefaultVersionPolicy = HttpVersionPolicy.RequestVersionExact;
+    });
+
+    // A raw gRPC call: an empty HelloRequest in a 5-byte gRPC frame.
+    private static async Task SayHelloOverPlainHttpAsync(HttpClient http)
+    {
+        using var content = new ByteArrayContent(new byte[5]);
+        content.Headers.ContentType = new("application/grpc");
+        using var response = await http.PostAsync("/greet.Greeter/SayHello", content);
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.NotEmpty(await response.Content.ReadAsByteArrayAsync());
     }
 
     public static TheoryData<string, bool> LoggingSetups => new()
