@@ -162,6 +162,16 @@ public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
         Assert.Equal(3, provider.GetRequiredService<IOptionsMonitor<ConnectionRefreshOptions>>().Get(nameof(TestClient)).ConnectionsPerEndpoint);
     }
 
+    /// <summary>A gRPC client with <c>AddConnectionRefresh(section)</c>, the section taken by path from the application's JSON configuration.</summary>
+    private static ServiceProvider WithSection(string json, string path)
+    {
+        var configuration = Json(json);
+        var services = new ServiceCollection();
+        services.AddSingleton<IConfiguration>(configuration);
+        GrpcClient(services).AddConnectionRefresh(configuration.GetSection(path));
+        return services.BuildServiceProvider();
+    }
+
     /// <summary>The application's configuration from JSON, as appsettings.json gives it (the real JSON provider).</summary>
     private static IConfigurationRoot Json(string json)
         => new ConfigurationBuilder().AddJsonStream(new MemoryStream(Encoding.UTF8.GetBytes(json))).Build();
@@ -169,11 +179,7 @@ public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
     [Fact]
     public void ValidateOnStart_SectionThatDoesNotExist_FailsNamingThePath()
     {
-        var configuration = Json("""{ "Clients": { "Greeter": { "ConnectionRefresh": { "ConnectionsPerEndpoint": 3 } } } }""");
-        var services = new ServiceCollection();
-        services.AddSingleton<IConfiguration>(configuration);
-        GrpcClient(services).AddConnectionRefresh(configuration.GetSection("Clients:Greetr:ConnectionRefresh"));
-        using var provider = services.BuildServiceProvider();
+        using var provider = WithSection("""{ "Clients": { "Greeter": { "ConnectionRefresh": { "ConnectionsPerEndpoint": 3 } } } }""", "Clients:Greetr:ConnectionRefresh");
 
         // Before: bound nothing and ran with the defaults, without a word.
         var failure = Assert.Throws<InvalidOperationException>(() => ValidateOnStart(provider));
@@ -186,11 +192,7 @@ public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
     [Fact]
     public void ValidateOnStart_ExistingSectionFromJson_BindsIt()
     {
-        var configuration = Json("""{ "Clients": { "Greeter": { "ConnectionRefresh": { "ConnectionsPerEndpoint": 3 } } } }""");
-        var services = new ServiceCollection();
-        services.AddSingleton<IConfiguration>(configuration);
-        GrpcClient(services).AddConnectionRefresh(configuration.GetSection("Clients:Greeter:ConnectionRefresh"));
-        using var provider = services.BuildServiceProvider();
+        using var provider = WithSection("""{ "Clients": { "Greeter": { "ConnectionRefresh": { "ConnectionsPerEndpoint": 3 } } } }""", "Clients:Greeter:ConnectionRefresh");
 
         ValidateOnStart(provider);
         Assert.Equal(3, provider.GetRequiredService<IOptionsMonitor<ConnectionRefreshOptions>>().Get(nameof(TestClient)).ConnectionsPerEndpoint);
