@@ -68,9 +68,13 @@ public static class ServerConnectionAgeKestrelExtensions
     /// </summary>
     /// <remarks>
     /// This uses <see cref="KestrelServerOptions.ConfigureEndpointDefaults(Action{ListenOptions})"/>, which holds
-    /// one callback: a later <c>ConfigureEndpointDefaults</c> call replaces it, and endpoints added before this
-    /// call are not affected. If you set endpoint defaults yourself, call
+    /// one callback: a later <c>ConfigureEndpointDefaults</c> call replaces it, this call replaces an earlier one, and
+    /// endpoints added before this call are not affected. If you set endpoint defaults yourself, call
     /// <see cref="UseServerConnectionAge(ListenOptions)"/> inside your callback instead.
+    /// With <c>services.AddServerConnectionAge(...)</c> registered, the host fails to start (once Kestrel has bound its
+    /// endpoints) when no endpoint received the connection age, with a message naming the likely causes. It cannot tell
+    /// when only some endpoints did (those added before this call), nor when this call replaced endpoint defaults set
+    /// before it: Kestrel exposes neither its endpoints nor the callback. Without the registration nothing is checked.
     /// </remarks>
     /// <param name="options">Kestrel's options.</param>
     /// <returns><paramref name="options"/>.</returns>
@@ -118,14 +122,20 @@ public static class ServerConnectionAgeKestrelExtensions
         // Checked now, at configuration time, rather than for the first endpoint.
         ThrowIfIdleWithoutCallCounting(options.ApplicationServices, ageOptions);
         options.ConfigureEndpointDefaults(listenOptions => listenOptions.UseServerConnectionAge(ageOptions));
+
+        // Endpoint defaults can be lost in silence (replaced, or set after every endpoint was created): with
+        // AddServerConnectionAge registered, start-up fails when no endpoint received the age.
+        ((IServiceProvider?)options.ApplicationServices)?.GetService<KestrelEndpointDefaultsCheck>()?.KestrelWideCalled();
         return options;
     }
 
     private static ListenOptions UseServerConnectionAge(this ListenOptions listenOptions, ServerConnectionAgeOptions options)
     {
         // ApplicationServices is null only for ListenOptions outside a host (hand-made in tests).
-        ThrowIfIdleWithoutCallCounting((IServiceProvider?)listenOptions.ApplicationServices, options);
+        var services = (IServiceProvider?)listenOptions.ApplicationServices;
+        ThrowIfIdleWithoutCallCounting(services, options);
         EndpointConnectionAge.Apply(listenOptions, options);
+        services?.GetService<KestrelEndpointDefaultsCheck>()?.EndpointReceived();
         return listenOptions;
     }
 

@@ -3,6 +3,7 @@ using ConnectionRefresh.Server.Internal;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Options;
 
 namespace Microsoft.Extensions.DependencyInjection;
@@ -10,7 +11,9 @@ namespace Microsoft.Extensions.DependencyInjection;
 /// <summary>
 /// Registers the server-side connection age: its options (validated at start-up), its metrics, and the middleware
 /// that counts the calls of each connection (needed for <see cref="ServerConnectionAgeOptions.MaxConnectionIdle"/>).
-/// The endpoints that use it are chosen with <c>UseServerConnectionAge()</c> on Kestrel's options.
+/// The endpoints that use it are chosen with <c>UseServerConnectionAge()</c> on Kestrel's options; when
+/// <c>kestrel.UseServerConnectionAge()</c> reached no endpoint (its endpoint defaults were replaced, or came after every
+/// endpoint), the host fails to start.
 /// </summary>
 /// <example>
 /// <code>
@@ -74,6 +77,10 @@ public static class ServerConnectionAgeServiceCollectionExtensions
         services.TryAddSingleton<ServerConnectionAgeRegistration>();
         services.TryAddSingleton(sp => new ServerConnectionAgeMetrics(sp.GetService<System.Diagnostics.Metrics.IMeterFactory>()));
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IStartupFilter, ConnectionCallCountingStartupFilter>());
+        // One instance: kestrel.UseServerConnectionAge() and the endpoints record in it, the host runs its check.
+        services.TryAddSingleton<KestrelEndpointDefaultsCheck>();
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IHostedService, KestrelEndpointDefaultsCheck>(
+            provider => provider.GetRequiredService<KestrelEndpointDefaultsCheck>()));
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<ServerConnectionAgeOptions>, ServerConnectionAgeOptionsValidator>());
         return services.AddOptions<ServerConnectionAgeOptions>().ValidateOnStart();
     }
