@@ -33,8 +33,8 @@ internal sealed record ServerSetup(string Name, bool Package, TimeSpan? MaxConne
     {
         { Package: false } => "plain Kestrel",
         { MaxConnectionAge: { } age } => string.Create(CultureInfo.InvariantCulture, $"ConnectionRefresh.Server, MaxConnectionAge {age.TotalSeconds:0.###} s"),
-        { AfterHttps: true } => "ConnectionRefresh.Server defaults, after UseHttps",
-        _ => "ConnectionRefresh.Server defaults",
+        { AfterHttps: true } => "ConnectionRefresh.Server defaults (MaxConnectionAge 5 min ±10 %), listen.UseServerConnectionAge() after UseHttps",
+        _ => "ConnectionRefresh.Server defaults (MaxConnectionAge 5 min ±10 %), kestrel.UseServerConnectionAge()",
     };
 
     /// <summary>The child's command-line arguments after <c>server</c>.</summary>
