@@ -7,9 +7,10 @@ using ConnectionRefresh.Benchmarks.Scenarios;
 //   (none) | micro [--full] [BenchmarkDotNet options]   the BenchmarkDotNet micro benchmark of one unary call
 //   scenarios [--quick] [--out dir] [...]               throughput h2c/TLS and balance, table + JSON + PNG
 //   ab [--seconds S] [--strategies A,B] [...]          paired calls/s against the bare channel, alternated in short slices
+//   serverab [--seconds S] [--servers A,B] [...]       the same pairing for ConnectionRefresh.Server: plain Kestrel against the package
 //   podexits [--mode M] [--seconds S] [...]           calls lost at pod exits, with and without ConnectionRefresh.Server on the pods
 //   alloc [calls]                                       quick allocated-bytes-per-call check of each strategy
-//   server                                              the loopback benchmark server (started by the others)
+//   server [--setup plain|package|...]                  the loopback benchmark server (started by the others)
 var command = args.Length > 0 && !args[0].StartsWith('-') ? args[0] : "micro";
 var rest = args.Length > 0 && !args[0].StartsWith('-') ? args[1..] : args;
 var results = DefaultResultsDirectory();
@@ -17,11 +18,14 @@ var results = DefaultResultsDirectory();
 switch (command)
 {
     case "server":
-        await ServerProcess.RunChildAsync();
+        await ServerProcess.RunChildAsync(rest);
         return 0;
 
     case "ab":
         return await AbCommand.RunAsync(rest);
+
+    case "serverab":
+        return await ServerAbCommand.RunAsync(rest);
 
     case "podexits":
         return await PodExitsCommand.RunAsync(rest);
@@ -44,7 +48,7 @@ switch (command)
     }
 
     default:
-        Console.Error.WriteLine($"Unknown command '{command}'. Use micro, scenarios, ab, podexits, alloc or server; see benchmarks/README.md.");
+        Console.Error.WriteLine($"Unknown command '{command}'. Use micro, scenarios, ab, serverab, podexits, alloc or server; see benchmarks/README.md.");
         return 2;
 }
 

@@ -14,7 +14,8 @@ namespace ConnectionRefresh.Benchmarks.Infrastructure;
 
 /// <summary>
 /// A real Kestrel gRPC server on loopback with two endpoints: HTTP/2 cleartext (h2c) and HTTP/2 over TLS with a
-/// self-signed certificate made at start-up. Listens on 127.0.0.1 only.
+/// self-signed certificate made at start-up. Listens on 127.0.0.1 only. Plain Kestrel, or with ConnectionRefresh.Server
+/// (<see cref="ServerSetup"/>) for the <c>serverab</c> command.
 /// </summary>
 internal sealed class BenchServer : IAsyncDisposable
 {
@@ -35,19 +36,52 @@ internal sealed class BenchServer : IAsyncDisposable
     /// <summary>SHA-1 thumbprint of the server certificate; clients accept exactly this certificate.</summary>
     public string Thumbprint { get; }
 
-    public static async Task<BenchServer> StartAsync()
+    public static async Task<BenchServer> StartAsync(ServerSetup? setup = null)
     {
+        setup ??= ServerSetup.Plain;
         var certificate = CreateCertificate();
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
         builder.Services.AddGrpc();
+        if (setup.Package)
+        {
+            // As the README's quick start and examples/Greeter.Server: options from "ConnectionRefresh:Server" (absent
+            // here, so the package's defaults), or the age set in code for the rotating setup.
+            if (setup.MaxConnectionAge is { } age)
+            {
+                builder.Services.AddServerConnectionAge(o => o.MaxConnectionAge = age);
+            }
+            else
+            {
+                builder.Services.AddServerConnectionAge();
+            }
+        }
+
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
-            kestrel.Listen(IPAddress.Loopback, 0, listen => listen.Protocols = HttpProtocols.Http2);
+            // Endpoint defaults reach only the endpoints added after them, so this comes first. On the TLS endpoint
+            // the package then runs outside Kestrel's TLS (it sees TLS records); AfterHttps puts it inside instead.
+            if (setup.Package && !setup.AfterHttps)
+            {
+                kestrel.UseServerConnectionAge();
+            }
+
+            kestrel.Listen(IPAddress.Loopback, 0, listen =>
+            {
+                listen.Protocols = HttpProtocols.Http2;
+                if (setup.AfterHttps)
+                {
+                    listen.UseServerConnectionAge();
+                }
+            });
             kestrel.Listen(IPAddress.Loopback, 0, listen =>
             {
                 listen.Protocols = HttpProtocols.Http2;
                 listen.UseHttps(certificate);
+                if (setup.AfterHttps)
+                {
+                    listen.UseServerConnectionAge();
+                }
             });
         });
         var app = builder.Build();

@@ -5,7 +5,8 @@ namespace ConnectionRefresh.Benchmarks.Infrastructure;
 /// <summary>
 /// The benchmark server in a child process (this program with the <c>server</c> command), so that the client's
 /// allocations and GC pauses are measured alone. The child prints its endpoints on one line and exits when its
-/// standard input closes, i.e. when this process ends or disposes it.
+/// standard input closes, i.e. when this process ends or disposes it. Each line <c>stats</c> on its standard input is
+/// answered with one line of <see cref="ServerStats"/>.
 /// </summary>
 internal sealed class ServerProcess : IDisposable
 {
@@ -15,13 +16,16 @@ internal sealed class ServerProcess : IDisposable
 
     private readonly Process _process;
 
-    private ServerProcess(Process process, Uri h2c, Uri tls, string thumbprint)
+    private ServerProcess(Process process, ServerSetup setup, Uri h2c, Uri tls, string thumbprint)
     {
         _process = process;
+        Setup = setup;
         H2c = h2c;
         Tls = tls;
         Thumbprint = thumbprint;
     }
+
+    public ServerSetup Setup { get; }
 
     public Uri H2c { get; }
 
@@ -29,18 +33,23 @@ internal sealed class ServerProcess : IDisposable
 
     public string Thumbprint { get; }
 
-    /// <summary>CPU time the server process has used so far (to attribute per-call cost to both sides).</summary>
-    public TimeSpan CpuTime
+    /// <summary>
+    /// What the server has spent so far (CPU time, allocated bytes) and its ConnectionRefresh.Server counts, as the
+    /// child reports them: to attribute per-call cost to both sides. One request at a time (the callers measure in turns).
+    /// </summary>
+    public async Task<ServerStats> GetStatsAsync()
     {
-        get
-        {
-            _process.Refresh();
-            return _process.TotalProcessorTime;
-        }
+        await _process.StandardInput.WriteLineAsync("stats").ConfigureAwait(false);
+        await _process.StandardInput.FlushAsync().ConfigureAwait(false);
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+        var line = await _process.StandardOutput.ReadLineAsync(timeout.Token).ConfigureAwait(false)
+            ?? throw new InvalidOperationException("The benchmark server exited.");
+        return ServerStats.FromLine(line);
     }
 
-    public static async Task<ServerProcess> StartAsync()
+    public static async Task<ServerProcess> StartAsync(ServerSetup? setup = null)
     {
+        setup ??= ServerSetup.Plain;
         var start = new ProcessStartInfo(Environment.ProcessPath!)
         {
             RedirectStandardInput = true,
@@ -54,6 +63,11 @@ internal sealed class ServerProcess : IDisposable
         }
 
         start.ArgumentList.Add("server");
+        foreach (var argument in setup.ToArguments())
+        {
+            start.ArgumentList.Add(argument);
+        }
+
         var process = Process.Start(start)!;
         try
         {
@@ -61,7 +75,7 @@ internal sealed class ServerProcess : IDisposable
             var line = await process.StandardOutput.ReadLineAsync(timeout.Token).ConfigureAwait(false)
                 ?? throw new InvalidOperationException("The benchmark server exited before it listened.");
             var fields = line.Split(' ').Select(f => f.Split('=', 2)).ToDictionary(f => f[0], f => f[1]);
-            var server = new ServerProcess(process, new Uri(fields["h2c"]), new Uri(fields["tls"]), fields["thumbprint"]);
+            var server = new ServerProcess(process, setup, new Uri(fields["h2c"]), new Uri(fields["tls"]), fields["thumbprint"]);
             await server.WarmUpAsync().ConfigureAwait(false);
             return server;
         }
@@ -96,14 +110,21 @@ internal sealed class ServerProcess : IDisposable
         }
     }
 
-    /// <summary>Runs the server until standard input closes (the <c>server</c> command).</summary>
-    public static async Task RunChildAsync()
+    /// <summary>Runs the server until standard input closes (the <c>server</c> command), answering <c>stats</c> requests.</summary>
+    public static async Task RunChildAsync(IReadOnlyList<string> args)
     {
-        await using var server = await BenchServer.StartAsync().ConfigureAwait(false);
+        // Listening before the host starts, so that no connection of the package is missed.
+        using var stats = new ServerStatsSource();
+        await using var server = await BenchServer.StartAsync(ServerSetup.FromArguments(args)).ConfigureAwait(false);
         Console.WriteLine($"h2c={server.H2c} tls={server.Tls} thumbprint={server.Thumbprint}");
         Console.Out.Flush();
-        while (await Console.In.ReadLineAsync().ConfigureAwait(false) is not null)
+        while (await Console.In.ReadLineAsync().ConfigureAwait(false) is { } line)
         {
+            if (line == "stats")
+            {
+                Console.WriteLine(stats.Snapshot().ToLine());
+                Console.Out.Flush();
+            }
         }
     }
 
