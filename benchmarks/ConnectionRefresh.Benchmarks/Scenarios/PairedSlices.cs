@@ -148,10 +148,10 @@ internal sealed class PairedSettings
         }
 
         if (settings.Seconds is <= 0 or > 3600 || settings.Slice <= TimeSpan.Zero || settings.Concurrency < 1
-            || settings.Strategies?.Any(s => s is Strategy.NewConnectionPerCall or Strategy.KubernetesResolver) == true
+            || settings.Strategies?.Contains(Strategy.KubernetesResolver) == true
             || settings.Transports.Any(t => t is not ("h2c" or "TLS")))
         {
-            throw new ArgumentException($"{command}: --seconds must be in (0, 3600], --slice-ms and --concurrency positive, --transports h2c and/or TLS; per-call dialing is for `scenarios`, the Kubernetes resolver for its cluster part.");
+            throw new ArgumentException($"{command}: --seconds must be in (0, 3600], --slice-ms and --concurrency positive, --transports h2c and/or TLS; the Kubernetes resolver is for the cluster part of `scenarios`.");
         }
 
         return settings;

@@ -32,6 +32,10 @@ internal static class ServerAbCommand
 
         var setups = names.Select(n => ServerSetup.Parse(n, rotationAge)).ToArray();
         var strategies = settings.Strategies ?? [Strategy.BareChannel];
+        if (strategies.Contains(Strategy.NewConnectionPerCall))
+        {
+            throw new ArgumentException("serverab: a client that dials per call measures the dial, not the server's cost per call; use held clients.");
+        }
 
         var servers = new List<ServerProcess>();
         try
