@@ -45,7 +45,7 @@ public sealed class KestrelInitiatedCloseTests
         await Poll.WithTimeout(kestrelDone.Task, "Kestrel's keep-alive timeout to finish the idle connection");
         var released = Stopwatch.GetTimestamp();
         clientStream.ReleaseReads();
-        await ClientClosedAfterTheHoldDecisionAsync(host, clientStream);
+        await clientStream.ReleaseCloseOnceAsync(() => host.EndedCount == 1, "the connection age to decide on the hold (it records the age right after)");
 
         // The client read the GOAWAY and closed its side while the server still held the socket open; without the
         // linger, the socket closes as soon as Kestrel is done and the server never reads the client's end.
@@ -255,7 +255,7 @@ public sealed class KestrelInitiatedCloseTests
         await Poll.WithTimeout(kestrelDone.Task, "Kestrel's keep-alive timeout to finish the idle connection");
         var released = Stopwatch.GetTimestamp();
         clientStream.ReleaseReads();
-        await ClientClosedAfterTheHoldDecisionAsync(host, clientStream);
+        await clientStream.ReleaseCloseOnceAsync(() => host.EndedCount == 1, "the connection age to decide on the hold (it records the age right after)");
 
         var result = await Poll.WithTimeout(connection, "the connection middleware to return");
         Assert.True(result.ClientEndReadBeforeReturn, "the server should keep the socket open until the client closed its side");
@@ -363,17 +363,6 @@ public sealed class KestrelInitiatedCloseTests
         var closedAfter = Stopwatch.GetElapsedTime(answered);
         Assert.Contains("pong", System.Text.Encoding.ASCII.GetString(response.ToArray()));
         Assert.True(closedAfter < ServerConnectionAgeDefaults.MaxGoAwayLinger, $"the connection closed {closedAfter} after the request");
-    }
-
-    // Waits until the client has read the GOAWAY and closed its side (its close held) and the connection age has decided
-    // on the hold (it records the connection's age right after that decision), then lets the client's end reach the
-    // server. A client whose end arrives before the decision has closed first: the server then rightly closes without a
-    // hold and without reading that end, and the test would show nothing.
-    internal static async Task ClientClosedAfterTheHoldDecisionAsync(GreeterTestHost host, GatedClientStream clientStream)
-    {
-        await Poll.UntilAsync(() => clientStream.CloseRequested, "the client to close its side after reading the GOAWAY");
-        await Poll.UntilAsync(() => host.EndedCount == 1, "the connection age to decide on the hold");
-        clientStream.ReleaseClose();
     }
 
     // What the client's TLS stream gives next: bytes (unexpected here), or its end (0 bytes, or a reset).

@@ -29,6 +29,17 @@ internal sealed class GatedClientStream(Stream inner) : Stream
     /// <summary>Whether the client has closed (disposed) this stream, whether or not its socket is closed yet.</summary>
     public bool CloseRequested => Volatile.Read(ref _closeRequested) != 0;
 
+    /// <summary>
+    /// Waits until the client has closed this stream (its close held) and <paramref name="serverDecided"/> holds, then
+    /// lets the close reach the server.
+    /// </summary>
+    public async Task ReleaseCloseOnceAsync(Func<bool> serverDecided, string what)
+    {
+        await Poll.UntilAsync(() => CloseRequested, "the client to close its side");
+        await Poll.UntilAsync(serverDecided, what);
+        ReleaseClose();
+    }
+
     public override bool CanRead => inner.CanRead;
 
     public override bool CanSeek => false;
