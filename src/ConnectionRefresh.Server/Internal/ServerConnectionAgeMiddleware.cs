@@ -81,7 +81,8 @@ internal sealed class ServerConnectionAgeMiddleware
             // - this package aborted the connection (its grace ended; Ended() ends the connection in the same step, so
             //   no abort starts after this decision), or the transport reports it closed: aborted by Kestrel, or the
             //   client is gone. An abort that is not reported yet ends the linger at once anyway: its input ends;
-            // - the client closed its side first: the linger's first read returns that end, without waiting;
+            // - the client closed its side first: Kestrel's socket transport reports that end as closed too (then its end
+            //   is never read here), and if not yet, the linger's first read returns that end, without waiting;
             // - the connection is not HTTP/2: HTTP/1.1 has no GOAWAY for the client to read first, and a socket held
             //   open there is reused by clients for a request that is never answered. Under TLS that runs inside this
             //   middleware (the order endpoint defaults give), ALPN's answer is the one the transport noted while
@@ -90,8 +91,8 @@ internal sealed class ServerConnectionAgeMiddleware
             //   request can be in flight, and closing at once lets the client see the socket closed and dial anew.
             //   grpc-dotnet checks its spare for closure before use but hands over an open one with the GOAWAY
             //   already buffered, and that connection's handshake then fails the call.
-            // The age is recorded once the linger's deadline is set, so that whoever sees it (metrics, tests) sees the
-            // deadline already running.
+            // The age is recorded once the linger is decided and its deadline set, so that whoever sees it (metrics,
+            // tests) sees the decision made and the deadline already running.
             var notAbortedByUs = tracker.Ended();
             var linger = notAbortedByUs
                 && !connection.ConnectionClosed.IsCancellationRequested

@@ -26,13 +26,16 @@ public sealed class ShutdownTests
         var connection = Assert.Single(probe.Connections);
         var clientStream = gated.SingleStream;
 
-        // The client reads nothing until Kestrel has sent its GOAWAY and finished with the connection: on loopback the
-        // client is otherwise often quick enough to close first, which hides what happens over a real network.
+        // The client reads nothing until Kestrel has sent its GOAWAY and finished with the connection, and its end
+        // reaches the server only once the connection age has decided on the hold: on loopback the client is otherwise
+        // often quick enough to close first, which hides what happens over a real network.
         clientStream.HoldReads();
+        clientStream.HoldClose();
         var stopping = host.StopAsync();
         await Poll.WithTimeout(kestrelDone.Task, "Kestrel to finish the idle connection after its GOAWAY");
         var stopwatch = Stopwatch.StartNew();
         clientStream.ReleaseReads();
+        await clientStream.ReleaseCloseOnceAsync(() => host.EndedCount == 1, "the connection age to decide on the hold (it records the age right after)");
         await Poll.WithTimeout(stopping, "the host to stop");
         var stopTook = stopwatch.Elapsed;
 

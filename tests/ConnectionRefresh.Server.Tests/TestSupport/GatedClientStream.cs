@@ -1,20 +1,44 @@
 namespace ConnectionRefresh.Server.Tests.TestSupport;
 
 /// <summary>
-/// A client connection's stream (from <c>SocketsHttpHandler.ConnectCallback</c>) whose reads a test can hold: what the
-/// server sends still arrives, but the client only sees it once the test releases the reads. Makes "the server is done
-/// before the client has read its GOAWAY" certain instead of a race on loopback. Thread-safe: the gate is swapped
-/// atomically; reads and writes are the handler's, one of each at a time.
+/// A client connection's stream (from <c>SocketsHttpHandler.ConnectCallback</c>) whose reads and close a test can hold:
+/// what the server sends still arrives, but the client only sees it once the test releases the reads; and the client's
+/// close (its FIN) reaches the server only once the test releases it. Makes "the server is done before the client has
+/// read its GOAWAY" and "the server has decided on the hold before the client's end arrives" certain instead of races
+/// on loopback. Thread-safe: the gates are swapped atomically, the close happens once; reads and writes are the
+/// handler's, one of each at a time.
 /// </summary>
 internal sealed class GatedClientStream(Stream inner) : Stream
 {
     private TaskCompletionSource? _gate;
+    private TaskCompletionSource? _closeGate;
+    private int _closeRequested;
 
     /// <summary>From now on, data read from the server is handed to the client only after <see cref="ReleaseReads"/>.</summary>
     public void HoldReads() =>
         Volatile.Write(ref _gate, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
 
     public void ReleaseReads() => Interlocked.Exchange(ref _gate, null)?.TrySetResult();
+
+    /// <summary>From now on, the client's close of this stream closes the socket only after <see cref="ReleaseClose"/>.</summary>
+    public void HoldClose() =>
+        Volatile.Write(ref _closeGate, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
+
+    public void ReleaseClose() => Interlocked.Exchange(ref _closeGate, null)?.TrySetResult();
+
+    /// <summary>Whether the client has closed (disposed) this stream, whether or not its socket is closed yet.</summary>
+    public bool CloseRequested => Volatile.Read(ref _closeRequested) != 0;
+
+    /// <summary>
+    /// Waits until the client has closed this stream (its close held) and <paramref name="serverDecided"/> holds, then
+    /// lets the close reach the server.
+    /// </summary>
+    public async Task ReleaseCloseOnceAsync(Func<bool> serverDecided, string what)
+    {
+        await Poll.UntilAsync(() => CloseRequested, "the client to close its side");
+        await Poll.UntilAsync(serverDecided, what);
+        ReleaseClose();
+    }
 
     public override bool CanRead => inner.CanRead;
 
@@ -63,19 +87,23 @@ internal sealed class GatedClientStream(Stream inner) : Stream
 
     public override void SetLength(long value) => throw new NotSupportedException();
 
+    // Stream.DisposeAsync comes here too. A close while held closes the socket when the hold is released (a released
+    // gate has been swapped out first, so the close then happens at once).
     protected override void Dispose(bool disposing)
     {
-        if (disposing)
+        if (disposing && Interlocked.Exchange(ref _closeRequested, 1) == 0)
         {
-            inner.Dispose();
+            var gate = Volatile.Read(ref _closeGate);
+            if (gate is null)
+            {
+                inner.Dispose();
+            }
+            else
+            {
+                _ = gate.Task.ContinueWith(_ => inner.Dispose(), CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
+            }
         }
 
         base.Dispose(disposing);
-    }
-
-    public override async ValueTask DisposeAsync()
-    {
-        await inner.DisposeAsync();
-        await base.DisposeAsync();
     }
 }

@@ -61,6 +61,16 @@ internal sealed class GatedGrpcClient : IDisposable
 
     public void Dispose()
     {
+        // A test that failed may have left a stream's close held: the sockets close with the client.
+        lock (_gate)
+        {
+            foreach (var stream in _streams)
+            {
+                stream.ReleaseReads();
+                stream.ReleaseClose();
+            }
+        }
+
         _channel.Dispose();
         _handler.Dispose();
     }
