@@ -5,6 +5,7 @@ using ConnectionRefresh.Protos;
 using ConnectionRefresh.Server.Internal;
 using ConnectionRefresh.Server.Tests.TestSupport;
 using Grpc.Net.Client;
+using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 
@@ -229,17 +230,7 @@ public sealed class KestrelInitiatedCloseTests
         var probe = new ConnectionEndProbe();
         var kestrelDone = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         using var certificate = SelfSignedCertificate();
-        await using var host = await GreeterTestHost.StartAsync(
-            _ => { },
-            protocols: HttpProtocols.Http1AndHttp2,
-            kestrelDefaults: kestrel => kestrel.Limits.KeepAliveTimeout = KeepAliveTimeout,
-            useConnectionAge: listen =>
-            {
-                listen.Use(probe.Middleware);
-                listen.UseServerConnectionAge();
-                listen.UseHttps(certificate);
-                listen.Use(ConnectionEndProbe.SignalsWhenKestrelIsDone(kestrelDone));
-            });
+        await using var host = await StartMixedTlsHostAsync(probe, kestrelDone, certificate);
         using var gated = new GatedGrpcClient(host.Address, certificate);
         var client = gated.Client;
         await client.SayHelloAsync(new HelloRequest { Name = "a" });
@@ -276,24 +267,13 @@ public sealed class KestrelInitiatedCloseTests
         var probe = new ConnectionEndProbe();
         var kestrelDone = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         using var certificate = SelfSignedCertificate();
-        await using var host = await GreeterTestHost.StartAsync(
-            _ => { },
-            protocols: HttpProtocols.Http1AndHttp2,
-            kestrelDefaults: kestrel => kestrel.Limits.KeepAliveTimeout = KeepAliveTimeout,
-            useConnectionAge: listen =>
-            {
-                listen.Use(probe.Middleware);
-                listen.UseServerConnectionAge();
-                listen.Use(next => async connection =>
-                {
-                    await next(connection);
-                    var clientEnded = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-                    using var registration = connection.ConnectionClosed.Register(() => clientEnded.TrySetResult());
-                    await Poll.WithTimeout(clientEnded.Task, "the client's end to arrive");
-                });
-                listen.UseHttps(certificate);
-                listen.Use(ConnectionEndProbe.SignalsWhenKestrelIsDone(kestrelDone));
-            });
+        await using var host = await StartMixedTlsHostAsync(probe, kestrelDone, certificate, beforeTls: next => async connection =>
+        {
+            await next(connection);
+            var clientEnded = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            using var registration = connection.ConnectionClosed.Register(() => clientEnded.TrySetResult());
+            await Poll.WithTimeout(clientEnded.Task, "the client's end to arrive");
+        });
         using var gated = new GatedGrpcClient(host.Address, certificate);
         var client = gated.Client;
         await client.SayHelloAsync(new HelloRequest { Name = "a" });
@@ -314,6 +294,29 @@ public sealed class KestrelInitiatedCloseTests
         await client.SayHelloAsync(new HelloRequest { Name = "b" });
         Assert.Equal(2, host.ConnectionsAccepted);
     }
+
+    /// <summary>
+    /// A TLS endpoint with Kestrel's default protocols and the connection age before <c>UseHttps</c> (the order endpoint
+    /// defaults give), the probe outside both; <paramref name="beforeTls"/> runs between the connection age and TLS.
+    /// </summary>
+    private static Task<GreeterTestHost> StartMixedTlsHostAsync(
+        ConnectionEndProbe probe, TaskCompletionSource kestrelDone, X509Certificate2 certificate, Func<ConnectionDelegate, ConnectionDelegate>? beforeTls = null) =>
+        GreeterTestHost.StartAsync(
+            _ => { },
+            protocols: HttpProtocols.Http1AndHttp2,
+            kestrelDefaults: kestrel => kestrel.Limits.KeepAliveTimeout = KeepAliveTimeout,
+            useConnectionAge: listen =>
+            {
+                listen.Use(probe.Middleware);
+                listen.UseServerConnectionAge();
+                if (beforeTls is not null)
+                {
+                    listen.Use(beforeTls);
+                }
+
+                listen.UseHttps(certificate);
+                listen.Use(ConnectionEndProbe.SignalsWhenKestrelIsDone(kestrelDone));
+            });
 
     [Fact]
     public async Task KeepAliveTimeout_Http11OverTlsOnMixedEndpoint_ConnectionAgeOutsideTls_SocketClosesWithoutTheHold()
