@@ -43,10 +43,7 @@ public sealed class KestrelInitiatedCloseTests
         // enough to, which hides what happens over a real network).
         clientStream.HoldReads();
         clientStream.HoldClose();
-        await Poll.WithTimeout(kestrelDone.Task, "Kestrel's keep-alive timeout to finish the idle connection");
-        var released = Stopwatch.GetTimestamp();
-        clientStream.ReleaseReads();
-        await clientStream.ReleaseCloseOnceAsync(() => host.EndedCount == 1, "the connection age to decide on the hold (it records the age right after)");
+        var released = await clientStream.ReleaseOnceKestrelIsDoneAsync(kestrelDone.Task, host);
 
         // The client read the GOAWAY and closed its side while the server still held the socket open; without the
         // linger, the socket closes as soon as Kestrel is done and the server never reads the client's end.
@@ -243,10 +240,7 @@ public sealed class KestrelInitiatedCloseTests
         var clientStream = gated.SingleStream;
         clientStream.HoldReads();
         clientStream.HoldClose();
-        await Poll.WithTimeout(kestrelDone.Task, "Kestrel's keep-alive timeout to finish the idle connection");
-        var released = Stopwatch.GetTimestamp();
-        clientStream.ReleaseReads();
-        await clientStream.ReleaseCloseOnceAsync(() => host.EndedCount == 1, "the connection age to decide on the hold (it records the age right after)");
+        var released = await clientStream.ReleaseOnceKestrelIsDoneAsync(kestrelDone.Task, host);
 
         var result = await Poll.WithTimeout(connection, "the connection middleware to return");
         Assert.True(result.ClientEndReadBeforeReturn, "the server should keep the socket open until the client closed its side");

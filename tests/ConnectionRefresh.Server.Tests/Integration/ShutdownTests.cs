@@ -32,12 +32,9 @@ public sealed class ShutdownTests
         clientStream.HoldReads();
         clientStream.HoldClose();
         var stopping = host.StopAsync();
-        await Poll.WithTimeout(kestrelDone.Task, "Kestrel to finish the idle connection after its GOAWAY");
-        var stopwatch = Stopwatch.StartNew();
-        clientStream.ReleaseReads();
-        await clientStream.ReleaseCloseOnceAsync(() => host.EndedCount == 1, "the connection age to decide on the hold (it records the age right after)");
+        var released = await clientStream.ReleaseOnceKestrelIsDoneAsync(kestrelDone.Task, host);
         await Poll.WithTimeout(stopping, "the host to stop");
-        var stopTook = stopwatch.Elapsed;
+        var stopTook = Stopwatch.GetElapsedTime(released);
 
         // The client read the GOAWAY and closed its side while the server still held the socket open; without the
         // linger, the socket closes as soon as Kestrel is done and the server never reads the client's end.

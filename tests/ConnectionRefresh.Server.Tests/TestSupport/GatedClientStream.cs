@@ -30,14 +30,20 @@ internal sealed class GatedClientStream(Stream inner) : Stream
     public bool CloseRequested => Volatile.Read(ref _closeRequested) != 0;
 
     /// <summary>
-    /// Waits until the client has closed this stream (its close held) and <paramref name="serverDecided"/> holds, then
-    /// lets the close reach the server.
+    /// With reads and close held: once Kestrel is done with the connection (<paramref name="kestrelDone"/>), lets the
+    /// client read (the GOAWAY), and lets the close it then asks for reach the server only once the connection age has
+    /// decided on the hold (it records the connection's age right after: <paramref name="host"/>'s EndedCount).
+    /// Returns when the reads were released (<see cref="System.Diagnostics.Stopwatch.GetTimestamp"/>).
     /// </summary>
-    public async Task ReleaseCloseOnceAsync(Func<bool> serverDecided, string what)
+    public async Task<long> ReleaseOnceKestrelIsDoneAsync(Task kestrelDone, GreeterTestHost host)
     {
+        await Poll.WithTimeout(kestrelDone, "Kestrel to finish the connection after its GOAWAY");
+        var released = System.Diagnostics.Stopwatch.GetTimestamp();
+        ReleaseReads();
         await Poll.UntilAsync(() => CloseRequested, "the client to close its side");
-        await Poll.UntilAsync(serverDecided, what);
+        await Poll.UntilAsync(() => host.EndedCount == 1, "the connection age to decide on the hold (it records the age right after)");
         ReleaseClose();
+        return released;
     }
 
     public override bool CanRead => inner.CanRead;
