@@ -10,8 +10,9 @@ namespace ConnectionRefresh.Internal;
 internal sealed class TrackedContent : HttpContent
 {
     // The content of SocketsHttpHandler's responses (an internal type): its stream is ready as soon as the
-    // headers are, so ReadAsStream does not block. Null if the runtime renames it; then the async path is used.
-    private static readonly Type? SocketsResponseContentType =
+    // headers are, so ReadAsStream does not block. Null if the runtime renames it; then the async path is used (a
+    // test watches for that).
+    internal static readonly Type? SocketsResponseContentType =
         typeof(HttpClient).Assembly.GetType("System.Net.Http.HttpConnectionResponseContent", throwOnError: false);
 
     private readonly HttpContent _inner;
