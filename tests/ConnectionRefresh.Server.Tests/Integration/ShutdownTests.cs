@@ -125,14 +125,29 @@ public sealed class ShutdownTests
         // Kestrel; this callback is registered before the package's (at bind), so it runs after it.
         using var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         var atStopping = new TaskCompletionSource<(bool Readable, int Available)>(TaskCreationOptions.RunContinuationsAsynchronously);
-        await using var host = await GreeterTestHost.StartAsync(_ => { }, kestrelDefaults: kestrel =>
-            kestrel.ApplicationServices.GetRequiredService<IHostApplicationLifetime>().ApplicationStopping.Register(() =>
+        var insideConnectionAge = 0;
+        await using var host = await GreeterTestHost.StartAsync(
+            _ => { },
+            kestrelDefaults: kestrel =>
+                kestrel.ApplicationServices.GetRequiredService<IHostApplicationLifetime>().ApplicationStopping.Register(() =>
+                {
+                    var readable = socket.Poll(TimeSpan.FromSeconds(5), SelectMode.SelectRead);
+                    atStopping.TrySetResult((readable, readable ? socket.Available : -1));
+                }),
+            useConnectionAge: listen =>
             {
-                var readable = socket.Poll(TimeSpan.FromSeconds(5), SelectMode.SelectRead);
-                atStopping.TrySetResult((readable, readable ? socket.Available : -1));
-            }));
+                listen.UseServerConnectionAge();
+                listen.Use(next => connection =>
+                {
+                    Interlocked.Increment(ref insideConnectionAge);
+                    return next(connection);
+                });
+            });
         await socket.ConnectAsync(host.Address.Host, host.Address.Port);
-        await Poll.UntilAsync(() => host.ConnectionsAccepted == 1, "the server to accept the connection");
+
+        // Inside the package's middleware: the connection is known to it (one accepted while the application is
+        // already stopping is not, and keeps the close after Kestrel's GOAWAY).
+        await Poll.UntilAsync(() => Volatile.Read(ref insideConnectionAge) == 1, "the connection to reach Kestrel");
 
         await Poll.WithTimeout(host.StopAsync(), "the host to stop");
 
