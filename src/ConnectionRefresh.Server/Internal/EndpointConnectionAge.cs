@@ -3,6 +3,7 @@ using System.Runtime.CompilerServices;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 
@@ -54,6 +55,7 @@ internal static class EndpointConnectionAge
         var metrics = services?.GetService<ServerConnectionAgeMetrics>()
             ?? new ServerConnectionAgeMetrics(services?.GetService<IMeterFactory>());
         var logger = (services?.GetService<ILoggerFactory>() ?? NullLoggerFactory.Instance).CreateLogger(LoggerCategory);
-        return new ServerConnectionAgeMiddleware(next, settings, time, metrics, logger);
+        var closer = new SilentConnectionCloser(services?.GetService<IHostApplicationLifetime>());
+        return new ServerConnectionAgeMiddleware(next, settings, time, metrics, logger, silentCloser: closer);
     }
 }

@@ -132,7 +132,7 @@ internal sealed class LingeringTransport : IDuplexPipe
     {
         private bool _completed;
         private Exception? _error;
-        private bool _receivedData;
+        private volatile bool _receivedData;
 
         public bool Failed => _error is not null;
 

@@ -24,6 +24,7 @@ internal sealed class ServerConnectionAgeMiddleware
     private readonly ServerConnectionAgeMetrics _metrics;
     private readonly ILogger _logger;
     private readonly Random _random;
+    private readonly SilentConnectionCloser? _silentCloser;
 
     public ServerConnectionAgeMiddleware(
         ConnectionDelegate next,
@@ -31,8 +32,10 @@ internal sealed class ServerConnectionAgeMiddleware
         TimeProvider time,
         ServerConnectionAgeMetrics metrics,
         ILogger logger,
-        Random? random = null)
+        Random? random = null,
+        SilentConnectionCloser? silentCloser = null)
     {
+        _silentCloser = silentCloser;
         _next = next;
         _settings = settings;
         _time = time;
@@ -61,12 +64,18 @@ internal sealed class ServerConnectionAgeMiddleware
         var transport = new LingeringTransport(connection.Transport, connection.Features);
         connection.Transport = transport;
         tracker.Start();
+        var tracked = _silentCloser?.Add(connection, transport) ?? false;
         try
         {
             await _next(connection).ConfigureAwait(false);
         }
         finally
         {
+            if (tracked)
+            {
+                _silentCloser!.Remove(connection);
+            }
+
             connection.Transport = transport.Inner;
 
             // The linger rule. Kestrel ends an HTTP/2 connection that it was not asked to abort by writing a GOAWAY
@@ -90,7 +99,8 @@ internal sealed class ServerConnectionAgeMiddleware
             // - the client never sent a byte (a pre-connected spare socket, as grpc-dotnet's balancer keeps one): no
             //   request can be in flight, and closing at once lets the client see the socket closed and dial anew.
             //   grpc-dotnet checks its spare for closure before use but hands over an open one with the GOAWAY
-            //   already buffered, and that connection's handshake then fails the call.
+            //   already buffered, and that connection's handshake then fails the call. At server shutdown such a
+            //   connection was already shut at ApplicationStopping (SilentConnectionCloser), before Kestrel's GOAWAY.
             // The age is recorded once the linger is decided and its deadline set, so that whoever sees it (metrics,
             // tests) sees the decision made and the deadline already running.
             var notAbortedByUs = tracker.Ended();

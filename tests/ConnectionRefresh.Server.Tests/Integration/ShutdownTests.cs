@@ -5,6 +5,8 @@ using ConnectionRefresh.Server.Internal;
 using ConnectionRefresh.Server.Tests.TestSupport;
 using Grpc.Net.Client;
 using Microsoft.AspNetCore.Hosting;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
 
 namespace ConnectionRefresh.Server.Tests.Integration;
 
@@ -112,5 +114,45 @@ public sealed class ShutdownTests
         {
             // Kestrel's GOAWAY; then the end of the stream.
         }
+    }
+
+    [Fact]
+    public async Task StopAsync_SpareSocketThatNeverSentAByte_IsClosedWhenTheApplicationStartsStopping()
+    {
+        // grpc-dotnet takes its spare socket right after the GOAWAY of its current connection, that is when that pod
+        // exits; if the spare is on the same pod, its end must be on its way before Kestrel's shutdown sends any GOAWAY,
+        // or a check of the spare can find it open and hand it over. The host raises ApplicationStopping before it stops
+        // Kestrel; this callback is registered before the package's (at bind), so it runs after it.
+        using var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        var atStopping = new TaskCompletionSource<(bool Readable, int Available)>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var insideConnectionAge = 0;
+        await using var host = await GreeterTestHost.StartAsync(
+            _ => { },
+            kestrelDefaults: kestrel =>
+                kestrel.ApplicationServices.GetRequiredService<IHostApplicationLifetime>().ApplicationStopping.Register(() =>
+                {
+                    var readable = socket.Poll(TimeSpan.FromSeconds(5), SelectMode.SelectRead);
+                    atStopping.TrySetResult((readable, readable ? socket.Available : -1));
+                }),
+            useConnectionAge: listen =>
+            {
+                listen.UseServerConnectionAge();
+                listen.Use(next => connection =>
+                {
+                    Interlocked.Increment(ref insideConnectionAge);
+                    return next(connection);
+                });
+            });
+        await socket.ConnectAsync(host.Address.Host, host.Address.Port);
+
+        // Inside the package's middleware: the connection is known to it (one accepted while the application is
+        // already stopping is not, and keeps the close after Kestrel's GOAWAY).
+        await Poll.UntilAsync(() => Volatile.Read(ref insideConnectionAge) == 1, "the connection to reach Kestrel");
+
+        await Poll.WithTimeout(host.StopAsync(), "the host to stop");
+
+        // Readable with nothing to read: the end of the stream, and no GOAWAY before it.
+        Assert.Equal((true, 0), await atStopping.Task);
+        Assert.Equal(0, await socket.ReceiveAsync(new byte[64], SocketFlags.None));
     }
 }

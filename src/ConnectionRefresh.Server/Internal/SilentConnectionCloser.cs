@@ -1,0 +1,82 @@
+using System.Net.Sockets;
+using Microsoft.AspNetCore.Connections;
+using Microsoft.AspNetCore.Connections.Features;
+using Microsoft.Extensions.Hosting;
+
+namespace ConnectionRefresh.Server.Internal;
+
+/// <summary>
+/// Closes, when the application starts stopping, every connection of an endpoint whose client has not sent a byte yet
+/// (a pre-connected spare socket, as grpc-dotnet's balancer keeps one), before Kestrel's shutdown sends any GOAWAY.
+/// </summary>
+/// <remarks>
+/// Why: grpc-dotnet takes its spare when it next needs a connection, which is when the pod of its current connection
+/// exits, so just after that connection's GOAWAY. If the spare is on the same pod, Kestrel's shutdown sends it a GOAWAY
+/// in place of SETTINGS at the same moment, and the close follows; a check of the spare made before the close arrives
+/// finds it open and hands it over, and SocketsHttpHandler fails the call that asked for it. Closed at
+/// <c>ApplicationStopping</c>, which the host raises before it stops Kestrel, the spare's end is on its way before the
+/// GOAWAY that makes the client look at it. Thread safety: the set is guarded by its own lock.
+/// </remarks>
+internal sealed class SilentConnectionCloser
+{
+    private readonly Lock _gate = new();
+    private readonly Dictionary<ConnectionContext, LingeringTransport> _connections = [];
+    private bool _stopping;
+
+    public SilentConnectionCloser(IHostApplicationLifetime? lifetime) =>
+        lifetime?.ApplicationStopping.Register(static state => ((SilentConnectionCloser)state!).CloseSilent(), this);
+
+    /// <summary>Adds a connection; false when the application is already stopping (then nothing is tracked).</summary>
+    public bool Add(ConnectionContext connection, LingeringTransport transport)
+    {
+        lock (_gate)
+        {
+            if (_stopping)
+            {
+                return false;
+            }
+
+            _connections[connection] = transport;
+            return true;
+        }
+    }
+
+    public void Remove(ConnectionContext connection)
+    {
+        lock (_gate)
+        {
+            _connections.Remove(connection);
+        }
+    }
+
+    private void CloseSilent()
+    {
+        List<ConnectionContext> silent;
+        lock (_gate)
+        {
+            _stopping = true;
+            silent = [.. _connections.Where(c => !c.Value.ClientSentData).Select(c => c.Key)];
+        }
+
+        foreach (var connection in silent)
+        {
+            // The end of the stream (FIN) at once; Kestrel's GOAWAY, written later, can no longer go out. Without the
+            // socket (another transport), an abort.
+            var socket = connection.Features.Get<IConnectionSocketFeature>()?.Socket;
+            if (socket is null)
+            {
+                connection.Abort(new ConnectionAbortedException("The server is stopping and the client had not sent a byte."));
+                continue;
+            }
+
+            try
+            {
+                socket.Shutdown(SocketShutdown.Send);
+            }
+            catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+            {
+                // Already closed.
+            }
+        }
+    }
+}
