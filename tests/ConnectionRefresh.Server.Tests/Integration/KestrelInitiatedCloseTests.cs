@@ -33,16 +33,12 @@ public sealed class KestrelInitiatedCloseTests
         await using var host = await StartAsync(probe, kestrelDone);
         using var gated = new GatedGrpcClient(host.Address);
         var client = gated.Client;
-        await client.SayHelloAsync(new HelloRequest { Name = "a" });
-        var connection = Assert.Single(probe.Connections);
-        var clientStream = gated.SingleStream;
 
-        // The connection is idle now: Kestrel's keep-alive timeout (2 s) runs. The client reads nothing until Kestrel
-        // has sent its GOAWAY and finished with the connection, and its end reaches the server only once the connection
-        // age has decided on the hold, so that the client cannot close first (on loopback it is otherwise often quick
-        // enough to, which hides what happens over a real network).
-        clientStream.HoldReads();
-        clientStream.HoldClose();
+        // The connection is idle after the call: Kestrel's keep-alive timeout (2 s) runs. The client reads nothing until
+        // Kestrel has sent its GOAWAY and finished with the connection, and its end reaches the server only once the
+        // connection age has decided on the hold, so that the client cannot close first (on loopback it is otherwise
+        // often quick enough to, which hides what happens over a real network).
+        var (connection, clientStream) = await gated.CallThenHoldAsync(probe);
         var released = await clientStream.ReleaseOnceKestrelIsDoneAsync(kestrelDone.Task, host);
 
         // The client read the GOAWAY and closed its side while the server still held the socket open; without the
@@ -230,16 +226,12 @@ public sealed class KestrelInitiatedCloseTests
         await using var host = await StartMixedTlsHostAsync(probe, kestrelDone, certificate);
         using var gated = new GatedGrpcClient(host.Address, certificate);
         var client = gated.Client;
-        await client.SayHelloAsync(new HelloRequest { Name = "a" });
-        var connection = Assert.Single(probe.Connections);
 
         // The client reads nothing until Kestrel has sent its GOAWAY and finished with the connection, and its end
         // reaches the server only once the connection age has decided on the hold. Here the client needs that most:
         // Kestrel's TLS middleware still disposes its SslStream after Kestrel is done, and a client reading at once
         // often closed before the decision (about 2 runs in 100), which then rightly held nothing.
-        var clientStream = gated.SingleStream;
-        clientStream.HoldReads();
-        clientStream.HoldClose();
+        var (connection, clientStream) = await gated.CallThenHoldAsync(probe);
         var released = await clientStream.ReleaseOnceKestrelIsDoneAsync(kestrelDone.Task, host);
 
         var result = await Poll.WithTimeout(connection, "the connection middleware to return");

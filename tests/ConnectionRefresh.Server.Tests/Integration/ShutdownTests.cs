@@ -24,15 +24,11 @@ public sealed class ShutdownTests
         await using var host = await probe.StartHostAsync(kestrelDone);
         using var gated = new GatedGrpcClient(host.Address);
         var client = gated.Client;
-        await client.SayHelloAsync(new HelloRequest { Name = "a" });
-        var connection = Assert.Single(probe.Connections);
-        var clientStream = gated.SingleStream;
 
         // The client reads nothing until Kestrel has sent its GOAWAY and finished with the connection, and its end
         // reaches the server only once the connection age has decided on the hold: on loopback the client is otherwise
         // often quick enough to close first, which hides what happens over a real network.
-        clientStream.HoldReads();
-        clientStream.HoldClose();
+        var (connection, clientStream) = await gated.CallThenHoldAsync(probe);
         var stopping = host.StopAsync();
         var released = await clientStream.ReleaseOnceKestrelIsDoneAsync(kestrelDone.Task, host);
         await Poll.WithTimeout(stopping, "the host to stop");

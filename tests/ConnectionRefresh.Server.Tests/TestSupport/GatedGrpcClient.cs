@@ -59,6 +59,20 @@ internal sealed class GatedGrpcClient : IDisposable
         }
     }
 
+    /// <summary>
+    /// Makes one call, which leaves its connection idle, then holds what the client reads on that connection and its
+    /// close (see <see cref="GatedClientStream"/>): the probe's record of the connection, and its gated stream.
+    /// </summary>
+    public async Task<(Task<ConnectionEndProbe.Result> Connection, GatedClientStream Stream)> CallThenHoldAsync(ConnectionEndProbe probe)
+    {
+        await Client.SayHelloAsync(new HelloRequest { Name = "a" });
+        var connection = Assert.Single(probe.Connections);
+        var stream = SingleStream;
+        stream.HoldReads();
+        stream.HoldClose();
+        return (connection, stream);
+    }
+
     public void Dispose()
     {
         // A test that failed may have left a stream's close held: the sockets close with the client.
