@@ -114,6 +114,23 @@ public sealed class CompositionTests
         Assert.Equal(3, Volatile.Read(ref validated));
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task RuntimeHttpMetrics_WithRefresh_AreReportedThroughTheApplicationsMeterFactory(bool refresh)
+    {
+        // HttpClientFactory hands the application's IMeterFactory to a SocketsHttpHandler primary handler, so that the
+        // runtime's http.client.* metrics belong to the application's meters (what MetricCollector, and any listener
+        // scoped to the DI IMeterFactory, sees). The handlers ConnectionRefresh creates must get it too.
+        await using var cluster = await SimulatedCluster.StartAsync(new() { Replicas = 1 });
+        using var host = refresh ? GreeterClientHost.WithRefresh(cluster.Address) : GreeterClientHost.Plain(cluster.Address);
+        using var requests = new MetricCollector<double>(host.Services.GetRequiredService<IMeterFactory>(), "System.Net.Http", "http.client.request.duration");
+
+        await host.Client.SayHelloAsync(new HelloRequest { Name = "m" });
+
+        Assert.Single(requests.GetMeasurementSnapshot());
+    }
+
     [Fact]
     public async Task PlainHttpClient_Http2Calls_AreRecycled()
     {
