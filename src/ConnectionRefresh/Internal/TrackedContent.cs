@@ -116,6 +116,14 @@ internal sealed class TrackedContent : HttpContent
         }
     }
 
+    // HttpContent's synchronous copy (CopyTo, LoadIntoBuffer) has no default: without this it throws NotSupportedException,
+    // where SocketsHttpHandler's own content copies synchronously.
+    protected override void SerializeToStream(Stream stream, TransportContext? context, CancellationToken cancellationToken)
+    {
+        using var source = CreateContentReadStream(cancellationToken);
+        source.CopyTo(stream);
+    }
+
     protected override bool TryComputeLength(out long length)
     {
         length = 0;

@@ -148,6 +148,38 @@ public sealed class CompositionTests
         Assert.Equal(3, cluster.Pods[0].ConnectionsAccepted);
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task PlainHttpClient_ResponseCopiedSynchronously_ReadsTheBody(bool refresh)
+    {
+        // HttpContent.CopyTo is the synchronous copy; SocketsHttpHandler's content supports it over HTTP/2 too.
+        await using var cluster = await SimulatedCluster.StartAsync(new() { Replicas = 1 });
+        var services = new ServiceCollection();
+        var builder = AddPlainHttp2Client(services, cluster.Address);
+        if (refresh)
+        {
+            builder.AddConnectionRefresh(o => o.MaxRequestsPerConnection = 1);
+        }
+
+        using var provider = services.BuildServiceProvider();
+        var http = provider.GetRequiredService<IHttpClientFactory>().CreateClient("plain");
+        using var content = new ByteArrayContent(new byte[5]);
+        content.Headers.ContentType = new("application/grpc");
+        using var request = new HttpRequestMessage(HttpMethod.Post, "/greet.Greeter/SayHello") { Content = content };
+
+        using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+        using var body = new MemoryStream();
+        response.Content.CopyTo(body, null, CancellationToken.None);
+
+        Assert.NotEqual(0, body.Length);
+        if (refresh)
+        {
+            // The call was its connection's last (a budget of one): reading its body to the end releases the connection.
+            await Poll.UntilAsync(() => cluster.Pods[0].OpenConnections == 0, "the retired connection closed", TimeSpan.FromSeconds(10));
+        }
+    }
+
     [Fact]
     public async Task HttpClientFactoryDefaultLogging_PlainHttpClientWithRefresh_IsKept()
     {
