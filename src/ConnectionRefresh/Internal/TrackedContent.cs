@@ -70,6 +70,13 @@ internal sealed class TrackedContent : HttpContent
     /// <summary>Ends the call after a failure; returns the exception to throw instead, if any.</summary>
     public Exception? Fail(Exception exception, CancellationToken cancellationToken)
     {
+        // A read the caller cancelled ends only that read: SocketsHttpHandler's HTTP/2 response stream stays open and
+        // readable, so the call keeps its lease until the body ends or the response is disposed (as gRPC does).
+        if (exception is OperationCanceledException && cancellationToken.IsCancellationRequested)
+        {
+            return null;
+        }
+
         Complete();
         return WasCut
             ? ConnectionFailures.CutByDrainTimeout(exception)

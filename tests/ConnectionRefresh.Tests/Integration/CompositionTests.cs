@@ -2,6 +2,7 @@ using System.Diagnostics.Metrics;
 using System.Net;
 using System.Net.Sockets;
 using ConnectionRefresh.Protos;
+using Google.Protobuf;
 using ConnectionRefresh.Testing;
 using ConnectionRefresh.Tests.Infrastructure;
 using Microsoft.AspNetCore.Hosting;
@@ -178,6 +179,53 @@ public sealed class CompositionTests
             // The call was its connection's last (a budget of one): reading its body to the end releases the connection.
             await Poll.UntilAsync(() => cluster.Pods[0].OpenConnections == 0, "the retired connection closed", TimeSpan.FromSeconds(10));
         }
+    }
+
+    [Fact]
+    public async Task PlainHttpClient_ReadCancelledMidStream_KeepsTheConnectionUntilTheStreamEnds()
+    {
+        // SocketsHttpHandler's HTTP/2 response stream survives a cancelled read: the caller may read on (a per-read
+        // timeout). Until the stream has ended its connection must stay leased: not disposed, so still pinged, and
+        // counted as draining.
+        await using var cluster = await SimulatedCluster.StartAsync(new() { Replicas = 1 });
+        var services = new ServiceCollection();
+        services.AddMetrics();
+        AddPlainHttp2Client(services, cluster.Address).AddConnectionRefresh(o => o.MaxRequestsPerConnection = 1);
+        using var provider = services.BuildServiceProvider();
+        using var draining = new MetricCollector<long>(provider.GetRequiredService<IMeterFactory>(), "ConnectionRefresh", "connectionrefresh.connections.draining");
+        var http = provider.GetRequiredService<IHttpClientFactory>().CreateClient("plain");
+        var message = new StreamRequest { Name = "s", Count = 2, DelayMs = 3000 }.ToByteArray();
+        var frame = new byte[5 + message.Length];
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32BigEndian(frame.AsSpan(1), message.Length);
+        message.CopyTo(frame, 5);
+        using var content = new ByteArrayContent(frame);
+        content.Headers.ContentType = new("application/grpc");
+        using var request = new HttpRequestMessage(HttpMethod.Post, "/greet.Greeter/StreamHellos")
+        {
+            Content = content,
+            Version = HttpVersion.Version20,
+            VersionPolicy = HttpVersionPolicy.RequestVersionExact,
+        };
+
+        // A budget of one call: the connection is retired as this call starts and drains while it runs.
+        using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+        var body = await response.Content.ReadAsStreamAsync();
+        var header = new byte[5];
+        await body.ReadExactlyAsync(header);
+        await body.ReadExactlyAsync(new byte[System.Buffers.Binary.BinaryPrimitives.ReadInt32BigEndian(header.AsSpan(1))]);
+        using (var timeout = new CancellationTokenSource())
+        {
+            // The second message comes 3 s after the first: this read waits for it when it is cancelled.
+            var read = body.ReadAsync(new byte[64], timeout.Token).AsTask();
+            await timeout.CancelAsync();
+            await Assert.ThrowsAnyAsync<OperationCanceledException>(() => read);
+        }
+
+        Assert.Equal(1, draining.GetMeasurementSnapshot().Sum(m => m.Value));
+        var rest = new MemoryStream();
+        await body.CopyToAsync(rest);
+        Assert.NotEqual(0, rest.Length); // the second message: the stream went on after the cancelled read
+        Assert.Equal(0, draining.GetMeasurementSnapshot().Sum(m => m.Value));
     }
 
     [Fact]
