@@ -4,7 +4,8 @@ namespace ConnectionRefresh.Internal;
 
 /// <summary>
 /// Wraps a response's content so that the call's lease on its generation is released exactly once, when the
-/// response has ended: its body was read to the end, it failed, or it was disposed.
+/// response has ended: its body was read to the end, it failed, or it was disposed. A read its caller cancelled is no
+/// failure of the response: SocketsHttpHandler's HTTP/2 stream stays readable after it.
 /// </summary>
 /// <remarks>Thread-safe: completion is decided by one Interlocked exchange.</remarks>
 internal sealed class TrackedContent : HttpContent
@@ -123,8 +124,8 @@ internal sealed class TrackedContent : HttpContent
         }
     }
 
-    // HttpContent's synchronous copy (CopyTo, LoadIntoBuffer) has no default: without this it throws NotSupportedException,
-    // where SocketsHttpHandler's own content copies synchronously.
+    // HttpContent's synchronous copy (CopyTo, the buffering of a synchronous HttpClient.Send) has no default: without
+    // this it throws NotSupportedException, where SocketsHttpHandler's own content copies synchronously.
     protected override void SerializeToStream(Stream stream, TransportContext? context, CancellationToken cancellationToken)
     {
         using var source = CreateContentReadStream(cancellationToken);
