@@ -229,6 +229,33 @@ public sealed class CompositionTests
     }
 
     [Fact]
+    public async Task PlainHttpClient_HeadResponseLeftUndisposed_ReleasesTheConnection()
+    {
+        // HttpClient does not buffer the (empty) body of a HEAD response, and code that only looks at its status often
+        // leaves it undisposed: harmless with SocketsHttpHandler, whose stream ended with the headers. The connection's
+        // lease must end there too, or a retired connection is never disposed.
+        await using var cluster = await SimulatedCluster.StartAsync(new() { Replicas = 1 });
+        var services = new ServiceCollection();
+        services.AddMetrics();
+        AddPlainHttp2Client(services, cluster.Address).AddConnectionRefresh(o => o.MaxRequestsPerConnection = 1);
+        using var provider = services.BuildServiceProvider();
+        using var draining = new MetricCollector<long>(provider.GetRequiredService<IMeterFactory>(), "ConnectionRefresh", "connectionrefresh.connections.draining");
+        var http = provider.GetRequiredService<IHttpClientFactory>().CreateClient("plain");
+
+        // A budget of one call: the connection is retired as this call starts, and drained once it has ended.
+        var response = await http.SendAsync(new HttpRequestMessage(HttpMethod.Head, "/")
+        {
+            Version = HttpVersion.Version20,
+            VersionPolicy = HttpVersionPolicy.RequestVersionExact,
+        });
+
+        Assert.Equal(HttpVersion.Version20, response.Version);
+        Assert.Equal(0, draining.GetMeasurementSnapshot().Sum(m => m.Value));
+        await Poll.UntilAsync(() => cluster.Pods[0].OpenConnections == 0, "the retired connection closed", TimeSpan.FromSeconds(10));
+        GC.KeepAlive(response);
+    }
+
+    [Fact]
     public async Task HttpClientFactoryDefaultLogging_PlainHttpClientWithRefresh_IsKept()
     {
         // Only gRPC clients lose the factory's logging handlers: for a plain HTTP client the status they log is the answer.
