@@ -194,7 +194,7 @@ public sealed class CompositionTests
         using var provider = services.BuildServiceProvider();
         using var draining = new MetricCollector<long>(provider.GetRequiredService<IMeterFactory>(), "ConnectionRefresh", "connectionrefresh.connections.draining");
         var http = provider.GetRequiredService<IHttpClientFactory>().CreateClient("plain");
-        var message = new StreamRequest { Name = "s", Count = 2, DelayMs = 3000 }.ToByteArray();
+        var message = new StreamRequest { Name = "s", Count = 2, DelayMs = 5000 }.ToByteArray();
         var frame = new byte[5 + message.Length];
         System.Buffers.Binary.BinaryPrimitives.WriteInt32BigEndian(frame.AsSpan(1), message.Length);
         message.CopyTo(frame, 5);
@@ -215,7 +215,8 @@ public sealed class CompositionTests
         await body.ReadExactlyAsync(new byte[System.Buffers.Binary.BinaryPrimitives.ReadInt32BigEndian(header.AsSpan(1))]);
         using (var timeout = new CancellationTokenSource())
         {
-            // The second message comes 3 s after the first: this read waits for it when it is cancelled.
+            // The second message comes 5 s after the first (ample on a loaded machine): this read waits for it when
+            // it is cancelled.
             var read = body.ReadAsync(new byte[64], timeout.Token).AsTask();
             await timeout.CancelAsync();
             await Assert.ThrowsAnyAsync<OperationCanceledException>(() => read);
