@@ -493,6 +493,12 @@ public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
         { "keepalive pings", h => h.KeepAlivePingDelay = TimeSpan.FromSeconds(30) },
         { "ConnectTimeout", h => h.ConnectTimeout = TimeSpan.FromSeconds(3) },
         { "InitialHttp2StreamWindowSize", h => h.InitialHttp2StreamWindowSize = 1 << 20 },
+        { "Expect100ContinueTimeout", h => h.Expect100ContinueTimeout = TimeSpan.FromSeconds(5) },
+        { "ResponseDrainTimeout", h => h.ResponseDrainTimeout = TimeSpan.FromSeconds(5) },
+        { "MaxResponseDrainSize", h => h.MaxResponseDrainSize = 4096 },
+        { "SslOptions.AllowRenegotiation", h => h.SslOptions.AllowRenegotiation = false },
+        { "SslOptions.AllowTlsResume", h => h.SslOptions.AllowTlsResume = false },
+        { "EnableMultipleHttp3Connections", h => h.EnableMultipleHttp3Connections = true },
     };
 
     [Theory]

@@ -80,6 +80,15 @@ internal sealed class ConnectionRefreshHandler : HttpMessageHandler
             throw replacement;
         }
 
+        // A HEAD response has no body: its stream ended with the headers. HttpClient does not read it and callers often
+        // leave it undisposed, so the call ends here rather than hold its connection forever.
+        if (request.Method == HttpMethod.Head)
+        {
+            linked?.Dispose();
+            generation.Release();
+            return response;
+        }
+
         response.Content = new TrackedContent(response.Content, slot, generation, linked);
         return response;
     }

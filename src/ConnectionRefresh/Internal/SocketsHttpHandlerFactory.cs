@@ -1,4 +1,6 @@
+using System.Diagnostics.Metrics;
 using System.Net.Sockets;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace ConnectionRefresh.Internal;
 
@@ -50,6 +52,10 @@ internal sealed class SocketsHttpHandlerFactory
         {
             configure(handler, _services);
         }
+
+        // HttpClientFactory gives the application's IMeterFactory to a SocketsHttpHandler primary handler (unless one is
+        // set), which ours no longer is: without this the runtime's http.client.* metrics leave the application's meters.
+        handler.MeterFactory ??= _services.GetService<IMeterFactory>();
 
         var connect = handler.ConnectCallback ?? ConnectAsync;
         var telemetry = _telemetry;

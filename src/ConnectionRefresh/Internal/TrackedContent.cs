@@ -4,7 +4,8 @@ namespace ConnectionRefresh.Internal;
 
 /// <summary>
 /// Wraps a response's content so that the call's lease on its generation is released exactly once, when the
-/// response has ended: its body was read to the end, it failed, or it was disposed.
+/// response has ended: its body was read to the end, it failed, or it was disposed. A read its caller cancelled is no
+/// failure of the response: SocketsHttpHandler's HTTP/2 stream stays readable after it.
 /// </summary>
 /// <remarks>Thread-safe: completion is decided by one Interlocked exchange.</remarks>
 internal sealed class TrackedContent : HttpContent
@@ -70,6 +71,13 @@ internal sealed class TrackedContent : HttpContent
     /// <summary>Ends the call after a failure; returns the exception to throw instead, if any.</summary>
     public Exception? Fail(Exception exception, CancellationToken cancellationToken)
     {
+        // A read the caller cancelled ends only that read: SocketsHttpHandler's HTTP/2 response stream stays open and
+        // readable, so the call keeps its lease until the body ends or the response is disposed (as gRPC does).
+        if (exception is OperationCanceledException && cancellationToken.IsCancellationRequested)
+        {
+            return null;
+        }
+
         Complete();
         return WasCut
             ? ConnectionFailures.CutByDrainTimeout(exception)
@@ -114,6 +122,14 @@ internal sealed class TrackedContent : HttpContent
         {
             await source.CopyToAsync(stream, cancellationToken).ConfigureAwait(false);
         }
+    }
+
+    // HttpContent's synchronous copy (CopyTo, the buffering of a synchronous HttpClient.Send) has no default: without
+    // this it throws NotSupportedException, where SocketsHttpHandler's own content copies synchronously.
+    protected override void SerializeToStream(Stream stream, TransportContext? context, CancellationToken cancellationToken)
+    {
+        using var source = CreateContentReadStream(cancellationToken);
+        source.CopyTo(stream);
     }
 
     protected override bool TryComputeLength(out long length)

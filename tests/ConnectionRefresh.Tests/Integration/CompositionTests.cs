@@ -4,6 +4,7 @@ using System.Net.Sockets;
 using ConnectionRefresh.Protos;
 using ConnectionRefresh.Testing;
 using ConnectionRefresh.Tests.Infrastructure;
+using Google.Protobuf;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Diagnostics.Metrics.Testing;
@@ -114,6 +115,23 @@ public sealed class CompositionTests
         Assert.Equal(3, Volatile.Read(ref validated));
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task RuntimeHttpMetrics_WithRefresh_AreReportedThroughTheApplicationsMeterFactory(bool refresh)
+    {
+        // HttpClientFactory hands the application's IMeterFactory to a SocketsHttpHandler primary handler, so that the
+        // runtime's http.client.* metrics belong to the application's meters (what MetricCollector, and any listener
+        // scoped to the DI IMeterFactory, sees). The handlers ConnectionRefresh creates must get it too.
+        await using var cluster = await SimulatedCluster.StartAsync(new() { Replicas = 1 });
+        using var host = refresh ? GreeterClientHost.WithRefresh(cluster.Address) : GreeterClientHost.Plain(cluster.Address);
+        using var requests = new MetricCollector<double>(host.Services.GetRequiredService<IMeterFactory>(), "System.Net.Http", "http.client.request.duration");
+
+        await host.Client.SayHelloAsync(new HelloRequest { Name = "m" });
+
+        Assert.Single(requests.GetMeasurementSnapshot());
+    }
+
     [Fact]
     public async Task PlainHttpClient_Http2Calls_AreRecycled()
     {
@@ -129,6 +147,113 @@ public sealed class CompositionTests
         }
 
         Assert.Equal(3, cluster.Pods[0].ConnectionsAccepted);
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task PlainHttpClient_ResponseCopiedSynchronously_ReadsTheBody(bool refresh)
+    {
+        // HttpContent.CopyTo is the synchronous copy; SocketsHttpHandler's content supports it over HTTP/2 too.
+        await using var cluster = await SimulatedCluster.StartAsync(new() { Replicas = 1 });
+        var services = new ServiceCollection();
+        var builder = AddPlainHttp2Client(services, cluster.Address);
+        if (refresh)
+        {
+            builder.AddConnectionRefresh(o => o.MaxRequestsPerConnection = 1);
+        }
+
+        using var provider = services.BuildServiceProvider();
+        var http = provider.GetRequiredService<IHttpClientFactory>().CreateClient("plain");
+        using var content = new ByteArrayContent(new byte[5]);
+        content.Headers.ContentType = new("application/grpc");
+        using var request = new HttpRequestMessage(HttpMethod.Post, "/greet.Greeter/SayHello") { Content = content };
+
+        using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+        using var body = new MemoryStream();
+        response.Content.CopyTo(body, null, CancellationToken.None);
+
+        Assert.NotEqual(0, body.Length);
+        if (refresh)
+        {
+            // The call was its connection's last (a budget of one): reading its body to the end releases the connection.
+            await Poll.UntilAsync(() => cluster.Pods[0].OpenConnections == 0, "the retired connection closed", TimeSpan.FromSeconds(10));
+        }
+    }
+
+    [Fact]
+    public async Task PlainHttpClient_ReadCancelledMidStream_KeepsTheConnectionUntilTheStreamEnds()
+    {
+        // SocketsHttpHandler's HTTP/2 response stream survives a cancelled read: the caller may read on (a per-read
+        // timeout). Until the stream has ended its connection must stay leased: not disposed, so still pinged, and
+        // counted as draining.
+        await using var cluster = await SimulatedCluster.StartAsync(new() { Replicas = 1 });
+        var services = new ServiceCollection();
+        services.AddMetrics();
+        AddPlainHttp2Client(services, cluster.Address).AddConnectionRefresh(o => o.MaxRequestsPerConnection = 1);
+        using var provider = services.BuildServiceProvider();
+        using var draining = new MetricCollector<long>(provider.GetRequiredService<IMeterFactory>(), "ConnectionRefresh", "connectionrefresh.connections.draining");
+        var http = provider.GetRequiredService<IHttpClientFactory>().CreateClient("plain");
+        var message = new StreamRequest { Name = "s", Count = 2, DelayMs = 5000 }.ToByteArray();
+        var frame = new byte[5 + message.Length];
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32BigEndian(frame.AsSpan(1), message.Length);
+        message.CopyTo(frame, 5);
+        using var content = new ByteArrayContent(frame);
+        content.Headers.ContentType = new("application/grpc");
+        using var request = new HttpRequestMessage(HttpMethod.Post, "/greet.Greeter/StreamHellos")
+        {
+            Content = content,
+            Version = HttpVersion.Version20,
+            VersionPolicy = HttpVersionPolicy.RequestVersionExact,
+        };
+
+        // A budget of one call: the connection is retired as this call starts and drains while it runs.
+        using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+        var body = await response.Content.ReadAsStreamAsync();
+        var header = new byte[5];
+        await body.ReadExactlyAsync(header);
+        await body.ReadExactlyAsync(new byte[System.Buffers.Binary.BinaryPrimitives.ReadInt32BigEndian(header.AsSpan(1))]);
+        using (var timeout = new CancellationTokenSource())
+        {
+            // The second message comes 5 s after the first (ample on a loaded machine): this read waits for it when
+            // it is cancelled.
+            var read = body.ReadAsync(new byte[64], timeout.Token).AsTask();
+            await timeout.CancelAsync();
+            await Assert.ThrowsAnyAsync<OperationCanceledException>(() => read);
+        }
+
+        Assert.Equal(1, draining.GetMeasurementSnapshot().Sum(m => m.Value));
+        var rest = new MemoryStream();
+        await body.CopyToAsync(rest);
+        Assert.NotEqual(0, rest.Length); // the second message: the stream went on after the cancelled read
+        Assert.Equal(0, draining.GetMeasurementSnapshot().Sum(m => m.Value));
+    }
+
+    [Fact]
+    public async Task PlainHttpClient_HeadResponseLeftUndisposed_ReleasesTheConnection()
+    {
+        // HttpClient does not buffer the (empty) body of a HEAD response, and code that only looks at its status often
+        // leaves it undisposed: harmless with SocketsHttpHandler, whose stream ended with the headers. The connection's
+        // lease must end there too, or a retired connection is never disposed.
+        await using var cluster = await SimulatedCluster.StartAsync(new() { Replicas = 1 });
+        var services = new ServiceCollection();
+        services.AddMetrics();
+        AddPlainHttp2Client(services, cluster.Address).AddConnectionRefresh(o => o.MaxRequestsPerConnection = 1);
+        using var provider = services.BuildServiceProvider();
+        using var draining = new MetricCollector<long>(provider.GetRequiredService<IMeterFactory>(), "ConnectionRefresh", "connectionrefresh.connections.draining");
+        var http = provider.GetRequiredService<IHttpClientFactory>().CreateClient("plain");
+
+        // A budget of one call: the connection is retired as this call starts, and drained once it has ended.
+        var response = await http.SendAsync(new HttpRequestMessage(HttpMethod.Head, "/")
+        {
+            Version = HttpVersion.Version20,
+            VersionPolicy = HttpVersionPolicy.RequestVersionExact,
+        });
+
+        Assert.Equal(HttpVersion.Version20, response.Version);
+        Assert.Equal(0, draining.GetMeasurementSnapshot().Sum(m => m.Value));
+        await Poll.UntilAsync(() => cluster.Pods[0].OpenConnections == 0, "the retired connection closed", TimeSpan.FromSeconds(10));
+        GC.KeepAlive(response);
     }
 
     [Fact]
