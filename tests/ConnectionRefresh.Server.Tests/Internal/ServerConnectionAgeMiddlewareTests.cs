@@ -169,6 +169,54 @@ public sealed class ServerConnectionAgeMiddlewareTests
     }
 
     [Fact]
+    public void OnConnectionAsync_GraceEndsWithNoCallRunning_NoAbortUntilACallStartsAfterIt()
+    {
+        // Calls are counted and none runs: the grace has nothing to cut, and Kestrel ends the connection by itself after
+        // its GOAWAY. A call that still starts on it (one Kestrel admitted just before its GOAWAY) has outlived the grace.
+        using var harness = new MiddlewareHarness(Options(idle: TimeSpan.FromSeconds(30), grace: TimeSpan.Zero), callsCounted: true);
+        var connection = harness.Open();
+
+        harness.Advance(TimeSpan.FromSeconds(30));
+        harness.Advance(ServerConnectionAgeDefaults.MaxGoAwayLinger - OneMs);
+        Assert.Equal(1, connection.CloseRequests);
+        Assert.Equal(0, connection.Aborts);
+        Assert.Empty(harness.Aborts.GetMeasurementSnapshot());
+        Assert.DoesNotContain(harness.Logger.Collector.GetSnapshot(), r => r.Level == LogLevel.Warning);
+
+        MiddlewareHarness.Counter(connection).CallStarted();
+        Assert.Equal(1, connection.Aborts);
+        Assert.Equal("max_idle", Assert.Single(harness.Aborts.GetMeasurementSnapshot()).Tags[ServerConnectionAgeMetrics.ReasonTag]);
+        Assert.Contains(harness.Logger.Collector.GetSnapshot(), r => r.Id.Id == 3 && r.Message.Contains("still had 1 running call", StringComparison.Ordinal));
+
+        harness.Advance(TimeSpan.FromMinutes(1));
+        Assert.Equal(1, connection.Aborts);
+    }
+
+    [Fact]
+    public void OnConnectionAsync_GraceEndsWithNoCallRunningButConnectionStaysOpen_AbortedAfterMaxLinger()
+    {
+        // Kestrel's own close after its GOAWAY takes milliseconds; a connection still open long after the grace with no
+        // call counted is stuck (a finished call's response the client does not read): the grace still bounds it.
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10), grace: TimeSpan.FromSeconds(5)), callsCounted: true);
+        var connection = harness.Open();
+        var counter = MiddlewareHarness.Counter(connection);
+        counter.CallStarted();
+        harness.Advance(TimeSpan.FromSeconds(10));
+        counter.CallEnded();
+
+        harness.Advance(TimeSpan.FromSeconds(5));
+        Assert.Equal(0, connection.Aborts);
+        harness.Advance(ServerConnectionAgeDefaults.MaxGoAwayLinger - OneMs);
+        Assert.Equal(0, connection.Aborts);
+
+        harness.Advance(OneMs);
+        Assert.Equal(1, connection.Aborts);
+        Assert.Single(harness.Aborts.GetMeasurementSnapshot());
+        harness.Advance(TimeSpan.FromMinutes(1));
+        Assert.Equal(1, connection.Aborts);
+    }
+
+    [Fact]
     public async Task OnConnectionAsync_ConnectionEndsBeforeMaxAge_NothingHappensLaterAndAgeIsTaggedNone()
     {
         using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10), grace: TimeSpan.FromSeconds(1), idle: TimeSpan.FromSeconds(3)));
@@ -593,13 +641,12 @@ public sealed class ServerConnectionAgeMiddlewareTests
         // middleware has taken the connection as ended, no abort may start: the grace timer fires at the exact point
         // where the middleware creates the linger deadline, after it decided to linger, and must find the connection
         // ended. Otherwise the connection is aborted (and an abort recorded) after Kestrel was done with it.
-        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10), grace: TimeSpan.FromSeconds(5)), callsCounted: true);
+        // Calls are not counted, so only the end of the connection keeps the grace timer from aborting it (with calls
+        // counted, it would also find none running).
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10), grace: TimeSpan.FromSeconds(5)));
         var connection = harness.Open();
-        var counter = MiddlewareHarness.Counter(connection);
-        counter.CallStarted();
         harness.Advance(TimeSpan.FromSeconds(10));
         Assert.Equal(1, connection.CloseRequests);
-        counter.CallEnded();
         var graceEnded = false;
         harness.BeforeNextTimer(() =>
         {
