@@ -139,7 +139,7 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
 
         if (closeNow)
         {
-            CarryOutClose(CloseReason.MaxAge);
+            CarryOutClose(CloseReason.MaxAge, atFirstCall: true);
         }
 
         if (abortNow)
@@ -266,7 +266,9 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
     }
 
     /// <summary>The side effects of a close that <see cref="TryStartCloseLocked"/> recorded; outside the lock.</summary>
-    private void CarryOutClose(CloseReason reason)
+    /// <param name="reason">Why.</param>
+    /// <param name="atFirstCall">The close was put off from the connection's age to its first call, which runs now.</param>
+    private void CarryOutClose(CloseReason reason, bool atFirstCall = false)
     {
         CloseDecided?.Invoke();
         var age = _time.GetElapsedTime(_openedAt);
@@ -298,8 +300,12 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
             return;
         }
 
+        // Closed at its age, the connection would have carried no call, and this first call would have run on a new
+        // connection, for that one's age and grace: it gets as long here. The grace alone (0, say) would cut it at once.
+        var grace = atFirstCall ? _maxAge + _settings.Grace : _settings.Grace;
+
         // Created outside the lock: with a zero grace the callback may run at once, on this thread.
-        var graceTimer = _time.CreateTimer(static s => ((ConnectionAgeTracker)s!).OnGraceEnded(), this, _settings.Grace, Timeout.InfiniteTimeSpan);
+        var graceTimer = _time.CreateTimer(static s => ((ConnectionAgeTracker)s!).OnGraceEnded(), this, grace, Timeout.InfiniteTimeSpan);
         lock (_gate)
         {
             if (_ended || _aborted)

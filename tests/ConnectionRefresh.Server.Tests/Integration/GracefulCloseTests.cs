@@ -209,6 +209,52 @@ public sealed class GracefulCloseTests
         Assert.Equal(0, host.AbortCount);
     }
 
+    [Fact]
+    public async Task MaxConnectionAge_ZeroGraceAndSpareSocketUsedAfterItsAge_FirstCallCompletes()
+    {
+        // With calls counted, a connection that reached its age before its first call (grpc-dotnet's pre-connected
+        // socket) is closed when that call starts, so that Kestrel does not send a GOAWAY in place of its SETTINGS.
+        // That call would have run on a new connection had the connection been closed at its age: a grace of 0 (or one
+        // shorter than the call) must not cut it. Without call counting the connection is closed at its age, and the
+        // call simply opens a new one.
+        var clock = NewClock();
+        var insideConnectionAge = 0;
+        await using var host = await GreeterTestHost.StartAsync(
+            o =>
+            {
+                o.MaxConnectionAge = Age;
+                o.MaxConnectionAgeJitter = 0;
+                o.MaxConnectionAgeGrace = TimeSpan.Zero;
+            },
+            clock,
+            useConnectionAge: listen =>
+            {
+                listen.UseServerConnectionAge();
+                listen.Use(next => connection =>
+                {
+                    Interlocked.Increment(ref insideConnectionAge);
+                    return next(connection);
+                });
+            });
+        using var channel = GrpcChannel.ForAddress(host.Address);
+        var client = new Greeter.GreeterClient(channel);
+
+        // The balancer connects a socket and sends nothing until the first call.
+        await channel.ConnectAsync();
+        await Poll.UntilAsync(() => Volatile.Read(ref insideConnectionAge) == 1, "the connection to be inside the connection age");
+        clock.Advance(Age);
+        Assert.Equal(0, host.CloseCount);
+
+        var reply = await client.SayHelloAsync(new HelloRequest { Name = "first", DelayMs = 100 });
+
+        Assert.Equal("pod-0", reply.Instance);
+        Assert.Equal(1, host.CloseCount);
+        Assert.Equal(0, host.AbortCount);
+        await Poll.UntilAsync(() => host.EndedCount == 1, "the connection to end after its first call");
+        await client.SayHelloAsync(new HelloRequest { Name = "next" });
+        Assert.Equal(2, host.ConnectionsAccepted);
+    }
+
     private static async Task ReadAsync(AsyncServerStreamingCall<HelloReply> call, int count)
     {
         for (var i = 0; i < count; i++)

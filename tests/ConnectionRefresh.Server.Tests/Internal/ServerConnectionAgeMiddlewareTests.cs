@@ -593,6 +593,24 @@ public sealed class ServerConnectionAgeMiddlewareTests
     }
 
     [Fact]
+    public void OnConnectionAsync_AgeReachedBeforeFirstCall_FirstCallGetsAgePlusGraceBeforeAnAbort()
+    {
+        // Closed at its age, the connection would have carried no call, and the first call would have run on a new
+        // connection for that one's age and grace: the grace alone would cut it (at once, with a grace of 0).
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10), grace: TimeSpan.FromSeconds(5)), callsCounted: true);
+        var connection = harness.Open();
+        harness.Advance(TimeSpan.FromMinutes(5));
+
+        MiddlewareHarness.Counter(connection).CallStarted();
+        Assert.Equal(1, connection.CloseRequests);
+        harness.Advance(TimeSpan.FromSeconds(15) - OneMs);
+        Assert.Equal(0, connection.Aborts);
+
+        harness.Advance(OneMs);
+        Assert.Equal(1, connection.Aborts);
+    }
+
+    [Fact]
     public void OnConnectionAsync_CallsCountedAndConnectionUsed_ClosesAtMaxAge()
     {
         using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10)), callsCounted: true);
