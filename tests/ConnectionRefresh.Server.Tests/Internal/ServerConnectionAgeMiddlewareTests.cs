@@ -544,6 +544,30 @@ public sealed class ServerConnectionAgeMiddlewareTests
         Assert.True(connection.SocketClosed);
     }
 
+    [Theory]
+    [InlineData("GET /health HTTP/1.1\r\nHost: x\r\n\r\n", false)] // Kestrel answers 400, Connection: close, no GOAWAY
+    [InlineData("PROXY TCP4 10.0.0.1 10.0.0.2 40000 8080\r\n", true)] // read by a middleware inside: says nothing
+    public async Task OnConnectionAsync_ClientsFirstBytesOnHttp2OnlyEndpoint_LingerOnlyUnlessAnHttp1Request(string firstBytes, bool lingers)
+    {
+        using var harness = new MiddlewareHarness(Options());
+        var connection = harness.Open(clientSpoke: false);
+        await connection.ClientToServer.Writer.WriteAsync(System.Text.Encoding.ASCII.GetBytes(firstBytes));
+        var input = connection.Transport.Input;
+        var read = await input.ReadAsync();
+        input.AdvanceTo(read.Buffer.End);
+
+        KestrelEnds(connection, atShutdown: false);
+
+        if (lingers)
+        {
+            await AssertLingersUntilClientClosesAsync(harness, connection);
+        }
+        else
+        {
+            await AssertClosesWithoutLingerAsync(harness, connection);
+        }
+    }
+
     [Fact]
     public async Task OnConnectionAsync_AbortedAtGrace_SocketClosesWithoutLinger()
     {
