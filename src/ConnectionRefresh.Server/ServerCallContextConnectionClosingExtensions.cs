@@ -7,19 +7,29 @@ public static class ServerCallContextConnectionClosingExtensions
 {
     /// <summary>
     /// The <see cref="IConnectionClosingFeature"/> of the call's connection, or <see langword="null"/> when the
-    /// endpoint does not use the server-side connection age.
+    /// endpoint does not use the server-side connection age, or the call is not served by ASP.NET Core (a context made
+    /// for a unit test, with no <c>HttpContext</c>).
     /// </summary>
     /// <param name="context">The call's context.</param>
     public static IConnectionClosingFeature? GetConnectionClosingFeature(this ServerCallContext context)
     {
         ArgumentNullException.ThrowIfNull(context);
-        return context.GetHttpContext().Features.Get<IConnectionClosingFeature>();
+        try
+        {
+            return context.GetHttpContext().Features.Get<IConnectionClosingFeature>();
+        }
+        catch (InvalidOperationException)
+        {
+            // GetHttpContext throws for a context without an HttpContext (a service's unit tests): no connection there.
+            return null;
+        }
     }
 
     /// <summary>
     /// A token cancelled when the server starts to close the call's connection gracefully (see
     /// <see cref="IConnectionClosingFeature.ConnectionClosing"/>); <see cref="CancellationToken.None"/> when the
-    /// endpoint does not use the server-side connection age. A streaming method can end its stream when it fires:
+    /// endpoint does not use the server-side connection age or the call is not served by ASP.NET Core. A streaming
+    /// method can end its stream when it fires:
     /// <code>
     /// using var stop = CancellationTokenSource.CreateLinkedTokenSource(
     ///     context.CancellationToken, context.GetConnectionClosingToken());

@@ -24,7 +24,8 @@ public sealed class ServerConnectionAgeOptions
     /// With <c>services.AddServerConnectionAge(...)</c> registered, a connection that reaches its age before its
     /// first call (a client's pre-connected spare socket) is closed when that first call starts, while the call runs:
     /// Kestrel closes a connection that has not begun HTTP/2 with a GOAWAY in place of its SETTINGS, and a client
-    /// starting to use it at that moment would fail its handshake and the call.
+    /// starting to use it at that moment would fail its handshake and the call. The calls running then get what they
+    /// would have had on a new connection before an abort: its age plus <see cref="MaxConnectionAgeGrace"/>.
     /// </remarks>
     public TimeSpan MaxConnectionAge { get; set; } = ServerConnectionAgeDefaults.MaxConnectionAge;
 

@@ -41,11 +41,13 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
     private ITimer? _ageTimer;
     private ITimer? _idleTimer;
     private ITimer? _graceTimer;
+    private ITimer? _stuckTimer;
     private int _activeCalls;
     private bool _hadCall;
     private bool _agedBeforeFirstCall;
     private long _idleSince;
     private CloseReason _reason;
+    private bool _graceEnded;
     private bool _aborted;
     private bool _ended;
 
@@ -114,6 +116,9 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
     public void CallStarted()
     {
         bool closeNow;
+        bool abortNow;
+        int activeCalls;
+        CloseReason reason;
         lock (_gate)
         {
             // The idle timer is left running: when it fires it sees the call and does nothing; the end of the
@@ -124,11 +129,22 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
             // sends a GOAWAY that still admits streams in flight, and this call completes normally.
             closeNow = _agedBeforeFirstCall && !_hadCall && TryStartCloseLocked(CloseReason.MaxAge);
             _hadCall = true;
+
+            // The grace ended while no call ran (see OnGraceEnded): a call starting now has outlived it.
+            abortNow = _graceEnded && !_aborted && !_ended;
+            _aborted |= abortNow;
+            activeCalls = _activeCalls;
+            reason = _reason;
         }
 
         if (closeNow)
         {
-            CarryOutClose(CloseReason.MaxAge);
+            CarryOutClose(CloseReason.MaxAge, atFirstCall: true);
+        }
+
+        if (abortNow)
+        {
+            CarryOutAbort(activeCalls, reason);
         }
     }
 
@@ -250,7 +266,9 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
     }
 
     /// <summary>The side effects of a close that <see cref="TryStartCloseLocked"/> recorded; outside the lock.</summary>
-    private void CarryOutClose(CloseReason reason)
+    /// <param name="reason">Why.</param>
+    /// <param name="atFirstCall">The close was put off from the connection's age to its first call, which runs now.</param>
+    private void CarryOutClose(CloseReason reason, bool atFirstCall = false)
     {
         CloseDecided?.Invoke();
         var age = _time.GetElapsedTime(_openedAt);
@@ -282,8 +300,12 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
             return;
         }
 
+        // Closed at its age, the connection would have carried no call, and this first call would have run on a new
+        // connection, for that one's age and grace: it gets as long here. The grace alone (0, say) would cut it at once.
+        var grace = atFirstCall ? _maxAge + _settings.Grace : _settings.Grace;
+
         // Created outside the lock: with a zero grace the callback may run at once, on this thread.
-        var graceTimer = _time.CreateTimer(static s => ((ConnectionAgeTracker)s!).OnGraceEnded(), this, _settings.Grace, Timeout.InfiniteTimeSpan);
+        var graceTimer = _time.CreateTimer(static s => ((ConnectionAgeTracker)s!).OnGraceEnded(), this, grace, Timeout.InfiniteTimeSpan);
         lock (_gate)
         {
             if (_ended || _aborted)
@@ -299,6 +321,7 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
 
     private void OnGraceEnded()
     {
+        bool abort;
         int activeCalls;
         CloseReason reason;
         lock (_gate)
@@ -308,11 +331,44 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
                 return;
             }
 
-            _aborted = true;
+            // No call runs, so there is nothing to cut: Kestrel ends the connection by itself, within milliseconds,
+            // after its GOAWAY (and the socket may linger, as for any close while no call runs). An abort now (a zero
+            // grace) would cut the GOAWAY short and reset the socket under a client that just picked the connection.
+            // A call that still starts is cut then (CallStarted); a connection still open after MaxGoAwayLinger is
+            // stuck (a finished call's response that the client does not read) and is aborted then.
+            abort = !_settings.CallsCounted || _activeCalls > 0 || _graceEnded;
+            _graceEnded = true;
+            _aborted = abort;
             activeCalls = _activeCalls;
             reason = _reason;
         }
 
+        if (!abort)
+        {
+            // Created outside the lock, as the grace timer (a callback may run at once).
+            var stuckTimer = _time.CreateTimer(
+                static s => ((ConnectionAgeTracker)s!).OnGraceEnded(), this, ServerConnectionAgeDefaults.MaxGoAwayLinger, Timeout.InfiniteTimeSpan);
+            lock (_gate)
+            {
+                if (_ended || _aborted)
+                {
+                    stuckTimer.Dispose();
+                }
+                else
+                {
+                    _stuckTimer = stuckTimer;
+                }
+            }
+
+            return;
+        }
+
+        CarryOutAbort(activeCalls, reason);
+    }
+
+    /// <summary>The side effects of an abort recorded under <see cref="_gate"/>; outside the lock.</summary>
+    private void CarryOutAbort(int activeCalls, CloseReason reason)
+    {
         if (_settings.CallsCounted)
         {
             ServerConnectionAgeLog.GraceExpired(_logger, _connection.ConnectionId, activeCalls, _settings.Grace);
@@ -336,5 +392,7 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
         _idleTimer = null;
         _graceTimer?.Dispose();
         _graceTimer = null;
+        _stuckTimer?.Dispose();
+        _stuckTimer = null;
     }
 }

@@ -73,6 +73,12 @@ internal sealed class LingeringTransport : IDuplexPipe
     /// </summary>
     public bool? NegotiatedHttp2 => _output.NegotiatedHttp2;
 
+    /// <summary>
+    /// Whether the client's first bytes were an HTTP/1.x request: a client that does not speak HTTP/2 here has no GOAWAY
+    /// to read, even on an HTTP/2-only endpoint (Kestrel answers it "400, Connection: close"), so it gets no linger.
+    /// </summary>
+    public bool ClientSentHttp1Request => _input.SentHttp1Request;
+
     public PipeReader Input => _input;
 
     public PipeWriter Output => _output;
@@ -133,10 +139,13 @@ internal sealed class LingeringTransport : IDuplexPipe
         private bool _completed;
         private Exception? _error;
         private volatile bool _receivedData;
+        private volatile bool _sentHttp1Request;
 
         public bool Failed => _error is not null;
 
         public bool ReceivedData => _receivedData;
+
+        public bool SentHttp1Request => _sentHttp1Request;
 
         public override void AdvanceTo(SequencePosition consumed) => inner.AdvanceTo(consumed);
 
@@ -187,6 +196,10 @@ internal sealed class LingeringTransport : IDuplexPipe
             {
                 output.NoteAlpn(features);
             }
+            else if (StartsAsHttp1Request(buffer))
+            {
+                _sentHttp1Request = true;
+            }
         }
 
         // A TLS record's first byte: its content type, 22 for a handshake (a ClientHello, first). HTTP/1.x starts with a
@@ -198,6 +211,19 @@ internal sealed class LingeringTransport : IDuplexPipe
             Span<byte> first = stackalloc byte[1];
             buffer.Slice(0, 1).CopyTo(first);
             return first[0];
+        }
+
+        // The first bytes are an HTTP/1.x method and a space. Only a request: other bytes (a PROXY protocol header that a
+        // middleware inside this one reads, say) tell nothing about the protocol Kestrel then speaks.
+        private static bool StartsAsHttp1Request(in ReadOnlySequence<byte> buffer)
+        {
+            Span<byte> start = stackalloc byte[8];
+            var length = (int)Math.Min(buffer.Length, start.Length);
+            buffer.Slice(0, length).CopyTo(start);
+            var first = start[..length];
+            return first.StartsWith("GET "u8) || first.StartsWith("POST "u8) || first.StartsWith("PUT "u8)
+                || first.StartsWith("HEAD "u8) || first.StartsWith("DELETE "u8) || first.StartsWith("OPTIONS "u8)
+                || first.StartsWith("PATCH "u8) || first.StartsWith("TRACE "u8) || first.StartsWith("CONNECT "u8);
         }
 
         // The first bytes, however few arrived, are the start of "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n": HTTP/2 in clear, not

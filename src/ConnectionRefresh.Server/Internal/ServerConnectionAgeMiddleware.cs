@@ -95,7 +95,8 @@ internal sealed class ServerConnectionAgeMiddleware
             // - the connection is not HTTP/2: HTTP/1.1 has no GOAWAY for the client to read first, and a socket held
             //   open there is reused by clients for a request that is never answered. Under TLS that runs inside this
             //   middleware (the order endpoint defaults give), ALPN's answer is the one the transport noted while
-            //   Kestrel's SslStream lived: that stream is disposed by now.
+            //   Kestrel's SslStream lived: that stream is disposed by now. A client whose first bytes were an HTTP/1.x
+            //   request (which an HTTP/2-only endpoint rejects, with no GOAWAY) gets no linger either.
             // - the client never sent a byte (a pre-connected spare socket, as grpc-dotnet's balancer keeps one): no
             //   request can be in flight, and closing at once lets the client see the socket closed and dial anew.
             //   grpc-dotnet checks its spare for closure before use but hands over an open one with the GOAWAY
@@ -108,6 +109,7 @@ internal sealed class ServerConnectionAgeMiddleware
                 && !connection.ConnectionClosed.IsCancellationRequested
                 && (transport.NegotiatedHttp2 ?? ConnectionProtocol.IsHttp2(connection.Features, _settings.EndpointProtocols))
                 && transport.ClientSentData
+                && !transport.ClientSentHttp1Request
                 && !transport.SentErrorGoAway;
             var closing = transport.CloseAsync(linger, ServerConnectionAgeDefaults.MaxGoAwayLinger, _time);
             tracker.RecordAge();

@@ -2,6 +2,7 @@ using ConnectionRefresh.Protos;
 using ConnectionRefresh.Server.Tests.TestSupport;
 using Grpc.Core;
 using Grpc.Net.Client;
+using Microsoft.AspNetCore.Hosting;
 using Microsoft.Extensions.Time.Testing;
 
 namespace ConnectionRefresh.Server.Tests.Integration;
@@ -163,6 +164,95 @@ public sealed class GracefulCloseTests
         await client.SayHelloAsync(new HelloRequest { Name = "next" });
         Assert.Equal(2, host.ConnectionsAccepted);
         Assert.Equal(1, host.CloseCount);
+    }
+
+    [Fact]
+    public async Task MaxConnectionIdle_ZeroGraceAndNoCallRunning_ClosesGracefullyWithoutAbortAndHoldsTheSocket()
+    {
+        // A grace of 0 cuts the calls still running when the graceful close starts; an idle connection has none. It
+        // must get what every connection closed while no call runs gets: the GOAWAY, and its socket held until the
+        // client has closed its side (a client that picked the connection just then retries instead of failing).
+        var clock = NewClock();
+        var probe = new ConnectionEndProbe();
+        var kestrelDone = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var host = await GreeterTestHost.StartAsync(
+            o =>
+            {
+                o.MaxConnectionAge = Timeout.InfiniteTimeSpan;
+                o.MaxConnectionIdle = TimeSpan.FromSeconds(30);
+                o.MaxConnectionAgeGrace = TimeSpan.Zero;
+            },
+            clock,
+            useConnectionAge: listen =>
+            {
+                listen.Use(probe.Middleware);
+                listen.UseServerConnectionAge();
+                listen.Use(ConnectionEndProbe.SignalsWhenKestrelIsDone(kestrelDone));
+            });
+        using var client = await RawHttp2Client.ConnectAsync(host.Address);
+        var connection = Assert.Single(probe.Connections);
+
+        // The SETTINGS came, so the connection's idle timer runs (it starts before Kestrel's part).
+        clock.Advance(TimeSpan.FromSeconds(30));
+        Assert.Equal(1, host.CloseCount);
+        Assert.Equal(0, host.AbortCount);
+
+        var goAway = await client.ReadUntilAsync(RawHttp2Client.GoAwayFrame);
+        Assert.Equal(new byte[4], goAway.Payload[4..8]); // NO_ERROR
+        await Poll.WithTimeout(kestrelDone.Task, "Kestrel to finish the connection after its GOAWAY");
+        await Poll.UntilAsync(() => host.EndedCount == 1, "the connection age to decide on the hold (it records the age right after)");
+        Assert.False(connection.IsCompleted, "the socket should be held until the client closed its side");
+
+        client.Tcp.Client.Shutdown(System.Net.Sockets.SocketShutdown.Send);
+        var result = await Poll.WithTimeout(connection, "the connection middleware to return");
+        Assert.True(result.ClientEndReadBeforeReturn);
+        Assert.Equal(0, host.AbortCount);
+    }
+
+    [Fact]
+    public async Task MaxConnectionAge_ZeroGraceAndSpareSocketUsedAfterItsAge_FirstCallCompletes()
+    {
+        // With calls counted, a connection that reached its age before its first call (grpc-dotnet's pre-connected
+        // socket) is closed when that call starts, so that Kestrel does not send a GOAWAY in place of its SETTINGS.
+        // That call would have run on a new connection had the connection been closed at its age: a grace of 0 (or one
+        // shorter than the call) must not cut it. Without call counting the connection is closed at its age, and the
+        // call simply opens a new one.
+        var clock = NewClock();
+        var insideConnectionAge = 0;
+        await using var host = await GreeterTestHost.StartAsync(
+            o =>
+            {
+                o.MaxConnectionAge = Age;
+                o.MaxConnectionAgeJitter = 0;
+                o.MaxConnectionAgeGrace = TimeSpan.Zero;
+            },
+            clock,
+            useConnectionAge: listen =>
+            {
+                listen.UseServerConnectionAge();
+                listen.Use(next => connection =>
+                {
+                    Interlocked.Increment(ref insideConnectionAge);
+                    return next(connection);
+                });
+            });
+        using var channel = GrpcChannel.ForAddress(host.Address);
+        var client = new Greeter.GreeterClient(channel);
+
+        // The balancer connects a socket and sends nothing until the first call.
+        await channel.ConnectAsync();
+        await Poll.UntilAsync(() => Volatile.Read(ref insideConnectionAge) == 1, "the connection to be inside the connection age");
+        clock.Advance(Age);
+        Assert.Equal(0, host.CloseCount);
+
+        var reply = await client.SayHelloAsync(new HelloRequest { Name = "first", DelayMs = 100 });
+
+        Assert.Equal("pod-0", reply.Instance);
+        Assert.Equal(1, host.CloseCount);
+        Assert.Equal(0, host.AbortCount);
+        await Poll.UntilAsync(() => host.EndedCount == 1, "the connection to end after its first call");
+        await client.SayHelloAsync(new HelloRequest { Name = "next" });
+        Assert.Equal(2, host.ConnectionsAccepted);
     }
 
     private static async Task ReadAsync(AsyncServerStreamingCall<HelloReply> call, int count)

@@ -58,4 +58,35 @@ public sealed class Http1ConnectionTests
         Assert.Equal(0, end);
         Assert.Equal(1, host.CloseCount);
     }
+
+    [Fact]
+    public async Task Http11RequestOnHttp2OnlyEndpoint_KestrelRejectsIt_SocketClosesWithoutLinger()
+    {
+        // Kestrel answers an HTTP/1.x request on an HTTP/2-only endpoint with "400, Connection: close" and finishes, with
+        // no GOAWAY: a client that does not speak HTTP/2 has nothing to read before the close. Held open, a client that
+        // reads to the end of the stream (an HTTP/1.0-style health check) waits for the hold's bound. The connection age's
+        // clock is frozen here, so a hold would never end.
+        await using var host = await GreeterTestHost.StartAsync(Configure, NewClock());
+        using var tcp = new TcpClient();
+        await tcp.ConnectAsync(host.Address.Host, host.Address.Port);
+        var stream = tcp.GetStream();
+
+        await stream.WriteAsync(Encoding.ASCII.GetBytes("GET /ping HTTP/1.1\r\nHost: test\r\n\r\n"));
+        var response = await Poll.WithTimeout(ReadToEndAsync(stream), "the server to close after its 400");
+
+        Assert.StartsWith("HTTP/1.1 400", response, StringComparison.Ordinal);
+    }
+
+    private static async Task<string> ReadToEndAsync(Stream stream)
+    {
+        var response = new StringBuilder();
+        var buffer = new byte[4096];
+        int read;
+        while ((read = await stream.ReadAsync(buffer)) > 0)
+        {
+            response.Append(Encoding.ASCII.GetString(buffer, 0, read));
+        }
+
+        return response.ToString();
+    }
 }

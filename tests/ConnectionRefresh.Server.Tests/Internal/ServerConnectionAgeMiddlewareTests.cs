@@ -169,6 +169,54 @@ public sealed class ServerConnectionAgeMiddlewareTests
     }
 
     [Fact]
+    public void OnConnectionAsync_GraceEndsWithNoCallRunning_NoAbortUntilACallStartsAfterIt()
+    {
+        // Calls are counted and none runs: the grace has nothing to cut, and Kestrel ends the connection by itself after
+        // its GOAWAY. A call that still starts on it (one Kestrel admitted just before its GOAWAY) has outlived the grace.
+        using var harness = new MiddlewareHarness(Options(idle: TimeSpan.FromSeconds(30), grace: TimeSpan.Zero), callsCounted: true);
+        var connection = harness.Open();
+
+        harness.Advance(TimeSpan.FromSeconds(30));
+        harness.Advance(ServerConnectionAgeDefaults.MaxGoAwayLinger - OneMs);
+        Assert.Equal(1, connection.CloseRequests);
+        Assert.Equal(0, connection.Aborts);
+        Assert.Empty(harness.Aborts.GetMeasurementSnapshot());
+        Assert.DoesNotContain(harness.Logger.Collector.GetSnapshot(), r => r.Level == LogLevel.Warning);
+
+        MiddlewareHarness.Counter(connection).CallStarted();
+        Assert.Equal(1, connection.Aborts);
+        Assert.Equal("max_idle", Assert.Single(harness.Aborts.GetMeasurementSnapshot()).Tags[ServerConnectionAgeMetrics.ReasonTag]);
+        Assert.Contains(harness.Logger.Collector.GetSnapshot(), r => r.Id.Id == 3 && r.Message.Contains("still had 1 running call", StringComparison.Ordinal));
+
+        harness.Advance(TimeSpan.FromMinutes(1));
+        Assert.Equal(1, connection.Aborts);
+    }
+
+    [Fact]
+    public void OnConnectionAsync_GraceEndsWithNoCallRunningButConnectionStaysOpen_AbortedAfterMaxLinger()
+    {
+        // Kestrel's own close after its GOAWAY takes milliseconds; a connection still open long after the grace with no
+        // call counted is stuck (a finished call's response the client does not read): the grace still bounds it.
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10), grace: TimeSpan.FromSeconds(5)), callsCounted: true);
+        var connection = harness.Open();
+        var counter = MiddlewareHarness.Counter(connection);
+        counter.CallStarted();
+        harness.Advance(TimeSpan.FromSeconds(10));
+        counter.CallEnded();
+
+        harness.Advance(TimeSpan.FromSeconds(5));
+        Assert.Equal(0, connection.Aborts);
+        harness.Advance(ServerConnectionAgeDefaults.MaxGoAwayLinger - OneMs);
+        Assert.Equal(0, connection.Aborts);
+
+        harness.Advance(OneMs);
+        Assert.Equal(1, connection.Aborts);
+        Assert.Single(harness.Aborts.GetMeasurementSnapshot());
+        harness.Advance(TimeSpan.FromMinutes(1));
+        Assert.Equal(1, connection.Aborts);
+    }
+
+    [Fact]
     public async Task OnConnectionAsync_ConnectionEndsBeforeMaxAge_NothingHappensLaterAndAgeIsTaggedNone()
     {
         using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10), grace: TimeSpan.FromSeconds(1), idle: TimeSpan.FromSeconds(3)));
@@ -496,6 +544,30 @@ public sealed class ServerConnectionAgeMiddlewareTests
         Assert.True(connection.SocketClosed);
     }
 
+    [Theory]
+    [InlineData("GET /health HTTP/1.1\r\nHost: x\r\n\r\n", false)] // Kestrel answers 400, Connection: close, no GOAWAY
+    [InlineData("PROXY TCP4 10.0.0.1 10.0.0.2 40000 8080\r\n", true)] // read by a middleware inside: says nothing
+    public async Task OnConnectionAsync_ClientsFirstBytesOnHttp2OnlyEndpoint_LingerOnlyUnlessAnHttp1Request(string firstBytes, bool lingers)
+    {
+        using var harness = new MiddlewareHarness(Options());
+        var connection = harness.Open(clientSpoke: false);
+        await connection.ClientToServer.Writer.WriteAsync(System.Text.Encoding.ASCII.GetBytes(firstBytes));
+        var input = connection.Transport.Input;
+        var read = await input.ReadAsync();
+        input.AdvanceTo(read.Buffer.End);
+
+        KestrelEnds(connection, atShutdown: false);
+
+        if (lingers)
+        {
+            await AssertLingersUntilClientClosesAsync(harness, connection);
+        }
+        else
+        {
+            await AssertClosesWithoutLingerAsync(harness, connection);
+        }
+    }
+
     [Fact]
     public async Task OnConnectionAsync_AbortedAtGrace_SocketClosesWithoutLinger()
     {
@@ -542,6 +614,24 @@ public sealed class ServerConnectionAgeMiddlewareTests
         Assert.Equal(1, connection.CloseRequests);
         Assert.True(connection.Closing!.ConnectionClosing.IsCancellationRequested);
         Assert.Equal("max_age", Assert.Single(harness.Closes.GetMeasurementSnapshot()).Tags[ServerConnectionAgeMetrics.ReasonTag]);
+    }
+
+    [Fact]
+    public void OnConnectionAsync_AgeReachedBeforeFirstCall_FirstCallGetsAgePlusGraceBeforeAnAbort()
+    {
+        // Closed at its age, the connection would have carried no call, and the first call would have run on a new
+        // connection for that one's age and grace: the grace alone would cut it (at once, with a grace of 0).
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10), grace: TimeSpan.FromSeconds(5)), callsCounted: true);
+        var connection = harness.Open();
+        harness.Advance(TimeSpan.FromMinutes(5));
+
+        MiddlewareHarness.Counter(connection).CallStarted();
+        Assert.Equal(1, connection.CloseRequests);
+        harness.Advance(TimeSpan.FromSeconds(15) - OneMs);
+        Assert.Equal(0, connection.Aborts);
+
+        harness.Advance(OneMs);
+        Assert.Equal(1, connection.Aborts);
     }
 
     [Fact]
@@ -593,13 +683,12 @@ public sealed class ServerConnectionAgeMiddlewareTests
         // middleware has taken the connection as ended, no abort may start: the grace timer fires at the exact point
         // where the middleware creates the linger deadline, after it decided to linger, and must find the connection
         // ended. Otherwise the connection is aborted (and an abort recorded) after Kestrel was done with it.
-        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10), grace: TimeSpan.FromSeconds(5)), callsCounted: true);
+        // Calls are not counted, so only the end of the connection keeps the grace timer from aborting it (with calls
+        // counted, it would also find none running).
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10), grace: TimeSpan.FromSeconds(5)));
         var connection = harness.Open();
-        var counter = MiddlewareHarness.Counter(connection);
-        counter.CallStarted();
         harness.Advance(TimeSpan.FromSeconds(10));
         Assert.Equal(1, connection.CloseRequests);
-        counter.CallEnded();
         var graceEnded = false;
         harness.BeforeNextTimer(() =>
         {
