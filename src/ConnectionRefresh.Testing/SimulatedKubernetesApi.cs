@@ -49,6 +49,8 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
     private readonly ConcurrentQueue<string> _seenTokens = new();
     private readonly ConcurrentDictionary<string, ConnectionContext> _connections = new();
     private readonly WebApplication _app;
+    // Cancelled by DisposeAsync: ends the open watches and any that a client starts while the server stops.
+    private readonly CancellationTokenSource _stopping = new();
     private long _resourceVersion = 1000;
     private long _compactedBelow;
     private volatile bool _outage;
@@ -317,6 +319,9 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
             mirror.Dispose();
         }
 
+        // Clients start a new watch as soon as one ends; one that arrived before Kestrel stopped taking requests would
+        // otherwise stay open until Kestrel's shutdown timeout (30 s).
+        await _stopping.CancelAsync().ConfigureAwait(false);
         CloseWatches();
         await _app.StopAsync().ConfigureAwait(false);
         await _app.DisposeAsync().ConfigureAwait(false);
@@ -409,7 +414,7 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
         }
 
         using var timeout = timeoutSeconds > 0 ? new CancellationTokenSource(TimeSpan.FromSeconds(timeoutSeconds)) : new CancellationTokenSource();
-        using var stop = CancellationTokenSource.CreateLinkedTokenSource(context.RequestAborted, timeout.Token);
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(context.RequestAborted, timeout.Token, _stopping.Token);
         try
         {
             await foreach (var line in watcher.Lines.Reader.ReadAllAsync(stop.Token).ConfigureAwait(false))

@@ -242,6 +242,44 @@ public sealed class SimulatedKubernetesApiTests
         await Poll.WithTimeout(stop, "the pod to exit");
     }
 
+    [Fact]
+    public async Task DisposeAsync_ClientsWatchAgainAsSoonAsTheirWatchEnds_StopsWithoutWaitingForTheShutdownTimeout()
+    {
+        // Every watch client (the resolver too) starts a new watch as soon as one ends. DisposeAsync ends the open watches and
+        // then stops Kestrel; a watch that arrived in between used to stay open until Kestrel's 30 s shutdown timeout.
+        var api = await SimulatedKubernetesApi.StartAsync();
+        using var http = new HttpClient(new SocketsHttpHandler { MaxConnectionsPerServer = 16 }) { BaseAddress = api.Url };
+        using var stop = new CancellationTokenSource();
+        var watchers = Enumerable.Range(0, 16).Select(_ => Task.Run(async () =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                try
+                {
+                    using var response = await http.GetAsync("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?watch=true&resourceVersion=1000",
+                        HttpCompletionOption.ResponseHeadersRead, stop.Token);
+                    await using var body = await response.Content.ReadAsStreamAsync(stop.Token);
+                    await body.CopyToAsync(Stream.Null, stop.Token);
+                }
+                catch (Exception ex) when (ex is HttpRequestException or IOException or OperationCanceledException)
+                {
+                    // Refused or reset once the server stops; the loop ends when the test stops it.
+                }
+            }
+        })).ToList();
+        try
+        {
+            await Poll.UntilAsync(() => api.ActiveWatches == 16, "16 watches are open");
+
+            await Poll.WithTimeout(api.DisposeAsync().AsTask(), "the API server to stop", TimeSpan.FromSeconds(15));
+        }
+        finally
+        {
+            await stop.CancelAsync();
+            await Task.WhenAll(watchers);
+        }
+    }
+
     private static async Task<(bool? Ready, bool? Serving, bool? Terminating)> ConditionsAsync(HttpClient http, SimulatedPod pod)
     {
         var conditions = (await ListAsync(http, "default", "svc")).Single(s => s.Metadata.Name == "svc-" + pod.Name).Endpoints.Single().Conditions;
