@@ -608,6 +608,29 @@ public sealed class SimulatedClusterTests
     }
 
     [Fact]
+    public async Task ScaleAsync_DownWhileAScaleUpStartsItsPods_ReturnsOnceThePodsItStoppedHaveLeft()
+    {
+        // The scale-down comes right after the scale-up created its pods (Pending), so it stops those first (not ready).
+        // It returns, as documented, once the pods it removed have exited: none of them is left in Pods (a pod that never
+        // started would be listed without an Address).
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1 });
+        Task? down = null;
+        cluster.AfterScaleDecided = () =>
+        {
+            cluster.AfterScaleDecided = null;
+            down = cluster.ScaleAsync(1);
+        };
+        var up = cluster.ScaleAsync(3);
+
+        await Poll.WithTimeout(down!, "the scale-down");
+
+        Assert.Equal(["greeter-1"], cluster.Pods.Select(p => p.Name));
+        Assert.All(cluster.Pods, p => Assert.NotNull(p.Address));
+        // The scale-up's pods were stopped while starting: it does not end with them ready.
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => Poll.WithTimeout(up, "the scale-up"));
+    }
+
+    [Fact]
     public async Task KillPodAsync_NewPodDuringRollingUpdate_UpdateReplacesItAndEndsWithTheReplicaCount()
     {
         var time = new FakeTimeProvider();
