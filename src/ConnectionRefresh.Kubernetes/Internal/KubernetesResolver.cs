@@ -287,6 +287,7 @@ internal sealed class KubernetesResolver : Resolver
             catch (Exception) when (!cancellationToken.IsCancellationRequested)
             {
                 ResetIfHealthy(backoff, started, events);
+                Restarted("error"); // After the backoff (RunAsync), relisted and watched again.
                 throw;
             }
             finally
@@ -300,6 +301,7 @@ internal sealed class KubernetesResolver : Resolver
             // The server closed the watch (its timeout): continue from the last resourceVersion.
             if (!IsHealthy(started, events))
             {
+                Restarted("error");
                 throw new IOException("The Kubernetes API server closed the EndpointSlice watch at once.");
             }
 
