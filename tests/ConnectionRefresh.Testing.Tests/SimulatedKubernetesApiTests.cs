@@ -280,6 +280,50 @@ public sealed class SimulatedKubernetesApiTests
         }
     }
 
+    [Theory]
+    [InlineData("")]
+    [InlineData("&resourceVersion=0")]
+    public async Task Watch_WithoutResourceVersion_StartsWithTheCurrentSlicesAsAdded(string resourceVersion)
+    {
+        // As the API server does ("get state and start at most recent"): a watch without a resourceVersion, or from "0",
+        // first sends every current object as ADDED; not the history (a slice added and deleted again is not there), and
+        // also after a compaction.
+        await using var api = await SimulatedKubernetesApi.StartAsync();
+        api.Apply("default", Slice("svc-a"));
+        api.Apply("default", Slice("svc-b"));
+        api.Delete("default", "svc-b");
+        api.Compact();
+        api.Apply("default", Slice("svc-c"));
+        using var http = new HttpClient { BaseAddress = api.Url };
+
+        using var response = await http.GetAsync(
+            $"/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?watch=true&allowWatchBookmarks=true&labelSelector=kubernetes.io/service-name=svc{resourceVersion}",
+            HttpCompletionOption.ResponseHeadersRead);
+        using var reader = new StreamReader(await response.Content.ReadAsStreamAsync());
+        await Poll.UntilAsync(() => api.ActiveWatches == 1, "watching");
+        api.SendBookmark(); // Marks the end of what the watch sent on its own.
+        var events = new List<string>();
+        while (await Poll.WithTimeout(reader.ReadLineAsync(), "the next watch event") is { } line)
+        {
+            var watchEvent = k8s.KubernetesJson.Deserialize<k8s.Watcher<V1EndpointSlice>.WatchEvent>(line);
+            if (watchEvent.Type == k8s.WatchEventType.Bookmark)
+            {
+                break;
+            }
+
+            events.Add($"{watchEvent.Type} {watchEvent.Object.Metadata.Name}");
+        }
+
+        Assert.Equal(["Added svc-a", "Added svc-c"], events.Order());
+    }
+
+    private static V1EndpointSlice Slice(string name) => new()
+    {
+        Metadata = new V1ObjectMeta { Name = name, Labels = new Dictionary<string, string> { ["kubernetes.io/service-name"] = "svc" } },
+        AddressType = "IPv4",
+        Endpoints = [new V1Endpoint { Addresses = ["10.0.0.1"] }],
+    };
+
     private static async Task<(bool? Ready, bool? Serving, bool? Terminating)> ConditionsAsync(HttpClient http, SimulatedPod pod)
     {
         var conditions = (await ListAsync(http, "default", "svc")).Single(s => s.Metadata.Name == "svc-" + pod.Name).Endpoints.Single().Conditions;
