@@ -610,22 +610,30 @@ public sealed class SimulatedClusterTests
     [Fact]
     public async Task ScaleAsync_DownWhileAScaleUpStartsItsPods_ReturnsOnceThePodsItStoppedHaveLeft()
     {
-        // The scale-down comes right after the scale-up created its pods (Pending), so it stops those first (not ready).
-        // It returns, as documented, once the pods it removed have exited: none of them is left in Pods (a pod that never
-        // started would be listed without an Address).
-        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1 });
+        // The scale-down comes right after the scale-up created its pods, which then stay starting (a slow warm-up) until
+        // released; it stops them (not ready) and returns, as documented, once they have left: not while they are still
+        // starting and listed in Pods (as Terminating, without an Address).
+        var started = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions
+        {
+            Replicas = 0,
+            ConfigureServices = services => services.AddHostedService(sp => new SlowStart(sp, started, release.Task)),
+        });
         Task? down = null;
         cluster.AfterScaleDecided = () =>
         {
             cluster.AfterScaleDecided = null;
-            down = cluster.ScaleAsync(1);
+            down = cluster.ScaleAsync(0);
         };
-        var up = cluster.ScaleAsync(3);
+        var up = cluster.ScaleAsync(2);
+        await Poll.WithTimeout(started.Task, "a new pod to listen and start warming up");
 
-        await Poll.WithTimeout(down!, "the scale-down");
+        Assert.False(down!.IsCompleted, "the scale-down returned while the pods it stopped were still starting");
 
-        Assert.Equal(["greeter-1"], cluster.Pods.Select(p => p.Name));
-        Assert.All(cluster.Pods, p => Assert.NotNull(p.Address));
+        release.SetResult();
+        await Poll.WithTimeout(down, "the scale-down");
+        Assert.Empty(cluster.Pods);
         // The scale-up's pods were stopped while starting: it does not end with them ready.
         await Assert.ThrowsAnyAsync<OperationCanceledException>(() => Poll.WithTimeout(up, "the scale-up"));
     }
