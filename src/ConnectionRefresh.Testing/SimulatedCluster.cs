@@ -442,7 +442,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
 
         if (pod.App is null)
         {
-            return; // Still starting: AddPodAsync stops it.
+            // Still starting: its start sees the stop and ends it; like any stop, this one returns once the pod has left.
+            await pod.StartCompleted.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+            return;
         }
 
         // The preStop wait is part of the pod's single stop (so concurrent stops wait for the same one, and a cancelled

@@ -22,7 +22,8 @@ namespace ConnectionRefresh.Testing;
 /// with <c>metadata.resourceVersion</c>; <c>labelSelector=kubernetes.io/service-name=NAME</c> filters) or, with
 /// <c>watch=true</c>, as a chunked stream of newline-separated watch events from a <c>resourceVersion</c>
 /// (<c>ADDED</c>/<c>MODIFIED</c>/<c>DELETED</c>, <c>BOOKMARK</c> when <c>allowWatchBookmarks=true</c>, an <c>ERROR</c>
-/// 410 Gone for a compacted resourceVersion); bearer tokens are checked (401 with a <c>Status</c> otherwise).
+/// 410 Gone for a compacted resourceVersion; without one, or from <c>0</c>, the current slices first, as <c>ADDED</c>);
+/// bearer tokens are checked (401 with a <c>Status</c> otherwise).
 /// Slices are written with <see cref="Apply"/> and <see cref="Delete"/>, or follow a <see cref="SimulatedCluster"/>'s
 /// pods with <see cref="MirrorEndpoints"/>. Faults: <see cref="Compact"/>, <see cref="CloseWatches"/>, <see cref="SetOutage"/>.
 /// </summary>
@@ -49,6 +50,8 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
     private readonly ConcurrentQueue<string> _seenTokens = new();
     private readonly ConcurrentDictionary<string, ConnectionContext> _connections = new();
     private readonly WebApplication _app;
+    // Cancelled by DisposeAsync: ends the open watches and any that a client starts while the server stops.
+    private readonly CancellationTokenSource _stopping = new();
     private long _resourceVersion = 1000;
     private long _compactedBelow;
     private volatile bool _outage;
@@ -317,6 +320,9 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
             mirror.Dispose();
         }
 
+        // Clients start a new watch as soon as one ends; one that arrived before Kestrel stopped taking requests would
+        // otherwise stay open until Kestrel's shutdown timeout (30 s).
+        await _stopping.CancelAsync().ConfigureAwait(false);
         CloseWatches();
         await _app.StopAsync().ConfigureAwait(false);
         await _app.DisposeAsync().ConfigureAwait(false);
@@ -380,7 +386,17 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
         lock (_lock)
         {
             gone = from != 0 && from < _compactedBelow;
-            if (!gone)
+            if (!gone && from == 0)
+            {
+                // No resourceVersion (or "0"): as the API server does, the current state first, every slice as ADDED.
+                foreach (var slice in _slices.Where(s => s.Key.Ns == ns && Matches(s.Value, service)).Select(s => s.Value))
+                {
+                    watcher.Lines.Writer.TryWrite(KubernetesJson.Serialize(new WatchLine("ADDED", slice)));
+                }
+
+                _watchers.Add(watcher);
+            }
+            else if (!gone)
             {
                 foreach (var entry in _history.Where(e => e.ResourceVersion > from && e.Ns == ns && Matches(e.Slice, service)))
                 {
@@ -409,7 +425,7 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
         }
 
         using var timeout = timeoutSeconds > 0 ? new CancellationTokenSource(TimeSpan.FromSeconds(timeoutSeconds)) : new CancellationTokenSource();
-        using var stop = CancellationTokenSource.CreateLinkedTokenSource(context.RequestAborted, timeout.Token);
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(context.RequestAborted, timeout.Token, _stopping.Token);
         try
         {
             await foreach (var line in watcher.Lines.Reader.ReadAllAsync(stop.Token).ConfigureAwait(false))

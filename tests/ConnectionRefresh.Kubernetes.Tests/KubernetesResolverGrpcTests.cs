@@ -1,6 +1,7 @@
 using ConnectionRefresh.Kubernetes.Internal;
 using ConnectionRefresh.Kubernetes.Tests.Fakes;
 using ConnectionRefresh.Protos;
+using ConnectionRefresh.Testing;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Testing;
@@ -201,6 +202,33 @@ public sealed class KubernetesResolverGrpcTests
         Assert.Equal(relisting, Logged(6));
     }
 
+    [Fact]
+    public async Task ServiceProviderDisposed_ResolverStopsAndClosesItsWatch()
+    {
+        // Grpc.Net.ClientFactory caches its channels and never disposes them, so nothing disposes their resolvers: when
+        // the application's service provider (which owns the resolver factory and the API client) is disposed, the
+        // resolvers must stop, or their loops retry against the disposed API client for the life of the process (a
+        // warning and an error count per backoff).
+        var category = typeof(KubernetesResolver).FullName!;
+        await using var api = await SimulatedKubernetesApi.StartAsync("token-1");
+        await using var pods = await GreeterPods.StartAsync(1);
+        using var account = new ServiceAccountDirectory("token-1");
+        api.Apply("default", Slices.Ready("greeter-a", "greeter", pods.Ips, pods.Port));
+        var client = ResolverClient.Create(api.Url, account.Path, configureServices: services =>
+        {
+            services.AddLogging(logging => logging.AddFilter(category, LogLevel.Debug));
+            services.AddFakeLogging(o => o.FilteredCategories.Add(category));
+        });
+        var logs = client.Services.GetRequiredService<FakeLogCollector>();
+        await client.Client.SayHelloAsync(new HelloRequest { Name = "resolve" });
+        await Poll.UntilAsync(() => api.ActiveWatches == 1, "the resolver watches");
+
+        await client.DisposeAsync();
+
+        await Poll.UntilAsync(() => api.ActiveWatches == 0, "the resolver's watch closed");
+        await Poll.UntilAsync(() => logs.GetSnapshot().Any(r => r.Id.Id == StoppedId), "the resolver loop stopped");
+    }
+
     private static Task WaitForAllAsync(ResolverTestCluster cluster, IEnumerable<string> ips)
     {
         var seen = new HashSet<string>();
@@ -210,4 +238,6 @@ public sealed class KubernetesResolverGrpcTests
             return ips.All(seen.Contains);
         }, "all pods serve calls");
     }
+
+    private const int StoppedId = 7;
 }

@@ -3,6 +3,7 @@ using ConnectionRefresh.Kubernetes.Tests.Fakes;
 using Grpc.Core;
 using k8s;
 using k8s.Models;
+using Microsoft.Extensions.Diagnostics.Metrics.Testing;
 
 namespace ConnectionRefresh.Kubernetes.Tests;
 
@@ -171,6 +172,27 @@ public sealed class KubernetesResolverTimingTests
         client.Events.Writer.TryWrite(new EndpointSliceEvent(WatchEventType.Deleted, a));
         await Poll.UntilAsync(() => harness.LastAddresses!.SetEquals(["10.0.0.2:8080", "10.0.0.3:8080"]), "only slice b's endpoints remain");
         Assert.All(harness.Results, r => Assert.Equal(StatusCode.OK, r.Status.StatusCode));
+    }
+
+    [Fact]
+    public async Task Metrics_WatchFails_CountedAsARestartWithReasonError()
+    {
+        // The instrument's description names the reasons resync, refresh, expired, closed and error: a watch that fails (or
+        // that the server closes at once) is started again after the backoff, and counts as a restart with reason error.
+        var time = new CountingTimeProvider();
+        var client = new ScriptedEndpointSliceClient { OnList = _ => ScriptedEndpointSliceClient.Snapshot("10", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080)) };
+        using var harness = new ResolverHarness(client, options: new KubernetesResolverOptions { InitialBackoff = TimeSpan.FromSeconds(1) }, time: time);
+        using var restarts = new MetricCollector<long>(harness.Meters, KubernetesResolverMetrics.MeterName, "connectionrefresh.kubernetes.watch.restarts");
+        await Poll.UntilAsync(() => client.Watches == 1 && time.TimersCreated == 1, "watching");
+
+        client.Events.Writer.TryComplete(new IOException("connection reset"));
+        await Poll.UntilAsync(() => time.TimersCreated == 2, "the failure's backoff is armed");
+        time.Advance(TimeSpan.FromSeconds(1));
+        await Poll.UntilAsync(() => client.Watches == 2, "watching again after the backoff");
+
+        var restart = Assert.Single(restarts.GetMeasurementSnapshot());
+        Assert.Equal("error", restart.Tags["reason"]);
+        Assert.Equal("greeter", restart.Tags["k8s.service.name"]);
     }
 
     private const int RefreshRelistingId = 6;

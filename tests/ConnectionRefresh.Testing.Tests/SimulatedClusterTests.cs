@@ -608,6 +608,37 @@ public sealed class SimulatedClusterTests
     }
 
     [Fact]
+    public async Task ScaleAsync_DownWhileAScaleUpStartsItsPods_ReturnsOnceThePodsItStoppedHaveLeft()
+    {
+        // The scale-down comes right after the scale-up created its pods, which then stay starting (a slow warm-up) until
+        // released; it stops them (not ready) and returns, as documented, once they have left: not while they are still
+        // starting and listed in Pods (as Terminating, without an Address).
+        var started = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions
+        {
+            Replicas = 0,
+            ConfigureServices = services => services.AddHostedService(sp => new SlowStart(sp, started, release.Task)),
+        });
+        Task? down = null;
+        cluster.AfterScaleDecided = () =>
+        {
+            cluster.AfterScaleDecided = null;
+            down = cluster.ScaleAsync(0);
+        };
+        var up = cluster.ScaleAsync(2);
+        await Poll.WithTimeout(started.Task, "a new pod to listen and start warming up");
+
+        Assert.False(down!.IsCompleted, "the scale-down returned while the pods it stopped were still starting");
+
+        release.SetResult();
+        await Poll.WithTimeout(down, "the scale-down");
+        Assert.Empty(cluster.Pods);
+        // The scale-up's pods were stopped while starting: it does not end with them ready.
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => Poll.WithTimeout(up, "the scale-up"));
+    }
+
+    [Fact]
     public async Task KillPodAsync_NewPodDuringRollingUpdate_UpdateReplacesItAndEndsWithTheReplicaCount()
     {
         var time = new FakeTimeProvider();

@@ -242,6 +242,88 @@ public sealed class SimulatedKubernetesApiTests
         await Poll.WithTimeout(stop, "the pod to exit");
     }
 
+    [Fact]
+    public async Task DisposeAsync_ClientsWatchAgainAsSoonAsTheirWatchEnds_StopsWithoutWaitingForTheShutdownTimeout()
+    {
+        // Every watch client (the resolver too) starts a new watch as soon as one ends. DisposeAsync ends the open watches and
+        // then stops Kestrel; a watch that arrived in between used to stay open until Kestrel's 30 s shutdown timeout.
+        var api = await SimulatedKubernetesApi.StartAsync();
+        using var http = new HttpClient(new SocketsHttpHandler { MaxConnectionsPerServer = 16 }) { BaseAddress = api.Url };
+        using var stop = new CancellationTokenSource();
+        var watchers = Enumerable.Range(0, 16).Select(_ => Task.Run(async () =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                try
+                {
+                    using var response = await http.GetAsync("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?watch=true&resourceVersion=1000",
+                        HttpCompletionOption.ResponseHeadersRead, stop.Token);
+                    await using var body = await response.Content.ReadAsStreamAsync(stop.Token);
+                    await body.CopyToAsync(Stream.Null, stop.Token);
+                }
+                catch (Exception ex) when (ex is HttpRequestException or IOException or OperationCanceledException)
+                {
+                    // Refused or reset once the server stops; the loop ends when the test stops it.
+                }
+            }
+        })).ToList();
+        try
+        {
+            await Poll.UntilAsync(() => api.ActiveWatches == 16, "16 watches are open");
+
+            await Poll.WithTimeout(api.DisposeAsync().AsTask(), "the API server to stop", TimeSpan.FromSeconds(15));
+        }
+        finally
+        {
+            await stop.CancelAsync();
+            await Task.WhenAll(watchers);
+        }
+    }
+
+    [Theory]
+    [InlineData("")]
+    [InlineData("&resourceVersion=0")]
+    public async Task Watch_WithoutResourceVersion_StartsWithTheCurrentSlicesAsAdded(string resourceVersion)
+    {
+        // As the API server does ("get state and start at most recent"): a watch without a resourceVersion, or from "0",
+        // first sends every current object as ADDED; not the history (a slice added and deleted again is not there), and
+        // also after a compaction.
+        await using var api = await SimulatedKubernetesApi.StartAsync();
+        api.Apply("default", Slice("svc-a"));
+        api.Apply("default", Slice("svc-b"));
+        api.Delete("default", "svc-b");
+        api.Compact();
+        api.Apply("default", Slice("svc-c"));
+        using var http = new HttpClient { BaseAddress = api.Url };
+
+        using var response = await http.GetAsync(
+            $"/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?watch=true&allowWatchBookmarks=true&labelSelector=kubernetes.io/service-name=svc{resourceVersion}",
+            HttpCompletionOption.ResponseHeadersRead);
+        using var reader = new StreamReader(await response.Content.ReadAsStreamAsync());
+        await Poll.UntilAsync(() => api.ActiveWatches == 1, "watching");
+        api.SendBookmark(); // Marks the end of what the watch sent on its own.
+        var events = new List<string>();
+        while (await Poll.WithTimeout(reader.ReadLineAsync(), "the next watch event") is { } line)
+        {
+            var watchEvent = k8s.KubernetesJson.Deserialize<k8s.Watcher<V1EndpointSlice>.WatchEvent>(line);
+            if (watchEvent.Type == k8s.WatchEventType.Bookmark)
+            {
+                break;
+            }
+
+            events.Add($"{watchEvent.Type} {watchEvent.Object.Metadata.Name}");
+        }
+
+        Assert.Equal(["Added svc-a", "Added svc-c"], events.Order());
+    }
+
+    private static V1EndpointSlice Slice(string name) => new()
+    {
+        Metadata = new V1ObjectMeta { Name = name, Labels = new Dictionary<string, string> { ["kubernetes.io/service-name"] = "svc" } },
+        AddressType = "IPv4",
+        Endpoints = [new V1Endpoint { Addresses = ["10.0.0.1"] }],
+    };
+
     private static async Task<(bool? Ready, bool? Serving, bool? Terminating)> ConditionsAsync(HttpClient http, SimulatedPod pod)
     {
         var conditions = (await ListAsync(http, "default", "svc")).Single(s => s.Metadata.Name == "svc-" + pod.Name).Endpoints.Single().Conditions;

@@ -35,6 +35,7 @@ internal sealed class KubernetesResolver : Resolver
     private readonly EndpointSliceStore _store = new();
     private readonly EndpointSelector _selector;
     private readonly CancellationTokenSource _disposeCts = new();
+    private readonly CancellationTokenRegistration _stopping;
     private readonly Lock _lock = new();
     private readonly Lock _listenerLock = new();
 
@@ -56,7 +57,8 @@ internal sealed class KubernetesResolver : Resolver
         KubernetesResolverMetrics metrics,
         TimeProvider time,
         Func<double> random,
-        ILogger logger)
+        ILogger logger,
+        CancellationToken stopping = default)
     {
         _target = target;
         _namespace = ns;
@@ -67,6 +69,9 @@ internal sealed class KubernetesResolver : Resolver
         _random = random;
         _logger = logger;
         _selector = new EndpointSelector(target, options.IncludeTerminatingEndpoints);
+        // The factory's disposal stops the loop too: Grpc.Net.ClientFactory never disposes its channels (and so their
+        // resolvers), and the API client the loop uses is disposed with the factory.
+        _stopping = stopping.Register(static state => ((CancellationTokenSource)state!).Cancel(), _disposeCts);
     }
 
     /// <summary>The background loop; completes after <see cref="Resolver.Dispose()"/>. For tests.</summary>
@@ -150,6 +155,7 @@ internal sealed class KubernetesResolver : Resolver
             }
 
             _disposeCts.Cancel();
+            _stopping.Dispose();
         }
 
         base.Dispose(disposing);
@@ -281,6 +287,7 @@ internal sealed class KubernetesResolver : Resolver
             catch (Exception) when (!cancellationToken.IsCancellationRequested)
             {
                 ResetIfHealthy(backoff, started, events);
+                Restarted("error"); // After the backoff (RunAsync), relisted and watched again.
                 throw;
             }
             finally
@@ -294,6 +301,7 @@ internal sealed class KubernetesResolver : Resolver
             // The server closed the watch (its timeout): continue from the last resourceVersion.
             if (!IsHealthy(started, events))
             {
+                Restarted("error");
                 throw new IOException("The Kubernetes API server closed the EndpointSlice watch at once.");
             }
 

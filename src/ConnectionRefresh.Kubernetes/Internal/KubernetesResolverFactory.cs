@@ -12,6 +12,8 @@ namespace ConnectionRefresh.Kubernetes.Internal;
 /// naming the setting or file, and is decided again on the next one. The API client itself is built on the first request:
 /// what can fix itself (a credential plugin that fails, a service account token or CA not mounted yet) is retried by the
 /// resolvers with their backoff, and calls fail <c>Unavailable</c> meanwhile.
+/// Disposing it (with the service provider) stops every resolver it created: Grpc.Net.ClientFactory never disposes its
+/// channels, so their resolvers would otherwise retry with the disposed API client for the life of the process.
 /// Thread-safe: the source and the shared client are set once under <c>_lock</c>; everything else is immutable.
 /// </summary>
 internal sealed class KubernetesResolverFactory : ResolverFactory, IDisposable
@@ -23,6 +25,8 @@ internal sealed class KubernetesResolverFactory : ResolverFactory, IDisposable
     private readonly EnvironmentReader _environment;
     private readonly Lock _lock = new();
     private readonly IEndpointSliceClient? _givenClient;
+    // Cancelled on Dispose: stops every resolver this factory created (see KubernetesResolver's constructor).
+    private readonly CancellationTokenSource _stopping = new();
     private KubernetesApiSource? _source;
     private DeferredEndpointSliceClient? _client;
 
@@ -84,11 +88,12 @@ internal sealed class KubernetesResolverFactory : ResolverFactory, IDisposable
         }
 
         return new KubernetesResolver(target, target.Namespace ?? defaultNamespace, client, _options, _metrics, _time, _random,
-            loggerFactory.CreateLogger<KubernetesResolver>());
+            loggerFactory.CreateLogger<KubernetesResolver>(), _stopping.Token);
     }
 
     public void Dispose()
     {
+        _stopping.Cancel();
         lock (_lock)
         {
             _client?.Dispose();

@@ -21,6 +21,9 @@ internal sealed class ResolverHarness : IDisposable
 
     public KubernetesResolver Resolver { get; }
 
+    /// <summary>The meter factory of the resolver's metrics: the scope for a MetricCollector.</summary>
+    public FallbackMeterFactory Meters => _meters;
+
     public PublishedResults Results { get; } = new();
 
     public ResolverResult? Last => Results.Last;
