@@ -72,23 +72,27 @@ internal sealed class ConnectionSlot
         }
     }
 
-    /// <summary>Unpublishes and retires <paramref name="generation"/> unless that already happened.</summary>
+    /// <summary>
+    /// Unpublishes and retires <paramref name="generation"/> unless that already happened; a connection failure of the
+    /// generation taking new calls also makes the slot look busy for a moment (see <see cref="Load"/>).
+    /// </summary>
     public void Retire(HandlerGeneration generation, RetirementReason reason)
     {
-        if (reason == RetirementReason.ConnectionFailure)
-        {
-            var time = _factory.TimeProvider;
-            Volatile.Write(ref _penaltyUntil, time.GetTimestamp() + (long)(ConnectionRefreshDefaults.FailedSlotPenalty.TotalSeconds * time.TimestampFrequency));
-        }
-
         lock (_gate)
         {
             if (!ReferenceEquals(_current, generation))
             {
+                // Retired already: a draining connection that fails says nothing about the slot's newer one.
                 return;
             }
 
             _current = null;
+        }
+
+        if (reason == RetirementReason.ConnectionFailure)
+        {
+            var time = _factory.TimeProvider;
+            Volatile.Write(ref _penaltyUntil, time.GetTimestamp() + (long)(ConnectionRefreshDefaults.FailedSlotPenalty.TotalSeconds * time.TimestampFrequency));
         }
 
         generation.Retire(reason);

@@ -20,6 +20,9 @@ internal sealed class StubHandler : HttpMessageHandler
     /// <summary>When set, SendAsync throws it.</summary>
     public Exception? Failure { get; set; }
 
+    /// <summary>When set (and <see cref="Failure"/> is not), SendAsync answers with its task.</summary>
+    public TaskCompletionSource<HttpResponseMessage>? Pending { get; set; }
+
     protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
@@ -27,6 +30,11 @@ internal sealed class StubHandler : HttpMessageHandler
         if (Failure is not null)
         {
             return Task.FromException<HttpResponseMessage>(Failure);
+        }
+
+        if (Pending is not null)
+        {
+            return Pending.Task;
         }
 
         if (cancellationToken.IsCancellationRequested)

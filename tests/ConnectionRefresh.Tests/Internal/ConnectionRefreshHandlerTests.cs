@@ -194,6 +194,27 @@ public sealed class ConnectionRefreshHandlerTests
     }
 
     [Fact]
+    public async Task SendAsync_DrainingConnectionFailsLater_DoesNotPenaliseTheSlotsNewConnection()
+    {
+        // A call still waiting on a connection that its age retired fails when that connection dies (its pod went
+        // away). The slot's new connection, elsewhere, is healthy: it must keep taking calls as usual.
+        var stubs = new StubGenerations(Options());
+        var pending = new TaskCompletionSource<HttpResponseMessage>(TaskCreationOptions.RunContinuationsAsynchronously);
+        stubs.OnCreate = h => h.Pending = h.Id == 0 ? pending : null;
+        using var invoker = stubs.CreateInvoker(out var handler);
+
+        var waiting = invoker.Send();
+        stubs.Time.Advance(TimeSpan.FromSeconds(10));
+        await invoker.SendAndRead();
+        pending.SetException(new HttpRequestException(HttpRequestError.ConnectionError, "reset", new SocketException()));
+        await Assert.ThrowsAsync<HttpRequestException>(() => waiting);
+
+        Assert.Equal(2, stubs.Created.Count);
+        Assert.False(stubs.Created[1].IsDisposed);
+        Assert.Equal(0, handler.Slots[0].Load); // its calls running: none; not the failed-connection penalty
+    }
+
+    [Fact]
     public async Task SendAsync_SeveralConnections_StaggersFirstRetirements()
     {
         // Slot i of K first lives (i + 1) / K of an age: with K = 4 and age 10 s, at 2.5, 5, 7.5 and 10 s.
