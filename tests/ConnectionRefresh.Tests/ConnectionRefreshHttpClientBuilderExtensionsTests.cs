@@ -2,10 +2,12 @@ using System.Net;
 using System.Text;
 using ConnectionRefresh.Internal;
 using Grpc.Core;
+using Grpc.Net.Client;
 using Grpc.Net.Client.Configuration;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Http;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 
 namespace ConnectionRefresh.Tests;
@@ -416,6 +418,81 @@ public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
 
         var failure = Assert.Throws<OptionsValidationException>(() => ValidateOnStart(provider));
         Assert.Contains("HttpHandler", failure.Message, StringComparison.Ordinal);
+    }
+
+    public static TheoryData<string, Action<GrpcChannelOptions>> ReplacedHttpHandlers() => new()
+    {
+        { "removed", o => o.HttpHandler = null },
+        { "another handler wrapped", o => o.HttpHandler = new MarkerHandler { InnerHandler = new SocketsHttpHandler() } },
+    };
+
+    [Theory]
+    [MemberData(nameof(ReplacedHttpHandlers))]
+    public void ValidateOnStart_ChannelReplacesTheHttpHandler_Fails(string replacement, Action<GrpcChannelOptions> configure)
+    {
+        // Without a handler GrpcChannel creates its own SocketsHttpHandler; either way ours is off the call path.
+        _ = replacement;
+        var services = new ServiceCollection();
+        GrpcClient(services).ConfigureChannel(configure).AddConnectionRefresh();
+        using var provider = services.BuildServiceProvider();
+
+        var failure = Assert.Throws<OptionsValidationException>(() => ValidateOnStart(provider));
+        Assert.Contains("HttpHandler", failure.Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void ValidateOnStart_ChannelWrapsTheHttpHandler_PassesAndKeepsItInside(bool refresh)
+    {
+        // Grpc.Net.ClientFactory hands ConfigureChannel the client's handler chain in HttpHandler: a DelegatingHandler
+        // around it keeps every handler of the chain, ours too, on the call path.
+        var services = new ServiceCollection();
+        var wrappers = new List<MarkerHandler>();
+        var builder = GrpcClient(services).ConfigureChannel(o =>
+        {
+            var wrapper = new MarkerHandler { InnerHandler = o.HttpHandler! };
+            wrappers.Add(wrapper);
+            o.HttpHandler = wrapper;
+        });
+        if (refresh)
+        {
+            builder.AddConnectionRefresh();
+        }
+
+        using var provider = services.BuildServiceProvider();
+
+        ValidateOnStart(provider);
+        _ = provider.GetRequiredService<TestClient>();
+
+        Assert.Contains(Walk(wrappers[^1]), h => h.GetType().Name == (refresh ? nameof(ConnectionRefreshHandler) : nameof(SocketsHttpHandler)));
+    }
+
+    private sealed class ScopedDependency;
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void ValidateOnStart_ChannelActionUsesLoggerFactoryAndServiceProvider_Passes(bool refresh)
+    {
+        // Grpc.Net.ClientFactory fills LoggerFactory and ServiceProvider (the channel's scope) before ConfigureChannel runs.
+        var services = new ServiceCollection();
+        services.AddScoped<ScopedDependency>();
+        var seen = new List<(ILogger Logger, ScopedDependency Dependency)>();
+        var builder = GrpcClient(services).ConfigureChannel(o =>
+            seen.Add((o.LoggerFactory!.CreateLogger("Channel"), o.ServiceProvider!.GetRequiredService<ScopedDependency>())));
+        if (refresh)
+        {
+            builder.AddConnectionRefresh();
+        }
+
+        using var provider = services.BuildServiceProvider();
+
+        ValidateOnStart(provider);
+        _ = provider.GetRequiredService<TestClient>();
+
+        // Once to create the channel and, with AddConnectionRefresh, once more to validate its options: no more.
+        Assert.Equal(refresh ? 2 : 1, seen.Count);
     }
 
     [Fact]

@@ -9,7 +9,8 @@ namespace ConnectionRefresh.Internal;
 /// that retry policies retry them. grpc-dotnet maps any HttpProtocolException in the chain by its HTTP/2
 /// error code (a keepalive timeout becomes <c>Internal</c>), so such an exception is replaced by one without it
 /// (of the type SocketsHttpHandler threw: <see cref="HttpRequestException"/> before the response, an IOException while
-/// reading it) around an <see cref="HttpIOException"/> whose message keeps the original text. A connect timeout, which
+/// reading it) around an <see cref="HttpIOException"/> whose message keeps the original text; a call cut by DrainTimeout
+/// gets the same types. A connect timeout, which
 /// SocketsHttpHandler reports as a cancellation, is made a connection failure (<see cref="HttpRequestException"/>) too.
 /// A server's HTTP_1_1_REQUIRED is none of these: it is logged once per connection and the call's error is left as it is.
 /// </summary>
@@ -22,11 +23,12 @@ internal static class ConnectionFailures
         ConnectionSlot slot,
         HandlerGeneration generation,
         ConnectionRefreshTelemetry telemetry,
+        bool beforeResponse,
         CancellationToken callerToken)
     {
         if (generation.CutToken.IsCancellationRequested && !callerToken.IsCancellationRequested)
         {
-            return CutByDrainTimeout(exception);
+            return CutByDrainTimeout(exception, beforeResponse);
         }
 
         Exception? replacement;
@@ -92,9 +94,19 @@ internal static class ConnectionFailures
         return exception is HttpRequestException ? new HttpRequestException(HttpRequestError.ConnectionError, lost.Message, lost) : lost;
     }
 
-    public static HttpIOException CutByDrainTimeout(Exception exception) => new(
-        HttpRequestError.Unknown,
-        $"The call ran longer than ConnectionRefresh's DrainTimeout on a retired connection and was cut ({exception.GetType().Name}: {exception.Message}).");
+    /// <summary>
+    /// The failure of a call that DrainTimeout cut. As for a lost connection, its type depends on where the call was:
+    /// before the response (in SendAsync) an <see cref="HttpRequestException"/>, which outer handlers retry, around an
+    /// <see cref="HttpIOException"/>, which grpc-dotnet maps to <c>Unavailable</c>; while the body is read, the
+    /// <see cref="HttpIOException"/> alone.
+    /// </summary>
+    public static Exception CutByDrainTimeout(Exception exception, bool beforeResponse)
+    {
+        var cut = new HttpIOException(
+            HttpRequestError.Unknown,
+            $"The call ran longer than ConnectionRefresh's DrainTimeout on a retired connection and was cut ({exception.GetType().Name}: {exception.Message}).");
+        return beforeResponse ? new HttpRequestException(HttpRequestError.Unknown, cut.Message, cut) : cut;
+    }
 
     /// <summary>
     /// True for failures of the connection as a whole: socket errors, an aborted connection (keepalive

@@ -71,7 +71,7 @@ internal sealed class ConnectionRefreshHandler : HttpMessageHandler
         {
             linked?.Dispose();
             generation.Release();
-            var replacement = ConnectionFailures.OnCallFailed(exception, slot, generation, _telemetry, cancellationToken);
+            var replacement = ConnectionFailures.OnCallFailed(exception, slot, generation, _telemetry, beforeResponse: true, cancellationToken);
             if (replacement is null)
             {
                 throw;

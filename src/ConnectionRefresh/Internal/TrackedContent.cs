@@ -80,8 +80,8 @@ internal sealed class TrackedContent : HttpContent
 
         Complete();
         return WasCut
-            ? ConnectionFailures.CutByDrainTimeout(exception)
-            : ConnectionFailures.OnCallFailed(exception, _slot, _generation, _slot.Telemetry, cancellationToken);
+            ? ConnectionFailures.CutByDrainTimeout(exception, beforeResponse: false)
+            : ConnectionFailures.OnCallFailed(exception, _slot, _generation, _slot.Telemetry, beforeResponse: false, cancellationToken);
     }
 
     protected override async Task<Stream> CreateContentReadStreamAsync(CancellationToken cancellationToken)

@@ -48,6 +48,29 @@ public sealed class CompositionTests
     }
 
     [Fact]
+    public async Task ConfigureChannelWrappingTheHttpHandler_WithRefresh_CallsPassTheWrapperAndAreRecycled()
+    {
+        // Grpc.Net.ClientFactory hands ConfigureChannel the client's handler chain: a DelegatingHandler around it sees
+        // every call, and the calls still reach ConnectionRefresh inside, which recycles the connection every 5 calls.
+        await using var cluster = await SimulatedCluster.StartAsync(new() { Replicas = 1 });
+        var counting = new CountingHandler();
+        using var host = GreeterClientHost.WithRefresh(cluster.Address, o => o.MaxRequestsPerConnection = 5, b => b
+            .ConfigureChannel(o =>
+            {
+                counting.InnerHandler = o.HttpHandler!;
+                o.HttpHandler = counting;
+            }));
+
+        for (var i = 0; i < 20; i++)
+        {
+            await host.Client.SayHelloAsync(new HelloRequest { Name = "w" });
+        }
+
+        Assert.Equal(20, counting.Calls);
+        Assert.Equal(4, cluster.Pods[0].ConnectionsAccepted);
+    }
+
+    [Fact]
     public async Task TransientResolution_ManyClients_ShareTheRefreshedConnections()
     {
         await using var cluster = await SimulatedCluster.StartAsync(new() { Replicas = 1 });
