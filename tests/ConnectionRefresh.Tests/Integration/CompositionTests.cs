@@ -211,12 +211,8 @@ public sealed class CompositionTests
         // timeout). Until the stream has ended its connection must stay leased: not disposed, so still pinged, and
         // counted as draining.
         await using var cluster = await SimulatedCluster.StartAsync(new() { Replicas = 1 });
-        var services = new ServiceCollection();
-        services.AddMetrics();
-        AddPlainHttp2Client(services, cluster.Address).AddConnectionRefresh(o => o.MaxRequestsPerConnection = 1);
-        using var provider = services.BuildServiceProvider();
-        using var draining = new MetricCollector<long>(provider.GetRequiredService<IMeterFactory>(), "ConnectionRefresh", "connectionrefresh.connections.draining");
-        var http = provider.GetRequiredService<IHttpClientFactory>().CreateClient("plain");
+        using var client = new OneCallPerConnectionClient(cluster.Address);
+        var (http, draining) = (client.Http, client.Draining);
         var message = new StreamRequest { Name = "s", Count = 2, DelayMs = 5000 }.ToByteArray();
         var frame = new byte[5 + message.Length];
         System.Buffers.Binary.BinaryPrimitives.WriteInt32BigEndian(frame.AsSpan(1), message.Length);
@@ -259,12 +255,8 @@ public sealed class CompositionTests
         // leaves it undisposed: harmless with SocketsHttpHandler, whose stream ended with the headers. The connection's
         // lease must end there too, or a retired connection is never disposed.
         await using var cluster = await SimulatedCluster.StartAsync(new() { Replicas = 1 });
-        var services = new ServiceCollection();
-        services.AddMetrics();
-        AddPlainHttp2Client(services, cluster.Address).AddConnectionRefresh(o => o.MaxRequestsPerConnection = 1);
-        using var provider = services.BuildServiceProvider();
-        using var draining = new MetricCollector<long>(provider.GetRequiredService<IMeterFactory>(), "ConnectionRefresh", "connectionrefresh.connections.draining");
-        var http = provider.GetRequiredService<IHttpClientFactory>().CreateClient("plain");
+        using var client = new OneCallPerConnectionClient(cluster.Address);
+        var (http, draining) = (client.Http, client.Draining);
 
         // A budget of one call: the connection is retired as this call starts, and drained once it has ended.
         var response = await http.SendAsync(new HttpRequestMessage(HttpMethod.Head, "/")
@@ -300,6 +292,33 @@ public sealed class CompositionTests
         c.DefaultRequestVersion = HttpVersion.Version20;
         c.DefaultVersionPolicy = HttpVersionPolicy.RequestVersionExact;
     });
+
+    /// <summary>A plain HTTP/2 client with refresh and a budget of one call per connection, and its draining gauge.</summary>
+    private sealed class OneCallPerConnectionClient : IDisposable
+    {
+        private readonly ServiceProvider _provider;
+
+        public OneCallPerConnectionClient(Uri address)
+        {
+            var services = new ServiceCollection();
+            services.AddMetrics();
+            AddPlainHttp2Client(services, address).AddConnectionRefresh(o => o.MaxRequestsPerConnection = 1);
+            _provider = services.BuildServiceProvider();
+            Draining = new MetricCollector<long>(_provider.GetRequiredService<IMeterFactory>(), "ConnectionRefresh", "connectionrefresh.connections.draining");
+            Http = _provider.GetRequiredService<IHttpClientFactory>().CreateClient("plain");
+        }
+
+        public HttpClient Http { get; }
+
+        /// <summary>Connections retired and not yet closed (the sum of the gauge's changes).</summary>
+        public MetricCollector<long> Draining { get; }
+
+        public void Dispose()
+        {
+            Draining.Dispose();
+            _provider.Dispose();
+        }
+    }
 
     // A raw gRPC call: an empty HelloRequest in a 5-byte gRPC frame.
     private static async Task SayHelloOverPlainHttpAsync(HttpClient http)
