@@ -198,4 +198,46 @@ public sealed class ShutdownTests
         var age = Assert.Single(host.Ages.GetMeasurementSnapshot());
         Assert.Equal("shutdown", age.Tags[ServerConnectionAgeMetrics.ReasonTag]);
     }
+
+    [Fact]
+    public async Task OnConnectionAsync_ConnectionEndsNormallyWhileTheHostRuns_HostKeepsNoReferenceToIt()
+    {
+        // The shutdown signal must not cost a registration (on ApplicationStopping, or in the endpoint's table of
+        // connections) that outlives the connection: a server that runs for weeks sees millions of connections. Anything
+        // the host still held would keep the connection's tracker (its IConnectionClosingFeature) reachable.
+        WeakReference? tracker = null;
+        await using var host = await GreeterTestHost.StartAsync(
+            _ => { },
+            useConnectionAge: listen =>
+            {
+                listen.UseServerConnectionAge();
+                listen.Use(next => connection =>
+                {
+                    tracker = new WeakReference(connection.Features.Get<IConnectionClosingFeature>());
+                    return next(connection);
+                });
+            });
+
+        await CallOnceAndCloseAsync(host.Address);
+        await Poll.UntilAsync(() => host.EndedCount == 1, "the connection to end");
+
+        Assert.NotNull(tracker);
+        await Poll.UntilAsync(
+            () =>
+            {
+                GC.Collect();
+                GC.WaitForPendingFinalizers();
+                GC.Collect();
+                return !tracker.IsAlive;
+            },
+            "the ended connection's tracker to be collected");
+    }
+
+    // Its own method, so that no local of the test keeps the channel (and through it nothing of the server) alive.
+    private static async Task CallOnceAndCloseAsync(Uri address)
+    {
+        using var channel = GrpcChannel.ForAddress(address);
+        var reply = await new Greeter.GreeterClient(channel).SayHelloAsync(new HelloRequest { Name = "once" });
+        Assert.Equal("Hello once", reply.Message);
+    }
 }
