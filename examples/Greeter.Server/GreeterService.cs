@@ -41,9 +41,10 @@ internal sealed partial class GreeterService(InstanceName instance, ILogger<Gree
 
     public override async Task Chat(IAsyncStreamReader<HelloRequest> requestStream, IServerStreamWriter<HelloReply> responseStream, ServerCallContext context)
     {
-        // An open-ended stream: when the server starts closing this connection (MaxConnectionAge), the chat ends
-        // cleanly with status OK and the trailer "connection-closing: true", so that the client opens a new chat,
-        // which goes over a new connection, instead of being cut when the grace period ends.
+        // An open-ended stream: when the server starts closing this connection (MaxConnectionAge, MaxConnectionIdle, or
+        // the server shutting down), the chat ends cleanly with status OK and the trailer "connection-closing: true", so
+        // that the client opens a new chat, which goes over a new connection, instead of being cut when the grace period
+        // (or the shutdown timeout) ends.
         var closing = context.GetConnectionClosingToken();
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(context.CancellationToken, closing);
         var sequence = 0;
@@ -65,6 +66,6 @@ internal sealed partial class GreeterService(InstanceName instance, ILogger<Gree
     private static Task DelayAsync(int milliseconds, CancellationToken cancellationToken) =>
         milliseconds > 0 ? Task.Delay(milliseconds, cancellationToken) : Task.CompletedTask;
 
-    [LoggerMessage(EventId = 1, Level = LogLevel.Information, Message = "The connection of a {Method} call started closing (max connection age).")]
+    [LoggerMessage(EventId = 1, Level = LogLevel.Information, Message = "The connection of a {Method} call started closing (max connection age or idleness, or server shutdown).")]
     private static partial void LogConnectionClosing(ILogger logger, string method);
 }

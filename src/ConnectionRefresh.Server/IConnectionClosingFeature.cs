@@ -1,10 +1,11 @@
 namespace ConnectionRefresh.Server;
 
 /// <summary>
-/// Tells the calls of a connection that the server has started to close it gracefully (an HTTP/2 GOAWAY because
-/// of <see cref="ServerConnectionAgeOptions.MaxConnectionAge"/> or <see cref="ServerConnectionAgeOptions.MaxConnectionIdle"/>).
-/// A long-running stream can then end cleanly (for example tell its client to call again, which opens a new
-/// connection) before <see cref="GracePeriod"/> ends and the connection is aborted.
+/// Tells the calls of a connection that the server has started to close it gracefully (an HTTP/2 GOAWAY): because of
+/// <see cref="ServerConnectionAgeOptions.MaxConnectionAge"/> or <see cref="ServerConnectionAgeOptions.MaxConnectionIdle"/>,
+/// or because the server is shutting down (a pod exiting: SIGTERM, <c>IHost.StopAsync</c>; Kestrel then closes every
+/// connection). A long-running stream can then end cleanly (for example tell its client to call again, which opens a
+/// new connection, to another server) before <see cref="GracePeriod"/> ends and the connection is aborted.
 /// </summary>
 /// <remarks>
 /// One instance per connection, set by the server-side connection age middleware on the connection's features;
@@ -15,15 +16,23 @@ namespace ConnectionRefresh.Server;
 public interface IConnectionClosingFeature
 {
     /// <summary>
-    /// Cancelled when the graceful close of the connection starts (the GOAWAY is sent). It is not cancelled when
-    /// the client closes the connection or the call ends; use <c>ServerCallContext.CancellationToken</c> for that.
+    /// Cancelled when the graceful close of the connection starts (the GOAWAY is sent): at its age or idle limit, when
+    /// Kestrel closes it at server shutdown (after <c>IHostApplicationLifetime.ApplicationStopping</c>, when Kestrel
+    /// stops), or when the application's own code asks Kestrel to close it (<c>HttpContext.Connection.RequestClose()</c>).
+    /// It is not cancelled when the client closes the connection or the call ends; use
+    /// <c>ServerCallContext.CancellationToken</c> for that. Callbacks of a close that Kestrel started run on the
+    /// thread pool, shortly after Kestrel sent its GOAWAY.
     /// </summary>
     CancellationToken ConnectionClosing { get; }
 
     /// <summary>
     /// How long calls may still run once <see cref="ConnectionClosing"/> fired before the connection is aborted:
     /// <see cref="ServerConnectionAgeOptions.MaxConnectionAgeGrace"/>, or <see cref="Timeout.InfiniteTimeSpan"/>
-    /// when running calls are never cut.
+    /// when running calls are never cut. When it fired because the server is shutting down, the host's
+    /// <c>HostOptions.ShutdownTimeout</c> (30 s by default; counted from the start of the shutdown, so an upper bound),
+    /// after which Kestrel aborts what still runs; when the application's own code asked for the close,
+    /// <see cref="Timeout.InfiniteTimeSpan"/> (Kestrel does not cut the calls). The connection's age and its grace
+    /// still apply during a shutdown, and may cut a call sooner.
     /// </summary>
     TimeSpan GracePeriod { get; }
 }

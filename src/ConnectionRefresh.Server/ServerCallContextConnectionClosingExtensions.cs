@@ -26,8 +26,9 @@ public static class ServerCallContextConnectionClosingExtensions
     }
 
     /// <summary>
-    /// A token cancelled when the server starts to close the call's connection gracefully (see
-    /// <see cref="IConnectionClosingFeature.ConnectionClosing"/>); <see cref="CancellationToken.None"/> when the
+    /// A token cancelled when the server starts to close the call's connection gracefully, by its age or idleness or
+    /// because the server is shutting down (see <see cref="IConnectionClosingFeature.ConnectionClosing"/>);
+    /// <see cref="CancellationToken.None"/> when the
     /// endpoint does not use the server-side connection age or the call is not served by ASP.NET Core. A streaming
     /// method can end its stream when it fires:
     /// <code>

@@ -7,12 +7,14 @@ namespace ConnectionRefresh.Server.Internal;
 
 /// <summary>
 /// The age, idleness and graceful close of one connection: starts the graceful close (GOAWAY) at its age or after
-/// its idle time, fires <see cref="ConnectionClosing"/>, and aborts the connection when the grace ends.
+/// its idle time, fires <see cref="ConnectionClosing"/>, and aborts the connection when the grace ends. A graceful
+/// close that Kestrel starts itself (at server shutdown, or asked by the application's code) fires
+/// <see cref="ConnectionClosing"/> too, and changes nothing else.
 /// </summary>
 /// <remarks>
-/// Thread safety: timer callbacks (thread pool), calls starting and ending (request threads) and the end of the
-/// connection race with each other. Every read and write of the mutable fields happens under <see cref="_gate"/>,
-/// and each decision is taken in the same lock section as the state change it leads to (a close decided on an idle
+/// Thread safety: timer callbacks (thread pool), Kestrel's close request (its shutdown thread), calls starting and
+/// ending (request threads) and the end of the connection race with each other. Every read and write of the mutable
+/// fields happens under <see cref="_gate"/>, and each decision is taken in the same lock section as the state change it leads to (a close decided on an idle
 /// connection is recorded before any call can start; once <see cref="Ended"/> ran, no close or abort starts). The side
 /// effects that run foreign code (cancelling the token, RequestClose, Abort, logging, metrics, the grace timer) run
 /// outside it, after the state change that makes them happen exactly once. The lock is per connection, so it is only
@@ -32,6 +34,7 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
     private readonly TimeProvider _time;
     private readonly ServerConnectionAgeMetrics _metrics;
     private readonly ILogger _logger;
+    private readonly HostStopping _hostStopping;
     private readonly long _openedAt;
 
     // Never disposed: it owns no timer or wait handle, and handlers may still hold its token after the connection ended.
@@ -42,11 +45,15 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
     private ITimer? _idleTimer;
     private ITimer? _graceTimer;
     private ITimer? _stuckTimer;
+    private CancellationTokenRegistration _closeRequestedByOthers;
     private int _activeCalls;
     private bool _hadCall;
     private bool _agedBeforeFirstCall;
     private long _idleSince;
     private CloseReason _reason;
+    private bool _closingFired;
+    private bool _closedAtShutdown;
+    private TimeSpan _gracePeriod;
     private bool _graceEnded;
     private bool _aborted;
     private bool _ended;
@@ -58,7 +65,8 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
         TimeSpan maxAge,
         TimeProvider time,
         ServerConnectionAgeMetrics metrics,
-        ILogger logger)
+        ILogger logger,
+        HostStopping? hostStopping = null)
     {
         _connection = connection;
         _lifetime = lifetime;
@@ -67,6 +75,8 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
         _time = time;
         _metrics = metrics;
         _logger = logger;
+        _hostStopping = hostStopping ?? HostStopping.None;
+        _gracePeriod = settings.Grace;
         _closingToken = _closing.Token;
         _openedAt = time.GetTimestamp();
         _idleSince = _openedAt;
@@ -74,7 +84,20 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
 
     public CancellationToken ConnectionClosing => _closingToken;
 
-    public TimeSpan GracePeriod => _settings.Grace;
+    /// <summary>
+    /// <see cref="ConnectionAgeSettings.Grace"/>; for a close Kestrel started (first), the host's shutdown timeout at
+    /// shutdown, and infinite otherwise (Kestrel never cuts the calls of a connection it was asked to close).
+    /// </summary>
+    public TimeSpan GracePeriod
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _gracePeriod;
+            }
+        }
+    }
 
     /// <summary>The reason of the graceful close this package started, or <see cref="CloseReason.None"/>.</summary>
     public CloseReason Reason
@@ -111,6 +134,12 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
                 _idleTimer = _time.CreateTimer(static s => ((ConnectionAgeTracker)s!).OnIdleTimer(), this, _settings.MaxIdle, Timeout.InfiniteTimeSpan);
             }
         }
+
+        // Kestrel's shutdown closes every connection with RequestClose, which cancels this token (and sends the
+        // GOAWAY), as does this tracker's own close (then the close is already recorded and nothing more happens).
+        // Registered outside the lock: a token already cancelled runs the callback at once, on this thread.
+        _closeRequestedByOthers = _lifetime.ConnectionClosedRequested.UnsafeRegister(
+            static s => ((ConnectionAgeTracker)s!).OnCloseRequested(), this);
     }
 
     public void CallStarted()
@@ -174,12 +203,17 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
     /// </returns>
     public bool Ended()
     {
+        bool notAborted;
         lock (_gate)
         {
             _ended = true;
             DisposeTimers();
-            return !_aborted;
+            notAborted = !_aborted;
         }
+
+        // Unregister, not Dispose: it does not wait for a callback running on another thread (which finds _ended).
+        _closeRequestedByOthers.Unregister();
+        return notAborted;
     }
 
     /// <summary>Records the age of the connection, once, after <see cref="Ended"/>.</summary>
@@ -188,7 +222,8 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
         CloseReason reason;
         lock (_gate)
         {
-            reason = _reason;
+            // This package's own close first: it is what the connection's age was limited by.
+            reason = _reason != CloseReason.None ? _reason : _closedAtShutdown ? CloseReason.Shutdown : CloseReason.None;
         }
 
         _metrics.Ended(reason, _time.GetElapsedTime(_openedAt));
@@ -246,6 +281,48 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
     }
 
     /// <summary>
+    /// Kestrel was asked to close the connection gracefully (it sends the GOAWAY): by this tracker (nothing more to do),
+    /// by Kestrel's shutdown, or by the application's own code (<c>HttpContext.Connection.RequestClose()</c>). Fires
+    /// the closing token so that long streams can end before Kestrel cuts them. Nothing else changes: no grace timer
+    /// (Kestrel aborts what still runs at the end of the host's shutdown timeout, and never otherwise), and the age and
+    /// idle timers keep running, so the package's own limits still apply.
+    /// </summary>
+    private void OnCloseRequested()
+    {
+        var stopping = _hostStopping.ApplicationStopping.IsCancellationRequested;
+        lock (_gate)
+        {
+            if (_closingFired || _ended)
+            {
+                return;
+            }
+
+            _closingFired = true;
+            _closedAtShutdown = stopping;
+            _gracePeriod = stopping ? _hostStopping.ShutdownTimeout : Timeout.InfiniteTimeSpan;
+        }
+
+        var age = _time.GetElapsedTime(_openedAt);
+        ServerConnectionAgeLog.ClosingRequestedByKestrel(_logger, _connection.ConnectionId, age, stopping);
+
+        // On the thread pool: at shutdown this runs inside Kestrel's loop over every connection, and the token's
+        // callbacks are handlers' code (continuations of awaits on a linked token may run inline).
+        ThreadPool.UnsafeQueueUserWorkItem(static tracker => tracker.FireClosing(), this, preferLocal: false);
+    }
+
+    private void FireClosing()
+    {
+        try
+        {
+            _closing.Cancel();
+        }
+        catch (AggregateException ex)
+        {
+            ServerConnectionAgeLog.ClosingCallbackFailed(_logger, _connection.ConnectionId, ex);
+        }
+    }
+
+    /// <summary>
     /// Under <see cref="_gate"/>: records that the graceful close starts, unless one already started or the
     /// connection ended; the caller then runs <see cref="CarryOutClose"/> outside the lock.
     /// </summary>
@@ -258,6 +335,7 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
         }
 
         _reason = reason;
+        _closingFired = true;
         _ageTimer?.Dispose();
         _ageTimer = null;
         _idleTimer?.Dispose();
@@ -286,14 +364,7 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
         // GOAWAY first, so that clients move new calls to a new connection as early as possible; then the token,
         // whose callbacks are handlers' code.
         _lifetime.RequestClose();
-        try
-        {
-            _closing.Cancel();
-        }
-        catch (AggregateException ex)
-        {
-            ServerConnectionAgeLog.ClosingCallbackFailed(_logger, _connection.ConnectionId, ex);
-        }
+        FireClosing();
 
         if (_settings.Grace == Timeout.InfiniteTimeSpan)
         {

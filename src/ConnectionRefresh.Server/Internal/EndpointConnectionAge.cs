@@ -56,6 +56,7 @@ internal static class EndpointConnectionAge
             ?? new ServerConnectionAgeMetrics(services?.GetService<IMeterFactory>());
         var logger = (services?.GetService<ILoggerFactory>() ?? NullLoggerFactory.Instance).CreateLogger(LoggerCategory);
         var closer = new SilentConnectionCloser(services?.GetService<IHostApplicationLifetime>());
-        return new ServerConnectionAgeMiddleware(next, settings, time, metrics, logger, silentCloser: closer);
+        return new ServerConnectionAgeMiddleware(
+            next, settings, time, metrics, logger, silentCloser: closer, hostStopping: HostStopping.From(services));
     }
 }

@@ -32,4 +32,8 @@ internal static partial class ServerConnectionAgeLog
     [LoggerMessage(EventId = 7, EventName = "LingerExpired", Level = LogLevel.Debug,
         Message = "The client of connection {ConnectionId} did not close its side within {MaxLinger} after the GOAWAY; closing the socket.")]
     public static partial void LingerExpired(ILogger logger, string connectionId, TimeSpan maxLinger);
+
+    [LoggerMessage(EventId = 8, EventName = "ClosingRequestedByKestrel", Level = LogLevel.Debug,
+        Message = "Kestrel is closing connection {ConnectionId} gracefully (GOAWAY) at age {Age}, application stopping: {Stopping}; firing its closing token.")]
+    public static partial void ClosingRequestedByKestrel(ILogger logger, string connectionId, TimeSpan age, bool stopping);
 }

@@ -26,7 +26,7 @@ internal sealed class ServerConnectionAgeMetrics
         _closes = meter.CreateCounter<long>(
             ClosesName,
             unit: "{connection}",
-            description: "Connections the server started to close gracefully (GOAWAY), by reason: max_age or max_idle.");
+            description: "Connections this package started to close gracefully (GOAWAY), by reason: max_age or max_idle (not Kestrel's closes at shutdown).");
         _aborts = meter.CreateCounter<long>(
             AbortsName,
             unit: "{connection}",
@@ -34,7 +34,7 @@ internal sealed class ServerConnectionAgeMetrics
         _age = meter.CreateHistogram<double>(
             AgeName,
             unit: "s",
-            description: "Age of connections when they ended, by close reason: max_age, max_idle, or none (closed by the client or at shutdown).");
+            description: "Age of connections when they ended, by close reason: max_age, max_idle, shutdown (closed by Kestrel because the application was stopping), or none (closed by the client or by Kestrel itself).");
     }
 
     public void CloseStarted(CloseReason reason) => _closes.Add(1, new TagList { { ReasonTag, ToTag(reason) } });
@@ -47,6 +47,7 @@ internal sealed class ServerConnectionAgeMetrics
     {
         CloseReason.MaxAge => "max_age",
         CloseReason.MaxIdle => "max_idle",
+        CloseReason.Shutdown => "shutdown",
         _ => "none",
     };
 }

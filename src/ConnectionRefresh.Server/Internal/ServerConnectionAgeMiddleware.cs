@@ -25,6 +25,7 @@ internal sealed class ServerConnectionAgeMiddleware
     private readonly ILogger _logger;
     private readonly Random _random;
     private readonly SilentConnectionCloser? _silentCloser;
+    private readonly HostStopping _hostStopping;
 
     public ServerConnectionAgeMiddleware(
         ConnectionDelegate next,
@@ -33,9 +34,11 @@ internal sealed class ServerConnectionAgeMiddleware
         ServerConnectionAgeMetrics metrics,
         ILogger logger,
         Random? random = null,
-        SilentConnectionCloser? silentCloser = null)
+        SilentConnectionCloser? silentCloser = null,
+        HostStopping? hostStopping = null)
     {
         _silentCloser = silentCloser;
+        _hostStopping = hostStopping ?? HostStopping.None;
         _next = next;
         _settings = settings;
         _time = time;
@@ -55,7 +58,7 @@ internal sealed class ServerConnectionAgeMiddleware
         }
 
         var tracker = new ConnectionAgeTracker(
-            connection, lifetime, _settings, _settings.DrawAge(_random), _time, _metrics, _logger);
+            connection, lifetime, _settings, _settings.DrawAge(_random), _time, _metrics, _logger, _hostStopping);
 
         // Kestrel's request feature collections fall back to the connection's features, so every request
         // (HTTP/2 stream) of this connection sees these two.

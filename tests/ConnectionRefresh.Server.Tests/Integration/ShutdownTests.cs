@@ -3,6 +3,7 @@ using System.Net.Sockets;
 using ConnectionRefresh.Protos;
 using ConnectionRefresh.Server.Internal;
 using ConnectionRefresh.Server.Tests.TestSupport;
+using Grpc.Core;
 using Grpc.Net.Client;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.Extensions.DependencyInjection;
@@ -150,5 +151,93 @@ public sealed class ShutdownTests
         // Readable with nothing to read: the end of the stream, and no GOAWAY before it.
         Assert.Equal((true, 0), await atStopping.Task);
         Assert.Equal(0, await socket.ReceiveAsync(new byte[64], SocketFlags.None));
+    }
+
+    [Fact]
+    public async Task StopAsync_StreamEndsOnTheClosingToken_EndsWithStatusOkLongBeforeTheShutdownTimeout()
+    {
+        // A pod exits while a long server stream runs. Kestrel sends its GOAWAY and would wait for the stream until the
+        // host's shutdown timeout, then abort it (an error for the client). The method follows the README (it ends its
+        // stream when GetConnectionClosingToken() fires), so it must be told at the shutdown, and end cleanly, at once.
+        var shutdownTimeout = TimeSpan.FromSeconds(60);
+        await using var host = await GreeterTestHost.StartAsync(
+            _ => { },
+            services: services => services.Configure<HostOptions>(o => o.ShutdownTimeout = shutdownTimeout));
+        using var channel = GrpcChannel.ForAddress(host.Address);
+        var client = new Greeter.GreeterClient(channel);
+        using var callTimeout = new CancellationTokenSource(shutdownTimeout - TimeSpan.FromSeconds(10));
+        using var call = client.StreamHellos(
+            new StreamRequest { Name = TestGreeterService.UntilClosing, Count = 1_000_000, DelayMs = 10 },
+            cancellationToken: callTimeout.Token);
+        Assert.True(await call.ResponseStream.MoveNext(), "the stream runs");
+
+        var stopwatch = Stopwatch.StartNew();
+        var stopping = host.StopAsync();
+        var received = 1;
+        while (await call.ResponseStream.MoveNext())
+        {
+            received++;
+        }
+
+        var streamEndedAfter = stopwatch.Elapsed;
+        Assert.Equal(StatusCode.OK, call.GetStatus().StatusCode);
+        Assert.True(received < 1_000_000);
+        await Poll.WithTimeout(stopping, "the host to stop");
+        var stopTook = stopwatch.Elapsed;
+
+        // Without the token the stream would end only at the shutdown timeout's abort (60 s); loaded machines get 15 s.
+        Assert.True(streamEndedAfter < TimeSpan.FromSeconds(15), $"the stream ended {streamEndedAfter} after StopAsync began");
+        Assert.True(stopTook < TimeSpan.FromSeconds(15), $"StopAsync took {stopTook}");
+
+        // The feature tells how long the stream had: the host's shutdown timeout. Kestrel closed the connection, not the
+        // package: no close counted, no abort, and its age is tagged shutdown.
+        await Poll.WithTimeout(host.Probe.ClosingObserved.Task, "the handler to see the closing token");
+        Assert.Equal(shutdownTimeout, host.Probe.GracePeriodAtClosing);
+        Assert.Equal(0, host.CloseCount);
+        Assert.Equal(0, host.AbortCount);
+        var age = Assert.Single(host.Ages.GetMeasurementSnapshot());
+        Assert.Equal("shutdown", age.Tags[ServerConnectionAgeMetrics.ReasonTag]);
+    }
+
+    [Fact]
+    public async Task OnConnectionAsync_ConnectionEndsNormallyWhileTheHostRuns_HostKeepsNoReferenceToIt()
+    {
+        // The shutdown signal must not cost a registration (on ApplicationStopping, or in the endpoint's table of
+        // connections) that outlives the connection: a server that runs for weeks sees millions of connections. Anything
+        // the host still held would keep the connection's tracker (its IConnectionClosingFeature) reachable.
+        WeakReference? tracker = null;
+        await using var host = await GreeterTestHost.StartAsync(
+            _ => { },
+            useConnectionAge: listen =>
+            {
+                listen.UseServerConnectionAge();
+                listen.Use(next => connection =>
+                {
+                    tracker = new WeakReference(connection.Features.Get<IConnectionClosingFeature>());
+                    return next(connection);
+                });
+            });
+
+        await CallOnceAndCloseAsync(host.Address);
+        await Poll.UntilAsync(() => host.EndedCount == 1, "the connection to end");
+
+        Assert.NotNull(tracker);
+        await Poll.UntilAsync(
+            () =>
+            {
+                GC.Collect();
+                GC.WaitForPendingFinalizers();
+                GC.Collect();
+                return !tracker.IsAlive;
+            },
+            "the ended connection's tracker to be collected");
+    }
+
+    // Its own method, so that no local of the test keeps the channel (and through it nothing of the server) alive.
+    private static async Task CallOnceAndCloseAsync(Uri address)
+    {
+        using var channel = GrpcChannel.ForAddress(address);
+        var reply = await new Greeter.GreeterClient(channel).SayHelloAsync(new HelloRequest { Name = "once" });
+        Assert.Equal("Hello once", reply.Message);
     }
 }

@@ -37,6 +37,9 @@ public sealed class ServerConnectionAgeMiddlewareTests
         var close = Assert.Single(harness.Closes.GetMeasurementSnapshot());
         Assert.Equal("max_age", close.Tags[ServerConnectionAgeMetrics.ReasonTag]);
         Assert.Contains(harness.Logger.Collector.GetSnapshot(), r => r.Id.Id == 1 && r.Level == LogLevel.Debug);
+
+        // Its own RequestClose reaches the tracker's registration on Kestrel's close request too: nothing more happens.
+        Assert.DoesNotContain(harness.Logger.Collector.GetSnapshot(), r => r.Id.Id == 8);
     }
 
     [Fact]
@@ -791,6 +794,94 @@ public sealed class ServerConnectionAgeMiddlewareTests
         }
 
         await output.FlushAsync();
+    }
+
+    [Fact]
+    public async Task OnConnectionAsync_KestrelClosesAtShutdown_FiresClosingTokenWithTheShutdownTimeoutAsGrace()
+    {
+        // The host is stopping, and Kestrel closes the connection (its GOAWAY): the token fires, with the host's
+        // shutdown timeout as the grace, and nothing else happens: no close of the package's, no abort, ever.
+        using var stopping = new CancellationTokenSource();
+        await stopping.CancelAsync();
+        using var harness = new MiddlewareHarness(
+            Options(grace: TimeSpan.FromSeconds(5)), callsCounted: true, hostStopping: new HostStopping(TimeSpan.FromSeconds(30), stopping.Token));
+        var connection = harness.Open();
+        MiddlewareHarness.Counter(connection).CallStarted();
+        Assert.Equal(TimeSpan.FromSeconds(5), connection.Closing!.GracePeriod);
+
+        connection.ServerRequestsClose();
+
+        await Poll.UntilAsync(() => connection.Closing!.ConnectionClosing.IsCancellationRequested, "the closing token to fire");
+        Assert.Equal(TimeSpan.FromSeconds(30), connection.Closing!.GracePeriod);
+        harness.Advance(TimeSpan.FromHours(1));
+        Assert.Equal(0, connection.CloseRequests);
+        Assert.Equal(0, connection.Aborts);
+        Assert.Empty(harness.Closes.GetMeasurementSnapshot());
+        Assert.Contains(harness.Logger.Collector.GetSnapshot(), r => r.Id.Id == 8 && r.Level == LogLevel.Debug);
+
+        await harness.EndAsync(connection);
+        Assert.Equal("shutdown", Assert.Single(harness.Ages.GetMeasurementSnapshot()).Tags[ServerConnectionAgeMetrics.ReasonTag]);
+    }
+
+    [Fact]
+    public async Task OnConnectionAsync_ApplicationCodeRequestsClose_FiresClosingTokenWithInfiniteGraceAndTagNone()
+    {
+        // HttpContext.Connection.RequestClose() while the host runs: Kestrel's GOAWAY, and it never cuts the calls.
+        using var stopping = new CancellationTokenSource();
+        using var harness = new MiddlewareHarness(
+            Options(grace: TimeSpan.FromSeconds(5)), hostStopping: new HostStopping(TimeSpan.FromSeconds(30), stopping.Token));
+        var connection = harness.Open();
+
+        connection.ServerRequestsClose();
+
+        await Poll.UntilAsync(() => connection.Closing!.ConnectionClosing.IsCancellationRequested, "the closing token to fire");
+        Assert.Equal(Timeout.InfiniteTimeSpan, connection.Closing!.GracePeriod);
+        Assert.Empty(harness.Closes.GetMeasurementSnapshot());
+        await harness.EndAsync(connection);
+        Assert.Equal("none", Assert.Single(harness.Ages.GetMeasurementSnapshot()).Tags[ServerConnectionAgeMetrics.ReasonTag]);
+    }
+
+    [Fact]
+    public async Task OnConnectionAsync_AgeReachedAfterKestrelsShutdownClose_AgeAndGraceStillApply()
+    {
+        // The shutdown signal changes nothing of the package's own limits: a connection that reaches its age while the
+        // server stops is still closed by age and cut at the end of its grace, as before.
+        using var stopping = new CancellationTokenSource();
+        await stopping.CancelAsync();
+        using var harness = new MiddlewareHarness(
+            Options(age: TimeSpan.FromSeconds(10), grace: TimeSpan.FromSeconds(5)),
+            callsCounted: true,
+            hostStopping: new HostStopping(TimeSpan.FromSeconds(30), stopping.Token));
+        var connection = harness.Open();
+        MiddlewareHarness.Counter(connection).CallStarted();
+        connection.ServerRequestsClose();
+        await Poll.UntilAsync(() => connection.Closing!.ConnectionClosing.IsCancellationRequested, "the closing token to fire");
+
+        harness.Advance(TimeSpan.FromSeconds(10));
+        Assert.Equal(1, connection.CloseRequests);
+        Assert.Equal("max_age", Assert.Single(harness.Closes.GetMeasurementSnapshot()).Tags[ServerConnectionAgeMetrics.ReasonTag]);
+        harness.Advance(TimeSpan.FromSeconds(5));
+        Assert.Equal(1, connection.Aborts);
+
+        MiddlewareHarness.EndServerSide(connection);
+        await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
+        Assert.Equal("max_age", Assert.Single(harness.Ages.GetMeasurementSnapshot()).Tags[ServerConnectionAgeMetrics.ReasonTag]);
+    }
+
+    [Fact]
+    public async Task OnConnectionAsync_KestrelRequestsCloseAfterTheConnectionEnded_TokenDoesNotFire()
+    {
+        // The registration on Kestrel's close request ends with the connection.
+        using var stopping = new CancellationTokenSource();
+        await stopping.CancelAsync();
+        using var harness = new MiddlewareHarness(Options(), hostStopping: new HostStopping(TimeSpan.FromSeconds(30), stopping.Token));
+        var connection = harness.Open();
+        await harness.EndAsync(connection);
+
+        connection.ServerRequestsClose();
+
+        Assert.False(connection.Closing!.ConnectionClosing.IsCancellationRequested);
+        Assert.DoesNotContain(harness.Logger.Collector.GetSnapshot(), r => r.Id.Id == 8);
     }
 
     private static void KestrelEnds(FakeConnection connection, bool atShutdown)

@@ -12,6 +12,9 @@ internal sealed class GreeterProbe
     /// <summary>Completes (with the call's sequence) when a streaming call saw its connection's closing token fire.</summary>
     public TaskCompletionSource<int> ClosingObserved { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
+    /// <summary>The feature's grace period when the closing token fired (set before <see cref="ClosingObserved"/>).</summary>
+    public TimeSpan? GracePeriodAtClosing { get; set; }
+
     /// <summary>Set when a call found no <see cref="IConnectionClosingFeature"/> on its connection.</summary>
     public bool FeatureMissing { get; set; }
 

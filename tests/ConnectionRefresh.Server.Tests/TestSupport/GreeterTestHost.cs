@@ -64,13 +64,15 @@ internal sealed class GreeterTestHost : IAsyncDisposable
     /// <param name="useConnectionAge">
     /// Replaces the endpoint's <c>UseServerConnectionAge</c> call chosen by <paramref name="registerServices"/>.
     /// </param>
+    /// <param name="services">Adds to the host's services (for example its <c>HostOptions</c>).</param>
     public static async Task<GreeterTestHost> StartAsync(
         Action<ServerConnectionAgeOptions> configure,
         TimeProvider? time = null,
         bool registerServices = true,
         HttpProtocols protocols = HttpProtocols.Http2,
         Action<KestrelServerOptions>? kestrelDefaults = null,
-        Action<ListenOptions>? useConnectionAge = null)
+        Action<ListenOptions>? useConnectionAge = null,
+        Action<IServiceCollection>? services = null)
     {
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
@@ -86,6 +88,8 @@ internal sealed class GreeterTestHost : IAsyncDisposable
         {
             builder.Services.AddServerConnectionAge(configure);
         }
+
+        services?.Invoke(builder.Services);
         GreeterTestHost? host = null;
         builder.WebHost.ConfigureKestrel(kestrel =>
         {

@@ -22,7 +22,11 @@ internal sealed class MiddlewareHarness : IDisposable
     private readonly HookedTimeProvider _hookedTime;
 
     public MiddlewareHarness(
-        ServerConnectionAgeOptions options, int seed = 1, bool callsCounted = false, HttpProtocols protocols = HttpProtocols.Http2)
+        ServerConnectionAgeOptions options,
+        int seed = 1,
+        bool callsCounted = false,
+        HttpProtocols protocols = HttpProtocols.Http2,
+        HostStopping? hostStopping = null)
     {
         _services = new ServiceCollection().AddMetrics().BuildServiceProvider();
         var meterFactory = _services.GetRequiredService<IMeterFactory>();
@@ -36,7 +40,8 @@ internal sealed class MiddlewareHarness : IDisposable
             _hookedTime,
             new ServerConnectionAgeMetrics(meterFactory),
             Logger,
-            new Random(seed));
+            new Random(seed),
+            hostStopping: hostStopping);
     }
 
     public FakeTimeProvider Time { get; } = new(new DateTimeOffset(2026, 1, 1, 0, 0, 0, TimeSpan.Zero));

@@ -32,7 +32,11 @@ internal sealed class TestGreeterService(GreeterProbe probe) : Greeter.GreeterBa
 
         var closing = context.GetConnectionClosingToken();
         var sequence = 0;
-        using var registration = closing.Register(() => probe.ClosingObserved.TrySetResult(Volatile.Read(ref sequence)));
+        using var registration = closing.Register(() =>
+        {
+            probe.GracePeriodAtClosing = feature?.GracePeriod;
+            probe.ClosingObserved.TrySetResult(Volatile.Read(ref sequence));
+        });
         for (; sequence < request.Count; sequence++)
         {
             if (request.Name == UntilClosing && closing.IsCancellationRequested)
