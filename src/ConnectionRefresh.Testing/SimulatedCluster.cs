@@ -103,6 +103,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
     /// </summary>
     public string? NetworkNamespace => _iptables?.NamespaceName;
 
+    /// <summary>The iptables ClusterIP, for tests' hooks; null in userspace mode.</summary>
+    internal IptablesProxy? Iptables => _iptables;
+
     /// <summary>
     /// The pods in the cluster now, ready or not (running or terminating), in order of creation. A pod appears once its
     /// server listens; stopped and killed pods leave (they stay in <see cref="Summary"/>).

@@ -146,6 +146,40 @@ public sealed class SimulatedClusterIptablesTests
         Assert.Equal(0, cluster.OpenConnections);
     }
 
+    [SkippableFact]
+    public async Task DisposeAsync_IptablesWhileRulesAreRewritten_PodOperationsEndQuietly()
+    {
+        SkipIfUnsupported();
+        var cluster = await SimulatedCluster.StartAsync(Options(2));
+        var name = cluster.NetworkNamespace!;
+        var proxy = cluster.Iptables!;
+        var rewriting = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var disposeWaiting = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        proxy.BeforeRestore = () =>
+        {
+            rewriting.TrySetResult();
+            return release.Task;
+        };
+
+        // One operation's rewrite holds the rule lock, a second one queues behind it (synchronously, before the call returns).
+        var notReady = cluster.SetReadyAsync(cluster.Pods[0], false);
+        await Poll.WithTimeout(rewriting.Task, "the rewrite holds the rule lock");
+        var kill = cluster.KillPodAsync(cluster.Pods[1]);
+        proxy.DisposeWaiting = () => disposeWaiting.TrySetResult();
+        var disposal = cluster.DisposeAsync().AsTask();
+
+        // The held rewrite goes on only once the disposal waits for the rule lock or (as before the fix, when it deleted the
+        // namespace and disposed the lock under the rewrite: ObjectDisposedException here, the queued kill hung) has ended.
+        await Poll.WithTimeout(Task.WhenAny(disposal, disposeWaiting.Task), "the disposal to reach the rule lock");
+        release.TrySetResult();
+
+        await Poll.WithTimeout(notReady, "the operation whose rewrite ran during the disposal");
+        await Poll.WithTimeout(kill, "the operation whose rewrite waited for the rule lock");
+        await Poll.WithTimeout(disposal, "the disposal");
+        Assert.DoesNotContain(name, await ListNamespacesAsync());
+    }
+
     [Fact]
     public void IsIptablesSupported_Always_GivesReasonExactlyWhenUnsupported()
     {
