@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Net;
 using System.Net.Sockets;
 using ConnectionRefresh.Protos;
 using ConnectionRefresh.Testing.Tests.TestSupport;
@@ -179,6 +180,54 @@ public sealed class SimulatedClusterIptablesTests
         await Poll.WithTimeout(disposal, "the disposal");
         Assert.DoesNotContain(name, await ListNamespacesAsync());
     }
+
+    [SkippableFact]
+    public async Task Address_IptablesSourcePortOfAnAbandonedConnectionReused_NewConnectionGoesToThePodTheKernelPicked()
+    {
+        SkipIfUnsupported();
+        await using var cluster = await SimulatedCluster.StartAsync(Options(2));
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var sourcePort = 0;
+        cluster.Iptables!.ServiceSocketCreated = socket =>
+        {
+            // The ClusterIP's connections into the namespace from one source port; closed with RST (no TIME_WAIT), so the
+            // port is free again at once, as it would be after a while in a long run.
+            socket.LingerState = new LingerOption(true, 0);
+            socket.Bind(new IPEndPoint(IPAddress.Loopback, sourcePort));
+            sourcePort = ((IPEndPoint)socket.LocalEndPoint!).Port;
+        };
+
+        // 1: the pod side says which pod the kernel picked only after the ClusterIP side gave up and reset the client.
+        cluster.AttributionTimeout = TimeSpan.FromMilliseconds(200);
+        cluster.BeforePodAttribution = () => release.Task;
+        using (var abandoned = await RawSockets.ConnectAsync(cluster.Address))
+        {
+            var error = await Assert.ThrowsAsync<SocketException>(async () => await abandoned.ReceiveAsync(new byte[16], SocketFlags.None));
+            Assert.Equal(SocketError.ConnectionReset, error.SocketErrorCode);
+        }
+
+        release.TrySetResult();
+        await Poll.UntilAsync(
+            () => cluster.Pods.Sum(p => p.ConnectionsAccepted) == 1 && cluster.Pods.All(p => p.OpenConnections == 0),
+            "the pod side of the abandoned connection has run");
+        cluster.BeforePodAttribution = null;
+        cluster.AttributionTimeout = TimeSpan.FromSeconds(10);
+        var picked = cluster.Pods.Single(p => p.ConnectionsAccepted == 1);
+        var other = cluster.Pods.Single(p => p != picked);
+        await cluster.KillPodAsync(picked);
+
+        // 2: the same source port; the kernel can only pick the other pod, and the connection must be pinned to it, not
+        // to the killed pod the late answer for connection 1 named (that would reset it).
+        using var reused = await RawSockets.ConnectAsync(cluster.Address);
+        await reused.SendAsync(Http2PrefaceAndSettings, SocketFlags.None);
+        var read = await reused.ReceiveAsync(new byte[64], SocketFlags.None);
+
+        Assert.True(read > 0, "the pod's SETTINGS frame arrived");
+        Assert.Equal(1, other.ConnectionsAccepted);
+    }
+
+    // The HTTP/2 client connection preface and an empty SETTINGS frame: a pod answers with its own SETTINGS.
+    private static readonly byte[] Http2PrefaceAndSettings = [.. "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"u8, 0, 0, 0, 4, 0, 0, 0, 0, 0];
 
     [Fact]
     public void IsIptablesSupported_Always_GivesReasonExactlyWhenUnsupported()

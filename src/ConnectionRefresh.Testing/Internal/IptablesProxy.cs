@@ -45,6 +45,9 @@ internal sealed class IptablesProxy : IAsyncDisposable
     /// <summary>Test hook: runs once <see cref="DisposeAsync"/> has queued for the rule lock.</summary>
     internal Action? DisposeWaiting { get; set; }
 
+    /// <summary>Test hook: gets each socket <see cref="ConnectToServiceAsync"/> creates, before it connects (e.g. to bind it).</summary>
+    internal Action<Socket>? ServiceSocketCreated { get; set; }
+
     public static async Task<IptablesProxy> CreateAsync(CancellationToken cancellationToken)
     {
         var name = "crsim-" + RandomNumberGenerator.GetHexString(10, lowercase: true);
@@ -83,6 +86,7 @@ internal sealed class IptablesProxy : IAsyncDisposable
         var socket = _thread.Invoke(() => new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true });
         try
         {
+            ServiceSocketCreated?.Invoke(socket);
             await socket.ConnectAsync(ServiceEndPoint, cancellationToken).ConfigureAwait(false);
             return socket;
         }
