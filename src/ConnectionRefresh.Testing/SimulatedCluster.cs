@@ -1270,8 +1270,22 @@ public sealed class SimulatedCluster : IAsyncDisposable
             _attribution.TryRemove(KeyValuePair.Create(port, pending));
         }
 
+        using var stopWatching = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         try
         {
+            // A pod can close a new connection before its middleware sees it (Kestrel's connection limit, a listener closing
+            // with the connection in its backlog), and then no answer comes: pass that close on at once, as kube-proxy would,
+            // instead of holding the client until the timeout. The connection is then pinned to no pod.
+            var closedByPod = ClosedBeforeDataAsync(backend, stopWatching.Token);
+            var first = await Task.WhenAny(pending.Task, closedByPod).WaitAsync(AttributionTimeout, cancellationToken).ConfigureAwait(false);
+            if (first == closedByPod && await closedByPod.ConfigureAwait(false))
+            {
+                return backend;
+            }
+
+            // The peek must be over before the pumps read the socket.
+            await stopWatching.CancelAsync().ConfigureAwait(false);
+            await closedByPod.ConfigureAwait(false);
             var pod = (await pending.Task.WaitAsync(AttributionTimeout, cancellationToken).ConfigureAwait(false)).Pod;
             return Attach(connection, pod, backend);
         }
@@ -1283,6 +1297,26 @@ public sealed class SimulatedCluster : IAsyncDisposable
         finally
         {
             _attribution.TryRemove(KeyValuePair.Create(port, pending));
+        }
+    }
+
+    /// <summary>
+    /// True once the pod has closed or reset <paramref name="backend"/> with nothing to read before; false when data came
+    /// first or the watch was stopped. Peeks, so that it consumes nothing.
+    /// </summary>
+    private static async Task<bool> ClosedBeforeDataAsync(Socket backend, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await backend.ReceiveAsync(new byte[1], SocketFlags.Peek, cancellationToken).ConfigureAwait(false) == 0;
+        }
+        catch (SocketException)
+        {
+            return true;
+        }
+        catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException)
+        {
+            return false;
         }
     }
 

@@ -4,6 +4,8 @@ using System.Net.Sockets;
 using ConnectionRefresh.Protos;
 using ConnectionRefresh.Testing.Tests.TestSupport;
 using Grpc.Core;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace ConnectionRefresh.Testing.Tests;
 
@@ -224,6 +226,36 @@ public sealed class SimulatedClusterIptablesTests
 
         Assert.True(read > 0, "the pod's SETTINGS frame arrived");
         Assert.Equal(1, other.ConnectionsAccepted);
+    }
+
+    [SkippableFact]
+    public async Task Address_IptablesPodClosesANewConnection_ClientSeesTheCloseAtOnce()
+    {
+        SkipIfUnsupported();
+        var options = Options(1);
+        // Kestrel's connection limit: a second connection is closed at once, before any middleware sees it.
+        options.ConfigureServices = services => services.Configure<KestrelServerOptions>(o => o.Limits.MaxConcurrentConnections = 1);
+        await using var cluster = await SimulatedCluster.StartAsync(options);
+        // Longer than the poll's deadline: waiting for the pod to say it accepted the connection would fail the test.
+        cluster.AttributionTimeout = TimeSpan.FromMinutes(10);
+        using var first = await RawSockets.ConnectAsync(cluster.Address);
+        await Poll.UntilAsync(() => cluster.Pods[0].OpenConnections == 1, "the pod accepted the first connection");
+
+        using var refused = await RawSockets.ConnectAsync(cluster.Address);
+        var closed = Task.Run(async () =>
+        {
+            try
+            {
+                return await refused.ReceiveAsync(new byte[16], SocketFlags.None) == 0;
+            }
+            catch (SocketException)
+            {
+                return true;
+            }
+        });
+
+        // As with kube-proxy (and the userspace mode), the client sees the pod's close, not a connection that hangs.
+        Assert.True(await Poll.WithTimeout(closed, "the client to see the refused connection close"));
     }
 
     // The HTTP/2 client connection preface and an empty SETTINGS frame: a pod answers with its own SETTINGS.
