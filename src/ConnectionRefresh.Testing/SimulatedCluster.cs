@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using System.Diagnostics;
 using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
@@ -46,7 +47,6 @@ public sealed class SimulatedCluster : IAsyncDisposable
     /// of a cluster at the limit impossible.
     /// </summary>
     internal const int MaxPods = 64;
-    private static readonly TimeSpan AttributionTimeout = TimeSpan.FromSeconds(10);
     private static readonly TimeSpan MinimumGraceAfterPreStop = TimeSpan.FromSeconds(2);
 
     private readonly Lock _gate = new();
@@ -58,7 +58,8 @@ public sealed class SimulatedCluster : IAsyncDisposable
     private readonly List<SimulatedPod> _allPods = [];
     private readonly List<ClusterEvent> _events = [];
     private readonly HashSet<ProxiedConnection> _connections = [];
-    private readonly ConcurrentDictionary<int, TaskCompletionSource<SimulatedPod>> _attribution = new();
+    // Iptables mode: which pod accepted the ClusterIP's connection from a source port (see ConnectIptablesAsync).
+    private readonly ConcurrentDictionary<int, TaskCompletionSource<PodAttribution>> _attribution = new();
     private readonly CancellationTokenSource _shutdown = new();
     private readonly Socket _listener;
     private IptablesProxy? _iptables;
@@ -102,6 +103,18 @@ public sealed class SimulatedCluster : IAsyncDisposable
     /// (<c>crsim-…</c>); otherwise <see langword="null"/>.
     /// </summary>
     public string? NetworkNamespace => _iptables?.NamespaceName;
+
+    /// <summary>The iptables ClusterIP, for tests' hooks; null in userspace mode.</summary>
+    internal IptablesProxy? Iptables => _iptables;
+
+    /// <summary>
+    /// In iptables mode, how long the ClusterIP side of a new connection waits for the pod side to say which pod the
+    /// kernel picked before it gives up and resets the connection (default 10 s; tests shorten it).
+    /// </summary>
+    internal TimeSpan AttributionTimeout { get; set; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>Test hook: in iptables mode, awaited by a pod's connection middleware before it attributes the connection.</summary>
+    internal Func<Task>? BeforePodAttribution { get; set; }
 
     /// <summary>
     /// The pods in the cluster now, ready or not (running or terminating), in order of creation. A pod appears once its
@@ -955,8 +968,20 @@ public sealed class SimulatedCluster : IAsyncDisposable
         {
             if (_iptables is not null && connection.RemoteEndPoint is IPEndPoint remote)
             {
-                // Tell the ClusterIP side which pod the kernel picked for the connection from this source port.
-                _attribution.GetOrAdd(remote.Port, _ => new TaskCompletionSource<SimulatedPod>(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult(pod);
+                if (BeforePodAttribution is { } hook)
+                {
+                    await hook().ConfigureAwait(false);
+                }
+
+                // Tell the ClusterIP side which pod the kernel picked for the connection from this source port. An entry that
+                // is already complete was left by an earlier connection from this port whose ClusterIP side had given up
+                // before its pod side came: replace it.
+                var attribution = new PodAttribution(pod, Stopwatch.GetTimestamp());
+                TaskCompletionSource<PodAttribution> entry;
+                while (!(entry = _attribution.GetOrAdd(remote.Port, _ => NewAttributionEntry())).TrySetResult(attribution))
+                {
+                    _attribution.TryRemove(KeyValuePair.Create(remote.Port, entry));
+                }
             }
 
             await next(connection).ConfigureAwait(false);
@@ -1232,12 +1257,36 @@ public sealed class SimulatedCluster : IAsyncDisposable
 
     private async ValueTask<Socket?> ConnectIptablesAsync(ProxiedConnection connection, CancellationToken cancellationToken)
     {
+        // Real time, as the sockets (also with a fake TimeProvider).
+        var connectStarted = Stopwatch.GetTimestamp();
         var backend = await _iptables!.ConnectToServiceAsync(cancellationToken).ConfigureAwait(false);
         var port = ((IPEndPoint)backend.LocalEndPoint!).Port;
-        var pending = _attribution.GetOrAdd(port, _ => new TaskCompletionSource<SimulatedPod>(TaskCreationOptions.RunContinuationsAsynchronously));
+        TaskCompletionSource<PodAttribution> pending;
+        // An answer from before this connection was opened is not about it: an earlier connection from the same source port
+        // left it, its pod side having come after its ClusterIP side gave up (timeout). It would name the wrong pod.
+        while ((pending = _attribution.GetOrAdd(port, _ => NewAttributionEntry())).Task is { IsCompletedSuccessfully: true } answered
+            && answered.Result.AcceptedAt < connectStarted)
+        {
+            _attribution.TryRemove(KeyValuePair.Create(port, pending));
+        }
+
+        using var stopWatching = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         try
         {
-            var pod = await pending.Task.WaitAsync(AttributionTimeout, cancellationToken).ConfigureAwait(false);
+            // A pod can close a new connection before its middleware sees it (Kestrel's connection limit, a listener closing
+            // with the connection in its backlog), and then no answer comes: pass that close on at once, as kube-proxy would,
+            // instead of holding the client until the timeout. The connection is then pinned to no pod.
+            var closedByPod = ClosedBeforeDataAsync(backend, stopWatching.Token);
+            var first = await Task.WhenAny(pending.Task, closedByPod).WaitAsync(AttributionTimeout, cancellationToken).ConfigureAwait(false);
+            if (first == closedByPod && await closedByPod.ConfigureAwait(false))
+            {
+                return backend;
+            }
+
+            // The peek must be over before the pumps read the socket.
+            await stopWatching.CancelAsync().ConfigureAwait(false);
+            await closedByPod.ConfigureAwait(false);
+            var pod = (await pending.Task.WaitAsync(AttributionTimeout, cancellationToken).ConfigureAwait(false)).Pod;
             return Attach(connection, pod, backend);
         }
         catch
@@ -1248,6 +1297,26 @@ public sealed class SimulatedCluster : IAsyncDisposable
         finally
         {
             _attribution.TryRemove(KeyValuePair.Create(port, pending));
+        }
+    }
+
+    /// <summary>
+    /// True once the pod has closed or reset <paramref name="backend"/> with nothing to read before; false when data came
+    /// first or the watch was stopped. Peeks, so that it consumes nothing.
+    /// </summary>
+    private static async Task<bool> ClosedBeforeDataAsync(Socket backend, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await backend.ReceiveAsync(new byte[1], SocketFlags.Peek, cancellationToken).ConfigureAwait(false) == 0;
+        }
+        catch (SocketException)
+        {
+            return true;
+        }
+        catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException)
+        {
+            return false;
         }
     }
 
@@ -1273,4 +1342,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
             return backend;
         }
     }
+
+    private static TaskCompletionSource<PodAttribution> NewAttributionEntry() => new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>Iptables mode: the pod that accepted a connection from the ClusterIP, and when (<see cref="Stopwatch"/> timestamp).</summary>
+    private readonly record struct PodAttribution(SimulatedPod Pod, long AcceptedAt);
 }

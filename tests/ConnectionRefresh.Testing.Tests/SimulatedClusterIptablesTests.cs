@@ -1,8 +1,11 @@
 using System.Diagnostics;
+using System.Net;
 using System.Net.Sockets;
 using ConnectionRefresh.Protos;
 using ConnectionRefresh.Testing.Tests.TestSupport;
 using Grpc.Core;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace ConnectionRefresh.Testing.Tests;
 
@@ -145,6 +148,118 @@ public sealed class SimulatedClusterIptablesTests
         Assert.False(RawSockets.IsListening(port));
         Assert.Equal(0, cluster.OpenConnections);
     }
+
+    [SkippableFact]
+    public async Task DisposeAsync_IptablesWhileRulesAreRewritten_PodOperationsEndQuietly()
+    {
+        SkipIfUnsupported();
+        var cluster = await SimulatedCluster.StartAsync(Options(2));
+        var name = cluster.NetworkNamespace!;
+        var proxy = cluster.Iptables!;
+        var rewriting = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var disposeWaiting = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        proxy.BeforeRestore = () =>
+        {
+            rewriting.TrySetResult();
+            return release.Task;
+        };
+
+        // One operation's rewrite holds the rule lock, a second one queues behind it (synchronously, before the call returns).
+        var notReady = cluster.SetReadyAsync(cluster.Pods[0], false);
+        await Poll.WithTimeout(rewriting.Task, "the rewrite holds the rule lock");
+        var kill = cluster.KillPodAsync(cluster.Pods[1]);
+        proxy.DisposeWaiting = () => disposeWaiting.TrySetResult();
+        var disposal = cluster.DisposeAsync().AsTask();
+
+        // The held rewrite goes on only once the disposal waits for the rule lock or (as before the fix, when it deleted the
+        // namespace and disposed the lock under the rewrite: ObjectDisposedException here, the queued kill hung) has ended.
+        await Poll.WithTimeout(Task.WhenAny(disposal, disposeWaiting.Task), "the disposal to reach the rule lock");
+        release.TrySetResult();
+
+        await Poll.WithTimeout(notReady, "the operation whose rewrite ran during the disposal");
+        await Poll.WithTimeout(kill, "the operation whose rewrite waited for the rule lock");
+        await Poll.WithTimeout(disposal, "the disposal");
+        Assert.DoesNotContain(name, await ListNamespacesAsync());
+    }
+
+    [SkippableFact]
+    public async Task Address_IptablesSourcePortOfAnAbandonedConnectionReused_NewConnectionGoesToThePodTheKernelPicked()
+    {
+        SkipIfUnsupported();
+        await using var cluster = await SimulatedCluster.StartAsync(Options(2));
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var sourcePort = 0;
+        cluster.Iptables!.ServiceSocketCreated = socket =>
+        {
+            // The ClusterIP's connections into the namespace from one source port; closed with RST (no TIME_WAIT), so the
+            // port is free again at once, as it would be after a while in a long run.
+            socket.LingerState = new LingerOption(true, 0);
+            socket.Bind(new IPEndPoint(IPAddress.Loopback, sourcePort));
+            sourcePort = ((IPEndPoint)socket.LocalEndPoint!).Port;
+        };
+
+        // 1: the pod side says which pod the kernel picked only after the ClusterIP side gave up and reset the client.
+        cluster.AttributionTimeout = TimeSpan.FromMilliseconds(200);
+        cluster.BeforePodAttribution = () => release.Task;
+        using (var abandoned = await RawSockets.ConnectAsync(cluster.Address))
+        {
+            var error = await Assert.ThrowsAsync<SocketException>(async () => await abandoned.ReceiveAsync(new byte[16], SocketFlags.None));
+            Assert.Equal(SocketError.ConnectionReset, error.SocketErrorCode);
+        }
+
+        release.TrySetResult();
+        await Poll.UntilAsync(
+            () => cluster.Pods.Sum(p => p.ConnectionsAccepted) == 1 && cluster.Pods.All(p => p.OpenConnections == 0),
+            "the pod side of the abandoned connection has run");
+        cluster.BeforePodAttribution = null;
+        cluster.AttributionTimeout = TimeSpan.FromSeconds(10);
+        var picked = cluster.Pods.Single(p => p.ConnectionsAccepted == 1);
+        var other = cluster.Pods.Single(p => p != picked);
+        await cluster.KillPodAsync(picked);
+
+        // 2: the same source port; the kernel can only pick the other pod, and the connection must be pinned to it, not
+        // to the killed pod the late answer for connection 1 named (that would reset it).
+        using var reused = await RawSockets.ConnectAsync(cluster.Address);
+        await reused.SendAsync(Http2PrefaceAndSettings, SocketFlags.None);
+        var read = await reused.ReceiveAsync(new byte[64], SocketFlags.None);
+
+        Assert.True(read > 0, "the pod's SETTINGS frame arrived");
+        Assert.Equal(1, other.ConnectionsAccepted);
+    }
+
+    [SkippableFact]
+    public async Task Address_IptablesPodClosesANewConnection_ClientSeesTheCloseAtOnce()
+    {
+        SkipIfUnsupported();
+        var options = Options(1);
+        // Kestrel's connection limit: a second connection is closed at once, before any middleware sees it.
+        options.ConfigureServices = services => services.Configure<KestrelServerOptions>(o => o.Limits.MaxConcurrentConnections = 1);
+        await using var cluster = await SimulatedCluster.StartAsync(options);
+        // Longer than the poll's deadline: waiting for the pod to say it accepted the connection would fail the test.
+        cluster.AttributionTimeout = TimeSpan.FromMinutes(10);
+        using var first = await RawSockets.ConnectAsync(cluster.Address);
+        await Poll.UntilAsync(() => cluster.Pods[0].OpenConnections == 1, "the pod accepted the first connection");
+
+        using var refused = await RawSockets.ConnectAsync(cluster.Address);
+        var closed = Task.Run(async () =>
+        {
+            try
+            {
+                return await refused.ReceiveAsync(new byte[16], SocketFlags.None) == 0;
+            }
+            catch (SocketException)
+            {
+                return true;
+            }
+        });
+
+        // As with kube-proxy (and the userspace mode), the client sees the pod's close, not a connection that hangs.
+        Assert.True(await Poll.WithTimeout(closed, "the client to see the refused connection close"));
+    }
+
+    // The HTTP/2 client connection preface and an empty SETTINGS frame: a pod answers with its own SETTINGS.
+    private static readonly byte[] Http2PrefaceAndSettings = [.. "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"u8, 0, 0, 0, 4, 0, 0, 0, 0, 0];
 
     [Fact]
     public void IsIptablesSupported_Always_GivesReasonExactlyWhenUnsupported()

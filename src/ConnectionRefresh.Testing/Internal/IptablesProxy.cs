@@ -14,7 +14,10 @@ namespace ConnectionRefresh.Testing.Internal;
 /// established connections on the pod they were DNATed to. The kernel picks the pod; the ClusterIP's userspace part only
 /// carries bytes between the host namespace (where clients run) and the namespace.
 /// </summary>
-/// <remarks>Thread-safe: rule rewrites (and the chain bookkeeping) are serialised by a semaphore; sockets are created on the namespace thread.</remarks>
+/// <remarks>
+/// Thread-safe: rule rewrites, the chain bookkeeping and the disposal are serialised by a semaphore (never disposed, so a
+/// rewrite that races the disposal ends quietly instead of hanging or throwing); sockets are created on the namespace thread.
+/// </remarks>
 internal sealed class IptablesProxy : IAsyncDisposable
 {
     /// <summary>The service's virtual IP inside the namespace; any 127/8 address is local there, nothing listens on it.</summary>
@@ -24,6 +27,8 @@ internal sealed class IptablesProxy : IAsyncDisposable
     private readonly SemaphoreSlim _rulesGate = new(1, 1);
     private readonly HashSet<int> _endpointChains = [];
     private bool _initialized;
+    // Set by DisposeAsync under _rulesGate: the namespace is gone, later rewrites do nothing.
+    private bool _disposed;
     private readonly NamespaceThread _thread;
 
     private IptablesProxy(string namespaceName, NamespaceThread thread)
@@ -33,6 +38,15 @@ internal sealed class IptablesProxy : IAsyncDisposable
     }
 
     public string NamespaceName { get; }
+
+    /// <summary>Test hook: awaited inside the rule lock before a rewrite runs iptables-restore.</summary>
+    internal Func<Task>? BeforeRestore { get; set; }
+
+    /// <summary>Test hook: runs once <see cref="DisposeAsync"/> has queued for the rule lock.</summary>
+    internal Action? DisposeWaiting { get; set; }
+
+    /// <summary>Test hook: gets each socket <see cref="ConnectToServiceAsync"/> creates, before it connects (e.g. to bind it).</summary>
+    internal Action<Socket>? ServiceSocketCreated { get; set; }
 
     public static async Task<IptablesProxy> CreateAsync(CancellationToken cancellationToken)
     {
@@ -72,6 +86,7 @@ internal sealed class IptablesProxy : IAsyncDisposable
         var socket = _thread.Invoke(() => new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true });
         try
         {
+            ServiceSocketCreated?.Invoke(socket);
             await socket.ConnectAsync(ServiceEndPoint, cancellationToken).ConfigureAwait(false);
             return socket;
         }
@@ -88,10 +103,15 @@ internal sealed class IptablesProxy : IAsyncDisposable
         await _rulesGate.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
-            var endpoints = snapshot();
+            var endpoints = _disposed ? null : snapshot();
             if (endpoints is null)
             {
                 return;
+            }
+
+            if (BeforeRestore is { } hook)
+            {
+                await hook().ConfigureAwait(false);
             }
 
             if (!_initialized)
@@ -185,10 +205,29 @@ internal sealed class IptablesProxy : IAsyncDisposable
         return rules.ToString();
     }
 
+    /// <summary>
+    /// Deletes the namespace, after a rewrite still running (a pod operation racing the cluster's disposal) has ended:
+    /// deleting it under that rewrite would fail it. Rewrites asked for later do nothing.
+    /// </summary>
     public async ValueTask DisposeAsync()
     {
-        _thread.Dispose();
-        await ProcessRunner.RunAsync("ip", ["netns", "del", NamespaceName]).ConfigureAwait(false);
-        _rulesGate.Dispose();
+        var gate = _rulesGate.WaitAsync();
+        DisposeWaiting?.Invoke();
+        await gate.ConfigureAwait(false);
+        try
+        {
+            if (_disposed)
+            {
+                return;
+            }
+
+            _disposed = true;
+            _thread.Dispose();
+            await ProcessRunner.RunAsync("ip", ["netns", "del", NamespaceName]).ConfigureAwait(false);
+        }
+        finally
+        {
+            _rulesGate.Release();
+        }
     }
 }
