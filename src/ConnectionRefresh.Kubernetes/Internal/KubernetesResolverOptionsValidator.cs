@@ -62,12 +62,28 @@ internal sealed class KubernetesResolverOptionsValidator : IValidateOptions<Kube
         return failures.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(failures);
     }
 
+    /// <summary>
+    /// The allowed range or form of a setting, in words ("between 00:00:01 and 1.00:00:00"), for out-of-range values here
+    /// and for configuration values that do not parse (<c>KubernetesResolverServiceCollectionExtensions.Bind</c>).
+    /// </summary>
+    public static string AllowedRange(string setting) => setting switch
+    {
+        nameof(KubernetesResolverOptions.ResyncInterval) => Between(KubernetesResolverDefaults.MinResyncInterval, KubernetesResolverDefaults.MaxResyncInterval),
+        nameof(KubernetesResolverOptions.InitialBackoff) => Between(KubernetesResolverDefaults.MinInitialBackoff, KubernetesResolverDefaults.MaxInitialBackoff),
+        nameof(KubernetesResolverOptions.MaxBackoff) => Between(KubernetesResolverDefaults.MinMaxBackoff, KubernetesResolverDefaults.MaxMaxBackoff),
+        nameof(KubernetesResolverOptions.IncludeTerminatingEndpoints) => "true or false",
+        nameof(KubernetesResolverOptions.ApiServer) => "an absolute http:// or https:// URI",
+        _ => "see KubernetesResolverOptions",
+    };
+
     private static void CheckRange(List<string> failures, string key, TimeSpan value, TimeSpan min, TimeSpan max)
     {
         if (value < min || value > max)
         {
             failures.Add(string.Create(CultureInfo.InvariantCulture,
-                $"{Prefix}{key} = {value} is out of range: it must be between {min} and {max}."));
+                $"{Prefix}{key} = {value} is out of range: it must be {AllowedRange(key)}."));
         }
     }
+
+    private static string Between(TimeSpan min, TimeSpan max) => string.Create(CultureInfo.InvariantCulture, $"between {min} and {max}");
 }
