@@ -98,6 +98,14 @@ public static class KubernetesResolverServiceCollectionExtensions
             throw new OptionsValidationException(Options.Options.DefaultName, typeof(KubernetesResolverOptions),
                 [$"{section.Path}: {ex.Message}"]);
         }
+
+        foreach (var entry in section.GetChildren())
+        {
+            if (Settings.TryGetValue(entry.Key, out var property))
+            {
+                options.BoundFromConfiguration[property.Name] = (entry.Path, property.GetValue(options));
+            }
+        }
     }
 
     /// <summary>

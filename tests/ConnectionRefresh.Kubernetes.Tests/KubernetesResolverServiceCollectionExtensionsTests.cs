@@ -101,6 +101,34 @@ public sealed class KubernetesResolverServiceCollectionExtensionsTests
     }
 
     [Fact]
+    public void Options_BadValueInCodeOverGoodConfiguration_FailsNamingThePropertyNotTheKey()
+    {
+        // appsettings.json holds a good value; the configure action overrides it with a bad one.
+        var services = new ServiceCollection();
+        services.AddSingleton<IConfiguration>(new ConfigurationBuilder()
+            .AddInMemoryCollection(new Dictionary<string, string?> { ["ConnectionRefresh:Kubernetes:ResyncInterval"] = "00:02:00" }).Build());
+        services.AddKubernetesResolver(o => o.ResyncInterval = TimeSpan.Zero);
+        using var provider = services.BuildServiceProvider();
+
+        var ex = Assert.Throws<OptionsValidationException>(() => provider.GetRequiredService<IOptions<KubernetesResolverOptions>>().Value);
+
+        Assert.Contains("KubernetesResolverOptions.ResyncInterval = 00:00:00 is out of range: it must be between 00:00:01 and 1.00:00:00.", ex.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain("ConnectionRefresh:Kubernetes:ResyncInterval", ex.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Options_ConfigurationSectionOverloadOutOfRange_FailsNamingThatSectionsKey()
+    {
+        var configuration = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?> { ["Mine:MaxBackoff"] = "00:00:00.05" }).Build();
+        using var provider = new ServiceCollection().AddKubernetesResolver(configuration.GetSection("Mine")).BuildServiceProvider();
+
+        var ex = Assert.Throws<OptionsValidationException>(() => provider.GetRequiredService<IOptions<KubernetesResolverOptions>>().Value);
+
+        Assert.Contains("Mine:MaxBackoff = 00:00:00.0500000 is out of range: it must be between 00:00:00.1000000 and 01:00:00.", ex.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain("ConnectionRefresh:Kubernetes", ex.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Options_MaxBackoffBelowInitial_Fails()
     {
         var ex = Assert.Throws<OptionsValidationException>(() => Build(new()
