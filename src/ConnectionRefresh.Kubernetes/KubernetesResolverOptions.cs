@@ -64,4 +64,10 @@ public sealed class KubernetesResolverOptions
     /// to 1 hour, and not less than <see cref="InitialBackoff"/>.
     /// </summary>
     public TimeSpan MaxBackoff { get; set; } = KubernetesResolverDefaults.MaxBackoff;
+
+    /// <summary>
+    /// The settings bound from configuration, by property name: the key's configuration path and the value it gave. Messages
+    /// name a bad value by its key only while it still holds that value (code may change it afterwards); not bindable.
+    /// </summary>
+    internal Dictionary<string, (string Path, object? Value)> BoundFromConfiguration { get; } = new(StringComparer.Ordinal);
 }

@@ -5,6 +5,7 @@ using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Options;
 using System.Diagnostics.Metrics;
+using System.Reflection;
 
 namespace Microsoft.Extensions.DependencyInjection;
 
@@ -15,6 +16,11 @@ namespace Microsoft.Extensions.DependencyInjection;
 /// </summary>
 public static class KubernetesResolverServiceCollectionExtensions
 {
+    // The settings by key, as the binder matches them (case-insensitively), to convert each value before binding.
+    private static readonly Dictionary<string, PropertyInfo> Settings = typeof(KubernetesResolverOptions)
+        .GetProperties(BindingFlags.Public | BindingFlags.Instance)
+        .ToDictionary(p => p.Name, StringComparer.OrdinalIgnoreCase);
+
     /// <summary>
     /// Registers the Kubernetes resolver with options bound from the configuration section
     /// <c>ConnectionRefresh:Kubernetes</c> (when an <see cref="IConfiguration"/> is registered), validated at start-up.
@@ -78,6 +84,11 @@ public static class KubernetesResolverServiceCollectionExtensions
             return;
         }
 
+        foreach (var entry in section.GetChildren())
+        {
+            ThrowIfUnparsable(entry);
+        }
+
         try
         {
             section.Bind(options, binder => binder.ErrorOnUnknownConfiguration = true);
@@ -86,6 +97,42 @@ public static class KubernetesResolverServiceCollectionExtensions
         {
             throw new OptionsValidationException(Options.Options.DefaultName, typeof(KubernetesResolverOptions),
                 [$"{section.Path}: {ex.Message}"]);
+        }
+
+        foreach (var entry in section.GetChildren())
+        {
+            if (Settings.TryGetValue(entry.Key, out var property))
+            {
+                options.BoundFromConfiguration[property.Name] = (entry.Path, property.GetValue(options));
+            }
+        }
+    }
+
+    /// <summary>
+    /// Converts one value as the binder will, so that a value that does not parse fails with its key, the value as written
+    /// and the allowed range (the binder's own message names only the type). Unknown keys are left to the binder.
+    /// </summary>
+    private static void ThrowIfUnparsable(IConfigurationSection entry)
+    {
+        if (entry.Value is null || !Settings.TryGetValue(entry.Key, out var property))
+        {
+            return;
+        }
+
+        var type = property.PropertyType;
+        try
+        {
+            // An empty value would leave a value type at its default in silence; a reference type (a URI, a path) is unset.
+            if (entry.Get(type) is null && type.IsValueType)
+            {
+                throw new FormatException("the value is empty");
+            }
+        }
+        catch (Exception ex) when (ex is InvalidOperationException or FormatException)
+        {
+            var format = type == typeof(TimeSpan) ? ", written as [d.]hh:mm:ss[.fffffff] (e.g. 00:05:00 for 5 minutes)" : "";
+            throw new OptionsValidationException(Options.Options.DefaultName, typeof(KubernetesResolverOptions),
+                [$"{entry.Path} = '{entry.Value}' is not a valid {type.Name}: it must be {KubernetesResolverOptionsValidator.AllowedRange(property.Name)}{format}."]);
         }
     }
 }

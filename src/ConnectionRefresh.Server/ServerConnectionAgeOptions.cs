@@ -54,6 +54,9 @@ public sealed class ServerConnectionAgeOptions
     /// </summary>
     public TimeSpan MaxConnectionIdle { get; set; } = ServerConnectionAgeDefaults.MaxConnectionIdle;
 
-    /// <summary>The configuration path the options were bound from, to name keys in messages; not bindable.</summary>
-    internal string? ConfigurationPath { get; set; }
+    /// <summary>
+    /// The settings bound from configuration, by property name: the key's configuration path and the value it gave. Messages
+    /// name a bad value by its key only while it still holds that value (code may change it afterwards); not bindable.
+    /// </summary>
+    internal Dictionary<string, (string Path, object Value)> BoundFromConfiguration { get; } = new(StringComparer.Ordinal);
 }

@@ -92,4 +92,10 @@ public sealed class ConnectionRefreshOptions
     /// Range: 1 second to 24 hours, or infinite.
     /// </summary>
     public TimeSpan DrainTimeout { get; set; } = Timeout.InfiniteTimeSpan;
+
+    /// <summary>
+    /// The settings bound from configuration, by property name: the key's configuration path and the value it gave. Messages
+    /// name a bad value by its key only while it still holds that value (code may change it afterwards); not bindable.
+    /// </summary>
+    internal Dictionary<string, (string Path, object? Value)> BoundFromConfiguration { get; } = new(StringComparer.Ordinal);
 }

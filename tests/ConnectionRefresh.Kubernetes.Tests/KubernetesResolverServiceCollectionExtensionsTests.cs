@@ -72,6 +72,62 @@ public sealed class KubernetesResolverServiceCollectionExtensionsTests
         Assert.Contains(expected, ex.Message, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData("ResyncInterval", "5 minutes",
+        "ConnectionRefresh:Kubernetes:ResyncInterval = '5 minutes' is not a valid TimeSpan: it must be between 00:00:01 and 1.00:00:00, written as [d.]hh:mm:ss[.fffffff] (e.g. 00:05:00 for 5 minutes).")]
+    [InlineData("InitialBackoff", "1s",
+        "ConnectionRefresh:Kubernetes:InitialBackoff = '1s' is not a valid TimeSpan: it must be between 00:00:00.0100000 and 00:01:00, written as [d.]hh:mm:ss[.fffffff]")]
+    [InlineData("MaxBackoff", "",
+        "ConnectionRefresh:Kubernetes:MaxBackoff = '' is not a valid TimeSpan: it must be between 00:00:00.1000000 and 01:00:00, written as [d.]hh:mm:ss[.fffffff]")]
+    [InlineData("IncludeTerminatingEndpoints", "yes",
+        "ConnectionRefresh:Kubernetes:IncludeTerminatingEndpoints = 'yes' is not a valid Boolean: it must be true or false.")]
+    public void Options_UnparsableValue_FailsNamingKeyValueAndRange(string key, string value, string expected)
+    {
+        var ex = Assert.Throws<OptionsValidationException>(() => Build(new() { ["ConnectionRefresh:Kubernetes:" + key] = value }));
+
+        Assert.Contains(expected, ex.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Options_ConfigurationSectionOverloadUnparsableValue_FailsNamingThatSectionsKey()
+    {
+        var configuration = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?> { ["Mine:resyncInterval"] = "5m" }).Build();
+        using var provider = new ServiceCollection().AddKubernetesResolver(configuration.GetSection("Mine")).BuildServiceProvider();
+
+        var ex = Assert.Throws<OptionsValidationException>(() => provider.GetRequiredService<IOptions<KubernetesResolverOptions>>().Value);
+
+        // The key as written, the range under the setting's own name.
+        Assert.Contains("Mine:resyncInterval = '5m' is not a valid TimeSpan: it must be between 00:00:01 and 1.00:00:00", ex.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Options_BadValueInCodeOverGoodConfiguration_FailsNamingThePropertyNotTheKey()
+    {
+        // appsettings.json holds a good value; the configure action overrides it with a bad one.
+        var services = new ServiceCollection();
+        services.AddSingleton<IConfiguration>(new ConfigurationBuilder()
+            .AddInMemoryCollection(new Dictionary<string, string?> { ["ConnectionRefresh:Kubernetes:ResyncInterval"] = "00:02:00" }).Build());
+        services.AddKubernetesResolver(o => o.ResyncInterval = TimeSpan.Zero);
+        using var provider = services.BuildServiceProvider();
+
+        var ex = Assert.Throws<OptionsValidationException>(() => provider.GetRequiredService<IOptions<KubernetesResolverOptions>>().Value);
+
+        Assert.Contains("KubernetesResolverOptions.ResyncInterval = 00:00:00 is out of range: it must be between 00:00:01 and 1.00:00:00.", ex.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain("ConnectionRefresh:Kubernetes:ResyncInterval", ex.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Options_ConfigurationSectionOverloadOutOfRange_FailsNamingThatSectionsKey()
+    {
+        var configuration = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?> { ["Mine:MaxBackoff"] = "00:00:00.05" }).Build();
+        using var provider = new ServiceCollection().AddKubernetesResolver(configuration.GetSection("Mine")).BuildServiceProvider();
+
+        var ex = Assert.Throws<OptionsValidationException>(() => provider.GetRequiredService<IOptions<KubernetesResolverOptions>>().Value);
+
+        Assert.Contains("Mine:MaxBackoff = 00:00:00.0500000 is out of range: it must be between 00:00:00.1000000 and 01:00:00.", ex.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain("ConnectionRefresh:Kubernetes", ex.Message, StringComparison.Ordinal);
+    }
+
     [Fact]
     public void Options_MaxBackoffBelowInitial_Fails()
     {

@@ -86,6 +86,53 @@ public sealed class ServerConnectionAgeOptionsTests
     }
 
     [Fact]
+    public void AddServerConnectionAge_ConfigurationAndBadValueInCode_FailsNamingTheCodeSettingNotTheKey()
+    {
+        // appsettings.json holds a good value; the configure action overrides it with a bad one.
+        using var services = new ServiceCollection()
+            .AddSingleton<IConfiguration>(Config(("ConnectionRefresh:Server:MaxConnectionAge", "00:02:00")))
+            .AddServerConnectionAge()
+            .AddServerConnectionAge(o => o.MaxConnectionAge = TimeSpan.Zero)
+            .BuildServiceProvider();
+
+        var ex = Assert.Throws<OptionsValidationException>(() => services.GetRequiredService<IStartupValidator>().Validate());
+
+        Assert.Contains("ServerConnectionAgeOptions.MaxConnectionAge is 00:00:00; allowed: 00:00:01 to 1.00:00:00", ex.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain("ConnectionRefresh:Server:MaxConnectionAge", ex.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void AddServerConnectionAge_SectionAndBadValueInCode_EachFailureNamesWhereItsValueCameFrom()
+    {
+        var configuration = Config(("Mine:MaxConnectionAgeJitter", "0.9"), ("Mine:MaxConnectionIdle", "00:01:00"));
+        using var services = new ServiceCollection()
+            .AddSingleton<IConfiguration>(configuration)
+            .AddServerConnectionAge(configuration.GetSection("Mine"))
+            .Configure<ServerConnectionAgeOptions>(o => o.MaxConnectionIdle = TimeSpan.FromMilliseconds(100))
+            .BuildServiceProvider();
+
+        var ex = Assert.Throws<OptionsValidationException>(() => services.GetRequiredService<IStartupValidator>().Validate());
+
+        Assert.Equal(2, ex.Failures.Count());
+        Assert.Contains("Mine:MaxConnectionAgeJitter is 0.9; allowed: 0 to 0.5.", ex.Message, StringComparison.Ordinal);
+        Assert.Contains("ServerConnectionAgeOptions.MaxConnectionIdle is 00:00:00.1000000; allowed: 00:00:01 to 1.00:00:00", ex.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void AddServerConnectionAge_CodeThenConfigurationOverridesWithABadValue_FailsNamingTheKey()
+    {
+        using var services = new ServiceCollection()
+            .AddSingleton<IConfiguration>(Config(("ConnectionRefresh:Server:MaxConnectionAgeGrace", "2.00:00:00")))
+            .AddServerConnectionAge(o => o.MaxConnectionAgeGrace = TimeSpan.FromSeconds(30))
+            .AddServerConnectionAge()
+            .BuildServiceProvider();
+
+        var ex = Assert.Throws<OptionsValidationException>(() => services.GetRequiredService<IStartupValidator>().Validate());
+
+        Assert.Contains("ConnectionRefresh:Server:MaxConnectionAgeGrace is 2.00:00:00; allowed: 00:00:00 to 1.00:00:00", ex.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void AddServerConnectionAge_UnknownKey_FailsAtStartNamingTheKey()
     {
         using var services = new ServiceCollection()

@@ -313,11 +313,11 @@ public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
     }
 
     [Theory]
-    [InlineData("MaxConnectionAge", "-00:00:05", "MaxConnectionAge", "-00:00:05")]
-    [InlineData("MaxConnectionAgeJitter", "2", "MaxConnectionAgeJitter", "0 to 0.5")]
-    [InlineData("ConnectionsPerEndpoint", "0", "ConnectionsPerEndpoint", "1 to 64")]
-    [InlineData("MaxRequestsPerConnection", "0", "MaxRequestsPerConnection", "1 to 1000000000")]
-    [InlineData("KeepAlivePingTimeout", "00:00:00.5", "KeepAlivePingTimeout", "00:00:01 to 01:00:00")]
+    [InlineData("MaxConnectionAge", "-00:00:05", "ConnectionRefresh:MaxConnectionAge", "-00:00:05")]
+    [InlineData("MaxConnectionAgeJitter", "2", "ConnectionRefresh:MaxConnectionAgeJitter", "0 to 0.5")]
+    [InlineData("ConnectionsPerEndpoint", "0", "ConnectionRefresh:ConnectionsPerEndpoint", "1 to 64")]
+    [InlineData("MaxRequestsPerConnection", "0", "ConnectionRefresh:MaxRequestsPerConnection", "1 to 1000000000")]
+    [InlineData("KeepAlivePingTimeout", "00:00:00.5", "ConnectionRefresh:KeepAlivePingTimeout", "00:00:01 to 01:00:00")]
     public void ValidateOnStart_OutOfRange_FailsNamingSettingValueAndRange(string key, string value, string named, string mentioned)
     {
         var services = new ServiceCollection();
@@ -330,6 +330,47 @@ public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
         Assert.Contains($"'{named}'", failure.Message, StringComparison.Ordinal);
         Assert.Contains(mentioned, failure.Message, StringComparison.Ordinal);
         Assert.Contains("allowed:", failure.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void ValidateOnStart_SectionAndBadValueInCode_FailsNamingTheCodeSettingNotTheKey()
+    {
+        // appsettings.json holds a good value; the configure action overrides it with a bad one.
+        var configuration = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Clients:Greeter:ConnectionRefresh:MaxConnectionAge"] = "00:02:00",
+        }).Build();
+        var services = new ServiceCollection();
+        services.AddSingleton<IConfiguration>(configuration);
+        GrpcClient(services)
+            .AddConnectionRefresh(configuration.GetSection("Clients:Greeter:ConnectionRefresh"))
+            .AddConnectionRefresh(o => o.MaxConnectionAge = TimeSpan.Zero);
+        using var provider = services.BuildServiceProvider();
+
+        var failure = Assert.Throws<OptionsValidationException>(() => ValidateOnStart(provider));
+        Assert.Contains("ConnectionRefresh setting 'ConnectionRefreshOptions.MaxConnectionAge' of HTTP client 'TestClient' is 00:00:00; " +
+            "allowed: 00:00:01 to 1.00:00:00", failure.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain("Clients:Greeter", failure.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void ValidateOnStart_BadValuesFromConfigurationAndCode_EachFailureNamesWhereItsValueCameFrom()
+    {
+        var services = new ServiceCollection();
+        services.AddSingleton<IConfiguration>(new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["ConnectionRefresh:ConnectionsPerEndpoint"] = "0",
+            ["ConnectionRefresh:MaxRequestsPerConnection"] = "100",
+        }).Build());
+        GrpcClient(services).AddConnectionRefresh().AddConnectionRefresh(o => o.MaxRequestsPerConnection = 0);
+        using var provider = services.BuildServiceProvider();
+
+        var failure = Assert.Throws<OptionsValidationException>(() => ValidateOnStart(provider));
+        Assert.Equal(2, failure.Failures.Count());
+        Assert.Contains("ConnectionRefresh setting 'ConnectionRefresh:ConnectionsPerEndpoint' of HTTP client 'TestClient' is 0; allowed: 1 to 64.",
+            failure.Message, StringComparison.Ordinal);
+        Assert.Contains("ConnectionRefresh setting 'ConnectionRefreshOptions.MaxRequestsPerConnection' of HTTP client 'TestClient' is 0; " +
+            "allowed: 1 to 1000000000, or empty (no limit).", failure.Message, StringComparison.Ordinal);
     }
 
     [Fact]

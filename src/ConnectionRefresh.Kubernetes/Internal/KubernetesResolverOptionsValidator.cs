@@ -4,41 +4,40 @@ using Microsoft.Extensions.Options;
 namespace ConnectionRefresh.Kubernetes.Internal;
 
 /// <summary>
-/// Validates <see cref="KubernetesResolverOptions"/> at start-up; messages name the key, the value and the range. A
+/// Validates <see cref="KubernetesResolverOptions"/> at start-up; messages name the key (the configuration key when the value
+/// came from configuration, the property when it was set in code), the value and the range. A
 /// <see cref="KubernetesResolverOptions.KubeconfigPath"/> must name a readable kubeconfig whose current context has a cluster
 /// with a server (its credential plugin, if any, is not run here).
 /// </summary>
 internal sealed class KubernetesResolverOptionsValidator : IValidateOptions<KubernetesResolverOptions>
 {
-    private const string Prefix = KubernetesResolverDefaults.ConfigurationSection + ":";
-
     public ValidateOptionsResult Validate(string? name, KubernetesResolverOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
         var failures = new List<string>();
 
-        CheckRange(failures, nameof(options.ResyncInterval), options.ResyncInterval,
+        CheckRange(failures, options, nameof(options.ResyncInterval), options.ResyncInterval,
             KubernetesResolverDefaults.MinResyncInterval, KubernetesResolverDefaults.MaxResyncInterval);
-        CheckRange(failures, nameof(options.InitialBackoff), options.InitialBackoff,
+        CheckRange(failures, options, nameof(options.InitialBackoff), options.InitialBackoff,
             KubernetesResolverDefaults.MinInitialBackoff, KubernetesResolverDefaults.MaxInitialBackoff);
-        CheckRange(failures, nameof(options.MaxBackoff), options.MaxBackoff,
+        CheckRange(failures, options, nameof(options.MaxBackoff), options.MaxBackoff,
             KubernetesResolverDefaults.MinMaxBackoff, KubernetesResolverDefaults.MaxMaxBackoff);
 
         if (options.MaxBackoff < options.InitialBackoff)
         {
             failures.Add(string.Create(CultureInfo.InvariantCulture,
-                $"{Prefix}{nameof(options.MaxBackoff)} = {options.MaxBackoff} is less than {Prefix}{nameof(options.InitialBackoff)} = {options.InitialBackoff}: it must be at least as long."));
+                $"{Key(options, nameof(options.MaxBackoff))} = {options.MaxBackoff} is less than {Key(options, nameof(options.InitialBackoff))} = {options.InitialBackoff}: it must be at least as long."));
         }
 
         if (options.ApiServer is { } apiServer &&
             (!apiServer.IsAbsoluteUri || (apiServer.Scheme != Uri.UriSchemeHttp && apiServer.Scheme != Uri.UriSchemeHttps)))
         {
-            failures.Add($"{Prefix}{nameof(options.ApiServer)} = '{apiServer}' is not valid: it must be an absolute http:// or https:// URI.");
+            failures.Add($"{Key(options, nameof(options.ApiServer))} = '{apiServer}' is not valid: it must be an absolute http:// or https:// URI.");
         }
 
         if (options.ApiServer is not null && !string.IsNullOrEmpty(options.KubeconfigPath))
         {
-            failures.Add($"{Prefix}{nameof(options.ApiServer)} = '{options.ApiServer}' and {Prefix}{nameof(options.KubeconfigPath)} = '{options.KubeconfigPath}' are both set: set at most one of them.");
+            failures.Add($"{Key(options, nameof(options.ApiServer))} = '{options.ApiServer}' and {Key(options, nameof(options.KubeconfigPath))} = '{options.KubeconfigPath}' are both set: set at most one of them.");
         }
 
         if (options.ApiServer is null && !string.IsNullOrEmpty(options.KubeconfigPath))
@@ -46,7 +45,7 @@ internal sealed class KubernetesResolverOptionsValidator : IValidateOptions<Kube
             // A file the user named: check it now (without running credential plugins) rather than on the first call.
             try
             {
-                KubernetesClientConfigurationFactory.CheckKubeconfig(options.KubeconfigPath, $"{Prefix}{nameof(options.KubeconfigPath)} = '{options.KubeconfigPath}'");
+                KubernetesClientConfigurationFactory.CheckKubeconfig(options.KubeconfigPath, $"{Key(options, nameof(options.KubeconfigPath))} = '{options.KubeconfigPath}'");
             }
             catch (InvalidOperationException ex)
             {
@@ -56,18 +55,45 @@ internal sealed class KubernetesResolverOptionsValidator : IValidateOptions<Kube
 
         if (string.IsNullOrWhiteSpace(options.ServiceAccountPath))
         {
-            failures.Add($"{Prefix}{nameof(options.ServiceAccountPath)} = '{options.ServiceAccountPath}' is not valid: it must be a directory path (default '{KubernetesResolverDefaults.ServiceAccountPath}').");
+            failures.Add($"{Key(options, nameof(options.ServiceAccountPath))} = '{options.ServiceAccountPath}' is not valid: it must be a directory path (default '{KubernetesResolverDefaults.ServiceAccountPath}').");
         }
 
         return failures.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(failures);
     }
 
-    private static void CheckRange(List<string> failures, string key, TimeSpan value, TimeSpan min, TimeSpan max)
+    /// <summary>
+    /// The allowed range or form of a setting, in words ("between 00:00:01 and 1.00:00:00"), for out-of-range values here
+    /// and for configuration values that do not parse (<c>KubernetesResolverServiceCollectionExtensions.Bind</c>).
+    /// </summary>
+    public static string AllowedRange(string setting) => setting switch
+    {
+        nameof(KubernetesResolverOptions.ResyncInterval) => Between(KubernetesResolverDefaults.MinResyncInterval, KubernetesResolverDefaults.MaxResyncInterval),
+        nameof(KubernetesResolverOptions.InitialBackoff) => Between(KubernetesResolverDefaults.MinInitialBackoff, KubernetesResolverDefaults.MaxInitialBackoff),
+        nameof(KubernetesResolverOptions.MaxBackoff) => Between(KubernetesResolverDefaults.MinMaxBackoff, KubernetesResolverDefaults.MaxMaxBackoff),
+        nameof(KubernetesResolverOptions.IncludeTerminatingEndpoints) => "true or false",
+        nameof(KubernetesResolverOptions.ApiServer) => "an absolute http:// or https:// URI",
+        _ => "see KubernetesResolverOptions",
+    };
+
+    /// <summary>
+    /// Where the value of <paramref name="name"/> came from: its configuration key while it still holds the value that key
+    /// gave, otherwise the property (set in code, by <c>AddKubernetesResolver(o =&gt; ...)</c> or a later Configure). Naming
+    /// the key for a value set in code would send the user to a configuration file that holds a good value.
+    /// </summary>
+    private static string Key(KubernetesResolverOptions options, string name) =>
+        options.BoundFromConfiguration.TryGetValue(name, out var bound) &&
+        Equals(bound.Value, typeof(KubernetesResolverOptions).GetProperty(name)!.GetValue(options))
+            ? bound.Path
+            : nameof(KubernetesResolverOptions) + "." + name;
+
+    private static void CheckRange(List<string> failures, KubernetesResolverOptions options, string name, TimeSpan value, TimeSpan min, TimeSpan max)
     {
         if (value < min || value > max)
         {
             failures.Add(string.Create(CultureInfo.InvariantCulture,
-                $"{Prefix}{key} = {value} is out of range: it must be between {min} and {max}."));
+                $"{Key(options, name)} = {value} is out of range: it must be {AllowedRange(name)}."));
         }
     }
+
+    private static string Between(TimeSpan min, TimeSpan max) => string.Create(CultureInfo.InvariantCulture, $"between {min} and {max}");
 }

@@ -44,7 +44,11 @@ internal static class ServerConnectionAgeOptionsLoader
         }
 
         section.Bind(options);
-        options.ConfigurationPath = path;
+        foreach (var child in section.GetChildren())
+        {
+            var name = KnownKeys.First(key => string.Equals(key, child.Key, StringComparison.OrdinalIgnoreCase));
+            options.BoundFromConfiguration[name] = (child.Path, ServerConnectionAgeOptionsValidator.ValueOf(options, name));
+        }
     }
 
     /// <summary>

@@ -5,8 +5,8 @@ namespace ConnectionRefresh.Server.Internal;
 
 /// <summary>
 /// Checks <see cref="ServerConnectionAgeOptions"/> against the ranges of <see cref="ServerConnectionAgeDefaults"/>.
-/// Each message names the key (the configuration path when the options came from configuration), the value and
-/// the allowed range. Stateless, so thread-safe.
+/// Each message names the key (the configuration path when the value came from configuration, the property when it was
+/// set in code), the value and the allowed range. Stateless, so thread-safe.
 /// </summary>
 internal sealed class ServerConnectionAgeOptionsValidator : IValidateOptions<ServerConnectionAgeOptions>
 {
@@ -29,14 +29,13 @@ internal sealed class ServerConnectionAgeOptionsValidator : IValidateOptions<Ser
 
     public static List<string> GetFailures(ServerConnectionAgeOptions options)
     {
-        var prefix = options.ConfigurationPath is { Length: > 0 } path ? path + ":" : nameof(ServerConnectionAgeOptions) + ".";
         var failures = new List<string>();
 
-        CheckTime(failures, prefix + nameof(options.MaxConnectionAge), options.MaxConnectionAge,
+        CheckTime(failures, Key(options, nameof(options.MaxConnectionAge)), options.MaxConnectionAge,
             ServerConnectionAgeDefaults.MinAge, ServerConnectionAgeDefaults.MaxAge);
-        CheckTime(failures, prefix + nameof(options.MaxConnectionAgeGrace), options.MaxConnectionAgeGrace,
+        CheckTime(failures, Key(options, nameof(options.MaxConnectionAgeGrace)), options.MaxConnectionAgeGrace,
             ServerConnectionAgeDefaults.MinGrace, ServerConnectionAgeDefaults.MaxGrace);
-        CheckTime(failures, prefix + nameof(options.MaxConnectionIdle), options.MaxConnectionIdle,
+        CheckTime(failures, Key(options, nameof(options.MaxConnectionIdle)), options.MaxConnectionIdle,
             ServerConnectionAgeDefaults.MinIdle, ServerConnectionAgeDefaults.MaxIdle);
 
         var jitter = options.MaxConnectionAgeJitter;
@@ -45,7 +44,7 @@ internal sealed class ServerConnectionAgeOptionsValidator : IValidateOptions<Ser
             failures.Add(string.Format(
                 CultureInfo.InvariantCulture,
                 "{0} is {1}; allowed: {2} to {3}.",
-                prefix + nameof(options.MaxConnectionAgeJitter),
+                Key(options, nameof(options.MaxConnectionAgeJitter)),
                 jitter,
                 ServerConnectionAgeDefaults.MinJitter,
                 ServerConnectionAgeDefaults.MaxJitter));
@@ -53,6 +52,26 @@ internal sealed class ServerConnectionAgeOptionsValidator : IValidateOptions<Ser
 
         return failures;
     }
+
+    /// <summary>The value of the setting <paramref name="name"/> (a property name), boxed, to compare with what was bound.</summary>
+    public static object ValueOf(ServerConnectionAgeOptions options, string name) => name switch
+    {
+        nameof(ServerConnectionAgeOptions.MaxConnectionAge) => options.MaxConnectionAge,
+        nameof(ServerConnectionAgeOptions.MaxConnectionAgeJitter) => options.MaxConnectionAgeJitter,
+        nameof(ServerConnectionAgeOptions.MaxConnectionAgeGrace) => options.MaxConnectionAgeGrace,
+        nameof(ServerConnectionAgeOptions.MaxConnectionIdle) => options.MaxConnectionIdle,
+        _ => throw new ArgumentOutOfRangeException(nameof(name), name, "Not a setting of ServerConnectionAgeOptions."),
+    };
+
+    /// <summary>
+    /// Where the value of <paramref name="name"/> came from: its configuration key while it still holds the value that key
+    /// gave, otherwise the property (set in code, by <c>AddServerConnectionAge(o =&gt; ...)</c> or a later Configure). Naming
+    /// the key for a value set in code would send the user to a configuration file that holds a good value.
+    /// </summary>
+    private static string Key(ServerConnectionAgeOptions options, string name) =>
+        options.BoundFromConfiguration.TryGetValue(name, out var bound) && bound.Value.Equals(ValueOf(options, name))
+            ? bound.Path
+            : nameof(ServerConnectionAgeOptions) + "." + name;
 
     private static void CheckTime(List<string> failures, string key, TimeSpan value, TimeSpan min, TimeSpan max)
     {

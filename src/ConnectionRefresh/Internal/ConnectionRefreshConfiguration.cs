@@ -43,7 +43,9 @@ internal static class ConnectionRefreshConfiguration
                     $"({ConnectionRefreshOptionsValidator.AllowedRange(property.Name)}), not sub-keys.");
             }
 
-            property.SetValue(options, Convert(entry, property, clientName));
+            var value = Convert(entry, property, clientName);
+            property.SetValue(options, value);
+            options.BoundFromConfiguration[property.Name] = (entry.Path, value);
         }
     }
 
