@@ -147,9 +147,10 @@ public sealed class ServerConnectionAgeOptionsTests
     }
 
     [Theory]
-    [InlineData("MaxConnectionAge", "5 minutes", "ConnectionRefresh:Server:MaxConnectionAge is '5 minutes', which is not a time span")]
-    [InlineData("MaxConnectionAgeJitter", "ten percent", "ConnectionRefresh:Server:MaxConnectionAgeJitter is 'ten percent', which is not a number")]
-    public void AddServerConnectionAge_UnparsableValue_FailsAtStartNamingKeyAndValue(string key, string value, string expected)
+    [InlineData("MaxConnectionAge", "5 minutes", "ConnectionRefresh:Server:MaxConnectionAge is '5 minutes', which is not a time span; allowed: 00:00:01 to 1.00:00:00, or -00:00:00.0010000 (infinite, off), written as")]
+    [InlineData("maxconnectionidle", "2m", "ConnectionRefresh:Server:maxconnectionidle is '2m', which is not a time span; allowed: 00:00:01 to 1.00:00:00, or -00:00:00.0010000 (infinite, off)")]
+    [InlineData("MaxConnectionAgeJitter", "ten percent", "ConnectionRefresh:Server:MaxConnectionAgeJitter is 'ten percent', which is not a number; allowed: 0 to 0.5")]
+    public void AddServerConnectionAge_UnparsableValue_FailsAtStartNamingKeyValueAndRange(string key, string value, string expected)
     {
         using var services = new ServiceCollection()
             .AddSingleton<IConfiguration>(Config(("ConnectionRefresh:Server:" + key, value)))

@@ -119,15 +119,17 @@ internal static class ServerConnectionAgeOptionsLoader
 
     private static void ThrowIfUnparsable(IConfigurationSection child)
     {
-        var isJitter = string.Equals(child.Key, nameof(ServerConnectionAgeOptions.MaxConnectionAgeJitter), StringComparison.OrdinalIgnoreCase);
+        var name = KnownKeys.First(key => string.Equals(key, child.Key, StringComparison.OrdinalIgnoreCase));
+        var isJitter = name == nameof(ServerConnectionAgeOptions.MaxConnectionAgeJitter);
         var parsable = isJitter
             ? double.TryParse(child.Value, NumberStyles.Float, CultureInfo.InvariantCulture, out _)
             : TimeSpan.TryParse(child.Value, CultureInfo.InvariantCulture, out _);
         if (!parsable)
         {
+            var allowed = ServerConnectionAgeOptionsValidator.AllowedRange(name);
             throw new InvalidOperationException(isJitter
-                ? $"{child.Path} is '{child.Value}', which is not a number; expected a fraction such as 0.1."
-                : $"{child.Path} is '{child.Value}', which is not a time span; expected for example 00:02:00 (2 minutes), or -00:00:00.001 for off.");
+                ? $"{child.Path} is '{child.Value}', which is not a number; allowed: {allowed} (a fraction, such as 0.1)."
+                : $"{child.Path} is '{child.Value}', which is not a time span; allowed: {allowed}, written as [d.]hh:mm:ss[.fffffff] (e.g. 00:02:00 for 2 minutes).");
         }
     }
 

@@ -31,27 +31,36 @@ internal sealed class ServerConnectionAgeOptionsValidator : IValidateOptions<Ser
     {
         var failures = new List<string>();
 
-        CheckTime(failures, Key(options, nameof(options.MaxConnectionAge)), options.MaxConnectionAge,
+        CheckTime(failures, options, nameof(options.MaxConnectionAge), options.MaxConnectionAge,
             ServerConnectionAgeDefaults.MinAge, ServerConnectionAgeDefaults.MaxAge);
-        CheckTime(failures, Key(options, nameof(options.MaxConnectionAgeGrace)), options.MaxConnectionAgeGrace,
+        CheckTime(failures, options, nameof(options.MaxConnectionAgeGrace), options.MaxConnectionAgeGrace,
             ServerConnectionAgeDefaults.MinGrace, ServerConnectionAgeDefaults.MaxGrace);
-        CheckTime(failures, Key(options, nameof(options.MaxConnectionIdle)), options.MaxConnectionIdle,
+        CheckTime(failures, options, nameof(options.MaxConnectionIdle), options.MaxConnectionIdle,
             ServerConnectionAgeDefaults.MinIdle, ServerConnectionAgeDefaults.MaxIdle);
 
         var jitter = options.MaxConnectionAgeJitter;
         if (double.IsNaN(jitter) || jitter < ServerConnectionAgeDefaults.MinJitter || jitter > ServerConnectionAgeDefaults.MaxJitter)
         {
-            failures.Add(string.Format(
-                CultureInfo.InvariantCulture,
-                "{0} is {1}; allowed: {2} to {3}.",
-                Key(options, nameof(options.MaxConnectionAgeJitter)),
-                jitter,
-                ServerConnectionAgeDefaults.MinJitter,
-                ServerConnectionAgeDefaults.MaxJitter));
+            var name = nameof(options.MaxConnectionAgeJitter);
+            failures.Add(string.Create(CultureInfo.InvariantCulture, $"{Key(options, name)} is {jitter}; allowed: {AllowedRange(name)}."));
         }
 
         return failures;
     }
+
+    /// <summary>
+    /// The allowed values of a setting in words ("00:00:01 to 1.00:00:00, or -00:00:00.001 (infinite, off)"), for
+    /// out-of-range values here and for configuration values that do not parse (the options loader).
+    /// </summary>
+    public static string AllowedRange(string name) => name switch
+    {
+        nameof(ServerConnectionAgeOptions.MaxConnectionAge) => TimeRange(ServerConnectionAgeDefaults.MinAge, ServerConnectionAgeDefaults.MaxAge),
+        nameof(ServerConnectionAgeOptions.MaxConnectionAgeGrace) => TimeRange(ServerConnectionAgeDefaults.MinGrace, ServerConnectionAgeDefaults.MaxGrace),
+        nameof(ServerConnectionAgeOptions.MaxConnectionIdle) => TimeRange(ServerConnectionAgeDefaults.MinIdle, ServerConnectionAgeDefaults.MaxIdle),
+        nameof(ServerConnectionAgeOptions.MaxConnectionAgeJitter) => string.Create(
+            CultureInfo.InvariantCulture, $"{ServerConnectionAgeDefaults.MinJitter} to {ServerConnectionAgeDefaults.MaxJitter}"),
+        _ => throw new ArgumentOutOfRangeException(nameof(name), name, "Not a setting of ServerConnectionAgeOptions."),
+    };
 
     /// <summary>The value of the setting <paramref name="name"/> (a property name), boxed, to compare with what was bound.</summary>
     public static object ValueOf(ServerConnectionAgeOptions options, string name) => name switch
@@ -73,20 +82,16 @@ internal sealed class ServerConnectionAgeOptionsValidator : IValidateOptions<Ser
             ? bound.Path
             : nameof(ServerConnectionAgeOptions) + "." + name;
 
-    private static void CheckTime(List<string> failures, string key, TimeSpan value, TimeSpan min, TimeSpan max)
+    private static void CheckTime(List<string> failures, ServerConnectionAgeOptions options, string name, TimeSpan value, TimeSpan min, TimeSpan max)
     {
         if (value == Timeout.InfiniteTimeSpan || (value >= min && value <= max))
         {
             return;
         }
 
-        failures.Add(string.Format(
-            CultureInfo.InvariantCulture,
-            "{0} is {1:c}; allowed: {2:c} to {3:c}, or {4:c} (infinite, off).",
-            key,
-            value,
-            min,
-            max,
-            Timeout.InfiniteTimeSpan));
+        failures.Add(string.Create(CultureInfo.InvariantCulture, $"{Key(options, name)} is {value:c}; allowed: {AllowedRange(name)}."));
     }
+
+    private static string TimeRange(TimeSpan min, TimeSpan max)
+        => string.Create(CultureInfo.InvariantCulture, $"{min:c} to {max:c}, or {Timeout.InfiniteTimeSpan:c} (infinite, off)");
 }
