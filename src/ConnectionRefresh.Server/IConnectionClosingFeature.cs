@@ -27,8 +27,9 @@ public interface IConnectionClosingFeature
 
     /// <summary>
     /// How long calls may still run once <see cref="ConnectionClosing"/> fired before the connection is aborted:
-    /// <see cref="ServerConnectionAgeOptions.MaxConnectionAgeGrace"/>, or <see cref="Timeout.InfiniteTimeSpan"/>
-    /// when running calls are never cut. When it fired because the server is shutting down, the host's
+    /// <see cref="ServerConnectionAgeOptions.MaxConnectionAgeGrace"/> (plus the connection's age when its close was put
+    /// off to its first call, see <see cref="ServerConnectionAgeOptions.MaxConnectionAge"/>), or
+    /// <see cref="Timeout.InfiniteTimeSpan"/> when running calls are never cut. When it fired because the server is shutting down, the host's
     /// <c>HostOptions.ShutdownTimeout</c> (30 s by default; counted from the start of the shutdown, so an upper bound),
     /// after which Kestrel aborts what still runs; when the application's own code asked for the close,
     /// <see cref="Timeout.InfiniteTimeSpan"/> (Kestrel does not cut the calls). The connection's age and its grace

@@ -158,6 +158,13 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
             // sends a GOAWAY that still admits streams in flight, and this call completes normally.
             closeNow = _agedBeforeFirstCall && !_hadCall && TryStartCloseLocked(CloseReason.MaxAge);
             _hadCall = true;
+            if (closeNow && _settings.Grace != Timeout.InfiniteTimeSpan)
+            {
+                // Closed at its age, the connection would have carried no call, and this first call would have run on a
+                // new connection, for that one's age and grace: it gets as long here. The grace alone (0, say) would cut
+                // it at once. Set before the token fires, so that its callbacks read it.
+                _gracePeriod = _maxAge + _settings.Grace;
+            }
 
             // The grace ended while no call ran (see OnGraceEnded): a call starting now has outlived it.
             abortNow = _graceEnded && !_aborted && !_ended;
@@ -371,9 +378,8 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
             return;
         }
 
-        // Closed at its age, the connection would have carried no call, and this first call would have run on a new
-        // connection, for that one's age and grace: it gets as long here. The grace alone (0, say) would cut it at once.
-        var grace = atFirstCall ? _maxAge + _settings.Grace : _settings.Grace;
+        // A close put off to the first call gives the calls the age plus the grace (set by CallStarted).
+        var grace = atFirstCall ? GracePeriod : _settings.Grace;
 
         // Created outside the lock: with a zero grace the callback may run at once, on this thread.
         var graceTimer = _time.CreateTimer(static s => ((ConnectionAgeTracker)s!).OnGraceEnded(), this, grace, Timeout.InfiniteTimeSpan);

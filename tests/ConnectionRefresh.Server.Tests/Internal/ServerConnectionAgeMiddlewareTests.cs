@@ -630,6 +630,7 @@ public sealed class ServerConnectionAgeMiddlewareTests
 
         MiddlewareHarness.Counter(connection).CallStarted();
         Assert.Equal(1, connection.CloseRequests);
+        Assert.Equal(TimeSpan.FromSeconds(15), connection.Closing!.GracePeriod); // what the handlers are told
         harness.Advance(TimeSpan.FromSeconds(15) - OneMs);
         Assert.Equal(0, connection.Aborts);
 
