@@ -510,6 +510,26 @@ public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
         Assert.Equal(2, provider.GetRequiredService<IOptionsMonitor<ConnectionRefreshOptions>>().Get(nameof(TestClient)).ConnectionsPerEndpoint);
     }
 
+    [Theory]
+    [InlineData("Server")]
+    [InlineData("Kubernetes")]
+    public void ValidateOnStart_SiblingPackageSectionWithAnEmptyValue_IsNotAClientSetting(string sibling)
+    {
+        // ConnectionRefresh__Server= in the environment: the sibling package's section, set to nothing.
+        var services = new ServiceCollection();
+        services.AddSingleton<IConfiguration>(new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["ConnectionRefresh:ConnectionsPerEndpoint"] = "2",
+            ["ConnectionRefresh:" + sibling] = "",
+        }).Build());
+        GrpcClient(services).AddConnectionRefresh();
+        using var provider = services.BuildServiceProvider();
+
+        // Before: "Unknown ConnectionRefresh setting 'ConnectionRefresh:Server'".
+        ValidateOnStart(provider);
+        Assert.Equal(2, provider.GetRequiredService<IOptionsMonitor<ConnectionRefreshOptions>>().Get(nameof(TestClient)).ConnectionsPerEndpoint);
+    }
+
     [Fact]
     public void ValidateOnStart_UnparsableValue_FailsNamingKeyValueAndRange()
     {
