@@ -28,7 +28,8 @@ public static class ConnectionRefreshHttpClientBuilderExtensions
     /// <summary>
     /// Adds connection refresh with the settings of the <c>ConnectionRefresh</c> configuration section, when the
     /// application's <see cref="IConfiguration"/> has one, and the defaults of <see cref="ConnectionRefreshOptions"/> otherwise.
-    /// A section that is there but is not an object (a value, <c>""</c> or a list) fails at start-up.
+    /// A section that is there but is not an object (a value or a list) fails at start-up; an empty value
+    /// (<c>ConnectionRefresh=</c> in the environment, <c>""</c> or <c>[]</c> in JSON) sets nothing, as with Microsoft's binder.
     /// </summary>
     /// <param name="builder">The client's builder.</param>
     /// <returns>The same builder.</returns>
@@ -60,9 +61,9 @@ public static class ConnectionRefreshHttpClientBuilderExtensions
 
     /// <summary>
     /// Adds connection refresh with the settings of <paramref name="section"/>. A section that does not exist (a
-    /// misspelled path) or is not an object (a value, <c>""</c> or a list), unknown keys and values that do not parse
-    /// or are out of range fail at start-up. A section written as an empty object (<c>{}</c>) in the application's
-    /// configuration gives the defaults.
+    /// misspelled path) or is not an object (a value or a list), unknown keys and values that do not parse (an empty
+    /// setting among them) or are out of range fail at start-up. A section written as an empty object (<c>{}</c>) in the
+    /// application's configuration, or with an empty value (<c>""</c>, <c>[]</c>, an empty environment variable), gives the defaults.
     /// </summary>
     /// <param name="builder">The client's builder.</param>
     /// <param name="section">The configuration section, e.g. <c>configuration.GetSection("Clients:Greeter:ConnectionRefresh")</c>.</param>

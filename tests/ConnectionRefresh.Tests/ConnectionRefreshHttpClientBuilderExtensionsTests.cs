@@ -253,9 +253,6 @@ public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
             ("\"5m\"", "found the value '5m'"),
             ("3", "found the value '3'"),
             ("true", "found the value 'True'"),
-            // The JSON provider stores "" and [] alike: the key with the value "".
-            ("\"\"", "found an empty value"),
-            ("[]", "found an empty value"),
             ("""[ { "MaxConnectionAge": "00:05:00" } ]""", "found an array"),
             ("[ 1, 2 ]", "found an array"),
         };
@@ -283,11 +280,101 @@ public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
         _ = bySection ? client.AddConnectionRefresh(configuration.GetSection(path)) : client.AddConnectionRefresh();
         using var provider = services.BuildServiceProvider();
 
-        // Before: scalars and [] bound nothing and ran with the defaults; [ {...} ] failed as an unknown setting '...:0'.
+        // Before: scalars bound nothing and ran with the defaults; [ {...} ] failed as an unknown setting '...:0'.
         var failure = Assert.Throws<InvalidOperationException>(() => ValidateOnStart(provider));
         Assert.Contains($"ConnectionRefresh section '{path}'", failure.Message, StringComparison.Ordinal);
         Assert.Contains("must be an object of settings", failure.Message, StringComparison.Ordinal);
         Assert.Contains(found, failure.Message, StringComparison.Ordinal);
+    }
+
+    /// <summary>
+    /// A section with an empty value, for both overloads: the environment variable <c>ConnectionRefresh=</c> (the in-memory
+    /// provider stands in for it: an empty variable cannot be set from a test, .NET removes it), and JSON "" and [], which
+    /// the JSON provider stores as the same empty value.
+    /// </summary>
+    public static TheoryData<string, bool> SectionsWithAnEmptyValue()
+    {
+        var data = new TheoryData<string, bool>();
+        foreach (var source in new[] { "variable", "\"\"", "[]" })
+        {
+            data.Add(source, false);
+            data.Add(source, true);
+        }
+
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(SectionsWithAnEmptyValue))]
+    public void ValidateOnStart_SectionWithAnEmptyValue_UsesDefaultsAsTheBinderDoes(string source, bool bySection)
+    {
+        var path = bySection ? "Clients:Greeter:ConnectionRefresh" : "ConnectionRefresh";
+        IConfiguration configuration = source == "variable"
+            ? new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?> { [path] = "" }).Build()
+            : Json(bySection
+                ? $$"""{ "Clients": { "Greeter": { "ConnectionRefresh": {{source}} } } }"""
+                : $$"""{ "ConnectionRefresh": {{source}} }""");
+        var services = new ServiceCollection();
+        services.AddSingleton(configuration);
+        var client = GrpcClient(services);
+        _ = bySection ? client.AddConnectionRefresh(configuration.GetSection(path)) : client.AddConnectionRefresh();
+        using var provider = services.BuildServiceProvider();
+
+        // Before: failed start-up ("must be an object of settings; found an empty value"). Microsoft's binder sets nothing.
+        ValidateOnStart(provider);
+        var options = provider.GetRequiredService<IOptionsMonitor<ConnectionRefreshOptions>>().Get(nameof(TestClient));
+        Assert.Equal((1, TimeSpan.FromMinutes(2)), (options.ConnectionsPerEndpoint, options.MaxConnectionAge));
+    }
+
+    [Fact]
+    public void ValidateOnStart_EmptySectionVariableOverJsonSettings_BindsTheSettings()
+    {
+        // ConnectionRefresh= in the environment over an appsettings.json section: the empty value hides nothing.
+        var configuration = new ConfigurationBuilder()
+            .AddJsonStream(new MemoryStream(Encoding.UTF8.GetBytes("""{ "ConnectionRefresh": { "ConnectionsPerEndpoint": 3 } }""")))
+            .AddInMemoryCollection(new Dictionary<string, string?> { ["ConnectionRefresh"] = "", ["ConnectionRefresh:Server"] = "" })
+            .Build();
+        var services = new ServiceCollection();
+        services.AddSingleton<IConfiguration>(configuration);
+        GrpcClient(services).AddConnectionRefresh();
+        using var provider = services.BuildServiceProvider();
+
+        ValidateOnStart(provider);
+        Assert.Equal(3, provider.GetRequiredService<IOptionsMonitor<ConnectionRefreshOptions>>().Get(nameof(TestClient)).ConnectionsPerEndpoint);
+    }
+
+    [Theory]
+    [InlineData("MaxConnectionAge", "TimeSpan")]
+    [InlineData("MaxConnectionAgeJitter", "Double")]
+    [InlineData("ConnectionsPerEndpoint", "Int32")]
+    [InlineData("KeepAlivePingPolicy", "HttpKeepAlivePingPolicy")]
+    public void ValidateOnStart_EmptySetting_FailsAsTheBinderDoesSayingItIsEmpty(string key, string type)
+    {
+        var services = new ServiceCollection();
+        services.AddSingleton<IConfiguration>(new ConfigurationBuilder()
+            .AddInMemoryCollection(new Dictionary<string, string?> { ["ConnectionRefresh:" + key] = "" }).Build());
+        GrpcClient(services).AddConnectionRefresh();
+        using var provider = services.BuildServiceProvider();
+
+        // Microsoft's binder fails too ("Failed to convert configuration value '' ... to type 'System.TimeSpan'"): an empty
+        // setting is not "unset". The message says so and how to get the default.
+        var failure = Assert.Throws<InvalidOperationException>(() => ValidateOnStart(provider));
+        Assert.Contains($"'ConnectionRefresh:{key}' of HTTP client 'TestClient' is empty, which is not a valid {type}", failure.Message, StringComparison.Ordinal);
+        Assert.Contains("remove the key", failure.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void ValidateOnStart_EmptyMaxRequestsPerConnection_MeansNoLimit()
+    {
+        // A nullable setting: the binder sets null for "", which here is the default (no limit).
+        var services = new ServiceCollection();
+        services.AddSingleton<IConfiguration>(new ConfigurationBuilder()
+            .AddInMemoryCollection(new Dictionary<string, string?> { ["ConnectionRefresh:MaxRequestsPerConnection"] = "" }).Build());
+        GrpcClient(services).AddConnectionRefresh();
+        using var provider = services.BuildServiceProvider();
+
+        ValidateOnStart(provider);
+        Assert.Null(provider.GetRequiredService<IOptionsMonitor<ConnectionRefreshOptions>>().Get(nameof(TestClient)).MaxRequestsPerConnection);
     }
 
     [Fact]
@@ -419,6 +506,26 @@ public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
         GrpcClient(services).AddConnectionRefresh();
         using var provider = services.BuildServiceProvider();
 
+        ValidateOnStart(provider);
+        Assert.Equal(2, provider.GetRequiredService<IOptionsMonitor<ConnectionRefreshOptions>>().Get(nameof(TestClient)).ConnectionsPerEndpoint);
+    }
+
+    [Theory]
+    [InlineData("Server")]
+    [InlineData("Kubernetes")]
+    public void ValidateOnStart_SiblingPackageSectionWithAnEmptyValue_IsNotAClientSetting(string sibling)
+    {
+        // ConnectionRefresh__Server= in the environment: the sibling package's section, set to nothing.
+        var services = new ServiceCollection();
+        services.AddSingleton<IConfiguration>(new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["ConnectionRefresh:ConnectionsPerEndpoint"] = "2",
+            ["ConnectionRefresh:" + sibling] = "",
+        }).Build());
+        GrpcClient(services).AddConnectionRefresh();
+        using var provider = services.BuildServiceProvider();
+
+        // Before: "Unknown ConnectionRefresh setting 'ConnectionRefresh:Server'".
         ValidateOnStart(provider);
         Assert.Equal(2, provider.GetRequiredService<IOptionsMonitor<ConnectionRefreshOptions>>().Get(nameof(TestClient)).ConnectionsPerEndpoint);
     }

@@ -22,7 +22,7 @@ internal static class ConnectionRefreshConfiguration
         ThrowIfNotAnObject(section, clientName);
         foreach (var entry in section.GetChildren())
         {
-            if (SiblingSections.Contains(entry.Key) && entry.Value is null)
+            if (SiblingSections.Contains(entry.Key) && string.IsNullOrEmpty(entry.Value))
             {
                 continue;
             }
@@ -50,18 +50,17 @@ internal static class ConnectionRefreshConfiguration
     }
 
     /// <summary>
-    /// The section must be an object of settings. A scalar ("5m", 3) or "" counts as an existing section yet has no
-    /// settings, so it would run with the defaults in silence; the JSON provider stores [] as "" too. An array with
-    /// elements shows as the keys "0", "1", ..., which would otherwise fail as the unknown setting '...:0'.
+    /// The section must be an object of settings. A scalar ("5m", 3) counts as an existing section yet has no settings, so
+    /// it would run with the defaults in silence. An empty value is not one: as for Microsoft's binder it sets nothing (an
+    /// empty environment variable <c>ConnectionRefresh=</c>; the JSON provider stores "" and [] so), and any keys under it
+    /// still bind. An array with elements shows as the keys "0", "1", ..., which would otherwise fail as the unknown setting '...:0'.
     /// </summary>
     private static void ThrowIfNotAnObject(IConfigurationSection section, string clientName)
     {
         string found;
-        if (section.Value is { } value)
+        if (section.Value is { Length: > 0 } value)
         {
-            found = value.Length == 0
-                ? "found an empty value (in JSON, \"\" and [] both give one)"
-                : $"found the value '{value}'";
+            found = $"found the value '{value}'";
         }
         else
         {
@@ -143,10 +142,14 @@ internal static class ConnectionRefreshConfiguration
         }
         catch (Exception exception) when (exception is InvalidOperationException or FormatException)
         {
+            // An empty setting fails as it does with Microsoft's binder (it cannot convert "" to a TimeSpan, int or double);
+            // unlike an empty section it names one setting, which would otherwise silently keep its default.
+            var found = entry.Value is "" ? "is empty" : $"has the value '{entry.Value}'";
+            var unset = entry.Value is "" ? " To use the default, remove the key (an empty environment variable still sets it to empty)." : "";
             throw new InvalidOperationException(
-                $"ConnectionRefresh setting '{entry.Path}' of HTTP client '{clientName}' has the value '{entry.Value}', " +
+                $"ConnectionRefresh setting '{entry.Path}' of HTTP client '{clientName}' {found}, " +
                 $"which is not a valid {Nullable.GetUnderlyingType(property.PropertyType)?.Name ?? property.PropertyType.Name}; " +
-                $"allowed: {ConnectionRefreshOptionsValidator.AllowedRange(property.Name)}.",
+                $"allowed: {ConnectionRefreshOptionsValidator.AllowedRange(property.Name)}.{unset}",
                 exception);
         }
     }

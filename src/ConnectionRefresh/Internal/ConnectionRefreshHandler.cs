@@ -43,6 +43,35 @@ internal sealed class ConnectionRefreshHandler : HttpMessageHandler
         return SendAsync(slot, slot.Start(), request, cancellationToken);
     }
 
+    /// <summary>
+    /// HttpClient.Send: the same slot, lease and failure handling as <see cref="SendAsync(HttpRequestMessage, CancellationToken)"/>.
+    /// SocketsHttpHandler supports it for HTTP/1.1 only and refuses HTTP/2 with a NotSupportedException, passed on as is.
+    /// </summary>
+    protected override HttpResponseMessage Send(HttpRequestMessage request, CancellationToken cancellationToken)
+    {
+        cancellationToken.ThrowIfCancellationRequested();
+        var slot = PickSlot();
+        var generation = slot.Start();
+        var linked = Link(generation, cancellationToken);
+        HttpResponseMessage response;
+        try
+        {
+            response = generation.Send(request, linked?.Token ?? cancellationToken);
+        }
+        catch (Exception exception)
+        {
+            var replacement = Failed(exception, slot, generation, linked, cancellationToken);
+            if (replacement is null)
+            {
+                throw;
+            }
+
+            throw replacement;
+        }
+
+        return Track(request, response, slot, generation, linked);
+    }
+
     private ConnectionSlot PickSlot()
     {
         if (_slots.Length == 1)
@@ -59,9 +88,7 @@ internal sealed class ConnectionRefreshHandler : HttpMessageHandler
     private async Task<HttpResponseMessage> SendAsync(
         ConnectionSlot slot, HandlerGeneration generation, HttpRequestMessage request, CancellationToken cancellationToken)
     {
-        var linked = generation.CutToken.CanBeCanceled
-            ? CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, generation.CutToken)
-            : null;
+        var linked = Link(generation, cancellationToken);
         HttpResponseMessage response;
         try
         {
@@ -69,9 +96,7 @@ internal sealed class ConnectionRefreshHandler : HttpMessageHandler
         }
         catch (Exception exception)
         {
-            linked?.Dispose();
-            generation.Release();
-            var replacement = ConnectionFailures.OnCallFailed(exception, slot, generation, _telemetry, beforeResponse: true, cancellationToken);
+            var replacement = Failed(exception, slot, generation, linked, cancellationToken);
             if (replacement is null)
             {
                 throw;
@@ -80,6 +105,25 @@ internal sealed class ConnectionRefreshHandler : HttpMessageHandler
             throw replacement;
         }
 
+        return Track(request, response, slot, generation, linked);
+    }
+
+    private static CancellationTokenSource? Link(HandlerGeneration generation, CancellationToken cancellationToken)
+        => generation.CutToken.CanBeCanceled ? CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, generation.CutToken) : null;
+
+    /// <summary>Ends a call that failed before its response; returns the exception to throw instead, if any.</summary>
+    private Exception? Failed(
+        Exception exception, ConnectionSlot slot, HandlerGeneration generation, CancellationTokenSource? linked, CancellationToken cancellationToken)
+    {
+        linked?.Dispose();
+        generation.Release();
+        return ConnectionFailures.OnCallFailed(exception, slot, generation, _telemetry, beforeResponse: true, cancellationToken);
+    }
+
+    /// <summary>Ties the response to its generation until its body ends.</summary>
+    private static HttpResponseMessage Track(
+        HttpRequestMessage request, HttpResponseMessage response, ConnectionSlot slot, HandlerGeneration generation, CancellationTokenSource? linked)
+    {
         // A HEAD response has no body: its stream ended with the headers. HttpClient does not read it and callers often
         // leave it undisposed, so the call ends here rather than hold its connection forever.
         if (request.Method == HttpMethod.Head)

@@ -8,4 +8,7 @@ internal sealed class GenerationHandler(HttpMessageHandler inner) : DelegatingHa
 {
     public Task<HttpResponseMessage> ForwardAsync(HttpRequestMessage request, CancellationToken cancellationToken)
         => SendAsync(request, cancellationToken);
+
+    public HttpResponseMessage Forward(HttpRequestMessage request, CancellationToken cancellationToken)
+        => Send(request, cancellationToken);
 }

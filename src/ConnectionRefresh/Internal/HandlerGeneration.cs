@@ -111,6 +111,9 @@ internal sealed class HandlerGeneration
     public Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
         => _handler.ForwardAsync(request, cancellationToken);
 
+    public HttpResponseMessage Send(HttpRequestMessage request, CancellationToken cancellationToken)
+        => _handler.Forward(request, cancellationToken);
+
     /// <summary>Retires once: no new calls; the slot's lease is released so the last call disposes the handler.</summary>
     public bool Retire(RetirementReason reason)
     {
