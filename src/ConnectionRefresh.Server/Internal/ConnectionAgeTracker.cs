@@ -54,6 +54,10 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
     private bool _closingFired;
     private bool _closedAtShutdown;
     private TimeSpan _gracePeriod;
+
+    // How long the calls get from the start of this package's own close before the abort: the grace, or the age plus
+    // the grace for a close put off to the first call. Fixed when the close is recorded; logged when it ends.
+    private TimeSpan _closeGrace;
     private bool _graceEnded;
     private bool _aborted;
     private bool _ended;
@@ -148,6 +152,7 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
         bool abortNow;
         int activeCalls;
         CloseReason reason;
+        TimeSpan grace;
         lock (_gate)
         {
             // The idle timer is left running: when it fires it sees the call and does nothing; the end of the
@@ -163,7 +168,8 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
                 // Closed at its age, the connection would have carried no call, and this first call would have run on a
                 // new connection, for that one's age and grace: it gets as long here. The grace alone (0, say) would cut
                 // it at once. Set before the token fires, so that its callbacks read it.
-                _gracePeriod = _maxAge + _settings.Grace;
+                _closeGrace = _maxAge + _settings.Grace;
+                _gracePeriod = _closeGrace;
             }
 
             // The grace ended while no call ran (see OnGraceEnded): a call starting now has outlived it.
@@ -171,16 +177,17 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
             _aborted |= abortNow;
             activeCalls = _activeCalls;
             reason = _reason;
+            grace = _closeGrace;
         }
 
         if (closeNow)
         {
-            CarryOutClose(CloseReason.MaxAge, atFirstCall: true);
+            CarryOutClose(CloseReason.MaxAge);
         }
 
         if (abortNow)
         {
-            CarryOutAbort(activeCalls, reason);
+            CarryOutAbort(activeCalls, reason, grace);
         }
     }
 
@@ -343,6 +350,7 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
 
         _reason = reason;
         _closingFired = true;
+        _closeGrace = _settings.Grace;
         _ageTimer?.Dispose();
         _ageTimer = null;
         _idleTimer?.Dispose();
@@ -352,8 +360,7 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
 
     /// <summary>The side effects of a close that <see cref="TryStartCloseLocked"/> recorded; outside the lock.</summary>
     /// <param name="reason">Why.</param>
-    /// <param name="atFirstCall">The close was put off from the connection's age to its first call, which runs now.</param>
-    private void CarryOutClose(CloseReason reason, bool atFirstCall = false)
+    private void CarryOutClose(CloseReason reason)
     {
         CloseDecided?.Invoke();
         var age = _time.GetElapsedTime(_openedAt);
@@ -378,8 +385,11 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
             return;
         }
 
-        // A close put off to the first call gives the calls the age plus the grace (set by CallStarted).
-        var grace = atFirstCall ? GracePeriod : _settings.Grace;
+        TimeSpan grace;
+        lock (_gate)
+        {
+            grace = _closeGrace;
+        }
 
         // Created outside the lock: with a zero grace the callback may run at once, on this thread.
         var graceTimer = _time.CreateTimer(static s => ((ConnectionAgeTracker)s!).OnGraceEnded(), this, grace, Timeout.InfiniteTimeSpan);
@@ -401,6 +411,7 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
         bool abort;
         int activeCalls;
         CloseReason reason;
+        TimeSpan grace;
         lock (_gate)
         {
             if (_ended || _aborted)
@@ -418,6 +429,7 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
             _aborted = abort;
             activeCalls = _activeCalls;
             reason = _reason;
+            grace = _closeGrace;
         }
 
         if (!abort)
@@ -440,25 +452,28 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
             return;
         }
 
-        CarryOutAbort(activeCalls, reason);
+        CarryOutAbort(activeCalls, reason, grace);
     }
 
     /// <summary>The side effects of an abort recorded under <see cref="_gate"/>; outside the lock.</summary>
-    private void CarryOutAbort(int activeCalls, CloseReason reason)
+    /// <param name="activeCalls">The calls running.</param>
+    /// <param name="reason">Why the connection was closed.</param>
+    /// <param name="grace">The time the calls got since the close started (<see cref="_closeGrace"/>), not the setting alone.</param>
+    private void CarryOutAbort(int activeCalls, CloseReason reason, TimeSpan grace)
     {
         if (_settings.CallsCounted)
         {
-            ServerConnectionAgeLog.GraceExpired(_logger, _connection.ConnectionId, activeCalls, _settings.Grace);
+            ServerConnectionAgeLog.GraceExpired(_logger, _connection.ConnectionId, activeCalls, grace);
         }
         else
         {
             // Nothing counts the calls: a count of 0 would be a false statement about a connection still in use.
-            ServerConnectionAgeLog.GraceExpiredCallsNotCounted(_logger, _connection.ConnectionId, _settings.Grace);
+            ServerConnectionAgeLog.GraceExpiredCallsNotCounted(_logger, _connection.ConnectionId, grace);
         }
 
         _metrics.Aborted(reason);
         _connection.Abort(new ConnectionAbortedException(
-            $"The connection was aborted because calls still ran when its grace period ({_settings.Grace}) ended."));
+            $"The connection was aborted because calls still ran when its grace period ({grace}) ended."));
     }
 
     private void DisposeTimers()

@@ -639,6 +639,24 @@ public sealed class ServerConnectionAgeMiddlewareTests
     }
 
     [Fact]
+    public void OnConnectionAsync_AgeReachedBeforeFirstCall_AbortLogNamesAgePlusGraceTheCallsGot()
+    {
+        // The abort of a close put off to the first call comes after the age plus the grace (15 s): the warning and the
+        // abort reason must say so, not name the grace setting (5 s), which the calls outlived threefold.
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10), grace: TimeSpan.FromSeconds(5)), callsCounted: true);
+        var connection = harness.Open();
+        harness.Advance(TimeSpan.FromMinutes(5));
+        MiddlewareHarness.Counter(connection).CallStarted();
+
+        harness.Advance(TimeSpan.FromSeconds(15));
+
+        Assert.Equal(1, connection.Aborts);
+        var warning = Assert.Single(harness.Logger.Collector.GetSnapshot(), r => r.Id.Id == 3);
+        Assert.Equal(TimeSpan.FromSeconds(15).ToString(), warning.GetStructuredStateValue("Grace"));
+        Assert.Contains("00:00:15", connection.AbortReason!.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void OnConnectionAsync_CallsCountedAndConnectionUsed_ClosesAtMaxAge()
     {
         using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10)), callsCounted: true);
