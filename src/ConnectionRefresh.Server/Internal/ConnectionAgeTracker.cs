@@ -52,6 +52,7 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
     private long _idleSince;
     private CloseReason _reason;
     private bool _closingFired;
+    private long? _kestrelClosingAt;
     private bool _closedAtShutdown;
     private TimeSpan _gracePeriod;
 
@@ -89,8 +90,10 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
     public CancellationToken ConnectionClosing => _closingToken;
 
     /// <summary>
-    /// <see cref="ConnectionAgeSettings.Grace"/>; for a close Kestrel started (first), the host's shutdown timeout at
-    /// shutdown, and infinite otherwise (Kestrel never cuts the calls of a connection it was asked to close).
+    /// <see cref="ConnectionAgeSettings.Grace"/> (the age plus the grace for a close put off to the first call); for a
+    /// close Kestrel started (first), the host's shutdown timeout at shutdown, and infinite otherwise (Kestrel never
+    /// cuts the calls of a connection it was asked to close), until this package's own close, if it starts later, sets
+    /// an earlier end: then the time from Kestrel's close to the end of this package's grace.
     /// </summary>
     public TimeSpan GracePeriod
     {
@@ -161,16 +164,13 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
 
             // The connection reached its age before its first call: close it now, while this call runs. Kestrel then
             // sends a GOAWAY that still admits streams in flight, and this call completes normally.
-            closeNow = _agedBeforeFirstCall && !_hadCall && TryStartCloseLocked(CloseReason.MaxAge);
+            // Closed at its age, the connection would have carried no call, and this first call would have run on a
+            // new connection, for that one's age and grace: it gets as long here. The grace alone (0, say) would cut it
+            // at once.
+            closeNow = _agedBeforeFirstCall && !_hadCall && TryStartCloseLocked(
+                CloseReason.MaxAge,
+                _settings.Grace == Timeout.InfiniteTimeSpan ? Timeout.InfiniteTimeSpan : _maxAge + _settings.Grace);
             _hadCall = true;
-            if (closeNow && _settings.Grace != Timeout.InfiniteTimeSpan)
-            {
-                // Closed at its age, the connection would have carried no call, and this first call would have run on a
-                // new connection, for that one's age and grace: it gets as long here. The grace alone (0, say) would cut
-                // it at once. Set before the token fires, so that its callbacks read it.
-                _closeGrace = _maxAge + _settings.Grace;
-                _gracePeriod = _closeGrace;
-            }
 
             // The grace ended while no call ran (see OnGraceEnded): a call starting now has outlived it.
             abortNow = _graceEnded && !_aborted && !_ended;
@@ -258,7 +258,7 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
                 return;
             }
 
-            if (!TryStartCloseLocked(CloseReason.MaxAge))
+            if (!TryStartCloseLocked(CloseReason.MaxAge, _settings.Grace))
             {
                 return;
             }
@@ -285,7 +285,7 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
             }
 
             // Recorded before the lock is released: a call that starts from now on finds the connection closing.
-            if (!TryStartCloseLocked(CloseReason.MaxIdle))
+            if (!TryStartCloseLocked(CloseReason.MaxIdle, _settings.Grace))
             {
                 return;
             }
@@ -312,6 +312,7 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
             }
 
             _closingFired = true;
+            _kestrelClosingAt = _time.GetTimestamp();
             _closedAtShutdown = stopping;
             _gracePeriod = stopping ? _hostStopping.ShutdownTimeout : Timeout.InfiniteTimeSpan;
         }
@@ -340,7 +341,9 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
     /// Under <see cref="_gate"/>: records that the graceful close starts, unless one already started or the
     /// connection ended; the caller then runs <see cref="CarryOutClose"/> outside the lock.
     /// </summary>
-    private bool TryStartCloseLocked(CloseReason reason)
+    /// <param name="reason">Why.</param>
+    /// <param name="grace">How long the calls get from now before the abort.</param>
+    private bool TryStartCloseLocked(CloseReason reason, TimeSpan grace)
     {
         Debug.Assert(_gate.IsHeldByCurrentThread, "called under the lock");
         if (_reason != CloseReason.None || _ended)
@@ -350,7 +353,23 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
 
         _reason = reason;
         _closingFired = true;
-        _closeGrace = _settings.Grace;
+        _closeGrace = grace;
+        if (_kestrelClosingAt is not { } kestrelClosingAt)
+        {
+            // Set before the token fires, so that its callbacks read it.
+            _gracePeriod = grace;
+        }
+        else if (grace != Timeout.InfiniteTimeSpan)
+        {
+            // The token fired already, when Kestrel started closing (at shutdown, or asked by the application): the
+            // calls run until the earlier of Kestrel's end (its shutdown timeout) and this grace's, counted from then.
+            var untilGraceEnds = _time.GetElapsedTime(kestrelClosingAt) + grace;
+            if (_gracePeriod == Timeout.InfiniteTimeSpan || untilGraceEnds < _gracePeriod)
+            {
+                _gracePeriod = untilGraceEnds;
+            }
+        }
+
         _ageTimer?.Dispose();
         _ageTimer = null;
         _idleTimer?.Dispose();
