@@ -100,6 +100,15 @@ internal sealed class SilentConnectionCloser
 
             try
             {
+                // Bytes the transport has not received from the socket yet (a hop through Kestrel's I/O queue, longer
+                // on a busy machine): the client has just begun to use the connection, whose handshake a FIN would fail.
+                // Kestrel's GOAWAY then refuses its call, which the client retries elsewhere. Bytes already in Kestrel's
+                // pipe but not yet read by it cannot be seen from here: a window of one thread-pool hop remains.
+                if (socket.Available > 0)
+                {
+                    continue;
+                }
+
                 socket.Shutdown(SocketShutdown.Send);
             }
             catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
