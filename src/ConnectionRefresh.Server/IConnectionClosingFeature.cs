@@ -33,7 +33,10 @@ public interface IConnectionClosingFeature
     /// <c>HostOptions.ShutdownTimeout</c> (30 s by default; counted from the start of the shutdown, so an upper bound),
     /// after which Kestrel aborts what still runs; when the application's own code asked for the close,
     /// <see cref="Timeout.InfiniteTimeSpan"/> (Kestrel does not cut the calls). The connection's age and its grace
-    /// still apply during a shutdown, and may cut a call sooner.
+    /// still apply after such a close: when the connection reaches its age later and the end of that grace comes first,
+    /// the value changes to the time from when <see cref="ConnectionClosing"/> fired to the end of that grace. A shutdown
+    /// that begins after a close by age or idleness does not change it, but Kestrel still aborts what runs when the
+    /// shutdown timeout ends.
     /// </summary>
     TimeSpan GracePeriod { get; }
 }

@@ -52,8 +52,13 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
     private long _idleSince;
     private CloseReason _reason;
     private bool _closingFired;
+    private long? _kestrelClosingAt;
     private bool _closedAtShutdown;
     private TimeSpan _gracePeriod;
+
+    // How long the calls get from the start of this package's own close before the abort: the grace, or the age plus
+    // the grace for a close put off to the first call. Fixed when the close is recorded; logged when it ends.
+    private TimeSpan _closeGrace;
     private bool _graceEnded;
     private bool _aborted;
     private bool _ended;
@@ -85,8 +90,10 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
     public CancellationToken ConnectionClosing => _closingToken;
 
     /// <summary>
-    /// <see cref="ConnectionAgeSettings.Grace"/>; for a close Kestrel started (first), the host's shutdown timeout at
-    /// shutdown, and infinite otherwise (Kestrel never cuts the calls of a connection it was asked to close).
+    /// <see cref="ConnectionAgeSettings.Grace"/> (the age plus the grace for a close put off to the first call); for a
+    /// close Kestrel started (first), the host's shutdown timeout at shutdown, and infinite otherwise (Kestrel never
+    /// cuts the calls of a connection it was asked to close), until this package's own close, if it starts later, sets
+    /// an earlier end: then the time from Kestrel's close to the end of this package's grace.
     /// </summary>
     public TimeSpan GracePeriod
     {
@@ -148,6 +155,7 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
         bool abortNow;
         int activeCalls;
         CloseReason reason;
+        TimeSpan grace;
         lock (_gate)
         {
             // The idle timer is left running: when it fires it sees the call and does nothing; the end of the
@@ -156,31 +164,30 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
 
             // The connection reached its age before its first call: close it now, while this call runs. Kestrel then
             // sends a GOAWAY that still admits streams in flight, and this call completes normally.
-            closeNow = _agedBeforeFirstCall && !_hadCall && TryStartCloseLocked(CloseReason.MaxAge);
+            // Closed at its age, the connection would have carried no call, and this first call would have run on a
+            // new connection, for that one's age and grace: it gets as long here. The grace alone (0, say) would cut it
+            // at once.
+            closeNow = _agedBeforeFirstCall && !_hadCall && TryStartCloseLocked(
+                CloseReason.MaxAge,
+                _settings.Grace == Timeout.InfiniteTimeSpan ? Timeout.InfiniteTimeSpan : _maxAge + _settings.Grace);
             _hadCall = true;
-            if (closeNow && _settings.Grace != Timeout.InfiniteTimeSpan)
-            {
-                // Closed at its age, the connection would have carried no call, and this first call would have run on a
-                // new connection, for that one's age and grace: it gets as long here. The grace alone (0, say) would cut
-                // it at once. Set before the token fires, so that its callbacks read it.
-                _gracePeriod = _maxAge + _settings.Grace;
-            }
 
             // The grace ended while no call ran (see OnGraceEnded): a call starting now has outlived it.
             abortNow = _graceEnded && !_aborted && !_ended;
             _aborted |= abortNow;
             activeCalls = _activeCalls;
             reason = _reason;
+            grace = _closeGrace;
         }
 
         if (closeNow)
         {
-            CarryOutClose(CloseReason.MaxAge, atFirstCall: true);
+            CarryOutClose(CloseReason.MaxAge);
         }
 
         if (abortNow)
         {
-            CarryOutAbort(activeCalls, reason);
+            CarryOutAbort(activeCalls, reason, grace);
         }
     }
 
@@ -251,7 +258,7 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
                 return;
             }
 
-            if (!TryStartCloseLocked(CloseReason.MaxAge))
+            if (!TryStartCloseLocked(CloseReason.MaxAge, _settings.Grace))
             {
                 return;
             }
@@ -278,7 +285,7 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
             }
 
             // Recorded before the lock is released: a call that starts from now on finds the connection closing.
-            if (!TryStartCloseLocked(CloseReason.MaxIdle))
+            if (!TryStartCloseLocked(CloseReason.MaxIdle, _settings.Grace))
             {
                 return;
             }
@@ -305,6 +312,7 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
             }
 
             _closingFired = true;
+            _kestrelClosingAt = _time.GetTimestamp();
             _closedAtShutdown = stopping;
             _gracePeriod = stopping ? _hostStopping.ShutdownTimeout : Timeout.InfiniteTimeSpan;
         }
@@ -333,7 +341,9 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
     /// Under <see cref="_gate"/>: records that the graceful close starts, unless one already started or the
     /// connection ended; the caller then runs <see cref="CarryOutClose"/> outside the lock.
     /// </summary>
-    private bool TryStartCloseLocked(CloseReason reason)
+    /// <param name="reason">Why.</param>
+    /// <param name="grace">How long the calls get from now before the abort.</param>
+    private bool TryStartCloseLocked(CloseReason reason, TimeSpan grace)
     {
         Debug.Assert(_gate.IsHeldByCurrentThread, "called under the lock");
         if (_reason != CloseReason.None || _ended)
@@ -343,6 +353,23 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
 
         _reason = reason;
         _closingFired = true;
+        _closeGrace = grace;
+        if (_kestrelClosingAt is not { } kestrelClosingAt)
+        {
+            // Set before the token fires, so that its callbacks read it.
+            _gracePeriod = grace;
+        }
+        else if (grace != Timeout.InfiniteTimeSpan)
+        {
+            // The token fired already, when Kestrel started closing (at shutdown, or asked by the application): the
+            // calls run until the earlier of Kestrel's end (its shutdown timeout) and this grace's, counted from then.
+            var untilGraceEnds = _time.GetElapsedTime(kestrelClosingAt) + grace;
+            if (_gracePeriod == Timeout.InfiniteTimeSpan || untilGraceEnds < _gracePeriod)
+            {
+                _gracePeriod = untilGraceEnds;
+            }
+        }
+
         _ageTimer?.Dispose();
         _ageTimer = null;
         _idleTimer?.Dispose();
@@ -352,8 +379,7 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
 
     /// <summary>The side effects of a close that <see cref="TryStartCloseLocked"/> recorded; outside the lock.</summary>
     /// <param name="reason">Why.</param>
-    /// <param name="atFirstCall">The close was put off from the connection's age to its first call, which runs now.</param>
-    private void CarryOutClose(CloseReason reason, bool atFirstCall = false)
+    private void CarryOutClose(CloseReason reason)
     {
         CloseDecided?.Invoke();
         var age = _time.GetElapsedTime(_openedAt);
@@ -378,8 +404,11 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
             return;
         }
 
-        // A close put off to the first call gives the calls the age plus the grace (set by CallStarted).
-        var grace = atFirstCall ? GracePeriod : _settings.Grace;
+        TimeSpan grace;
+        lock (_gate)
+        {
+            grace = _closeGrace;
+        }
 
         // Created outside the lock: with a zero grace the callback may run at once, on this thread.
         var graceTimer = _time.CreateTimer(static s => ((ConnectionAgeTracker)s!).OnGraceEnded(), this, grace, Timeout.InfiniteTimeSpan);
@@ -401,6 +430,7 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
         bool abort;
         int activeCalls;
         CloseReason reason;
+        TimeSpan grace;
         lock (_gate)
         {
             if (_ended || _aborted)
@@ -418,6 +448,7 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
             _aborted = abort;
             activeCalls = _activeCalls;
             reason = _reason;
+            grace = _closeGrace;
         }
 
         if (!abort)
@@ -440,25 +471,28 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
             return;
         }
 
-        CarryOutAbort(activeCalls, reason);
+        CarryOutAbort(activeCalls, reason, grace);
     }
 
     /// <summary>The side effects of an abort recorded under <see cref="_gate"/>; outside the lock.</summary>
-    private void CarryOutAbort(int activeCalls, CloseReason reason)
+    /// <param name="activeCalls">The calls running.</param>
+    /// <param name="reason">Why the connection was closed.</param>
+    /// <param name="grace">The time the calls got since the close started (<see cref="_closeGrace"/>), not the setting alone.</param>
+    private void CarryOutAbort(int activeCalls, CloseReason reason, TimeSpan grace)
     {
         if (_settings.CallsCounted)
         {
-            ServerConnectionAgeLog.GraceExpired(_logger, _connection.ConnectionId, activeCalls, _settings.Grace);
+            ServerConnectionAgeLog.GraceExpired(_logger, _connection.ConnectionId, activeCalls, grace);
         }
         else
         {
             // Nothing counts the calls: a count of 0 would be a false statement about a connection still in use.
-            ServerConnectionAgeLog.GraceExpiredCallsNotCounted(_logger, _connection.ConnectionId, _settings.Grace);
+            ServerConnectionAgeLog.GraceExpiredCallsNotCounted(_logger, _connection.ConnectionId, grace);
         }
 
         _metrics.Aborted(reason);
         _connection.Abort(new ConnectionAbortedException(
-            $"The connection was aborted because calls still ran when its grace period ({_settings.Grace}) ended."));
+            $"The connection was aborted because calls still ran when its grace period ({grace}) ended."));
     }
 
     private void DisposeTimers()

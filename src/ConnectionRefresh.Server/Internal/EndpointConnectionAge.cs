@@ -55,8 +55,13 @@ internal static class EndpointConnectionAge
         var metrics = services?.GetService<ServerConnectionAgeMetrics>()
             ?? new ServerConnectionAgeMetrics(services?.GetService<IMeterFactory>());
         var logger = (services?.GetService<ILoggerFactory>() ?? NullLoggerFactory.Instance).CreateLogger(LoggerCategory);
-        var closer = new SilentConnectionCloser(services?.GetService<IHostApplicationLifetime>());
         return new ServerConnectionAgeMiddleware(
-            next, settings, time, metrics, logger, silentCloser: closer, hostStopping: HostStopping.From(services));
+            next,
+            settings,
+            time,
+            metrics,
+            logger,
+            silentCloser: SilentConnectionCloser.For(services?.GetService<IHostApplicationLifetime>()),
+            hostStopping: HostStopping.From(services));
     }
 }

@@ -47,6 +47,9 @@ internal sealed class ServerConnectionAgeMiddleware
         _random = random ?? Random.Shared;
     }
 
+    /// <summary>Test seam: the host's closer of silent connections at shutdown, if any.</summary>
+    internal SilentConnectionCloser? SilentCloser => _silentCloser;
+
     public async Task OnConnectionAsync(ConnectionContext connection)
     {
         var lifetime = connection.Features.Get<IConnectionLifetimeNotificationFeature>();

@@ -1,4 +1,5 @@
 using System.Net.Sockets;
+using System.Runtime.CompilerServices;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Connections.Features;
 using Microsoft.Extensions.Hosting;
@@ -15,16 +16,44 @@ namespace ConnectionRefresh.Server.Internal;
 /// in place of SETTINGS at the same moment, and the close follows; a check of the spare made before the close arrives
 /// finds it open and hands it over, and SocketsHttpHandler fails the call that asked for it. Closed at
 /// <c>ApplicationStopping</c>, which the host raises before it stops Kestrel, the spare's end is on its way before the
-/// GOAWAY that makes the client look at it. Thread safety: the set is guarded by its own lock.
+/// GOAWAY that makes the client look at it. One per host (<see cref="For"/>), shared by all of its endpoints.
+/// Thread safety: the set is guarded by its own lock; the table of hosts by <see cref="PerHostGate"/>.
 /// </remarks>
 internal sealed class SilentConnectionCloser
 {
+    // One closer per host, not per endpoint build: Kestrel builds an endpoint's connection pipeline each time it binds
+    // it (a configuration reload rebinds the changed endpoints), and a closer per build would stay registered on
+    // ApplicationStopping, so reachable, for the host's life. Weak keys: the entry goes with the host.
+    private static readonly ConditionalWeakTable<IHostApplicationLifetime, SilentConnectionCloser> PerHost = new();
+    private static readonly Lock PerHostGate = new();
+
     private readonly Lock _gate = new();
     private readonly Dictionary<ConnectionContext, LingeringTransport> _connections = [];
     private bool _stopping;
 
-    public SilentConnectionCloser(IHostApplicationLifetime? lifetime) =>
-        lifetime?.ApplicationStopping.Register(static state => ((SilentConnectionCloser)state!).CloseSilent(), this);
+    private SilentConnectionCloser(IHostApplicationLifetime lifetime) =>
+        lifetime.ApplicationStopping.Register(static state => ((SilentConnectionCloser)state!).CloseSilent(), this);
+
+    /// <summary>The host's closer, created (and registered on ApplicationStopping) once; none without a host.</summary>
+    public static SilentConnectionCloser? For(IHostApplicationLifetime? lifetime)
+    {
+        if (lifetime is null)
+        {
+            return null;
+        }
+
+        // Under a lock rather than ConditionalWeakTable.GetValue, whose factory may run twice: each run registers.
+        lock (PerHostGate)
+        {
+            if (!PerHost.TryGetValue(lifetime, out var closer))
+            {
+                closer = new SilentConnectionCloser(lifetime);
+                PerHost.Add(lifetime, closer);
+            }
+
+            return closer;
+        }
+    }
 
     /// <summary>Adds a connection; false when the application is already stopping (then nothing is tracked).</summary>
     public bool Add(ConnectionContext connection, LingeringTransport transport)
@@ -71,6 +100,15 @@ internal sealed class SilentConnectionCloser
 
             try
             {
+                // Bytes the transport has not received from the socket yet (a hop through Kestrel's I/O queue, longer
+                // on a busy machine): the client has just begun to use the connection, whose handshake a FIN would fail.
+                // Kestrel's GOAWAY then refuses its call, which the client retries elsewhere. Bytes already in Kestrel's
+                // pipe but not yet read by it cannot be seen from here: a window of one thread-pool hop remains.
+                if (socket.Available > 0)
+                {
+                    continue;
+                }
+
                 socket.Shutdown(SocketShutdown.Send);
             }
             catch (Exception ex) when (ex is SocketException or ObjectDisposedException)

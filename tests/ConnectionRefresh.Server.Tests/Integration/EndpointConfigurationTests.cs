@@ -1,9 +1,14 @@
+using System.Collections.Concurrent;
 using ConnectionRefresh.Protos;
 using ConnectionRefresh.Server.Internal;
 using ConnectionRefresh.Server.Tests.TestSupport;
 using Grpc.Core;
 using Grpc.Net.Client;
+using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Time.Testing;
 
 namespace ConnectionRefresh.Server.Tests.Integration;
@@ -85,5 +90,53 @@ public sealed class EndpointConfigurationTests
         // connection's is the only one now.
         var age = Assert.Single(host.Ages.GetMeasurementSnapshot());
         Assert.Equal("max_age", age.Tags[ServerConnectionAgeMetrics.ReasonTag]);
+    }
+
+    [Fact]
+    public async Task UseServerConnectionAge_EndpointsRebuiltByAConfigurationReload_OneSilentCloserPerHost()
+    {
+        // Kestrel builds an endpoint's connection pipeline at each bind; a configuration reload rebinds the endpoints it
+        // changed. The closer of silent connections at shutdown registers on ApplicationStopping, so one per build
+        // would stay reachable for the host's life: every build must share the host's one closer.
+        var configuration = new ConfigurationBuilder()
+            .AddInMemoryCollection(new Dictionary<string, string?>
+            {
+                ["Kestrel:Endpoints:Grpc:Url"] = "http://127.0.0.1:0",
+                ["Kestrel:Endpoints:Grpc:Protocols"] = "Http2",
+                ["Kestrel:Endpoints:Other:Url"] = "http://127.0.0.1:0",
+                ["Kestrel:Endpoints:Other:Protocols"] = "Http2",
+            })
+            .Build();
+        var middlewares = new ConcurrentQueue<object?>();
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        builder.Services.AddServerConnectionAge();
+        builder.WebHost.ConfigureKestrel(kestrel =>
+        {
+            kestrel.Configure(configuration.GetSection("Kestrel"), reloadOnChange: true);
+            kestrel.ConfigureEndpointDefaults(listen =>
+            {
+                // Added first, so its "next" is the connection age middleware's delegate.
+                listen.Use(next =>
+                {
+                    middlewares.Enqueue(next.Target);
+                    return next;
+                });
+                listen.UseServerConnectionAge();
+            });
+        });
+        await using var app = builder.Build();
+        await app.StartAsync();
+        Assert.Equal(2, middlewares.Count);
+
+        configuration["Kestrel:Endpoints:Grpc:Protocols"] = "Http1AndHttp2";
+        configuration.Reload();
+
+        // Kestrel rebinds on the reload token's callback, on its own; on a loaded machine that may take seconds.
+        await Poll.UntilAsync(() => middlewares.Count == 3, "Kestrel to rebind the changed endpoint");
+        var closers = middlewares.Select(m => Assert.IsType<ServerConnectionAgeMiddleware>(m).SilentCloser).ToList();
+        Assert.NotNull(closers[0]);
+        Assert.All(closers, closer => Assert.Same(closers[0], closer));
+        await app.StopAsync();
     }
 }

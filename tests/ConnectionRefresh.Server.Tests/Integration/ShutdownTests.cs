@@ -200,6 +200,41 @@ public sealed class ShutdownTests
     }
 
     [Fact]
+    public async Task StopAsync_BidiStreamEndsOnTheClosingToken_EndsWithStatusOkLongBeforeTheShutdownTimeout()
+    {
+        // The same for a bidirectional stream (the README's Chat): the client has sent a request, got its reply and keeps
+        // its request stream open; the method waits for the next request with a token linked to the closing token. At
+        // the shutdown's GOAWAY that read must be cancelled, and the call end with OK, not be cut at the shutdown timeout.
+        var shutdownTimeout = TimeSpan.FromSeconds(60);
+        await using var host = await GreeterTestHost.StartAsync(
+            _ => { },
+            services: services => services.Configure<HostOptions>(o => o.ShutdownTimeout = shutdownTimeout));
+        using var channel = GrpcChannel.ForAddress(host.Address);
+        var client = new Greeter.GreeterClient(channel);
+        using var callTimeout = new CancellationTokenSource(shutdownTimeout - TimeSpan.FromSeconds(10));
+        using var call = client.Chat(cancellationToken: callTimeout.Token);
+        await call.RequestStream.WriteAsync(new HelloRequest { Name = TestGreeterService.UntilClosing });
+        Assert.True(await call.ResponseStream.MoveNext(), "the chat answers");
+        Assert.Equal(0, call.ResponseStream.Current.Sequence);
+
+        var stopwatch = Stopwatch.StartNew();
+        var stopping = host.StopAsync();
+        Assert.False(await call.ResponseStream.MoveNext(), "the chat ends without another reply");
+        var streamEndedAfter = stopwatch.Elapsed;
+        Assert.Equal(StatusCode.OK, call.GetStatus().StatusCode);
+        await Poll.WithTimeout(stopping, "the host to stop");
+        var stopTook = stopwatch.Elapsed;
+
+        // Without the token the chat would end only at the shutdown timeout's abort (60 s); loaded machines get 15 s.
+        Assert.True(streamEndedAfter < TimeSpan.FromSeconds(15), $"the chat ended {streamEndedAfter} after StopAsync began");
+        Assert.True(stopTook < TimeSpan.FromSeconds(15), $"StopAsync took {stopTook}");
+        await Poll.WithTimeout(host.Probe.ClosingObserved.Task, "the handler to see the closing token");
+        Assert.Equal(shutdownTimeout, host.Probe.GracePeriodAtClosing);
+        Assert.Equal(0, host.AbortCount);
+        Assert.Equal("shutdown", Assert.Single(host.Ages.GetMeasurementSnapshot()).Tags[ServerConnectionAgeMetrics.ReasonTag]);
+    }
+
+    [Fact]
     public async Task OnConnectionAsync_ConnectionEndsNormallyWhileTheHostRuns_HostKeepsNoReferenceToIt()
     {
         // The shutdown signal must not cost a registration (on ApplicationStopping, or in the endpoint's table of

@@ -639,6 +639,24 @@ public sealed class ServerConnectionAgeMiddlewareTests
     }
 
     [Fact]
+    public void OnConnectionAsync_AgeReachedBeforeFirstCall_AbortLogNamesAgePlusGraceTheCallsGot()
+    {
+        // The abort of a close put off to the first call comes after the age plus the grace (15 s): the warning and the
+        // abort reason must say so, not name the grace setting (5 s), which the calls outlived threefold.
+        using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10), grace: TimeSpan.FromSeconds(5)), callsCounted: true);
+        var connection = harness.Open();
+        harness.Advance(TimeSpan.FromMinutes(5));
+        MiddlewareHarness.Counter(connection).CallStarted();
+
+        harness.Advance(TimeSpan.FromSeconds(15));
+
+        Assert.Equal(1, connection.Aborts);
+        var warning = Assert.Single(harness.Logger.Collector.GetSnapshot(), r => r.Id.Id == 3);
+        Assert.Equal(TimeSpan.FromSeconds(15).ToString(), warning.GetStructuredStateValue("Grace"));
+        Assert.Contains("00:00:15", connection.AbortReason!.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void OnConnectionAsync_CallsCountedAndConnectionUsed_ClosesAtMaxAge()
     {
         using var harness = new MiddlewareHarness(Options(age: TimeSpan.FromSeconds(10)), callsCounted: true);
@@ -867,6 +885,64 @@ public sealed class ServerConnectionAgeMiddlewareTests
         MiddlewareHarness.EndServerSide(connection);
         await Poll.WithTimeout(harness.Run(connection), "the middleware to finish");
         Assert.Equal("max_age", Assert.Single(harness.Ages.GetMeasurementSnapshot()).Tags[ServerConnectionAgeMetrics.ReasonTag]);
+    }
+
+    [Theory]
+    [InlineData(true, 10, 5, 15)] // at shutdown; the age's grace ends 15 s after the token fired, before the shutdown timeout (30 s)
+    [InlineData(true, 20, 15, 30)] // at shutdown; the grace would end at 35 s: Kestrel's abort at 30 s comes first
+    [InlineData(false, 10, 5, 15)] // the application's RequestClose (Kestrel never cuts): the age's grace is the only end
+    public async Task OnConnectionAsync_AgeCloseAfterKestrelStartedClosing_GracePeriodIsTheEarlierEnd(
+        bool atShutdown, int ageSeconds, int graceSeconds, int expectedSeconds)
+    {
+        // The token fired when Kestrel started closing, with the shutdown timeout (or infinite) as the grace; the
+        // package's own close by age, later, cuts the calls at the end of its grace if that comes first. GracePeriod,
+        // counted from when the token fired, must say when the calls really end.
+        using var stopping = new CancellationTokenSource();
+        if (atShutdown)
+        {
+            await stopping.CancelAsync();
+        }
+
+        using var harness = new MiddlewareHarness(
+            Options(age: TimeSpan.FromSeconds(ageSeconds), grace: TimeSpan.FromSeconds(graceSeconds)),
+            callsCounted: true,
+            hostStopping: new HostStopping(TimeSpan.FromSeconds(30), stopping.Token));
+        var connection = harness.Open();
+        MiddlewareHarness.Counter(connection).CallStarted();
+        connection.ServerRequestsClose();
+        await Poll.UntilAsync(() => connection.Closing!.ConnectionClosing.IsCancellationRequested, "the closing token to fire");
+
+        harness.Advance(TimeSpan.FromSeconds(ageSeconds));
+
+        Assert.Equal(1, connection.CloseRequests);
+        Assert.Equal(TimeSpan.FromSeconds(expectedSeconds), connection.Closing!.GracePeriod);
+    }
+
+    [Fact]
+    public async Task OnConnectionAsync_FirstCallOnAnAgedConnectionAfterKestrelsShutdownClose_GracePeriodCountsFromTheToken()
+    {
+        // A spare connection: the shutdown's close fires the token at 0 s (30 s of shutdown timeout), its age passes at
+        // 10 s (put off: no call yet), and a call still in flight starts at 12 s; the close then gives it the age plus
+        // the grace (15 s), so it is cut at 27 s, 27 s after the token fired: not 15 s, which reads as 15 s after the token.
+        using var stopping = new CancellationTokenSource();
+        await stopping.CancelAsync();
+        using var harness = new MiddlewareHarness(
+            Options(age: TimeSpan.FromSeconds(10), grace: TimeSpan.FromSeconds(5)),
+            callsCounted: true,
+            hostStopping: new HostStopping(TimeSpan.FromSeconds(30), stopping.Token));
+        var connection = harness.Open();
+        connection.ServerRequestsClose();
+        await Poll.UntilAsync(() => connection.Closing!.ConnectionClosing.IsCancellationRequested, "the closing token to fire");
+        harness.Advance(TimeSpan.FromSeconds(12));
+
+        MiddlewareHarness.Counter(connection).CallStarted();
+
+        Assert.Equal(1, connection.CloseRequests);
+        Assert.Equal(TimeSpan.FromSeconds(27), connection.Closing!.GracePeriod);
+        harness.Advance(TimeSpan.FromSeconds(15) - OneMs);
+        Assert.Equal(0, connection.Aborts);
+        harness.Advance(OneMs);
+        Assert.Equal(1, connection.Aborts);
     }
 
     [Fact]

@@ -4,8 +4,9 @@ using Grpc.Core;
 namespace ConnectionRefresh.Server.Tests.TestSupport;
 
 /// <summary>
-/// The Greeter for integration tests. <c>StreamHellos</c> with the name <c>until-closing</c> ends its stream
-/// cleanly when its connection starts closing (what a well-behaved long stream does); any other name ignores it.
+/// The Greeter for integration tests. <c>StreamHellos</c> with the name <c>until-closing</c>, and <c>Chat</c> whose first
+/// request has that name, end their streams cleanly when their connection starts closing (what a well-behaved long
+/// stream does); any other name ignores it.
 /// </summary>
 internal sealed class TestGreeterService(GreeterProbe probe) : Greeter.GreeterBase
 {
@@ -68,10 +69,29 @@ internal sealed class TestGreeterService(GreeterProbe probe) : Greeter.GreeterBa
 
     public override async Task Chat(IAsyncStreamReader<HelloRequest> requestStream, IServerStreamWriter<HelloReply> responseStream, ServerCallContext context)
     {
+        // A chat whose first request is named until-closing follows the README: once it knows, it reads with a token
+        // linked to the connection's closing token, and ends with status OK when that fires.
+        var feature = context.GetConnectionClosingFeature();
+        var closing = context.GetConnectionClosingToken();
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(context.CancellationToken, closing);
+        var untilClosing = false;
         var sequence = 0;
-        await foreach (var request in requestStream.ReadAllAsync(context.CancellationToken))
+        using var registration = closing.Register(() =>
         {
-            await responseStream.WriteAsync(new HelloReply { Message = "Hello " + request.Name, Instance = probe.Instance, Sequence = sequence++ });
+            probe.GracePeriodAtClosing = feature?.GracePeriod;
+            probe.ClosingObserved.TrySetResult(Volatile.Read(ref sequence));
+        });
+        try
+        {
+            while (await requestStream.MoveNext(untilClosing ? stop.Token : context.CancellationToken))
+            {
+                untilClosing |= sequence == 0 && requestStream.Current.Name == UntilClosing;
+                await responseStream.WriteAsync(new HelloReply { Message = "Hello " + requestStream.Current.Name, Instance = probe.Instance, Sequence = sequence++ });
+            }
+        }
+        catch (OperationCanceledException) when (untilClosing && closing.IsCancellationRequested && !context.CancellationToken.IsCancellationRequested)
+        {
+            // The connection is closing: the chat ends cleanly; its client would open a new one, on a new connection.
         }
 
         probe.CallServed();
