@@ -358,7 +358,12 @@ public sealed class SimulatedCluster : IAsyncDisposable
     /// <param name="replicas">The number of pods wanted, 0 to 64 (terminating pods are not counted).</param>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="replicas"/> is outside 0 to 64.</exception>
     /// <param name="cancellationToken">Cancels the operation.</param>
-    /// <returns>A task that completes when the new pods are ready or the removed pods have exited.</returns>
+    /// <returns>
+    /// A task that completes when the new pods are ready or the removed pods have exited. A pod it added that a later call
+    /// (another <see cref="ScaleAsync"/>, <see cref="StopPodAsync"/>, <see cref="KillPodAsync"/>) stops while it starts does not
+    /// fail it, as a Deployment scaled again simply works toward the newer count: the task then completes once that pod has left.
+    /// Only <paramref name="cancellationToken"/> cancels it.
+    /// </returns>
     public async Task ScaleAsync(int replicas, CancellationToken cancellationToken = default)
     {
         if (replicas is < 0 or > MaxPods)
@@ -395,7 +400,20 @@ public sealed class SimulatedCluster : IAsyncDisposable
         AfterScaleDecided?.Invoke();
         await Task.WhenAll(
             victims.Select(p => CompleteStopAsync(p, changed: true, cancellationToken))
-                .Concat(added.Select(p => (Task)StartCreatedPodAsync(p, raised: null, cancellationToken)))).ConfigureAwait(false);
+                .Concat(added.Select(p => StartScaledPodAsync(p, cancellationToken)))).ConfigureAwait(false);
+    }
+
+    private async Task StartScaledPodAsync(SimulatedPod pod, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await StartCreatedPodAsync(pod, raised: null, cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested && pod.App is not null)
+        {
+            // It started, but a newer decision stopped or killed it meanwhile (its stop has been awaited): the caller did not
+            // cancel, and the cluster now works toward that newer decision. A start that failed (App never set) still throws.
+        }
     }
 
     /// <summary>Test hook: runs after <see cref="ScaleAsync"/> has decided (and released the lock), before its pods start.</summary>
