@@ -117,8 +117,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
     internal Func<Task>? BeforePodAttribution { get; set; }
 
     /// <summary>
-    /// The pods in the cluster now, ready or not (running or terminating), in order of creation. A pod appears once its
-    /// server listens; stopped and killed pods leave (they stay in <see cref="Summary"/>).
+    /// The pods in the cluster now, ready or not (running or terminating), in order of creation. A pod appears once it has
+    /// started (its server listens, it turned ready); stopped and killed pods leave (they stay in <see cref="Summary"/>). A
+    /// pod stopped or killed while it was starting never appears: it never had an address, nor was it an endpoint.
     /// </summary>
     public IReadOnlyList<SimulatedPod> Pods
     {
@@ -126,7 +127,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
         {
             lock (_gate)
             {
-                return [.. _pods.Where(p => p.State != SimulatedPodState.Pending)];
+                return [.. _pods.Where(p => p.HasStarted)];
             }
         }
     }
@@ -323,6 +324,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
             started = !_disposed && pod.State == SimulatedPodState.Pending;
             if (started)
             {
+                pod.HasStarted = true;
                 pod.State = SimulatedPodState.Running;
                 pod.IsReady = true;
                 pod.AddedAt = Elapsed();
@@ -457,7 +459,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
         pod.State = SimulatedPodState.Terminating;
         pod.IsReady = false;
         SignalPodsChanged();
-        AddEvent(ClusterEventKind.PodStopping, pod, _options.PreStopDelay > TimeSpan.Zero
+        AddPodEvent(ClusterEventKind.PodStopping, pod, _options.PreStopDelay > TimeSpan.Zero
             ? $"{pod.Name} stopping (preStop {_options.PreStopDelay.TotalSeconds.ToString("0.###", CultureInfo.InvariantCulture)} s)"
             : $"{pod.Name} stopping");
         return true;
@@ -511,7 +513,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
             // A black-holed pod's node is unreachable: no RST can reach its clients, their connections stay silent.
             connections = pod.IsBlackHoled ? [] : [.. pod.Connections];
             pod.NetworkListener?.Dispose();
-            AddEvent(ClusterEventKind.PodKilled, pod, $"{pod.Name} killed");
+            AddPodEvent(ClusterEventKind.PodKilled, pod, $"{pod.Name} killed");
         }
 
         await EndpointsChangedAsync().ConfigureAwait(false);
@@ -793,7 +795,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
         List<ClusterEvent> events;
         lock (_gate)
         {
-            pods = [.. _allPods.Where(p => p.App is not null)];
+            pods = [.. _allPods.Where(p => p.HasStarted)];
             events = [.. _events];
         }
 
@@ -930,6 +932,18 @@ public sealed class SimulatedCluster : IAsyncDisposable
 
     internal void AddEvent(ClusterEventKind kind, SimulatedPod? pod, string description) =>
         _events.Add(new ClusterEvent(Elapsed(), kind, pod?.Name, description));
+
+    /// <summary>
+    /// A pod's stop, exit or kill, under the lock: only for a pod that started. One stopped or killed while starting never
+    /// appeared (no PodStarted, not in Pods nor in the endpoints), so the timeline does not show it leaving either.
+    /// </summary>
+    private void AddPodEvent(ClusterEventKind kind, SimulatedPod pod, string description)
+    {
+        if (pod.HasStarted)
+        {
+            AddEvent(kind, pod, description);
+        }
+    }
 
     private void EnsureOwn(SimulatedPod pod)
     {
@@ -1115,7 +1129,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
                 pod.RemovedAt = Elapsed();
                 _pods.Remove(pod);
                 SignalPodsChanged();
-                AddEvent(ClusterEventKind.PodStopped, pod, $"{pod.Name} exited");
+                AddPodEvent(ClusterEventKind.PodStopped, pod, $"{pod.Name} exited");
             }
 
             pod.NetworkListener?.Dispose();

@@ -107,6 +107,12 @@ public sealed class SimulatedPod
 
     internal WebApplication? App { get; set; }
 
+    /// <summary>
+    /// Whether the pod ever turned Running (set once, under the cluster's lock). A pod stopped or killed while starting never
+    /// does: readers (<see cref="SimulatedCluster.Pods"/>, the timeline, the summary, the mirrored endpoints) never see it.
+    /// </summary>
+    internal bool HasStarted { get; set; }
+
     /// <summary>The cluster's template version when the pod was created; a rolling update replaces the pods of older ones.</summary>
     internal int Generation { get; init; }
 

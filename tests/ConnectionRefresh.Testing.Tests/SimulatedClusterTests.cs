@@ -939,7 +939,8 @@ public sealed class SimulatedClusterTests
 
     private sealed record Marker(string Value);
 
-    private sealed class SlowStart(IServiceProvider services, TaskCompletionSource<int> started, Task release) : IHostedLifecycleService
+    /// <summary>Holds a pod's start once its server listens (as a slow warm-up would) until <paramref name="release"/> completes.</summary>
+    internal sealed class SlowStart(IServiceProvider services, TaskCompletionSource<int> started, Task release) : IHostedLifecycleService
     {
         public Task StartingAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 

@@ -131,6 +131,44 @@ public sealed class SimulatedKubernetesApiTests
     }
 
     [Fact]
+    public async Task ScaleAsync_DownStopsAPodStillStarting_ThePodNeverAppearsInPodsEndpointsTimelineOrSummary()
+    {
+        // The scale-down stops the scale-up's pod while it starts (its server listens, a slow warm-up holds it): the pod
+        // never was an endpoint, so no reader may see it, in particular not as Terminating without an Address.
+        var started = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions
+        {
+            Replicas = 0,
+            ConfigureServices = services => services.AddHostedService(sp => new SimulatedClusterTests.SlowStart(sp, started, release.Task)),
+        });
+        await using var api = await SimulatedKubernetesApi.StartAsync();
+        using var mirror = api.MirrorEndpoints(cluster, service: "svc");
+        using var http = new HttpClient { BaseAddress = api.Url };
+        Task? down = null;
+        cluster.AfterScaleDecided = () =>
+        {
+            cluster.AfterScaleDecided = null;
+            down = cluster.ScaleAsync(0);
+        };
+        var up = cluster.ScaleAsync(1);
+        await Poll.WithTimeout(started.Task, "the new pod to listen and start warming up");
+
+        // The stop was decided (and the endpoint change published) before the pod's server listened.
+        Assert.Empty(cluster.Pods);
+        Assert.Empty(await ListAsync(http, "default", "svc"));
+
+        release.SetResult();
+        await Poll.WithTimeout(down!, "the scale-down");
+        await Poll.WithTimeout(up, "the scale-up");
+        Assert.Empty(cluster.Pods);
+        Assert.Empty(await ListAsync(http, "default", "svc"));
+        var summary = cluster.Summary();
+        Assert.Empty(summary.Pods);
+        Assert.DoesNotContain(summary.Events, e => e.Pod is not null);
+    }
+
+    [Fact]
     public async Task MirrorEndpoints_PodInPreStopDelay_PublishedTerminatingNotReadyWhileItsAddressStillServes()
     {
         // A fake clock: the preStop wait cannot end before Advance, however loaded the machine is.
