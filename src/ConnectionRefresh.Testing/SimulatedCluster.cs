@@ -512,7 +512,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
             SignalPodsChanged();
             // A black-holed pod's node is unreachable: no RST can reach its clients, their connections stay silent.
             connections = pod.IsBlackHoled ? [] : [.. pod.Connections];
-            pod.NetworkListener?.Dispose();
+            CloseNetworkAddress(pod);
             AddPodEvent(ClusterEventKind.PodKilled, pod, $"{pod.Name} killed");
         }
 
@@ -533,7 +533,10 @@ public sealed class SimulatedCluster : IAsyncDisposable
     /// Black-holes a pod, like a node that lost power or a network partition: bytes stop flowing in both directions on
     /// every connection to it, and nothing is closed. The pod stays ready (endpoints are not updated until someone notices),
     /// so new connections that pick it hang too; use <see cref="SetReadyAsync"/>, <see cref="KillPodAsync"/> or
-    /// <see cref="StopPodAsync"/> to take it out. Irreversible.
+    /// <see cref="StopPodAsync"/> to take it out. Irreversible. Its own address in the simulated network (the one
+    /// <see cref="SimulatedKubernetesApi.MirrorEndpoints"/> publishes) answers no SYN from then on, even after the pod was
+    /// killed or stopped: a new connect to it hangs until the client's connect timeout, as to a node that is gone (on Linux;
+    /// elsewhere the connect completes, and then nothing moves).
     /// </summary>
     /// <param name="pod">A pod of this cluster.</param>
     public void BlackHole(SimulatedPod pod)
@@ -551,6 +554,11 @@ public sealed class SimulatedCluster : IAsyncDisposable
             foreach (var connection in pod.Connections)
             {
                 connection.BlackHole();
+            }
+
+            if (pod.NetworkListener is not null)
+            {
+                DropNewConnections(pod);
             }
 
             AddEvent(ClusterEventKind.PodBlackHoled, pod, $"{pod.Name} black-holed");
@@ -1132,7 +1140,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
                 AddPodEvent(ClusterEventKind.PodStopped, pod, $"{pod.Name} exited");
             }
 
-            pod.NetworkListener?.Dispose();
+            CloseNetworkAddress(pod);
         }
 
         EndpointsChanged?.Invoke();
@@ -1194,7 +1202,11 @@ public sealed class SimulatedCluster : IAsyncDisposable
                 pod.NetworkListener = listener;
                 pod.NetworkEndPoint = (IPEndPoint)listener.LocalEndPoint!;
                 _podAcceptLoops.Add(AcceptLoopAsync(listener, (connection, ct) => ConnectToPodAsync(connection, pod, ct)));
-                if (pod.State is SimulatedPodState.Terminated or SimulatedPodState.Killed)
+                if (pod.IsBlackHoled)
+                {
+                    DropNewConnections(pod);
+                }
+                else if (pod.State is SimulatedPodState.Terminated or SimulatedPodState.Killed)
                 {
                     listener.Dispose();
                 }
@@ -1204,8 +1216,41 @@ public sealed class SimulatedCluster : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Makes a black-holed pod's network address answer no SYN, neither with a SYN-ACK nor with a reset, so a new connect
+    /// hangs until the client's own connect timeout, as to a node that is gone (under the lock). See
+    /// <see cref="SilentListener"/>. Where it cannot (not Linux), new connects complete and then hang: the relay moves no
+    /// byte for a black-holed pod, and after it has left does not connect to it (see ConnectToPodAsync).
+    /// </summary>
+    private static void DropNewConnections(SimulatedPod pod) => SilentListener.TryDropNewConnections(pod.NetworkListener!);
+
+    /// <summary>
+    /// A pod left: its network address refuses new connections from now on (under the lock), unless the pod is black-holed:
+    /// an unreachable node refuses nothing, so its address keeps dropping SYNs until the cluster is disposed.
+    /// </summary>
+    private static void CloseNetworkAddress(SimulatedPod pod)
+    {
+        if (!pod.IsBlackHoled)
+        {
+            pod.NetworkListener?.Dispose();
+        }
+    }
+
     private async ValueTask<Socket?> ConnectToPodAsync(ProxiedConnection connection, SimulatedPod pod, CancellationToken cancellationToken)
     {
+        bool unreachable;
+        lock (_gate)
+        {
+            unreachable = pod.IsBlackHoled && pod.State is SimulatedPodState.Killed or SimulatedPodState.Terminated;
+        }
+
+        if (unreachable)
+        {
+            // A connection that reached the pod's address before its node vanished (a black-holed pod keeps its address):
+            // no reset can come back from a node that is gone, so it hangs until the connection is reset (dispose).
+            await Task.Delay(Timeout.InfiniteTimeSpan, cancellationToken).ConfigureAwait(false);
+        }
+
         var backend = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         try
         {

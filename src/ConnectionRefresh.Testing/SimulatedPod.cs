@@ -121,7 +121,7 @@ public sealed class SimulatedPod
     /// <summary>The pod's address in the simulated network (see <see cref="SimulatedCluster.EnsureNetworkEndPoint"/>), or null; set under the cluster's lock.</summary>
     internal System.Net.IPEndPoint? NetworkEndPoint { get; set; }
 
-    /// <summary>The listener behind <see cref="NetworkEndPoint"/>; closed when the pod leaves.</summary>
+    /// <summary>The listener behind <see cref="NetworkEndPoint"/>; closed when the pod leaves, unless it is black-holed.</summary>
     internal System.Net.Sockets.Socket? NetworkListener { get; set; }
 
     /// <summary>The pod's call capacity (<see cref="SimulatedClusterOptions.MaxConcurrentCallsPerPod"/>), or null.</summary>
