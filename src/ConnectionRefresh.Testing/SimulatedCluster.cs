@@ -436,12 +436,15 @@ public sealed class SimulatedCluster : IAsyncDisposable
     {
         ArgumentNullException.ThrowIfNull(pod);
         bool changed;
+        SimulatedPod? replacement;
         lock (_gate)
         {
             EnsureOwn(pod);
             changed = BeginStop(pod);
+            replacement = changed ? CreateReplacement() : null;
         }
 
+        StartReplacement(replacement);
         await CompleteStopAsync(pod, changed, cancellationToken).ConfigureAwait(false);
     }
 
@@ -497,6 +500,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
     {
         ArgumentNullException.ThrowIfNull(pod);
         List<ProxiedConnection> connections;
+        SimulatedPod? replacement;
         lock (_gate)
         {
             EnsureOwn(pod);
@@ -504,6 +508,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
             {
                 return;
             }
+
+            // A pod already terminating was removed by its stop, which replaced it if it was to be replaced.
+            replacement = pod.State is SimulatedPodState.Pending or SimulatedPodState.Running ? CreateReplacement() : null;
 
             pod.State = SimulatedPodState.Killed;
             pod.IsReady = false;
@@ -516,6 +523,8 @@ public sealed class SimulatedCluster : IAsyncDisposable
             AddPodEvent(ClusterEventKind.PodKilled, pod, $"{pod.Name} killed");
         }
 
+        StartReplacement(replacement);
+
         await EndpointsChangedAsync().ConfigureAwait(false);
         foreach (var connection in connections)
         {
@@ -526,6 +535,36 @@ public sealed class SimulatedCluster : IAsyncDisposable
         if (pod.App is not null)
         {
             await StopAppAsync(pod).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// With <see cref="SimulatedClusterOptions.ReplaceRemovedPods"/>, the ReplicaSet's answer to a pod that StopPodAsync or
+    /// KillPodAsync removes (under the lock that removes it, so every count taken later includes it): a new Pending pod.
+    /// Not during a rolling update, which replaces lost pods itself, nor once the cluster is disposed.
+    /// </summary>
+    private SimulatedPod? CreateReplacement() =>
+        _options.ReplaceRemovedPods && _rolloutReplicas is null && !_disposed ? CreatePod() : null;
+
+    private void StartReplacement(SimulatedPod? replacement)
+    {
+        if (replacement is not null)
+        {
+            _ = StartReplacementAsync(replacement);
+        }
+    }
+
+    private async Task StartReplacementAsync(SimulatedPod pod)
+    {
+        await Task.Yield(); // Building and starting the pod is not the work of the thread that stopped or killed one.
+        try
+        {
+            await StartCreatedPodAsync(pod, raised: null, CancellationToken.None).ConfigureAwait(false);
+        }
+#pragma warning disable CA1031 // Nobody awaits a replacement (disposal waits for its start): a failed start only leaves it out.
+        catch (Exception)
+#pragma warning restore CA1031
+        {
         }
     }
 
@@ -600,7 +639,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
     /// <remarks>
     /// Like a Deployment, the update works toward a replica count: the number of pods when it starts, changed by
     /// <see cref="ScaleAsync"/> (set) and <see cref="AddPodAsync"/> (one more) while it runs; it ends with exactly that many
-    /// new pods. A pod stopped or killed during the update is replaced, as a ReplicaSet would; after the update nothing is.
+    /// new pods. A pod stopped or killed during the update is replaced, as a ReplicaSet would; after the update only with <see cref="SimulatedClusterOptions.ReplaceRemovedPods"/>.
     /// A new pod counts as available only while it is ready: one made not ready (<see cref="SetReadyAsync"/>) holds the
     /// update, and the old pods keep serving, until it is ready again, stopped or killed. A black-holed pod stays ready
     /// (see <see cref="BlackHole"/>), so it counts as available, as Kubernetes would count it until someone notices.
