@@ -117,8 +117,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
     internal Func<Task>? BeforePodAttribution { get; set; }
 
     /// <summary>
-    /// The pods in the cluster now, ready or not (running or terminating), in order of creation. A pod appears once its
-    /// server listens; stopped and killed pods leave (they stay in <see cref="Summary"/>).
+    /// The pods in the cluster now, ready or not (running or terminating), in order of creation. A pod appears once it has
+    /// started (its server listens, it turned ready); stopped and killed pods leave (they stay in <see cref="Summary"/>). A
+    /// pod stopped or killed while it was starting never appears: it never had an address, nor was it an endpoint.
     /// </summary>
     public IReadOnlyList<SimulatedPod> Pods
     {
@@ -126,7 +127,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
         {
             lock (_gate)
             {
-                return [.. _pods.Where(p => p.State != SimulatedPodState.Pending)];
+                return [.. _pods.Where(p => p.HasStarted)];
             }
         }
     }
@@ -323,6 +324,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
             started = !_disposed && pod.State == SimulatedPodState.Pending;
             if (started)
             {
+                pod.HasStarted = true;
                 pod.State = SimulatedPodState.Running;
                 pod.IsReady = true;
                 pod.AddedAt = Elapsed();
@@ -358,7 +360,12 @@ public sealed class SimulatedCluster : IAsyncDisposable
     /// <param name="replicas">The number of pods wanted, 0 to 64 (terminating pods are not counted).</param>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="replicas"/> is outside 0 to 64.</exception>
     /// <param name="cancellationToken">Cancels the operation.</param>
-    /// <returns>A task that completes when the new pods are ready or the removed pods have exited.</returns>
+    /// <returns>
+    /// A task that completes when the new pods are ready or the removed pods have exited. A pod it added that a later call
+    /// (another <see cref="ScaleAsync"/>, <see cref="StopPodAsync"/>, <see cref="KillPodAsync"/>) stops while it starts does not
+    /// fail it, as a Deployment scaled again simply works toward the newer count: the task then completes once that pod has left.
+    /// Only <paramref name="cancellationToken"/> cancels it.
+    /// </returns>
     public async Task ScaleAsync(int replicas, CancellationToken cancellationToken = default)
     {
         if (replicas is < 0 or > MaxPods)
@@ -395,7 +402,20 @@ public sealed class SimulatedCluster : IAsyncDisposable
         AfterScaleDecided?.Invoke();
         await Task.WhenAll(
             victims.Select(p => CompleteStopAsync(p, changed: true, cancellationToken))
-                .Concat(added.Select(p => (Task)StartCreatedPodAsync(p, raised: null, cancellationToken)))).ConfigureAwait(false);
+                .Concat(added.Select(p => StartScaledPodAsync(p, cancellationToken)))).ConfigureAwait(false);
+    }
+
+    private async Task StartScaledPodAsync(SimulatedPod pod, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await StartCreatedPodAsync(pod, raised: null, cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested && pod.App is not null)
+        {
+            // It started, but a newer decision stopped or killed it meanwhile (its stop has been awaited): the caller did not
+            // cancel, and the cluster now works toward that newer decision. A start that failed (App never set) still throws.
+        }
     }
 
     /// <summary>Test hook: runs after <see cref="ScaleAsync"/> has decided (and released the lock), before its pods start.</summary>
@@ -416,12 +436,15 @@ public sealed class SimulatedCluster : IAsyncDisposable
     {
         ArgumentNullException.ThrowIfNull(pod);
         bool changed;
+        SimulatedPod? replacement;
         lock (_gate)
         {
             EnsureOwn(pod);
             changed = BeginStop(pod);
+            replacement = changed ? CreateReplacement() : null;
         }
 
+        StartReplacement(replacement);
         await CompleteStopAsync(pod, changed, cancellationToken).ConfigureAwait(false);
     }
 
@@ -439,7 +462,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
         pod.State = SimulatedPodState.Terminating;
         pod.IsReady = false;
         SignalPodsChanged();
-        AddEvent(ClusterEventKind.PodStopping, pod, _options.PreStopDelay > TimeSpan.Zero
+        AddPodEvent(ClusterEventKind.PodStopping, pod, _options.PreStopDelay > TimeSpan.Zero
             ? $"{pod.Name} stopping (preStop {_options.PreStopDelay.TotalSeconds.ToString("0.###", CultureInfo.InvariantCulture)} s)"
             : $"{pod.Name} stopping");
         return true;
@@ -477,6 +500,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
     {
         ArgumentNullException.ThrowIfNull(pod);
         List<ProxiedConnection> connections;
+        SimulatedPod? replacement;
         lock (_gate)
         {
             EnsureOwn(pod);
@@ -485,6 +509,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
                 return;
             }
 
+            // A pod already terminating was removed by its stop, which replaced it if it was to be replaced.
+            replacement = pod.State is SimulatedPodState.Pending or SimulatedPodState.Running ? CreateReplacement() : null;
+
             pod.State = SimulatedPodState.Killed;
             pod.IsReady = false;
             pod.RemovedAt = Elapsed();
@@ -492,9 +519,11 @@ public sealed class SimulatedCluster : IAsyncDisposable
             SignalPodsChanged();
             // A black-holed pod's node is unreachable: no RST can reach its clients, their connections stay silent.
             connections = pod.IsBlackHoled ? [] : [.. pod.Connections];
-            pod.NetworkListener?.Dispose();
-            AddEvent(ClusterEventKind.PodKilled, pod, $"{pod.Name} killed");
+            CloseNetworkAddress(pod);
+            AddPodEvent(ClusterEventKind.PodKilled, pod, $"{pod.Name} killed");
         }
+
+        StartReplacement(replacement);
 
         await EndpointsChangedAsync().ConfigureAwait(false);
         foreach (var connection in connections)
@@ -510,10 +539,43 @@ public sealed class SimulatedCluster : IAsyncDisposable
     }
 
     /// <summary>
+    /// With <see cref="SimulatedClusterOptions.ReplaceRemovedPods"/>, the ReplicaSet's answer to a pod that StopPodAsync or
+    /// KillPodAsync removes (under the lock that removes it, so every count taken later includes it): a new Pending pod.
+    /// Not during a rolling update, which replaces lost pods itself, nor once the cluster is disposed.
+    /// </summary>
+    private SimulatedPod? CreateReplacement() =>
+        _options.ReplaceRemovedPods && _rolloutReplicas is null && !_disposed ? CreatePod() : null;
+
+    private void StartReplacement(SimulatedPod? replacement)
+    {
+        if (replacement is not null)
+        {
+            _ = StartReplacementAsync(replacement);
+        }
+    }
+
+    private async Task StartReplacementAsync(SimulatedPod pod)
+    {
+        await Task.Yield(); // Building and starting the pod is not the work of the thread that stopped or killed one.
+        try
+        {
+            await StartCreatedPodAsync(pod, raised: null, CancellationToken.None).ConfigureAwait(false);
+        }
+#pragma warning disable CA1031 // Nobody awaits a replacement (disposal waits for its start): a failed start only leaves it out.
+        catch (Exception)
+#pragma warning restore CA1031
+        {
+        }
+    }
+
+    /// <summary>
     /// Black-holes a pod, like a node that lost power or a network partition: bytes stop flowing in both directions on
     /// every connection to it, and nothing is closed. The pod stays ready (endpoints are not updated until someone notices),
     /// so new connections that pick it hang too; use <see cref="SetReadyAsync"/>, <see cref="KillPodAsync"/> or
-    /// <see cref="StopPodAsync"/> to take it out. Irreversible.
+    /// <see cref="StopPodAsync"/> to take it out. Irreversible. Its own address in the simulated network (the one
+    /// <see cref="SimulatedKubernetesApi.MirrorEndpoints"/> publishes) answers no SYN from then on, even after the pod was
+    /// killed or stopped: a new connect to it hangs until the client's connect timeout, as to a node that is gone (on Linux;
+    /// elsewhere the connect completes, and then nothing moves).
     /// </summary>
     /// <param name="pod">A pod of this cluster.</param>
     public void BlackHole(SimulatedPod pod)
@@ -531,6 +593,11 @@ public sealed class SimulatedCluster : IAsyncDisposable
             foreach (var connection in pod.Connections)
             {
                 connection.BlackHole();
+            }
+
+            if (pod.NetworkListener is not null)
+            {
+                DropNewConnections(pod);
             }
 
             AddEvent(ClusterEventKind.PodBlackHoled, pod, $"{pod.Name} black-holed");
@@ -572,7 +639,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
     /// <remarks>
     /// Like a Deployment, the update works toward a replica count: the number of pods when it starts, changed by
     /// <see cref="ScaleAsync"/> (set) and <see cref="AddPodAsync"/> (one more) while it runs; it ends with exactly that many
-    /// new pods. A pod stopped or killed during the update is replaced, as a ReplicaSet would; after the update nothing is.
+    /// new pods. A pod stopped or killed during the update is replaced, as a ReplicaSet would; after the update only with <see cref="SimulatedClusterOptions.ReplaceRemovedPods"/>.
     /// A new pod counts as available only while it is ready: one made not ready (<see cref="SetReadyAsync"/>) holds the
     /// update, and the old pods keep serving, until it is ready again, stopped or killed. A black-holed pod stays ready
     /// (see <see cref="BlackHole"/>), so it counts as available, as Kubernetes would count it until someone notices.
@@ -775,7 +842,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
         List<ClusterEvent> events;
         lock (_gate)
         {
-            pods = [.. _allPods.Where(p => p.App is not null)];
+            pods = [.. _allPods.Where(p => p.HasStarted)];
             events = [.. _events];
         }
 
@@ -912,6 +979,18 @@ public sealed class SimulatedCluster : IAsyncDisposable
 
     internal void AddEvent(ClusterEventKind kind, SimulatedPod? pod, string description) =>
         _events.Add(new ClusterEvent(Elapsed(), kind, pod?.Name, description));
+
+    /// <summary>
+    /// A pod's stop, exit or kill, under the lock: only for a pod that started. One stopped or killed while starting never
+    /// appeared (no PodStarted, not in Pods nor in the endpoints), so the timeline does not show it leaving either.
+    /// </summary>
+    private void AddPodEvent(ClusterEventKind kind, SimulatedPod pod, string description)
+    {
+        if (pod.HasStarted)
+        {
+            AddEvent(kind, pod, description);
+        }
+    }
 
     private void EnsureOwn(SimulatedPod pod)
     {
@@ -1097,10 +1176,10 @@ public sealed class SimulatedCluster : IAsyncDisposable
                 pod.RemovedAt = Elapsed();
                 _pods.Remove(pod);
                 SignalPodsChanged();
-                AddEvent(ClusterEventKind.PodStopped, pod, $"{pod.Name} exited");
+                AddPodEvent(ClusterEventKind.PodStopped, pod, $"{pod.Name} exited");
             }
 
-            pod.NetworkListener?.Dispose();
+            CloseNetworkAddress(pod);
         }
 
         EndpointsChanged?.Invoke();
@@ -1162,7 +1241,11 @@ public sealed class SimulatedCluster : IAsyncDisposable
                 pod.NetworkListener = listener;
                 pod.NetworkEndPoint = (IPEndPoint)listener.LocalEndPoint!;
                 _podAcceptLoops.Add(AcceptLoopAsync(listener, (connection, ct) => ConnectToPodAsync(connection, pod, ct)));
-                if (pod.State is SimulatedPodState.Terminated or SimulatedPodState.Killed)
+                if (pod.IsBlackHoled)
+                {
+                    DropNewConnections(pod);
+                }
+                else if (pod.State is SimulatedPodState.Terminated or SimulatedPodState.Killed)
                 {
                     listener.Dispose();
                 }
@@ -1172,8 +1255,41 @@ public sealed class SimulatedCluster : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Makes a black-holed pod's network address answer no SYN, neither with a SYN-ACK nor with a reset, so a new connect
+    /// hangs until the client's own connect timeout, as to a node that is gone (under the lock). See
+    /// <see cref="SilentListener"/>. Where it cannot (not Linux), new connects complete and then hang: the relay moves no
+    /// byte for a black-holed pod, and after it has left does not connect to it (see ConnectToPodAsync).
+    /// </summary>
+    private static void DropNewConnections(SimulatedPod pod) => SilentListener.TryDropNewConnections(pod.NetworkListener!);
+
+    /// <summary>
+    /// A pod left: its network address refuses new connections from now on (under the lock), unless the pod is black-holed:
+    /// an unreachable node refuses nothing, so its address keeps dropping SYNs until the cluster is disposed.
+    /// </summary>
+    private static void CloseNetworkAddress(SimulatedPod pod)
+    {
+        if (!pod.IsBlackHoled)
+        {
+            pod.NetworkListener?.Dispose();
+        }
+    }
+
     private async ValueTask<Socket?> ConnectToPodAsync(ProxiedConnection connection, SimulatedPod pod, CancellationToken cancellationToken)
     {
+        bool unreachable;
+        lock (_gate)
+        {
+            unreachable = pod.IsBlackHoled && pod.State is SimulatedPodState.Killed or SimulatedPodState.Terminated;
+        }
+
+        if (unreachable)
+        {
+            // A connection that reached the pod's address before its node vanished (a black-holed pod keeps its address):
+            // no reset can come back from a node that is gone, so it hangs until the connection is reset (dispose).
+            await Task.Delay(Timeout.InfiniteTimeSpan, cancellationToken).ConfigureAwait(false);
+        }
+
         var backend = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         try
         {

@@ -80,6 +80,15 @@ public sealed class SimulatedClusterOptions
     public int? MaxConcurrentCallsPerPod { get; set; }
 
     /// <summary>
+    /// Whether a pod that <see cref="SimulatedCluster.StopPodAsync"/> or <see cref="SimulatedCluster.KillPodAsync"/> removes is
+    /// replaced by a new one, as a Deployment's ReplicaSet keeps its replica count after a pod deletion or a lost node. The
+    /// replacement starts at once, next to the leaving pod; nobody awaits it (poll <see cref="SimulatedCluster.ReadyPods"/>),
+    /// and one whose start fails is not retried. Pods that <see cref="SimulatedCluster.ScaleAsync"/> removes are not replaced,
+    /// and a rolling update replaces lost pods anyway. Default <see langword="false"/>: the cluster shrinks.
+    /// </summary>
+    public bool ReplaceRemovedPods { get; set; }
+
+    /// <summary>
     /// Seed of the random pod choice of the <see cref="KubeProxyMode.Userspace"/> ClusterIP, for reproducible runs;
     /// <see langword="null"/> (the default) seeds it randomly. The kernel's choice in
     /// <see cref="KubeProxyMode.Iptables"/> mode cannot be seeded.

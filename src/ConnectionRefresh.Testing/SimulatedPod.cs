@@ -107,6 +107,12 @@ public sealed class SimulatedPod
 
     internal WebApplication? App { get; set; }
 
+    /// <summary>
+    /// Whether the pod ever turned Running (set once, under the cluster's lock). A pod stopped or killed while starting never
+    /// does: readers (<see cref="SimulatedCluster.Pods"/>, the timeline, the summary, the mirrored endpoints) never see it.
+    /// </summary>
+    internal bool HasStarted { get; set; }
+
     /// <summary>The cluster's template version when the pod was created; a rolling update replaces the pods of older ones.</summary>
     internal int Generation { get; init; }
 
@@ -115,7 +121,7 @@ public sealed class SimulatedPod
     /// <summary>The pod's address in the simulated network (see <see cref="SimulatedCluster.EnsureNetworkEndPoint"/>), or null; set under the cluster's lock.</summary>
     internal System.Net.IPEndPoint? NetworkEndPoint { get; set; }
 
-    /// <summary>The listener behind <see cref="NetworkEndPoint"/>; closed when the pod leaves.</summary>
+    /// <summary>The listener behind <see cref="NetworkEndPoint"/>; closed when the pod leaves, unless it is black-holed.</summary>
     internal System.Net.Sockets.Socket? NetworkListener { get; set; }
 
     /// <summary>The pod's call capacity (<see cref="SimulatedClusterOptions.MaxConcurrentCallsPerPod"/>), or null.</summary>

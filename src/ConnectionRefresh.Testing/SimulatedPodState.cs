@@ -3,7 +3,10 @@ namespace ConnectionRefresh.Testing;
 /// <summary>The life-cycle state of a <see cref="SimulatedPod"/>.</summary>
 public enum SimulatedPodState
 {
-    /// <summary>Starting: its server does not listen yet; not listed in <see cref="SimulatedCluster.Pods"/> until it does.</summary>
+    /// <summary>
+    /// Starting: its server does not listen yet; not listed in <see cref="SimulatedCluster.Pods"/> until it has started. A pod
+    /// stopped or killed while starting is never listed.
+    /// </summary>
     Pending = 0,
 
     /// <summary>Serving; receives new connections while <see cref="SimulatedPod.IsReady"/> is true.</summary>

@@ -75,6 +75,30 @@ public sealed class SimulatedClusterFaultTests
     }
 
     [Fact]
+    public async Task KillPodAsyncAndStopPodAsync_ReplaceRemovedPods_ANewPodTakesEachPlaceButNotAfterAScaleDown()
+    {
+        // As a Deployment's ReplicaSet: a deleted or killed pod is replaced, a pod removed by scaling down is not.
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions
+        {
+            Replicas = 2,
+            ReplaceRemovedPods = true,
+            TerminationGracePeriod = TimeSpan.Zero,
+        });
+
+        await cluster.KillPodAsync(cluster.Pods.Single(p => p.Name == "greeter-1"));
+        await Poll.UntilAsync(() => cluster.ReadyPods.Count == 2, "the killed pod's replacement to be ready");
+        await cluster.StopPodAsync(cluster.Pods.Single(p => p.Name == "greeter-2"));
+        await Poll.UntilAsync(() => cluster.ReadyPods.Count == 2, "the stopped pod's replacement to be ready");
+        Assert.Equal(["greeter-3", "greeter-4"], cluster.Pods.Select(p => p.Name));
+
+        // A replacement is created in the same step as the removal: had ScaleAsync's victim been replaced, the new pod
+        // would be starting when ScaleAsync returns, and ScaleAsync(2) would then see 2 pods and add none.
+        await cluster.ScaleAsync(1);
+        await cluster.ScaleAsync(2);
+        Assert.Equal(["greeter-3", "greeter-5"], cluster.Pods.Select(p => p.Name));
+    }
+
+    [Fact]
     public async Task KillPodAsync_BlackHoledPod_ClientSeesNoResetAndConnectionStaysSilent()
     {
         // A node that lost power: whatever happens to its pods afterwards, no packet (no RST) reaches the clients.

@@ -634,8 +634,28 @@ public sealed class SimulatedClusterTests
         release.SetResult();
         await Poll.WithTimeout(down, "the scale-down");
         Assert.Empty(cluster.Pods);
-        // The scale-up's pods were stopped while starting: it does not end with them ready.
-        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => Poll.WithTimeout(up, "the scale-up"));
+        // The scale-up's pods were stopped while starting: it ends without them, and without an error (nobody cancelled it).
+        await Poll.WithTimeout(up, "the scale-up");
+    }
+
+    [Fact]
+    public async Task ScaleAsync_UpWhosePodsAConcurrentScaleDownStopsWhileStarting_CompletesWithoutAnException()
+    {
+        // The scale-down decides right after the scale-up created its two pods and stops them (not ready, so first): a
+        // Deployment scaled again works toward the newer count, and the scale-up's caller, who cancelled nothing, must not
+        // get an OperationCanceledException for it.
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1 });
+        Task? down = null;
+        cluster.AfterScaleDecided = () =>
+        {
+            cluster.AfterScaleDecided = null;
+            down = cluster.ScaleAsync(1);
+        };
+
+        await Poll.WithTimeout(cluster.ScaleAsync(3), "the scale-up");
+
+        await Poll.WithTimeout(down!, "the scale-down");
+        Assert.Equal(["greeter-1"], cluster.Pods.Select(p => p.Name));
     }
 
     [Fact]
@@ -919,7 +939,8 @@ public sealed class SimulatedClusterTests
 
     private sealed record Marker(string Value);
 
-    private sealed class SlowStart(IServiceProvider services, TaskCompletionSource<int> started, Task release) : IHostedLifecycleService
+    /// <summary>Holds a pod's start once its server listens (as a slow warm-up would) until <paramref name="release"/> completes.</summary>
+    internal sealed class SlowStart(IServiceProvider services, TaskCompletionSource<int> started, Task release) : IHostedLifecycleService
     {
         public Task StartingAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 

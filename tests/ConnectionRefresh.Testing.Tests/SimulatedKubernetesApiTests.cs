@@ -1,9 +1,12 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
 using ConnectionRefresh.Kubernetes;
 using ConnectionRefresh.Protos;
 using ConnectionRefresh.Testing.Tests.TestSupport;
 using Grpc.Core;
+using Grpc.Net.Client;
 using Grpc.Net.Client.Configuration;
 using k8s.Models;
 using Microsoft.Extensions.DependencyInjection;
@@ -128,6 +131,84 @@ public sealed class SimulatedKubernetesApiTests
 
         await cluster.KillPodAsync(victim);
         Assert.DoesNotContain(await ListAsync(http, "ns1", "svc"), s => s.Metadata.Name == "svc-" + victim.Name);
+    }
+
+    [Fact]
+    public async Task ScaleAsync_DownStopsAPodStillStarting_ThePodNeverAppearsInPodsEndpointsTimelineOrSummary()
+    {
+        // The scale-down stops the scale-up's pod while it starts (its server listens, a slow warm-up holds it): the pod
+        // never was an endpoint, so no reader may see it, in particular not as Terminating without an Address.
+        var started = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions
+        {
+            Replicas = 0,
+            ConfigureServices = services => services.AddHostedService(sp => new SimulatedClusterTests.SlowStart(sp, started, release.Task)),
+        });
+        await using var api = await SimulatedKubernetesApi.StartAsync();
+        using var mirror = api.MirrorEndpoints(cluster, service: "svc");
+        using var http = new HttpClient { BaseAddress = api.Url };
+        Task? down = null;
+        cluster.AfterScaleDecided = () =>
+        {
+            cluster.AfterScaleDecided = null;
+            down = cluster.ScaleAsync(0);
+        };
+        var up = cluster.ScaleAsync(1);
+        await Poll.WithTimeout(started.Task, "the new pod to listen and start warming up");
+
+        // The stop was decided (and the endpoint change published) before the pod's server listened.
+        Assert.Empty(cluster.Pods);
+        Assert.Empty(await ListAsync(http, "default", "svc"));
+
+        release.SetResult();
+        await Poll.WithTimeout(down!, "the scale-down");
+        await Poll.WithTimeout(up, "the scale-up");
+        Assert.Empty(cluster.Pods);
+        Assert.Empty(await ListAsync(http, "default", "svc"));
+        var summary = cluster.Summary();
+        Assert.Empty(summary.Pods);
+        Assert.DoesNotContain(summary.Events, e => e.Pod is not null);
+    }
+
+    [Fact]
+    public async Task KillPodAsync_BlackHoledPod_NewConnectionsToItsAddressHangUntilTheClientsConnectTimeout()
+    {
+        // An unreachable node answers no SYN (no SYN-ACK, no RST), before and after its pod is killed: a client that still
+        // has its address (its resolver has not seen the removal yet) waits for its own connect timeout, it is not refused.
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1 });
+        await using var api = await SimulatedKubernetesApi.StartAsync();
+        using var mirror = api.MirrorEndpoints(cluster, service: "svc");
+        using var http = new HttpClient { BaseAddress = api.Url };
+        var pod = cluster.Pods.Single();
+        var port = (await ListAsync(http, "default", "svc")).Single().Ports.Single().Port!.Value;
+        var address = new IPEndPoint(IPAddress.Loopback, port);
+
+        cluster.BlackHole(pod);
+        await AssertConnectHangsAsync(address);
+
+        await cluster.KillPodAsync(pod);
+        await AssertConnectHangsAsync(address);
+        // 1 s connect timeout: a refused connect fails within milliseconds, so a failure after the timeout means the connect
+        // got no answer at all; the 30 s deadline is there only so that a hanging bug cannot hang the test.
+        using var channel = GrpcChannel.ForAddress($"http://127.0.0.1:{port}", new GrpcChannelOptions
+        {
+            HttpHandler = new SocketsHttpHandler { ConnectTimeout = TimeSpan.FromSeconds(1) },
+        });
+        var stopwatch = Stopwatch.StartNew();
+        var error = await Assert.ThrowsAsync<RpcException>(() => new Greeter.GreeterClient(channel)
+            .SayHelloAsync(new HelloRequest { Name = "x" }, deadline: DateTime.UtcNow.AddSeconds(30)).ResponseAsync);
+        Assert.Equal(StatusCode.Unavailable, error.StatusCode);
+        Assert.True(stopwatch.Elapsed >= TimeSpan.FromSeconds(0.9), $"failed after {stopwatch.Elapsed}, before the connect timeout: {error}");
+    }
+
+    /// <summary>A raw connect gets no answer for a second: neither accepted (SYN-ACK) nor refused (RST).</summary>
+    private static async Task AssertConnectHangsAsync(IPEndPoint address)
+    {
+        using var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        // 1 s: on loopback an answered connect (accepted or refused) takes well under a millisecond, even on a loaded machine.
+        using var wait = new CancellationTokenSource(TimeSpan.FromSeconds(1));
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(async () => await socket.ConnectAsync(address, wait.Token));
     }
 
     [Fact]
