@@ -103,7 +103,7 @@ public static class KubernetesResolverServiceCollectionExtensions
         {
             if (Settings.TryGetValue(entry.Key, out var property))
             {
-                options.BoundFromConfiguration[property.Name] = (entry.Path, property.GetValue(options));
+                options.Origins.Bound(property.Name, entry.Path, property.GetValue(options));
             }
         }
     }

@@ -93,9 +93,6 @@ public sealed class ConnectionRefreshOptions
     /// </summary>
     public TimeSpan DrainTimeout { get; set; } = Timeout.InfiniteTimeSpan;
 
-    /// <summary>
-    /// The settings bound from configuration, by property name: the key's configuration path and the value it gave. Messages
-    /// name a bad value by its key only while it still holds that value (code may change it afterwards); not bindable.
-    /// </summary>
-    internal Dictionary<string, (string Path, object? Value)> BoundFromConfiguration { get; } = new(StringComparer.Ordinal);
+    /// <summary>Where each setting got its value (configuration key or code), for start-up errors; not bindable.</summary>
+    internal Shared.SettingOrigins Origins { get; } = new(nameof(ConnectionRefreshOptions));
 }

@@ -75,16 +75,9 @@ internal sealed class KubernetesResolverOptionsValidator : IValidateOptions<Kube
         _ => "see KubernetesResolverOptions",
     };
 
-    /// <summary>
-    /// Where the value of <paramref name="name"/> came from: its configuration key while it still holds the value that key
-    /// gave, otherwise the property (set in code, by <c>AddKubernetesResolver(o =&gt; ...)</c> or a later Configure). Naming
-    /// the key for a value set in code would send the user to a configuration file that holds a good value.
-    /// </summary>
-    private static string Key(KubernetesResolverOptions options, string name) =>
-        options.BoundFromConfiguration.TryGetValue(name, out var bound) &&
-        Equals(bound.Value, typeof(KubernetesResolverOptions).GetProperty(name)!.GetValue(options))
-            ? bound.Path
-            : nameof(KubernetesResolverOptions) + "." + name;
+    // The setting's configuration key or property, for the message (see SettingOrigins).
+    private static string Key(KubernetesResolverOptions options, string name)
+        => options.Origins.Name(name, typeof(KubernetesResolverOptions).GetProperty(name)!.GetValue(options));
 
     private static void CheckRange(List<string> failures, KubernetesResolverOptions options, string name, TimeSpan value, TimeSpan min, TimeSpan max)
     {

@@ -47,7 +47,7 @@ internal static class ServerConnectionAgeOptionsLoader
         foreach (var child in section.GetChildren())
         {
             var name = KnownKeys.First(key => string.Equals(key, child.Key, StringComparison.OrdinalIgnoreCase));
-            options.BoundFromConfiguration[name] = (child.Path, ServerConnectionAgeOptionsValidator.ValueOf(options, name));
+            options.Origins.Bound(name, child.Path, ServerConnectionAgeOptionsValidator.ValueOf(options, name));
         }
     }
 

@@ -42,7 +42,7 @@ internal sealed class ServerConnectionAgeOptionsValidator : IValidateOptions<Ser
         if (double.IsNaN(jitter) || jitter < ServerConnectionAgeDefaults.MinJitter || jitter > ServerConnectionAgeDefaults.MaxJitter)
         {
             var name = nameof(options.MaxConnectionAgeJitter);
-            failures.Add(string.Create(CultureInfo.InvariantCulture, $"{Key(options, name)} is {jitter}; allowed: {AllowedRange(name)}."));
+            failures.Add(string.Create(CultureInfo.InvariantCulture, $"{options.Origins.Name(name, jitter)} is {jitter}; allowed: {AllowedRange(name)}."));
         }
 
         return failures;
@@ -72,16 +72,6 @@ internal sealed class ServerConnectionAgeOptionsValidator : IValidateOptions<Ser
         _ => throw new ArgumentOutOfRangeException(nameof(name), name, "Not a setting of ServerConnectionAgeOptions."),
     };
 
-    /// <summary>
-    /// Where the value of <paramref name="name"/> came from: its configuration key while it still holds the value that key
-    /// gave, otherwise the property (set in code, by <c>AddServerConnectionAge(o =&gt; ...)</c> or a later Configure). Naming
-    /// the key for a value set in code would send the user to a configuration file that holds a good value.
-    /// </summary>
-    private static string Key(ServerConnectionAgeOptions options, string name) =>
-        options.BoundFromConfiguration.TryGetValue(name, out var bound) && bound.Value.Equals(ValueOf(options, name))
-            ? bound.Path
-            : nameof(ServerConnectionAgeOptions) + "." + name;
-
     private static void CheckTime(List<string> failures, ServerConnectionAgeOptions options, string name, TimeSpan value, TimeSpan min, TimeSpan max)
     {
         if (value == Timeout.InfiniteTimeSpan || (value >= min && value <= max))
@@ -89,7 +79,7 @@ internal sealed class ServerConnectionAgeOptionsValidator : IValidateOptions<Ser
             return;
         }
 
-        failures.Add(string.Create(CultureInfo.InvariantCulture, $"{Key(options, name)} is {value:c}; allowed: {AllowedRange(name)}."));
+        failures.Add(string.Create(CultureInfo.InvariantCulture, $"{options.Origins.Name(name, value)} is {value:c}; allowed: {AllowedRange(name)}."));
     }
 
     private static string TimeRange(TimeSpan min, TimeSpan max)

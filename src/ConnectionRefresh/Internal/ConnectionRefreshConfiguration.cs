@@ -45,7 +45,7 @@ internal static class ConnectionRefreshConfiguration
 
             var value = Convert(entry, property, clientName);
             property.SetValue(options, value);
-            options.BoundFromConfiguration[property.Name] = (entry.Path, value);
+            options.Origins.Bound(property.Name, entry.Path, value);
         }
     }
 

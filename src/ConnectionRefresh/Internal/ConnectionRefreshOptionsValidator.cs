@@ -20,7 +20,7 @@ internal sealed class ConnectionRefreshOptionsValidator : IValidateOptions<Conne
             if (!valid)
             {
                 failures.Add(string.Create(CultureInfo.InvariantCulture,
-                    $"ConnectionRefresh setting '{Source(options, setting, value)}' of HTTP client '{client}' is {value ?? "null"}; allowed: {AllowedRange(setting)}."));
+                    $"ConnectionRefresh setting '{options.Origins.Name(setting, value)}' of HTTP client '{client}' is {value ?? "null"}; allowed: {AllowedRange(setting)}."));
             }
         }
 
@@ -52,16 +52,6 @@ internal sealed class ConnectionRefreshOptionsValidator : IValidateOptions<Conne
         nameof(ConnectionRefreshOptions.KeepAlivePingPolicy) => string.Join(" or ", Enum.GetNames<HttpKeepAlivePingPolicy>()),
         _ => "see ConnectionRefreshOptions",
     };
-
-    /// <summary>
-    /// Where the value of <paramref name="setting"/> came from: its configuration key while it still holds the value that key
-    /// gave, otherwise the property (set in code, by <c>AddConnectionRefresh(o =&gt; ...)</c> or a later Configure). Naming
-    /// the key for a value set in code would send the user to a configuration file that holds a good value.
-    /// </summary>
-    private static string Source(ConnectionRefreshOptions options, string setting, object? value)
-        => options.BoundFromConfiguration.TryGetValue(setting, out var bound) && Equals(bound.Value, value)
-            ? bound.Path
-            : nameof(ConnectionRefreshOptions) + "." + setting;
 
     private static bool IsAgeInRange(TimeSpan value, TimeSpan min, TimeSpan max)
         => value == Timeout.InfiniteTimeSpan || (value >= min && value <= max);
