@@ -29,6 +29,7 @@ internal sealed class KubernetesResolver : Resolver
     private readonly IEndpointSliceClient _client;
     private readonly KubernetesResolverOptions _options;
     private readonly KubernetesResolverMetrics _metrics;
+    private readonly KubernetesResolverMetrics.ResolverGauges _gauges;
     private readonly TimeProvider _time;
     private readonly Func<double> _random;
     private readonly ILogger _logger;
@@ -69,6 +70,7 @@ internal sealed class KubernetesResolver : Resolver
         _random = random;
         _logger = logger;
         _selector = new EndpointSelector(target, options.IncludeTerminatingEndpoints);
+        _gauges = metrics.Register(target, ns);
         // The factory's disposal stops the loop too: Grpc.Net.ClientFactory never disposes its channels (and so their
         // resolvers), and the API client the loop uses is disposed with the factory.
         _stopping = stopping.Register(static state => ((CancellationTokenSource)state!).Cancel(), _disposeCts);
@@ -156,6 +158,7 @@ internal sealed class KubernetesResolver : Resolver
 
             _disposeCts.Cancel();
             _stopping.Dispose();
+            _gauges.Dispose(); // Now, not when the loop ends: a collection right after Dispose reports nothing for it.
         }
 
         base.Dispose(disposing);
@@ -200,6 +203,8 @@ internal sealed class KubernetesResolver : Resolver
         }
         finally
         {
+            // Also stopped by the factory's disposal (not this resolver's): a stopped resolver reports nothing.
+            _gauges.Dispose();
             KubernetesResolverLog.Stopped(_logger, _target.Service, _namespace);
         }
     }
@@ -349,7 +354,7 @@ internal sealed class KubernetesResolver : Resolver
         }
 
         _lastSkippedSlices = skipped;
-        _metrics.RecordUpdate(_target, _namespace, endpoints.Count, _store.Count, _time.GetUtcNow());
+        _gauges.Update(endpoints.Count, _store.Count, _time.GetUtcNow());
         if (_published is not null && _published.SequenceEqual(endpoints))
         {
             return;
