@@ -175,6 +175,25 @@ public sealed class KubernetesResolverTimingTests
     }
 
     [Fact]
+    public async Task Refresh_WallClockSteppedBack_RelistsAtOnceInsteadOfWaitingOutTheStep()
+    {
+        // NTP or a VM resume can step the wall clock back. The minimum refresh interval is elapsed time: measured on the
+        // wall clock, a step back of an hour made a refresh relist wait an hour, with no watch running meanwhile.
+        var time = new SteppedClockTimeProvider();
+        var client = new ScriptedEndpointSliceClient { OnList = _ => ScriptedEndpointSliceClient.Snapshot("10", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080)) };
+        using var harness = new ResolverHarness(client, time: time, random: () => 0.5);
+        await Poll.UntilAsync(() => client.Watches == 1 && time.TimersCreated == 1, "watching with the resync timer armed");
+
+        // Silent for longer than the liveness window (and well before the 5 min resync), then the clock steps back.
+        time.Advance(KubernetesResolverDefaults.WatchLivenessWindow + TimeSpan.FromSeconds(1));
+        time.StepWallClock(TimeSpan.FromHours(-1));
+        harness.Resolver.Refresh();
+
+        // The fake clock does not move from here: only a relist that waits for nothing can happen.
+        await Poll.UntilAsync(() => client.Lists == 2 && client.Watches == 2, "relisted and watching again");
+    }
+
+    [Fact]
     public async Task Metrics_WatchFails_CountedAsARestartWithReasonError()
     {
         // The instrument's description names the reasons resync, refresh, expired, closed and error: a watch that fails (or

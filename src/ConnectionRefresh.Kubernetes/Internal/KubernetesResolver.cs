@@ -48,7 +48,9 @@ internal sealed class KubernetesResolver : Resolver
     private volatile bool _disposed;
     private IReadOnlyList<ResolvedEndpoint>? _published;
     private int _lastSkippedSlices;
-    private DateTimeOffset _lastListAt = DateTimeOffset.MinValue;
+    // Elapsed time (resync, healthy watch, refresh interval) is measured with TimeProvider timestamps, which are monotonic:
+    // a wall clock stepped back (NTP, VM resume) would otherwise stretch a wait by the step.
+    private long _lastListTimestamp;
 
     public KubernetesResolver(
         KubernetesTarget target,
@@ -216,7 +218,7 @@ internal sealed class KubernetesResolver : Resolver
             _refreshRequested = false;
         }
 
-        _lastListAt = _time.GetUtcNow();
+        _lastListTimestamp = _time.GetTimestamp();
         var snapshot = await _client.ListAsync(_namespace, _target.Service, cancellationToken).ConfigureAwait(false);
         if (_published is null)
         {
@@ -232,10 +234,11 @@ internal sealed class KubernetesResolver : Resolver
         Publish();
 
         var resourceVersion = snapshot.ResourceVersion;
-        var resyncAt = _time.GetUtcNow() + ReconnectBackoff.Jitter(_options.ResyncInterval, _random);
+        var listed = _time.GetTimestamp();
+        var resyncAfter = ReconnectBackoff.Jitter(_options.ResyncInterval, _random);
         while (true)
         {
-            var remaining = resyncAt - _time.GetUtcNow();
+            var remaining = resyncAfter - _time.GetElapsedTime(listed);
             if (remaining <= TimeSpan.Zero)
             {
                 Restarted("resync");
@@ -255,7 +258,7 @@ internal sealed class KubernetesResolver : Resolver
                 _watchActivityTimestamp = _time.GetTimestamp();
             }
 
-            var started = _time.GetUtcNow();
+            var started = _time.GetTimestamp();
             var events = 0;
             try
             {
@@ -317,7 +320,7 @@ internal sealed class KubernetesResolver : Resolver
         // Refresh() found no live watch (this one was silent for longer than WatchLivenessWindow, or the request came
         // between two watches): relist, at most once per MinRefreshInterval.
         Restarted("refresh");
-        var wait = _lastListAt + KubernetesResolverDefaults.MinRefreshInterval - _time.GetUtcNow();
+        var wait = KubernetesResolverDefaults.MinRefreshInterval - _time.GetElapsedTime(_lastListTimestamp);
         if (wait > TimeSpan.Zero)
         {
             await Task.Delay(wait, _time, cancellationToken).ConfigureAwait(false);
@@ -384,10 +387,10 @@ internal sealed class KubernetesResolver : Resolver
         }
     }
 
-    private bool IsHealthy(DateTimeOffset started, int events) =>
-        events > 0 || _time.GetUtcNow() - started >= KubernetesResolverDefaults.HealthyWatchDuration;
+    private bool IsHealthy(long startedTimestamp, int events) =>
+        events > 0 || _time.GetElapsedTime(startedTimestamp) >= KubernetesResolverDefaults.HealthyWatchDuration;
 
-    private void ResetIfHealthy(ReconnectBackoff backoff, DateTimeOffset started, int events)
+    private void ResetIfHealthy(ReconnectBackoff backoff, long started, int events)
     {
         if (IsHealthy(started, events))
         {
