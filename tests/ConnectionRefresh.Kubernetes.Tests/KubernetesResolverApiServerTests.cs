@@ -1,8 +1,10 @@
+using System.Net;
 using ConnectionRefresh.Kubernetes.Internal;
 using ConnectionRefresh.Kubernetes.Tests.Fakes;
 using ConnectionRefresh.Testing;
 using Grpc.Core;
 using k8s;
+using k8s.Autorest;
 
 namespace ConnectionRefresh.Kubernetes.Tests;
 
@@ -74,6 +76,33 @@ public sealed class KubernetesResolverApiServerTests
         account.WriteToken("good");
         await Poll.UntilAsync(() => harness.LastAddresses?.Count == 1, "resolved with the new token");
         Assert.Equal("bad", api.SeenTokens.First());
+    }
+
+    [Theory]
+    [InlineData(HttpStatusCode.Unauthorized, "Unauthorized", "401 Unauthorized", "check the bearer token")]
+    [InlineData(HttpStatusCode.Forbidden, "Forbidden", "403 Forbidden", "needs the verbs 'list' and 'watch' on 'endpointslices' (API group 'discovery.k8s.io') in namespace 'default'")]
+    public async Task List_RefusedByTheApiServer_CallsFailNamingWhatToFixNotAnUnreachableServer(HttpStatusCode status, string reason, string expectedCode, string expectedHint)
+    {
+        // A missing Role (403) or a bad token (401) is the usual setup mistake; "could not be reached" sent users to the
+        // network. The exception is the one KubernetesClient throws for a refused request (its SendRequestRaw builds it
+        // this way, with the API server's Status as the body); the fake API server does not answer 403.
+        var body = $$"""{"kind":"Status","apiVersion":"v1","status":"Failure","message":"endpointslices.discovery.k8s.io is forbidden: User \"system:serviceaccount:default:client\" cannot list resource \"endpointslices\"","reason":"{{reason}}","code":{{(int)status}}}""";
+        var client = new ScriptedEndpointSliceClient
+        {
+            OnList = _ => throw new HttpOperationException($"Operation returned an invalid status code '{status}', response body {body}")
+            {
+                Response = new HttpResponseMessageWrapper(new HttpResponseMessage(status), body),
+            },
+        };
+        using var harness = new ResolverHarness(client, options: FastRetry);
+
+        await Poll.UntilAsync(() => harness.Last?.Status.StatusCode == StatusCode.Unavailable, "the refusal reported as Unavailable");
+        var detail = harness.Last!.Status.Detail;
+        Assert.Contains(expectedCode, detail, StringComparison.Ordinal);
+        Assert.Contains(expectedHint, detail, StringComparison.Ordinal);
+        Assert.Contains("service 'greeter' in namespace 'default'", detail, StringComparison.Ordinal);
+        Assert.Contains("cannot list resource", detail, StringComparison.Ordinal); // The API server's own words follow.
+        Assert.DoesNotContain("could not be reached", detail, StringComparison.Ordinal);
     }
 
     [Fact]

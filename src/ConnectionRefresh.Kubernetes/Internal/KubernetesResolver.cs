@@ -1,6 +1,8 @@
+using System.Net;
 using Grpc.Core;
 using Grpc.Net.Client.Balancer;
 using k8s;
+using k8s.Autorest;
 using Microsoft.Extensions.Logging;
 
 namespace ConnectionRefresh.Kubernetes.Internal;
@@ -187,8 +189,7 @@ internal sealed class KubernetesResolver : Resolver
                     {
                         // Nothing known yet: fail calls fast instead of leaving them waiting. Once endpoints are
                         // known they stay in use; an unreachable API server says nothing about the pods.
-                        Notify(ResolverResult.ForFailure(new Status(StatusCode.Unavailable,
-                            $"The Kubernetes API server could not be reached to resolve service '{_target.Service}' in namespace '{_namespace}': {ex.Message}", ex)));
+                        Notify(ResolverResult.ForFailure(new Status(StatusCode.Unavailable, FailureDetail(ex), ex)));
                     }
 
                     await Task.Delay(delay, _time, cancellationToken).ConfigureAwait(false);
@@ -385,6 +386,25 @@ internal sealed class KubernetesResolver : Resolver
                 _listener!(result);
             }
         }
+    }
+
+    /// <summary>
+    /// Why calls fail while nothing is known. A refusal (401, 403) sends the user to the credentials or the RBAC rule, not
+    /// to the network: "could not be reached" was misleading for the most common setup mistake, a missing Role.
+    /// </summary>
+    private string FailureDetail(Exception error)
+    {
+        var what = $"service '{_target.Service}' in namespace '{_namespace}'";
+        return (error as HttpOperationException)?.Response?.StatusCode switch
+        {
+            HttpStatusCode.Unauthorized =>
+                $"The Kubernetes API server rejected the resolver's credentials (401 Unauthorized) when listing the EndpointSlices of {what}: " +
+                $"check the bearer token (service account token or kubeconfig user). {error.Message}",
+            HttpStatusCode.Forbidden =>
+                $"The Kubernetes API server forbade listing the EndpointSlices of {what} (403 Forbidden): the client's identity needs the verbs " +
+                $"'list' and 'watch' on 'endpointslices' (API group 'discovery.k8s.io') in namespace '{_namespace}'. {error.Message}",
+            _ => $"The Kubernetes API server could not be reached to resolve {what}: {error.Message}",
+        };
     }
 
     private bool IsHealthy(long startedTimestamp, int events) =>
