@@ -49,6 +49,35 @@ public sealed class KubernetesResolverMetricsTests
     }
 
     [Fact]
+    public async Task Gauges_StartedResolverBeforeItsFirstList_ReportsZeroEndpointsAndSlicesAndNoUpdateTime()
+    {
+        // A resolver that cannot list (API server down, RBAC missing) is live and publishes nothing: "0 endpoints" is what
+        // an alert on this gauge needs to see, not silence. It has no update time yet.
+        using var held = new HeldList(ScriptedEndpointSliceClient.Snapshot("10", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080)));
+        var client = new ScriptedEndpointSliceClient { OnList = held.Answer };
+        using var harness = new ResolverHarness(client, time: new CountingTimeProvider());
+        await Poll.UntilAsync(() => held.InFlight, "the first LIST is in flight");
+        using var endpoints = new MetricCollector<int>(harness.Meters, KubernetesResolverMetrics.MeterName, Endpoints);
+        using var slices = new MetricCollector<int>(harness.Meters, KubernetesResolverMetrics.MeterName, EndpointSlices);
+        using var lastUpdate = new MetricCollector<double>(harness.Meters, KubernetesResolverMetrics.MeterName, LastUpdateTime);
+
+        endpoints.RecordObservableInstruments();
+        slices.RecordObservableInstruments();
+        lastUpdate.RecordObservableInstruments();
+
+        Assert.Equal(0, Assert.Single(endpoints.GetMeasurementSnapshot()).Value);
+        Assert.Equal(0, Assert.Single(slices.GetMeasurementSnapshot()).Value);
+        Assert.Empty(lastUpdate.GetMeasurementSnapshot());
+
+        held.Release();
+        await Poll.UntilAsync(() => client.Watches == 1, "listed and watching");
+        endpoints.RecordObservableInstruments();
+        lastUpdate.RecordObservableInstruments();
+        Assert.Equal(1, endpoints.LastMeasurement!.Value);
+        Assert.Single(lastUpdate.GetMeasurementSnapshot());
+    }
+
+    [Fact]
     public async Task Gauges_ResolverDisposedWhileItsLoopIsBusy_NoLongerReportedWhileTheOtherResolverStillIs()
     {
         // Two channels, two resolvers, one meter. The first is disposed while its loop is stuck in a LIST (which ignores

@@ -111,6 +111,7 @@ internal sealed class KubernetesResolver : Resolver
         }
 
         KubernetesResolverLog.Started(_logger, _target.Service, _namespace, _target.PortText);
+        _gauges.Start();
         _loop = Task.Run(RunAsync);
     }
 

@@ -5,9 +5,10 @@ namespace ConnectionRefresh.Kubernetes.Internal;
 
 /// <summary>
 /// The meter <c>ConnectionRefresh.Kubernetes</c>; every measurement is tagged with the service and namespace.
-/// The endpoint, slice and last-update gauges are observable: each collection reports one measurement per live resolver
-/// that has published, and none for a resolver once it is disposed (a synchronous gauge would keep exporting a disposed
-/// resolver's last value for good).
+/// The endpoint, slice and last-update gauges are observable: each collection reports one measurement per live (started,
+/// not disposed) resolver, and none for a resolver once it is disposed (a synchronous gauge would keep exporting a disposed
+/// resolver's last value for good). A resolver that has not listed yet reports 0 endpoints and slices (so "no endpoints"
+/// can be alerted on from the start, e.g. while RBAC is missing) and no update time.
 /// Thread-safe: the set of live resolvers is guarded by <c>_lock</c>; each resolver's values are one immutable snapshot,
 /// swapped atomically; counters are thread-safe.
 /// </summary>
@@ -24,9 +25,9 @@ internal sealed class KubernetesResolverMetrics
     {
         ArgumentNullException.ThrowIfNull(meterFactory);
         var meter = meterFactory.Create(MeterName);
-        meter.CreateObservableGauge("connectionrefresh.kubernetes.endpoints", () => Observe(static v => v.Endpoints), "{endpoint}",
+        meter.CreateObservableGauge("connectionrefresh.kubernetes.endpoints", () => Observe(static v => (int?)v.Endpoints), "{endpoint}",
             "Endpoints the resolver currently publishes for a service.");
-        meter.CreateObservableGauge("connectionrefresh.kubernetes.endpoint_slices", () => Observe(static v => v.Slices), "{slice}",
+        meter.CreateObservableGauge("connectionrefresh.kubernetes.endpoint_slices", () => Observe(static v => (int?)v.Slices), "{slice}",
             "EndpointSlices the resolver currently knows for a service.");
         meter.CreateObservableGauge("connectionrefresh.kubernetes.last_update_time", () => Observe(static v => v.LastUpdate), "s",
             "Unix time of the last endpoint update received from the API server.");
@@ -37,8 +38,7 @@ internal sealed class KubernetesResolverMetrics
     }
 
     /// <summary>
-    /// Registers a resolver's gauges: reported from its first <see cref="ResolverGauges.Update"/> until
-    /// <see cref="ResolverGauges.Dispose"/>.
+    /// Registers a resolver's gauges: reported from <see cref="ResolverGauges.Start"/> until <see cref="ResolverGauges.Dispose"/>.
     /// </summary>
     public ResolverGauges Register(KubernetesTarget target, string ns)
     {
@@ -65,7 +65,7 @@ internal sealed class KubernetesResolverMetrics
         _errors.Add(1, tags);
     }
 
-    private List<Measurement<T>> Observe<T>(Func<GaugeValues, T> value)
+    private List<Measurement<T>> Observe<T>(Func<GaugeValues, T?> value)
         where T : struct
     {
         ResolverGauges[] live;
@@ -77,9 +77,9 @@ internal sealed class KubernetesResolverMetrics
         var measurements = new List<Measurement<T>>(live.Length);
         foreach (var gauges in live)
         {
-            if (gauges.Values is { } values)
+            if (gauges.Values is { } values && value(values) is { } measured)
             {
-                measurements.Add(new Measurement<T>(value(values), gauges.Tags));
+                measurements.Add(new Measurement<T>(measured, gauges.Tags));
             }
         }
 
@@ -100,8 +100,8 @@ internal sealed class KubernetesResolverMetrics
         { "k8s.service.name", target.Service },
     };
 
-    /// <summary>One resolver's latest values, read together by a collection.</summary>
-    internal sealed record GaugeValues(int Endpoints, int Slices, double LastUpdate);
+    /// <summary>One resolver's latest values, read together by a collection; no update time before the first LIST.</summary>
+    internal sealed record GaugeValues(int Endpoints, int Slices, double? LastUpdate);
 
     /// <summary>One resolver's gauge values. Thread-safe: the values are replaced as a whole.</summary>
     internal sealed class ResolverGauges(KubernetesResolverMetrics owner, KeyValuePair<string, object?>[] tags) : IDisposable
@@ -110,8 +110,11 @@ internal sealed class KubernetesResolverMetrics
 
         internal KeyValuePair<string, object?>[] Tags => tags;
 
-        /// <summary>Null until the first update: a resolver that has not listed yet knows nothing to report.</summary>
+        /// <summary>Null until <see cref="Start"/>: a resolver that was created but not started reports nothing.</summary>
         internal GaugeValues? Values => Volatile.Read(ref _values);
+
+        /// <summary>The resolver started: 0 endpoints and slices until its first LIST.</summary>
+        public void Start() => Interlocked.CompareExchange(ref _values, new GaugeValues(0, 0, null), null);
 
         public void Update(int endpoints, int slices, DateTimeOffset now) =>
             Volatile.Write(ref _values, new GaugeValues(endpoints, slices, now.ToUnixTimeMilliseconds() / 1000.0));
