@@ -238,6 +238,8 @@ internal sealed class KubernetesResolver : Resolver
         var resourceVersion = snapshot.ResourceVersion;
         var listed = _time.GetTimestamp();
         var resyncAfter = ReconnectBackoff.Jitter(_options.ResyncInterval, _random);
+        // Whether this watch resumes from a resourceVersion an earlier (healthy) watch delivered rather than the LIST's own.
+        var resumed = false;
         while (true)
         {
             var remaining = resyncAfter - _time.GetElapsedTime(listed);
@@ -287,9 +289,11 @@ internal sealed class KubernetesResolver : Resolver
 
                 break; // Refresh() cancelled the watch.
             }
-            catch (ResourceVersionExpiredException) when (IsHealthy(started, events))
+            catch (ResourceVersionExpiredException) when (resumed || IsHealthy(started, events))
             {
-                // Expected now and then (compaction): relist at once. An unhealthy one backs off like any error.
+                // Expected now and then: a resumed watch's resourceVersion was compacted, or a restarted API server's watch
+                // cache starts later (a 410 then comes at once). Relist at once. A 410 for the LIST's own resourceVersion on
+                // a watch that showed no life is not expected: it backs off like any error.
                 backoff.Reset();
                 Restarted("expired");
                 return;
@@ -317,6 +321,7 @@ internal sealed class KubernetesResolver : Resolver
 
             backoff.Reset();
             Restarted("closed");
+            resumed = true;
         }
 
         // Refresh() found no live watch (this one was silent for longer than WatchLivenessWindow, or the request came
