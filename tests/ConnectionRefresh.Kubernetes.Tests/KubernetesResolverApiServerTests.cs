@@ -5,6 +5,7 @@ using ConnectionRefresh.Testing;
 using Grpc.Core;
 using k8s;
 using k8s.Autorest;
+using Microsoft.Extensions.Diagnostics.Metrics.Testing;
 
 namespace ConnectionRefresh.Kubernetes.Tests;
 
@@ -34,6 +35,27 @@ public sealed class KubernetesResolverApiServerTests
         api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1", "10.0.0.2"], 8080));
         await Poll.UntilAsync(() => harness.LastAddresses?.Count == 2, "updates after the relist");
         Assert.All(harness.Results, r => Assert.Equal(StatusCode.OK, r.Status.StatusCode));
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Watch_ResumedWatchGets410_TheRealClientsGoneRelistsAtOnceAsExpired(bool goneAsHttpStatus)
+    {
+        // End to end through KubernetesClient: both forms of 410 reach the resolver as an expired resourceVersion, and a
+        // resumed watch's 410 is answered by a relist, not an error and a backoff. (Watch_ResourceVersionCompacted_... above
+        // reaches its relist through the error path: SimulatedKubernetesApi cannot serialize a Status.)
+        await using var api = await GoneOnResumeApi.StartAsync(Slices.Ready("a", "greeter", ["10.0.0.1"], 8080), goneAsHttpStatus);
+        // A backoff long enough to tell apart from an immediate relist on any machine.
+        var options = new KubernetesResolverOptions { InitialBackoff = TimeSpan.FromMinutes(1), MaxBackoff = TimeSpan.FromMinutes(1) };
+        var client = new KubernetesEndpointSliceClient(new k8s.Kubernetes(new KubernetesClientConfiguration { Host = api.Url.ToString() }));
+        using var harness = new ResolverHarness(client, options: options);
+        using var restarts = new MetricCollector<long>(harness.Meters, KubernetesResolverMetrics.MeterName, "connectionrefresh.kubernetes.watch.restarts");
+        using var errors = new MetricCollector<long>(harness.Meters, KubernetesResolverMetrics.MeterName, "connectionrefresh.kubernetes.errors");
+
+        await Poll.UntilAsync(() => api.Lists == 2 && api.Watches == 3, "relisted after the 410 and watching again");
+        Assert.Equal(["closed", "expired"], restarts.GetMeasurementSnapshot().Select(m => (string)m.Tags["reason"]!));
+        Assert.Empty(errors.GetMeasurementSnapshot());
     }
 
     [Fact]
