@@ -1,8 +1,11 @@
+using System.Net;
 using ConnectionRefresh.Kubernetes.Internal;
 using ConnectionRefresh.Kubernetes.Tests.Fakes;
 using ConnectionRefresh.Testing;
 using Grpc.Core;
 using k8s;
+using k8s.Autorest;
+using Microsoft.Extensions.Diagnostics.Metrics.Testing;
 
 namespace ConnectionRefresh.Kubernetes.Tests;
 
@@ -32,6 +35,27 @@ public sealed class KubernetesResolverApiServerTests
         api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1", "10.0.0.2"], 8080));
         await Poll.UntilAsync(() => harness.LastAddresses?.Count == 2, "updates after the relist");
         Assert.All(harness.Results, r => Assert.Equal(StatusCode.OK, r.Status.StatusCode));
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Watch_ResumedWatchGets410_TheRealClientsGoneRelistsAtOnceAsExpired(bool goneAsHttpStatus)
+    {
+        // End to end through KubernetesClient: both forms of 410 reach the resolver as an expired resourceVersion, and a
+        // resumed watch's 410 is answered by a relist, not an error and a backoff. (Watch_ResourceVersionCompacted_... above
+        // reaches its relist through the error path: SimulatedKubernetesApi cannot serialize a Status.)
+        await using var api = await GoneOnResumeApi.StartAsync(Slices.Ready("a", "greeter", ["10.0.0.1"], 8080), goneAsHttpStatus);
+        // A backoff long enough to tell apart from an immediate relist on any machine.
+        var options = new KubernetesResolverOptions { InitialBackoff = TimeSpan.FromMinutes(1), MaxBackoff = TimeSpan.FromMinutes(1) };
+        var client = new KubernetesEndpointSliceClient(new k8s.Kubernetes(new KubernetesClientConfiguration { Host = api.Url.ToString() }));
+        using var harness = new ResolverHarness(client, options: options);
+        using var restarts = new MetricCollector<long>(harness.Meters, KubernetesResolverMetrics.MeterName, "connectionrefresh.kubernetes.watch.restarts");
+        using var errors = new MetricCollector<long>(harness.Meters, KubernetesResolverMetrics.MeterName, "connectionrefresh.kubernetes.errors");
+
+        await Poll.UntilAsync(() => api.Lists == 2 && api.Watches == 3, "relisted after the 410 and watching again");
+        Assert.Equal(["closed", "expired"], restarts.GetMeasurementSnapshot().Select(m => (string)m.Tags["reason"]!));
+        Assert.Empty(errors.GetMeasurementSnapshot());
     }
 
     [Fact]
@@ -74,6 +98,33 @@ public sealed class KubernetesResolverApiServerTests
         account.WriteToken("good");
         await Poll.UntilAsync(() => harness.LastAddresses?.Count == 1, "resolved with the new token");
         Assert.Equal("bad", api.SeenTokens.First());
+    }
+
+    [Theory]
+    [InlineData(HttpStatusCode.Unauthorized, "Unauthorized", "401 Unauthorized", "check the bearer token")]
+    [InlineData(HttpStatusCode.Forbidden, "Forbidden", "403 Forbidden", "needs the verbs 'list' and 'watch' on 'endpointslices' (API group 'discovery.k8s.io') in namespace 'default'")]
+    public async Task List_RefusedByTheApiServer_CallsFailNamingWhatToFixNotAnUnreachableServer(HttpStatusCode status, string reason, string expectedCode, string expectedHint)
+    {
+        // A missing Role (403) or a bad token (401) is the usual setup mistake; "could not be reached" sent users to the
+        // network. The exception is the one KubernetesClient throws for a refused request (its SendRequestRaw builds it
+        // this way, with the API server's Status as the body); the fake API server does not answer 403.
+        var body = $$"""{"kind":"Status","apiVersion":"v1","status":"Failure","message":"endpointslices.discovery.k8s.io is forbidden: User \"system:serviceaccount:default:client\" cannot list resource \"endpointslices\"","reason":"{{reason}}","code":{{(int)status}}}""";
+        var client = new ScriptedEndpointSliceClient
+        {
+            OnList = _ => throw new HttpOperationException($"Operation returned an invalid status code '{status}', response body {body}")
+            {
+                Response = new HttpResponseMessageWrapper(new HttpResponseMessage(status), body),
+            },
+        };
+        using var harness = new ResolverHarness(client, options: FastRetry);
+
+        await Poll.UntilAsync(() => harness.Last?.Status.StatusCode == StatusCode.Unavailable, "the refusal reported as Unavailable");
+        var detail = harness.Last!.Status.Detail;
+        Assert.Contains(expectedCode, detail, StringComparison.Ordinal);
+        Assert.Contains(expectedHint, detail, StringComparison.Ordinal);
+        Assert.Contains("service 'greeter' in namespace 'default'", detail, StringComparison.Ordinal);
+        Assert.Contains("cannot list resource", detail, StringComparison.Ordinal); // The API server's own words follow.
+        Assert.DoesNotContain("could not be reached", detail, StringComparison.Ordinal);
     }
 
     [Fact]

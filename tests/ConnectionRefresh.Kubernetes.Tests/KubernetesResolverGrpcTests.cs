@@ -144,6 +144,8 @@ public sealed class KubernetesResolverGrpcTests
             return seen.Count == 250;
         }, "all 250 endpoints serve calls", TimeSpan.FromSeconds(60));
         Assert.True(seen.SetEquals(ips));
+        // An observable gauge: a collection reads the resolver's current value.
+        endpointsGauge.RecordObservableInstruments();
         var measurement = endpointsGauge.LastMeasurement!;
         Assert.Equal(250, measurement.Value);
         Assert.Equal("greeter", measurement.Tags["k8s.service.name"]);
@@ -163,6 +165,7 @@ public sealed class KubernetesResolverGrpcTests
             // 600 round_robin calls over 150 endpoints visit each one four times.
             return window.SetEquals(remaining);
         }, "exactly the 150 endpoints of the remaining slices serve calls", TimeSpan.FromSeconds(60));
+        endpointsGauge.RecordObservableInstruments();
         Assert.Equal(150, endpointsGauge.LastMeasurement!.Value);
     }
 

@@ -175,6 +175,53 @@ public sealed class KubernetesResolverTimingTests
     }
 
     [Fact]
+    public async Task Refresh_WallClockSteppedBack_RelistsAtOnceInsteadOfWaitingOutTheStep()
+    {
+        // NTP or a VM resume can step the wall clock back. The minimum refresh interval is elapsed time: measured on the
+        // wall clock, a step back of an hour made a refresh relist wait an hour, with no watch running meanwhile.
+        var time = new SteppedClockTimeProvider();
+        var client = new ScriptedEndpointSliceClient { OnList = _ => ScriptedEndpointSliceClient.Snapshot("10", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080)) };
+        using var harness = new ResolverHarness(client, time: time, random: () => 0.5);
+        await Poll.UntilAsync(() => client.Watches == 1 && time.TimersCreated == 1, "watching with the resync timer armed");
+
+        // Silent for longer than the liveness window (and well before the 5 min resync), then the clock steps back.
+        time.Advance(KubernetesResolverDefaults.WatchLivenessWindow + TimeSpan.FromSeconds(1));
+        time.StepWallClock(TimeSpan.FromHours(-1));
+        harness.Resolver.Refresh();
+
+        // The fake clock does not move from here: only a relist that waits for nothing can happen.
+        await Poll.UntilAsync(() => client.Lists == 2 && client.Watches == 2, "relisted and watching again");
+    }
+
+    [Fact]
+    public async Task Watch_ResumedAfterAHealthyWatchGets410_RelistsAtOnceAsExpiredNotAsAnError()
+    {
+        // The usual 410: the server closes a healthy watch (its timeout), the resolver resumes from the last resourceVersion
+        // it saw, and that one is gone (compacted, or a restarted API server's watch cache starts later). The new watch
+        // fails at once, which is expected: relist without a backoff, a warning or an error count.
+        var time = new CountingTimeProvider();
+        var client = new ScriptedEndpointSliceClient { OnList = _ => ScriptedEndpointSliceClient.Snapshot("10", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080)) };
+        using var harness = new ResolverHarness(client, time: time);
+        using var restarts = new MetricCollector<long>(harness.Meters, KubernetesResolverMetrics.MeterName, "connectionrefresh.kubernetes.watch.restarts");
+        using var errors = new MetricCollector<long>(harness.Meters, KubernetesResolverMetrics.MeterName, "connectionrefresh.kubernetes.errors");
+        await Poll.UntilAsync(() => client.Watches == 1, "watching");
+
+        var changed = Slices.Ready("a", "greeter", ["10.0.0.1", "10.0.0.2"], 8080);
+        changed.Metadata.ResourceVersion = "11";
+        client.Events.Writer.TryWrite(new EndpointSliceEvent(WatchEventType.Modified, changed));
+        client.Events.Writer.TryComplete();
+        await Poll.UntilAsync(() => client.Watches == 2, "resumed from the event's resourceVersion");
+        client.Events.Writer.TryComplete(new ResourceVersionExpiredException("too old resource version: 11 (20)"));
+
+        // The fake clock never moves: a backoff would hold the relist (its timer is the second one, after the resync's).
+        await Poll.UntilAsync(() => client.Lists == 2 || time.TimersCreated > 2, "relisted, or a backoff armed");
+        Assert.Equal(2, client.Lists);
+        Assert.Equal(["closed", "expired"], restarts.GetMeasurementSnapshot().Select(m => (string)m.Tags["reason"]!));
+        Assert.Empty(errors.GetMeasurementSnapshot());
+        Assert.Equal("11", client.WatchResourceVersions.ElementAt(1)); // The second watch resumed from the event.
+    }
+
+    [Fact]
     public async Task Metrics_WatchFails_CountedAsARestartWithReasonError()
     {
         // The instrument's description names the reasons resync, refresh, expired, closed and error: a watch that fails (or

@@ -1,6 +1,8 @@
+using System.Net;
 using Grpc.Core;
 using Grpc.Net.Client.Balancer;
 using k8s;
+using k8s.Autorest;
 using Microsoft.Extensions.Logging;
 
 namespace ConnectionRefresh.Kubernetes.Internal;
@@ -29,6 +31,7 @@ internal sealed class KubernetesResolver : Resolver
     private readonly IEndpointSliceClient _client;
     private readonly KubernetesResolverOptions _options;
     private readonly KubernetesResolverMetrics _metrics;
+    private readonly KubernetesResolverMetrics.ResolverGauges _gauges;
     private readonly TimeProvider _time;
     private readonly Func<double> _random;
     private readonly ILogger _logger;
@@ -47,7 +50,9 @@ internal sealed class KubernetesResolver : Resolver
     private volatile bool _disposed;
     private IReadOnlyList<ResolvedEndpoint>? _published;
     private int _lastSkippedSlices;
-    private DateTimeOffset _lastListAt = DateTimeOffset.MinValue;
+    // Elapsed time (resync, healthy watch, refresh interval) is measured with TimeProvider timestamps, which are monotonic:
+    // a wall clock stepped back (NTP, VM resume) would otherwise stretch a wait by the step.
+    private long _lastListTimestamp;
 
     public KubernetesResolver(
         KubernetesTarget target,
@@ -69,6 +74,7 @@ internal sealed class KubernetesResolver : Resolver
         _random = random;
         _logger = logger;
         _selector = new EndpointSelector(target, options.IncludeTerminatingEndpoints);
+        _gauges = metrics.Register(target, ns);
         // The factory's disposal stops the loop too: Grpc.Net.ClientFactory never disposes its channels (and so their
         // resolvers), and the API client the loop uses is disposed with the factory.
         _stopping = stopping.Register(static state => ((CancellationTokenSource)state!).Cancel(), _disposeCts);
@@ -105,6 +111,7 @@ internal sealed class KubernetesResolver : Resolver
         }
 
         KubernetesResolverLog.Started(_logger, _target.Service, _namespace, _target.PortText);
+        _gauges.Start();
         _loop = Task.Run(RunAsync);
     }
 
@@ -156,6 +163,7 @@ internal sealed class KubernetesResolver : Resolver
 
             _disposeCts.Cancel();
             _stopping.Dispose();
+            _gauges.Dispose(); // Now, not when the loop ends: a collection right after Dispose reports nothing for it.
         }
 
         base.Dispose(disposing);
@@ -182,8 +190,7 @@ internal sealed class KubernetesResolver : Resolver
                     {
                         // Nothing known yet: fail calls fast instead of leaving them waiting. Once endpoints are
                         // known they stay in use; an unreachable API server says nothing about the pods.
-                        Notify(ResolverResult.ForFailure(new Status(StatusCode.Unavailable,
-                            $"The Kubernetes API server could not be reached to resolve service '{_target.Service}' in namespace '{_namespace}': {ex.Message}", ex)));
+                        Notify(ResolverResult.ForFailure(new Status(StatusCode.Unavailable, FailureDetail(ex), ex)));
                     }
 
                     await Task.Delay(delay, _time, cancellationToken).ConfigureAwait(false);
@@ -200,6 +207,8 @@ internal sealed class KubernetesResolver : Resolver
         }
         finally
         {
+            // Also stopped by the factory's disposal (not this resolver's): a stopped resolver reports nothing.
+            _gauges.Dispose();
             KubernetesResolverLog.Stopped(_logger, _target.Service, _namespace);
         }
     }
@@ -211,7 +220,7 @@ internal sealed class KubernetesResolver : Resolver
             _refreshRequested = false;
         }
 
-        _lastListAt = _time.GetUtcNow();
+        _lastListTimestamp = _time.GetTimestamp();
         var snapshot = await _client.ListAsync(_namespace, _target.Service, cancellationToken).ConfigureAwait(false);
         if (_published is null)
         {
@@ -227,10 +236,13 @@ internal sealed class KubernetesResolver : Resolver
         Publish();
 
         var resourceVersion = snapshot.ResourceVersion;
-        var resyncAt = _time.GetUtcNow() + ReconnectBackoff.Jitter(_options.ResyncInterval, _random);
+        var listed = _time.GetTimestamp();
+        var resyncAfter = ReconnectBackoff.Jitter(_options.ResyncInterval, _random);
+        // Whether this watch resumes from a resourceVersion an earlier (healthy) watch delivered rather than the LIST's own.
+        var resumed = false;
         while (true)
         {
-            var remaining = resyncAt - _time.GetUtcNow();
+            var remaining = resyncAfter - _time.GetElapsedTime(listed);
             if (remaining <= TimeSpan.Zero)
             {
                 Restarted("resync");
@@ -250,7 +262,7 @@ internal sealed class KubernetesResolver : Resolver
                 _watchActivityTimestamp = _time.GetTimestamp();
             }
 
-            var started = _time.GetUtcNow();
+            var started = _time.GetTimestamp();
             var events = 0;
             try
             {
@@ -277,9 +289,11 @@ internal sealed class KubernetesResolver : Resolver
 
                 break; // Refresh() cancelled the watch.
             }
-            catch (ResourceVersionExpiredException) when (IsHealthy(started, events))
+            catch (ResourceVersionExpiredException) when (resumed || IsHealthy(started, events))
             {
-                // Expected now and then (compaction): relist at once. An unhealthy one backs off like any error.
+                // Expected now and then: a resumed watch's resourceVersion was compacted, or a restarted API server's watch
+                // cache starts later (a 410 then comes at once). Relist at once. A 410 for the LIST's own resourceVersion on
+                // a watch that showed no life is not expected: it backs off like any error.
                 backoff.Reset();
                 Restarted("expired");
                 return;
@@ -307,12 +321,13 @@ internal sealed class KubernetesResolver : Resolver
 
             backoff.Reset();
             Restarted("closed");
+            resumed = true;
         }
 
         // Refresh() found no live watch (this one was silent for longer than WatchLivenessWindow, or the request came
         // between two watches): relist, at most once per MinRefreshInterval.
         Restarted("refresh");
-        var wait = _lastListAt + KubernetesResolverDefaults.MinRefreshInterval - _time.GetUtcNow();
+        var wait = KubernetesResolverDefaults.MinRefreshInterval - _time.GetElapsedTime(_lastListTimestamp);
         if (wait > TimeSpan.Zero)
         {
             await Task.Delay(wait, _time, cancellationToken).ConfigureAwait(false);
@@ -349,7 +364,7 @@ internal sealed class KubernetesResolver : Resolver
         }
 
         _lastSkippedSlices = skipped;
-        _metrics.RecordUpdate(_target, _namespace, endpoints.Count, _store.Count, _time.GetUtcNow());
+        _gauges.Update(endpoints.Count, _store.Count, _time.GetUtcNow());
         if (_published is not null && _published.SequenceEqual(endpoints))
         {
             return;
@@ -379,10 +394,29 @@ internal sealed class KubernetesResolver : Resolver
         }
     }
 
-    private bool IsHealthy(DateTimeOffset started, int events) =>
-        events > 0 || _time.GetUtcNow() - started >= KubernetesResolverDefaults.HealthyWatchDuration;
+    /// <summary>
+    /// Why calls fail while nothing is known. A refusal (401, 403) sends the user to the credentials or the RBAC rule, not
+    /// to the network: "could not be reached" was misleading for the most common setup mistake, a missing Role.
+    /// </summary>
+    private string FailureDetail(Exception error)
+    {
+        var what = $"service '{_target.Service}' in namespace '{_namespace}'";
+        return (error as HttpOperationException)?.Response?.StatusCode switch
+        {
+            HttpStatusCode.Unauthorized =>
+                $"The Kubernetes API server rejected the resolver's credentials (401 Unauthorized) when listing the EndpointSlices of {what}: " +
+                $"check the bearer token (service account token or kubeconfig user). {error.Message}",
+            HttpStatusCode.Forbidden =>
+                $"The Kubernetes API server forbade listing the EndpointSlices of {what} (403 Forbidden): the client's identity needs the verbs " +
+                $"'list' and 'watch' on 'endpointslices' (API group 'discovery.k8s.io') in namespace '{_namespace}'. {error.Message}",
+            _ => $"The Kubernetes API server could not be reached to resolve {what}: {error.Message}",
+        };
+    }
 
-    private void ResetIfHealthy(ReconnectBackoff backoff, DateTimeOffset started, int events)
+    private bool IsHealthy(long startedTimestamp, int events) =>
+        events > 0 || _time.GetElapsedTime(startedTimestamp) >= KubernetesResolverDefaults.HealthyWatchDuration;
+
+    private void ResetIfHealthy(ReconnectBackoff backoff, long started, int events)
     {
         if (IsHealthy(started, events))
         {

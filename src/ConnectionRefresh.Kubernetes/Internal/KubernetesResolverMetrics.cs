@@ -4,28 +4,32 @@ using System.Diagnostics.Metrics;
 namespace ConnectionRefresh.Kubernetes.Internal;
 
 /// <summary>
-/// The meter <c>ConnectionRefresh.Kubernetes</c>; every measurement is tagged with the service and
-/// namespace. Thread-safe: instruments are.
+/// The meter <c>ConnectionRefresh.Kubernetes</c>; every measurement is tagged with the service and namespace.
+/// The endpoint, slice and last-update gauges are observable: each collection reports one measurement per live (started,
+/// not disposed) resolver, and none for a resolver once it is disposed (a synchronous gauge would keep exporting a disposed
+/// resolver's last value for good). A resolver that has not listed yet reports 0 endpoints and slices (so "no endpoints"
+/// can be alerted on from the start, e.g. while RBAC is missing) and no update time.
+/// Thread-safe: the set of live resolvers is guarded by <c>_lock</c>; each resolver's values are one immutable snapshot,
+/// swapped atomically; counters are thread-safe.
 /// </summary>
 internal sealed class KubernetesResolverMetrics
 {
     public const string MeterName = "ConnectionRefresh.Kubernetes";
 
-    private readonly Gauge<int> _endpoints;
-    private readonly Gauge<int> _slices;
-    private readonly Gauge<double> _lastUpdate;
     private readonly Counter<long> _watchRestarts;
     private readonly Counter<long> _errors;
+    private readonly Lock _lock = new();
+    private readonly HashSet<ResolverGauges> _live = [];
 
     public KubernetesResolverMetrics(IMeterFactory meterFactory)
     {
         ArgumentNullException.ThrowIfNull(meterFactory);
         var meter = meterFactory.Create(MeterName);
-        _endpoints = meter.CreateGauge<int>("connectionrefresh.kubernetes.endpoints", "{endpoint}",
+        meter.CreateObservableGauge("connectionrefresh.kubernetes.endpoints", () => Observe(static v => (int?)v.Endpoints), "{endpoint}",
             "Endpoints the resolver currently publishes for a service.");
-        _slices = meter.CreateGauge<int>("connectionrefresh.kubernetes.endpoint_slices", "{slice}",
+        meter.CreateObservableGauge("connectionrefresh.kubernetes.endpoint_slices", () => Observe(static v => (int?)v.Slices), "{slice}",
             "EndpointSlices the resolver currently knows for a service.");
-        _lastUpdate = meter.CreateGauge<double>("connectionrefresh.kubernetes.last_update_time", "s",
+        meter.CreateObservableGauge("connectionrefresh.kubernetes.last_update_time", () => Observe(static v => v.LastUpdate), "s",
             "Unix time of the last endpoint update received from the API server.");
         _watchRestarts = meter.CreateCounter<long>("connectionrefresh.kubernetes.watch.restarts", "{restart}",
             "Watches that ended and were started again (reason: resync, refresh, expired, closed, error).");
@@ -33,12 +37,18 @@ internal sealed class KubernetesResolverMetrics
             "Failed LIST or WATCH requests to the API server.");
     }
 
-    public void RecordUpdate(KubernetesTarget target, string ns, int endpoints, int slices, DateTimeOffset now)
+    /// <summary>
+    /// Registers a resolver's gauges: reported from <see cref="ResolverGauges.Start"/> until <see cref="ResolverGauges.Dispose"/>.
+    /// </summary>
+    public ResolverGauges Register(KubernetesTarget target, string ns)
     {
-        var tags = Tags(target, ns);
-        _endpoints.Record(endpoints, tags);
-        _slices.Record(slices, tags);
-        _lastUpdate.Record(now.ToUnixTimeMilliseconds() / 1000.0, tags);
+        var gauges = new ResolverGauges(this, Tags(target, ns).ToArray());
+        lock (_lock)
+        {
+            _live.Add(gauges);
+        }
+
+        return gauges;
     }
 
     public void WatchRestarted(KubernetesTarget target, string ns, string reason)
@@ -55,9 +65,61 @@ internal sealed class KubernetesResolverMetrics
         _errors.Add(1, tags);
     }
 
+    private List<Measurement<T>> Observe<T>(Func<GaugeValues, T?> value)
+        where T : struct
+    {
+        ResolverGauges[] live;
+        lock (_lock)
+        {
+            live = [.. _live];
+        }
+
+        var measurements = new List<Measurement<T>>(live.Length);
+        foreach (var gauges in live)
+        {
+            if (gauges.Values is { } values && value(values) is { } measured)
+            {
+                measurements.Add(new Measurement<T>(measured, gauges.Tags));
+            }
+        }
+
+        return measurements;
+    }
+
+    private void Unregister(ResolverGauges gauges)
+    {
+        lock (_lock)
+        {
+            _live.Remove(gauges);
+        }
+    }
+
     private static TagList Tags(KubernetesTarget target, string ns) => new()
     {
         { "k8s.namespace.name", ns },
         { "k8s.service.name", target.Service },
     };
+
+    /// <summary>One resolver's latest values, read together by a collection; no update time before the first LIST.</summary>
+    internal sealed record GaugeValues(int Endpoints, int Slices, double? LastUpdate);
+
+    /// <summary>One resolver's gauge values. Thread-safe: the values are replaced as a whole.</summary>
+    internal sealed class ResolverGauges(KubernetesResolverMetrics owner, KeyValuePair<string, object?>[] tags) : IDisposable
+    {
+        private GaugeValues? _values;
+
+        internal KeyValuePair<string, object?>[] Tags => tags;
+
+        /// <summary>Null until <see cref="Start"/>: a resolver that was created but not started reports nothing.</summary>
+        internal GaugeValues? Values => Volatile.Read(ref _values);
+
+        /// <summary>The resolver started: 0 endpoints and slices until its first LIST.</summary>
+        public void Start() => Interlocked.CompareExchange(ref _values, new GaugeValues(0, 0, null), null);
+
+        public void Update(int endpoints, int slices, DateTimeOffset now) =>
+            Volatile.Write(ref _values, new GaugeValues(endpoints, slices, now.ToUnixTimeMilliseconds() / 1000.0));
+
+        /// <summary>Stops reporting this resolver; idempotent. A later <see cref="Update"/> is ignored by collections.</summary>
+        public void Dispose() => owner.Unregister(this);
+    }
 }

@@ -54,7 +54,7 @@ internal sealed record KubernetesTarget(string Service, string? Namespace, int? 
             }
             else
             {
-                throw Invalid(address, $"'{port}' is neither a port number nor a port name (lowercase letters, digits and '-', at most 15 characters)");
+                throw Invalid(address, $"'{port}' is neither a port number nor a Service port name (a DNS label: lowercase letters, digits and '-', at most 63 characters, with a letter)");
             }
         }
 
@@ -100,9 +100,7 @@ internal sealed record KubernetesTarget(string Service, string? Namespace, int? 
         char.IsAsciiLetterOrDigit(value[0]) && char.IsAsciiLetterOrDigit(value[^1]) &&
         value.All(c => char.IsAsciiLetterLower(c) || char.IsAsciiDigit(c) || c == '-');
 
-    private static bool IsPortName(string value) =>
-        value.Length is > 0 and <= 15 &&
-        value.Any(char.IsAsciiLetter) &&
-        value.All(c => char.IsAsciiLetterLower(c) || char.IsAsciiDigit(c) || c == '-') &&
-        value[0] != '-' && value[^1] != '-';
+    // The name an EndpointSlice port carries is the Service port's name, a DNS label (up to 63 characters), not a
+    // container port's IANA_SVC_NAME (up to 15). A letter tells it from a number.
+    private static bool IsPortName(string value) => IsDnsLabel(value) && value.Any(char.IsAsciiLetter);
 }

@@ -11,17 +11,18 @@ internal sealed class ResolverHarness : IDisposable
     private readonly FallbackMeterFactory _meters = new();
 
     public ResolverHarness(IEndpointSliceClient client, string target = "kubernetes:///greeter.default:grpc",
-        KubernetesResolverOptions? options = null, TimeProvider? time = null, Func<double>? random = null, ILogger? logger = null)
+        KubernetesResolverOptions? options = null, TimeProvider? time = null, Func<double>? random = null, ILogger? logger = null,
+        KubernetesResolverMetrics? metrics = null)
     {
         var parsed = KubernetesTarget.Parse(new Uri(target));
         Resolver = new KubernetesResolver(parsed, parsed.Namespace ?? "default", client, options ?? new KubernetesResolverOptions(),
-            new KubernetesResolverMetrics(_meters), time ?? TimeProvider.System, random ?? (() => 0.5), logger ?? NullLogger.Instance);
+            metrics ?? new KubernetesResolverMetrics(_meters), time ?? TimeProvider.System, random ?? (() => 0.5), logger ?? NullLogger.Instance);
         Resolver.Start(Results.Add);
     }
 
     public KubernetesResolver Resolver { get; }
 
-    /// <summary>The meter factory of the resolver's metrics: the scope for a MetricCollector.</summary>
+    /// <summary>The meter factory of the resolver's metrics (unless the test gave its own): the scope for a MetricCollector.</summary>
     public FallbackMeterFactory Meters => _meters;
 
     public PublishedResults Results { get; } = new();

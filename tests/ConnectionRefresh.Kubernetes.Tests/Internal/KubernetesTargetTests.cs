@@ -19,7 +19,21 @@ public sealed class KubernetesTargetTests
     }
 
     [Theory]
+    [InlineData("grpc-internal-api")]
+    [InlineData("a23456789-123456789-123456789-123456789-123456789-123456789-123")]
+    public void Parse_ServicePortNameLongerThan15Characters_Accepted(string portName)
+    {
+        // Service port names are DNS labels (up to 63 characters), and EndpointSlices carry the Service port's name; the
+        // 15-character limit is that of container port names.
+        var target = KubernetesTarget.Parse(new Uri($"kubernetes:///greeter.default:{portName}"));
+
+        Assert.Equal(portName, target.PortName);
+    }
+
+    [Theory]
     [InlineData("dns:///greeter.default:80", "scheme")]
+    [InlineData("kubernetes:///greeter.default:a23456789-123456789-123456789-123456789-123456789-123456789-1234", "port name")]
+    [InlineData("kubernetes:///greeter.default:-grpc", "port name")]
     [InlineData("kubernetes:///greeter.default:70000", "out of range")]
     [InlineData("kubernetes:///greeter.default:Not_A_Port", "port name")]
     [InlineData("kubernetes:///Greeter_1.default:80", "DNS label")]
