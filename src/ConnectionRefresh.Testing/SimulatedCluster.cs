@@ -201,9 +201,28 @@ public sealed class SimulatedCluster : IAsyncDisposable
     /// <returns>The new pod, ready.</returns>
     /// <exception cref="ObjectDisposedException">The cluster was disposed before or while the pod started (disposing cancels the start and waits for it).</exception>
     /// <remarks>During a rolling update the pod is built from the new template and raises the count the update ends with by one (unless the start fails or is cancelled).</remarks>
-    /// <exception cref="InvalidOperationException">The cluster already runs 64 pods that are not terminating (or a rolling update works toward 64).</exception>
-    public Task<SimulatedPod> AddPodAsync(CancellationToken cancellationToken = default) =>
-        AddPodCoreAsync(byUser: true, cancellationToken);
+    /// <exception cref="InvalidOperationException">
+    /// The cluster already runs 64 pods that are not terminating (or a rolling update works toward 64); or a concurrent
+    /// scale-down (<see cref="ScaleAsync"/>, which counts and may stop pods still starting) stopped the pod while it started,
+    /// so there is no ready pod to return: the pod has left by then, and never appeared in <see cref="Pods"/>. (Unlike
+    /// <see cref="ScaleAsync"/>, which then completes, as it only works toward a count.)
+    /// </exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled.</exception>
+    public async Task<SimulatedPod> AddPodAsync(CancellationToken cancellationToken = default)
+    {
+        var created = new StrongBox<SimulatedPod?>();
+        try
+        {
+            return await AddPodCoreAsync(byUser: true, cancellationToken, created).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException ex) when (!cancellationToken.IsCancellationRequested && created.Value?.App is not null)
+        {
+            // Started, but stopped while starting (StartPodAsync's own cancellation); nobody cancelled this call. A start that
+            // failed (App never set) keeps its own exception.
+            throw new InvalidOperationException(
+                $"{created.Value.Name} was stopped while starting by a concurrent scale-down: AddPodAsync has no ready pod to return.", ex);
+        }
+    }
 
     // byUser: one more replica, checked against MaxPods (during a rolling update, against the count it works toward).
     // Otherwise a rolling update, whose surge pod may go one above MaxPods.

@@ -21,9 +21,14 @@ namespace ConnectionRefresh.Testing;
 /// <c>GET /apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices</c> as a LIST (a JSON <c>EndpointSliceList</c>
 /// with <c>metadata.resourceVersion</c>; <c>labelSelector=kubernetes.io/service-name=NAME</c> filters) or, with
 /// <c>watch=true</c>, as a chunked stream of newline-separated watch events from a <c>resourceVersion</c>
-/// (<c>ADDED</c>/<c>MODIFIED</c>/<c>DELETED</c>, <c>BOOKMARK</c> when <c>allowWatchBookmarks=true</c>, an <c>ERROR</c>
-/// 410 Gone for a compacted resourceVersion; without one, or from <c>0</c>, the current slices first, as <c>ADDED</c>);
-/// bearer tokens are checked (401 with a <c>Status</c> otherwise).
+/// (<c>ADDED</c>/<c>MODIFIED</c>/<c>DELETED</c>, <c>BOOKMARK</c> when <c>allowWatchBookmarks=true</c>; without a
+/// resourceVersion, or from <c>0</c>, the current slices first, as <c>ADDED</c>); bearer tokens are checked.
+/// Errors are answered as kube-apiserver answers them, with a <c>Status</c> object (<c>kind: Status</c>, <c>apiVersion: v1</c>,
+/// <c>status: Failure</c>, <c>message</c>, <c>reason</c>, <c>code</c>) and that code as the HTTP status: a rejected token
+/// 401 <c>Unauthorized</c> (on any path); an unknown path 404 <c>NotFound</c>; a method other than GET on the EndpointSlice
+/// collection 405 <c>MethodNotAllowed</c>. A watch from a compacted resourceVersion gets what the watch cache sends: HTTP
+/// 200, then one <c>ERROR</c> event whose object is a 410 <c>Expired</c> Status ("too old resource version"), then the end
+/// of the stream (or, with <see cref="GoneAsHttpStatus"/>, HTTP 410 with that Status as the body).
 /// Slices are written with <see cref="Apply"/> and <see cref="Delete"/>, or follow a <see cref="SimulatedCluster"/>'s
 /// pods with <see cref="MirrorEndpoints"/>. Faults: <see cref="Compact"/>, <see cref="CloseWatches"/>, <see cref="SetOutage"/>.
 /// </summary>
@@ -85,7 +90,11 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
         }
     }
 
-    /// <summary>When true, 410 Gone is the HTTP status of the watch request instead of an ERROR event in the stream.</summary>
+    /// <summary>
+    /// When true, a watch from a compacted resourceVersion gets HTTP 410 with the <c>Expired</c> Status as the body, instead of
+    /// what kube-apiserver sends (HTTP 200 and an in-stream <c>ERROR</c> event with that Status; the default, false). Both
+    /// forms reach clients, so a client should handle both.
+    /// </summary>
     public bool GoneAsHttpStatus { get; set; }
 
     /// <summary>Starts an API server with no slices.</summary>
@@ -153,6 +162,7 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
         }
 
         app.MapGet("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices", (Func<HttpContext, string, Task>)server.HandleAsync);
+        app.MapFallback((Func<HttpContext, Task>)server.HandleUnmatchedAsync);
         await app.StartAsync().ConfigureAwait(false);
         server.Url = new Uri(app.Urls.Single());
         return server;
@@ -330,18 +340,9 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
 
     private async Task HandleAsync(HttpContext context, string ns)
     {
-        var token = context.Request.Headers.Authorization.ToString();
-        token = token.StartsWith("Bearer ", StringComparison.Ordinal) ? token["Bearer ".Length..] : "";
-        _seenTokens.Enqueue(token);
-        bool authorized;
-        lock (_lock)
+        if (!Authorize(context))
         {
-            authorized = _acceptedTokens.Count == 0 || _acceptedTokens.Contains(token);
-        }
-
-        if (!authorized)
-        {
-            await WriteStatusAsync(context, 401, "Unauthorized", "Unauthorized").ConfigureAwait(false);
+            await WriteStatusAsync(context, Status(StatusCodes.Status401Unauthorized, "Unauthorized", "Unauthorized")).ConfigureAwait(false);
             return;
         }
 
@@ -356,6 +357,18 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
         else
         {
             await ListAsync(context, ns, service).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Records the request's bearer token in <see cref="SeenTokens"/> and says whether it is accepted.</summary>
+    private bool Authorize(HttpContext context)
+    {
+        var token = context.Request.Headers.Authorization.ToString();
+        token = token.StartsWith("Bearer ", StringComparison.Ordinal) ? token["Bearer ".Length..] : "";
+        _seenTokens.Enqueue(token);
+        lock (_lock)
+        {
+            return _acceptedTokens.Count == 0 || _acceptedTokens.Contains(token);
         }
     }
 
@@ -383,9 +396,11 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
         var from = long.TryParse(resourceVersion, CultureInfo.InvariantCulture, out var rv) ? rv : 0;
         var watcher = new Watcher(ns, service, bookmarks);
         bool gone;
+        long oldest;
         lock (_lock)
         {
-            gone = from != 0 && from < _compactedBelow;
+            oldest = _compactedBelow;
+            gone = from != 0 && from < oldest;
             if (!gone && from == 0)
             {
                 // No resourceVersion (or "0"): as the API server does, the current state first, every slice as ADDED.
@@ -408,19 +423,21 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
         }
 
         Interlocked.Increment(ref _watchCount);
-        var goneMessage = $"too old resource version: {from} ({_compactedBelow})";
-        if (gone && GoneAsHttpStatus)
+        // The watch cache's answer (errors.NewResourceExpired): reason Expired, code 410, the requested and the oldest
+        // resourceVersion in the message.
+        var goneStatus = gone ? Status(StatusCodes.Status410Gone, "Expired", $"too old resource version: {from} ({oldest})") : null;
+        if (goneStatus is not null && GoneAsHttpStatus)
         {
-            await WriteStatusAsync(context, 410, "Expired", goneMessage).ConfigureAwait(false);
+            await WriteStatusAsync(context, goneStatus).ConfigureAwait(false);
             return;
         }
 
         context.Response.ContentType = "application/json";
         await context.Response.StartAsync(context.RequestAborted).ConfigureAwait(false);
-        if (gone)
+        if (goneStatus is not null)
         {
-            var status = new V1Status { ApiVersion = "v1", Kind = "Status", Status = "Failure", Code = 410, Reason = "Expired", Message = goneMessage };
-            await context.Response.WriteAsync(KubernetesJson.Serialize(new WatchLine("ERROR", status)) + "\n", context.RequestAborted).ConfigureAwait(false);
+            // What kube-apiserver sends for a WATCH from a compacted resourceVersion: HTTP 200, one ERROR event, the end.
+            await context.Response.WriteAsync(KubernetesJson.Serialize(new WatchLine("ERROR", goneStatus)) + "\n", context.RequestAborted).ConfigureAwait(false);
             return;
         }
 
@@ -447,11 +464,36 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
         }
     }
 
-    private static async Task WriteStatusAsync(HttpContext context, int code, string reason, string message)
+    /// <summary>
+    /// Answers a request nothing else serves as the API server does: 401 for a rejected token first (it authenticates before
+    /// it routes), then 405 for a method other than GET on the EndpointSlice collection (this server only reads), else 404.
+    /// </summary>
+    private async Task HandleUnmatchedAsync(HttpContext context)
     {
-        context.Response.StatusCode = code;
+        if (!Authorize(context))
+        {
+            await WriteStatusAsync(context, Status(StatusCodes.Status401Unauthorized, "Unauthorized", "Unauthorized")).ConfigureAwait(false);
+            return;
+        }
+
+        var collection = context.Request.Path.StartsWithSegments("/apis/discovery.k8s.io/v1/namespaces", out var rest)
+            && rest.Value?.Split('/', StringSplitOptions.RemoveEmptyEntries) is [_, "endpointslices"];
+        await WriteStatusAsync(context, collection && !HttpMethods.IsGet(context.Request.Method)
+            ? Status(StatusCodes.Status405MethodNotAllowed, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+            : Status(StatusCodes.Status404NotFound, "NotFound", "the server could not find the requested resource")).ConfigureAwait(false);
+    }
+
+    /// <summary>A <c>Status</c> as the API server writes one for a failed request.</summary>
+    private static StatusObject Status(int code, string reason, string message) => new("Status", "v1", new StatusMetadata(), "Failure", message, reason, code);
+
+    /// <summary>
+    /// Writes <paramref name="status"/> as the response, with its code as the HTTP status. (Not as a <see cref="V1Status"/>:
+    /// KubernetesClient's converter for it reads but cannot write, it throws NotImplementedException.)
+    /// </summary>
+    private static async Task WriteStatusAsync(HttpContext context, StatusObject status)
+    {
+        context.Response.StatusCode = status.Code;
         context.Response.ContentType = "application/json";
-        var status = new V1Status { ApiVersion = "v1", Kind = "Status", Status = "Failure", Code = code, Reason = reason, Message = message };
         await context.Response.WriteAsync(KubernetesJson.Serialize(status), context.RequestAborted).ConfigureAwait(false);
     }
 
@@ -485,6 +527,19 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
         KubernetesJson.Deserialize<V1EndpointSlice>(KubernetesJson.Serialize(slice));
 
     private sealed record HistoryEntry(long ResourceVersion, string Ns, V1EndpointSlice Slice, string Line);
+
+    /// <summary>The JSON of a failure <c>Status</c> (<c>meta/v1</c>), field for field as the API server writes it.</summary>
+    private sealed record StatusObject(
+        [property: System.Text.Json.Serialization.JsonPropertyName("kind")] string Kind,
+        [property: System.Text.Json.Serialization.JsonPropertyName("apiVersion")] string ApiVersion,
+        [property: System.Text.Json.Serialization.JsonPropertyName("metadata")] StatusMetadata Metadata,
+        [property: System.Text.Json.Serialization.JsonPropertyName("status")] string Status,
+        [property: System.Text.Json.Serialization.JsonPropertyName("message")] string Message,
+        [property: System.Text.Json.Serialization.JsonPropertyName("reason")] string Reason,
+        [property: System.Text.Json.Serialization.JsonPropertyName("code")] int Code);
+
+    /// <summary>A Status's empty <c>metadata</c>: <c>{}</c>.</summary>
+    private sealed record StatusMetadata;
 
     private sealed record WatchLine(
         [property: System.Text.Json.Serialization.JsonPropertyName("type")] string Type,

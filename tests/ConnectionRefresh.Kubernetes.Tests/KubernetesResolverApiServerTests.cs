@@ -19,21 +19,31 @@ public sealed class KubernetesResolverApiServerTests
     [InlineData(true)]
     public async Task Watch_ResourceVersionCompacted_RelistsAndKeepsEndpoints(bool goneAsHttpStatus)
     {
+        // The API server's 410 Gone for a compacted resourceVersion, in both forms (kube-apiserver's in-stream ERROR event,
+        // or the HTTP status), through the real KubernetesClient: the resolver relists at once ('expired'), not through the
+        // error path (a backoff and an errors count), and keeps its endpoints.
         await using var api = await SimulatedKubernetesApi.StartAsync("t");
         api.GoneAsHttpStatus = goneAsHttpStatus;
         api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080));
         using var harness = new ResolverHarness(Client(api, "t"), options: FastRetry);
+        using var restarts = new MetricCollector<long>(harness.Meters, KubernetesResolverMetrics.MeterName, "connectionrefresh.kubernetes.watch.restarts");
+        using var errors = new MetricCollector<long>(harness.Meters, KubernetesResolverMetrics.MeterName, "connectionrefresh.kubernetes.errors");
         await Poll.UntilAsync(() => api.ActiveWatches == 1, "watching");
 
-        // Another service changes (the resourceVersion moves on), history is compacted and the watch drops:
-        // re-watching from the old resourceVersion gets 410 Gone, so the resolver must relist.
+        // The watch delivers an event (so the resolver resumes from that event's resourceVersion when the watch ends), another
+        // service changes (the resourceVersion moves on), history is compacted and the watch drops: the resumed watch gets
+        // 410 Gone, so the resolver must relist.
+        api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1", "10.0.0.2"], 8080));
+        await Poll.UntilAsync(() => harness.LastAddresses?.Count == 2, "the watch event applied");
         api.Apply("default", Slices.Ready("x", "other", ["10.9.9.9"], 8080));
         api.Compact();
         api.CloseWatches();
         await Poll.UntilAsync(() => api.ListCount == 2 && api.ActiveWatches == 1, "relisted after 410 Gone and watching again");
+        Assert.Equal(["closed", "expired"], restarts.GetMeasurementSnapshot().Select(m => (string)m.Tags["reason"]!));
+        Assert.Empty(errors.GetMeasurementSnapshot());
 
-        api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1", "10.0.0.2"], 8080));
-        await Poll.UntilAsync(() => harness.LastAddresses?.Count == 2, "updates after the relist");
+        api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1", "10.0.0.2", "10.0.0.3"], 8080));
+        await Poll.UntilAsync(() => harness.LastAddresses?.Count == 3, "updates after the relist");
         Assert.All(harness.Results, r => Assert.Equal(StatusCode.OK, r.Status.StatusCode));
     }
 
@@ -43,8 +53,8 @@ public sealed class KubernetesResolverApiServerTests
     public async Task Watch_ResumedWatchGets410_TheRealClientsGoneRelistsAtOnceAsExpired(bool goneAsHttpStatus)
     {
         // End to end through KubernetesClient: both forms of 410 reach the resolver as an expired resourceVersion, and a
-        // resumed watch's 410 is answered by a relist, not an error and a backoff. (Watch_ResourceVersionCompacted_... above
-        // reaches its relist through the error path: SimulatedKubernetesApi cannot serialize a Status.)
+        // resumed watch's 410 is answered by a relist, not an error and a backoff. The same as
+        // Watch_ResourceVersionCompacted_... above, against hand-written Status bytes rather than SimulatedKubernetesApi's.
         await using var api = await GoneOnResumeApi.StartAsync(Slices.Ready("a", "greeter", ["10.0.0.1"], 8080), goneAsHttpStatus);
         // A backoff long enough to tell apart from an immediate relist on any machine.
         var options = new KubernetesResolverOptions { InitialBackoff = TimeSpan.FromMinutes(1), MaxBackoff = TimeSpan.FromMinutes(1) };
@@ -94,7 +104,12 @@ public sealed class KubernetesResolverApiServerTests
         using var kubernetes = new k8s.Kubernetes(configuration);
         using var harness = new ResolverHarness(new KubernetesEndpointSliceClient(kubernetes), options: FastRetry);
 
+        // The API server's 401 reaches the resolver as a 401: the failure names the bearer token and carries the Status.
         await Poll.UntilAsync(() => harness.Last?.Status.StatusCode == StatusCode.Unavailable, "401 reported as Unavailable");
+        var detail = harness.Last!.Status.Detail;
+        Assert.Contains("(401 Unauthorized)", detail, StringComparison.Ordinal);
+        Assert.Contains("check the bearer token", detail, StringComparison.Ordinal);
+        Assert.Contains("\"reason\":\"Unauthorized\"", detail, StringComparison.Ordinal);
         account.WriteToken("good");
         await Poll.UntilAsync(() => harness.LastAddresses?.Count == 1, "resolved with the new token");
         Assert.Equal("bad", api.SeenTokens.First());

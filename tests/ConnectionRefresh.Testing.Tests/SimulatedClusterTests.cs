@@ -659,6 +659,32 @@ public sealed class SimulatedClusterTests
     }
 
     [Fact]
+    public async Task AddPodAsync_PodAConcurrentScaleDownStopsWhileStarting_ThrowsInvalidOperationExceptionSayingSo()
+    {
+        // AddPodAsync promises a ready pod, so it cannot simply return when a scale-down takes its pod away while it starts;
+        // but nobody cancelled it either, so not an OperationCanceledException: an error that says what happened.
+        var started = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions
+        {
+            Replicas = 0,
+            // The pod's start goes on after Kestrel listens (a slow warm-up) until released: the scale-down comes meanwhile.
+            ConfigureServices = services => services.AddHostedService(sp => new SlowStart(sp, started, release.Task)),
+        });
+        var adding = cluster.AddPodAsync();
+        await Poll.WithTimeout(started.Task, "the pod to listen and start warming up");
+        var down = cluster.ScaleAsync(0); // Decides (and stops the starting pod) before it returns.
+
+        release.SetResult();
+
+        var error = await Poll.WithTimeout(Record.ExceptionAsync(() => adding), "AddPodAsync to end");
+        var invalid = Assert.IsType<InvalidOperationException>(error);
+        Assert.Equal("greeter-1 was stopped while starting by a concurrent scale-down: AddPodAsync has no ready pod to return.", invalid.Message);
+        await Poll.WithTimeout(down, "the scale-down");
+        Assert.Empty(cluster.Pods);
+    }
+
+    [Fact]
     public async Task KillPodAsync_NewPodDuringRollingUpdate_UpdateReplacesItAndEndsWithTheReplicaCount()
     {
         var time = new FakeTimeProvider();

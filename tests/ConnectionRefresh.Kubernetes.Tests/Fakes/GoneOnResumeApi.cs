@@ -9,8 +9,8 @@ using Microsoft.Extensions.Logging;
 namespace ConnectionRefresh.Kubernetes.Tests.Fakes;
 
 /// <summary>
-/// A hand-written API server for the one case <c>SimulatedKubernetesApi</c> cannot play (it fails to serialize a
-/// <c>Status</c>): its first watch delivers one event and ends (a healthy watch the server closed); the watch that resumes
+/// A hand-written API server, to check the resolver against Status bytes written independently of
+/// <c>SimulatedKubernetesApi</c>: its first watch delivers one event and ends (a healthy watch the server closed); the watch that resumes
 /// from that event's resourceVersion gets <c>410 Gone</c>, as an in-stream <c>ERROR</c> event or as the HTTP status; later
 /// watches stay open. The Status JSON is written by hand, as an API server sends it.
 /// </summary>
