@@ -24,8 +24,10 @@ internal sealed class ResolverClient : IAsyncDisposable
 
     /// <param name="configure">The test's own resolver options, applied last.</param>
     /// <param name="configureServices">More registrations, added last.</param>
+    /// <param name="configureClient">More configuration of the Greeter client's builder, after the README's.</param>
     public static ResolverClient Create(Uri apiServer, string serviceAccountPath, string target = "kubernetes:///greeter.default:grpc",
-        Action<KubernetesResolverOptions>? configure = null, Action<IServiceCollection>? configureServices = null)
+        Action<KubernetesResolverOptions>? configure = null, Action<IServiceCollection>? configureServices = null,
+        Action<IHttpClientBuilder>? configureClient = null)
     {
         var services = new ServiceCollection();
         services.AddLogging();
@@ -37,12 +39,13 @@ internal sealed class ResolverClient : IAsyncDisposable
             options.MaxBackoff = TimeSpan.FromMilliseconds(500);
             configure?.Invoke(options);
         });
-        services.AddGrpcClient<Greeter.GreeterClient>(o => o.Address = new Uri(target))
+        var client = services.AddGrpcClient<Greeter.GreeterClient>(o => o.Address = new Uri(target))
             .ConfigureChannel(o =>
             {
                 o.Credentials = ChannelCredentials.Insecure;
                 o.ServiceConfig = new ServiceConfig { LoadBalancingConfigs = { new RoundRobinConfig() } };
             });
+        configureClient?.Invoke(client);
         configureServices?.Invoke(services);
         return new ResolverClient(services.BuildServiceProvider(validateScopes: true));
     }
