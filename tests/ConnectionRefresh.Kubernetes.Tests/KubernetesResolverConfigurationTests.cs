@@ -243,11 +243,46 @@ public sealed class KubernetesResolverConfigurationTests
     }
 
     [Theory]
+    [InlineData(null, null)]
     [InlineData(null, "443")]
-    [InlineData("10.96.0.1", null)]
-    [InlineData("10.96.0.1", "https")]
-    [InlineData("10.96.0.1", "0")]
-    public void InClusterApiServer_MissingOrInvalidVariables_Null(string? host, string? port)
+    [InlineData("", "443")]
+    public void InClusterApiServer_ServiceHostNotSet_NullNotInAPod(string? host, string? port)
+    {
+        Assert.Null(KubernetesClientConfigurationFactory.InClusterApiServer(Env(ServiceVariables(host, port))));
+    }
+
+    [Theory]
+    [InlineData("10.96.0.1", null,
+        "KUBERNETES_SERVICE_HOST = '10.96.0.1' is set (in a pod), but KUBERNETES_SERVICE_PORT is not set: it must be the API server's port, a number from 1 to 65535")]
+    [InlineData("10.96.0.1", "",
+        "KUBERNETES_SERVICE_HOST = '10.96.0.1' is set (in a pod), but KUBERNETES_SERVICE_PORT is not set: it must be the API server's port, a number from 1 to 65535")]
+    [InlineData("10.96.0.1", "https",
+        "KUBERNETES_SERVICE_HOST = '10.96.0.1' is set (in a pod), but KUBERNETES_SERVICE_PORT = 'https' is not a valid port: it must be a number from 1 to 65535")]
+    [InlineData("10.96.0.1", "0",
+        "KUBERNETES_SERVICE_HOST = '10.96.0.1' is set (in a pod), but KUBERNETES_SERVICE_PORT = '0' is not a valid port: it must be a number from 1 to 65535")]
+    [InlineData("10.96.0.1", "65536",
+        "KUBERNETES_SERVICE_HOST = '10.96.0.1' is set (in a pod), but KUBERNETES_SERVICE_PORT = '65536' is not a valid port: it must be a number from 1 to 65535")]
+    [InlineData("kubernetes default", "443",
+        "KUBERNETES_SERVICE_HOST = 'kubernetes default' is not a valid host: it must be the API server's IP address or DNS name")]
+    public void CreateResolver_ServiceHostSetButPortMissingOrInvalid_ThrowsNamingTheVariableItsValueAndWhatIsAllowed(string host, string? port, string expected)
+    {
+        using var dir = new TempDirectory();
+        var options = Fast(new KubernetesResolverOptions { ServiceAccountPath = dir.Combine("no-service-account") });
+        var environment = ServiceVariables(host, port);
+        environment["HOME"] = dir.Path;
+        using var meters = new FallbackMeterFactory();
+        using var factory = new KubernetesResolverFactory(Microsoft.Extensions.Options.Options.Create(options), new KubernetesResolverMetrics(meters),
+            environment: Env(environment));
+
+        var ex = Assert.Throws<InvalidOperationException>(() => factory.CreateResolver(new Uri("kubernetes:///greeter:8080"), NullLoggerFactory.Instance));
+
+        // Not "KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT are not set (not in a pod)", which sent users to look for a
+        // missing variable, or to a kubeconfig, in a pod whose spec set one of them wrong.
+        Assert.True(ex.Message.Contains(expected, StringComparison.Ordinal), ex.Message);
+        Assert.DoesNotContain("are not set", ex.Message, StringComparison.Ordinal);
+    }
+
+    private static Dictionary<string, string> ServiceVariables(string? host, string? port)
     {
         var environment = new Dictionary<string, string>();
         if (host is not null)
@@ -260,7 +295,7 @@ public sealed class KubernetesResolverConfigurationTests
             environment["KUBERNETES_SERVICE_PORT"] = port;
         }
 
-        Assert.Null(KubernetesClientConfigurationFactory.InClusterApiServer(Env(environment)));
+        return environment;
     }
 
     [Fact]

@@ -82,9 +82,11 @@ internal static class KubernetesClientConfigurationFactory
             return Kubeconfig(defaultPath, $"kubeconfig '{defaultPath}'", options);
         }
 
+        var notInAPod = string.IsNullOrEmpty(environment[ServicePortVariable])
+            ? $"{ServiceHostVariable}/{ServicePortVariable} are not set (not in a pod)"
+            : $"{ServiceHostVariable} is not set (not in a pod)";
         throw new InvalidOperationException(
-            $"No Kubernetes API server configured: {ServiceHostVariable}/{ServicePortVariable} are not set (not in a pod), " +
-            $"KUBECONFIG names no existing file and '{defaultPath}' does not exist.");
+            $"No Kubernetes API server configured: {notInAPod}, KUBECONFIG names no existing file and '{defaultPath}' does not exist.");
     }
 
     /// <summary>
@@ -209,16 +211,40 @@ internal static class KubernetesClientConfigurationFactory
         return "default";
     }
 
-    /// <summary><c>https://host:port</c> from <c>KUBERNETES_SERVICE_HOST/PORT</c> (IPv6 hosts bracketed), or null outside a pod.</summary>
+    /// <summary>
+    /// <c>https://host:port</c> from <c>KUBERNETES_SERVICE_HOST/PORT</c> (IPv6 hosts bracketed), or null outside a pod
+    /// (<c>KUBERNETES_SERVICE_HOST</c> not set). With the host set, a port that is missing or not a number from 1 to 65535,
+    /// or a host that is not one, is a configuration mistake (the kubelet sets both; the pod's spec overrode one): throws
+    /// <see cref="InvalidOperationException"/> naming the variable, its value and what is allowed, rather than falling back
+    /// to a kubeconfig or reporting the variables as not set.
+    /// </summary>
     public static Uri? InClusterApiServer(EnvironmentReader environment)
     {
         ArgumentNullException.ThrowIfNull(environment);
         var host = environment[ServiceHostVariable];
-        var port = environment[ServicePortVariable];
-        if (string.IsNullOrEmpty(host) || string.IsNullOrEmpty(port) ||
-            !int.TryParse(port, NumberStyles.None, CultureInfo.InvariantCulture, out var portNumber) || portNumber is < 1 or > 65535)
+        if (string.IsNullOrEmpty(host))
         {
             return null;
+        }
+
+        var port = environment[ServicePortVariable];
+        var inAPod = $"{ServiceHostVariable} = '{host}' is set (in a pod), but";
+        if (string.IsNullOrEmpty(port))
+        {
+            throw new InvalidOperationException(
+                $"{inAPod} {ServicePortVariable} is not set: it must be the API server's port, a number from 1 to 65535 (the kubelet sets both).");
+        }
+
+        if (!int.TryParse(port, NumberStyles.None, CultureInfo.InvariantCulture, out var portNumber) || portNumber is < 1 or > 65535)
+        {
+            throw new InvalidOperationException(
+                $"{inAPod} {ServicePortVariable} = '{port}' is not a valid port: it must be a number from 1 to 65535 (the kubelet sets both).");
+        }
+
+        if (Uri.CheckHostName(host) is UriHostNameType.Unknown or UriHostNameType.Basic)
+        {
+            throw new InvalidOperationException(
+                $"{ServiceHostVariable} = '{host}' is not a valid host: it must be the API server's IP address or DNS name (the kubelet sets it).");
         }
 
         // UriBuilder brackets an IPv6 host (KUBERNETES_SERVICE_HOST=fd00::1 in IPv6 clusters).
