@@ -230,6 +230,44 @@ public sealed class KubernetesResolverConfigurationTests
         Assert.True(ex.Message.Contains($"ConnectionRefresh:Kubernetes:KubeconfigPath = '{path}': {expected}", StringComparison.Ordinal), ex.Message);
     }
 
+    [Theory]
+    [InlineData(true, "MyApp:Kubernetes:KubeconfigPath")]
+    [InlineData(false, "KubernetesResolverOptions.KubeconfigPath")]
+    public void AddKubernetesResolver_KubeconfigPathRemovedAfterStartUp_CreatingTheClientNamesWhereTheSettingCameFrom(bool fromSection, string expectedKey)
+    {
+        using var dir = new TempDirectory();
+        var path = dir.Write("config", Kubeconfig(new Uri("http://127.0.0.1:1"), caPem: null, "t", ns: null));
+        var services = new ServiceCollection();
+        services.AddLogging();
+        services.AddSingleton(Env(new() { ["HOME"] = dir.Path }));
+        if (fromSection)
+        {
+            var configuration = new ConfigurationBuilder()
+                .AddInMemoryCollection(new Dictionary<string, string?> { ["MyApp:Kubernetes:KubeconfigPath"] = path })
+                .Build();
+            services.AddKubernetesResolver(configuration.GetSection("MyApp:Kubernetes"));
+        }
+        else
+        {
+            services.AddKubernetesResolver(o => o.KubeconfigPath = path);
+        }
+
+        services.AddGrpcClient<Greeter.GreeterClient>(o => o.Address = new Uri("kubernetes:///greeter.default:grpc"))
+            .ConfigureChannel(o => o.Credentials = ChannelCredentials.Insecure);
+        using var provider = services.BuildServiceProvider(validateScopes: true);
+
+        // Valid at start-up (validation passes), gone when the first channel is created.
+        _ = provider.GetRequiredService<Microsoft.Extensions.Options.IOptions<KubernetesResolverOptions>>().Value;
+        File.Delete(path);
+        var ex = Assert.ThrowsAny<Exception>(() => provider.GetRequiredService<Greeter.GreeterClient>());
+
+        // Not ConnectionRefresh:Kubernetes:KubeconfigPath, which sent the user to a configuration key they never used.
+        var error = InnermostOfType<InvalidOperationException>(ex);
+        Assert.NotNull(error);
+        Assert.True(error.Message.Contains($"{expectedKey} = '{path}': the file does not exist.", StringComparison.Ordinal), error.Message);
+        Assert.DoesNotContain("ConnectionRefresh:Kubernetes:KubeconfigPath", error.Message, StringComparison.Ordinal);
+    }
+
     [Fact]
     public void InClusterApiServer_Ipv6ServiceHost_BracketedHttpsUri()
     {

@@ -32,7 +32,6 @@ internal static class KubernetesClientConfigurationFactory
 {
     public const string ServiceHostVariable = "KUBERNETES_SERVICE_HOST";
     public const string ServicePortVariable = "KUBERNETES_SERVICE_PORT";
-    private const string KubeconfigPathSetting = KubernetesResolverDefaults.ConfigurationSection + ":" + nameof(KubernetesResolverOptions.KubeconfigPath);
 
     /// <summary>Both steps at once (tests).</summary>
     public static KubernetesClientConfiguration Create(KubernetesResolverOptions options, EnvironmentReader environment) =>
@@ -45,7 +44,9 @@ internal static class KubernetesClientConfigurationFactory
         ArgumentNullException.ThrowIfNull(environment);
         if (!string.IsNullOrEmpty(options.KubeconfigPath))
         {
-            return Kubeconfig(options.KubeconfigPath, $"{KubeconfigPathSetting} = '{options.KubeconfigPath}'", options);
+            // Named where the value came from: its configuration key (of whichever section was bound) or the property.
+            var setting = options.Origins.Name(nameof(KubernetesResolverOptions.KubeconfigPath), options.KubeconfigPath);
+            return Kubeconfig(options.KubeconfigPath, $"{setting} = '{options.KubeconfigPath}'", options);
         }
 
         if (options.ApiServer is { } apiServer)
