@@ -67,4 +67,11 @@ public sealed class KubernetesResolverOptions
 
     /// <summary>Where each setting got its value (configuration key or code), for start-up errors; not bindable.</summary>
     internal Shared.SettingOrigins Origins { get; } = new(nameof(KubernetesResolverOptions));
+
+    /// <summary>
+    /// The path of the configuration section these options were last bound from (<c>ConnectionRefresh:Kubernetes</c> or the
+    /// section given to <c>AddKubernetesResolver(section)</c>), or null when none was: errors that tell the user to set a
+    /// setting name its key there. Not bindable.
+    /// </summary>
+    internal string? ConfigurationSectionPath { get; set; }
 }

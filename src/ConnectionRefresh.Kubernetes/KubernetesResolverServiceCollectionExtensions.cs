@@ -99,6 +99,7 @@ public static class KubernetesResolverServiceCollectionExtensions
                 [$"{section.Path}: {ex.Message}"]);
         }
 
+        options.ConfigurationSectionPath = section.Path;
         foreach (var entry in section.GetChildren())
         {
             if (Settings.TryGetValue(entry.Key, out var property))

@@ -91,6 +91,40 @@ public sealed class KubernetesResolverConfigurationTests
         Assert.Contains("KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT are not set", error.Message, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData(true, "MyApp:Kubernetes:ApiServer or MyApp:Kubernetes:KubeconfigPath (in code, KubernetesResolverOptions.ApiServer or .KubeconfigPath)")]
+    [InlineData(false, "KubernetesResolverOptions.ApiServer or .KubeconfigPath.")]
+    public void AddKubernetesResolver_NoApiServerWithOwnSectionOrNone_TheErrorSaysWhereToSetApiServerOrKubeconfigPath(bool fromSection, string expected)
+    {
+        using var dir = new TempDirectory();
+        var services = new ServiceCollection();
+        services.AddLogging();
+        services.AddSingleton(Env(new() { ["HOME"] = dir.Path }));
+        if (fromSection)
+        {
+            var configuration = new ConfigurationBuilder()
+                .AddInMemoryCollection(new Dictionary<string, string?> { ["MyApp:Kubernetes:ServiceAccountPath"] = dir.Combine("no-service-account") })
+                .Build();
+            services.AddKubernetesResolver(configuration.GetSection("MyApp:Kubernetes"));
+        }
+        else
+        {
+            // No IConfiguration registered: nothing is bound, the options come from code only.
+            services.AddKubernetesResolver(o => o.ServiceAccountPath = dir.Combine("no-service-account"));
+        }
+
+        services.AddGrpcClient<Greeter.GreeterClient>(o => o.Address = new Uri("kubernetes:///greeter.default:grpc"))
+            .ConfigureChannel(o => o.Credentials = ChannelCredentials.Insecure);
+        using var provider = services.BuildServiceProvider(validateScopes: true);
+
+        var ex = Assert.ThrowsAny<Exception>(() => provider.GetRequiredService<Greeter.GreeterClient>());
+
+        // Not ConnectionRefresh:Kubernetes:ApiServer, a section this application never binds.
+        var message = string.Join(" | ", Chain(ex).Select(e => e.Message));
+        Assert.True(message.Contains($"elsewhere set {expected}", StringComparison.Ordinal), message);
+        Assert.DoesNotContain("ConnectionRefresh:Kubernetes", message, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task InCluster_TokenFileRotated_NewTokenUsedOnceTheOldOneIsRevoked()
     {
@@ -489,6 +523,14 @@ public sealed class KubernetesResolverConfigurationTests
     };
 
     private static EnvironmentReader Env(Dictionary<string, string> variables) => new(name => variables.GetValueOrDefault(name));
+
+    private static IEnumerable<Exception> Chain(Exception? exception)
+    {
+        for (var e = exception; e is not null; e = e.InnerException)
+        {
+            yield return e;
+        }
+    }
 
     private static T? InnermostOfType<T>(Exception? exception)
         where T : Exception
