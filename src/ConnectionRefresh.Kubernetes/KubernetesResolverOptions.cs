@@ -33,7 +33,9 @@ public sealed class KubernetesResolverOptions
     /// server, so a rotated token is picked up), <c>ca.crt</c> and <c>namespace</c> (the namespace of
     /// <c>kubernetes:///service:port</c> targets). In a pod (no <see cref="ApiServer"/>) the token and <c>ca.crt</c> are
     /// required: while one is missing or unreadable, requests fail and are retried with the backoff (calls fail
-    /// <c>Unavailable</c> until endpoints are known). With <see cref="ApiServer"/> both are used when present.
+    /// <c>Unavailable</c> until endpoints are known). A directory that does not exist (no token mounted:
+    /// <c>automountServiceAccountToken: false</c>) is logged once as an error, and still retried. With <see cref="ApiServer"/>
+    /// both are used when present.
     /// Default <c>/var/run/secrets/kubernetes.io/serviceaccount</c>. Must not be empty.
     /// </summary>
     public string ServiceAccountPath { get; set; } = KubernetesResolverDefaults.ServiceAccountPath;

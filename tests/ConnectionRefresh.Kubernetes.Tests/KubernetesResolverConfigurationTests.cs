@@ -191,6 +191,42 @@ public sealed class KubernetesResolverConfigurationTests
     }
 
     [Fact]
+    public async Task InCluster_ServiceAccountDirectoryMissing_OneErrorNamingTheSettingAndAutomountThenRetriedUntilItAppears()
+    {
+        await using var server = await HttpsKubernetesApi.StartAsync("token-1");
+        server.Api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080));
+        using var dir = new TempDirectory();
+        var accountPath = dir.Combine("serviceaccount"); // automountServiceAccountToken: false - nothing mounted there
+
+        using var harness = new FactoryResolverHarness(Fast(new KubernetesResolverOptions { ServiceAccountPath = accountPath }), InCluster(server.Api));
+
+        // Calls fail fast and say what to fix; the resolver keeps checking, but says so once, as an error.
+        await Poll.UntilAsync(() => harness.Results.Count(r => r.Status.StatusCode == StatusCode.Unavailable) >= 3, "the missing service account reported and retried");
+        var expected = $"KubernetesResolverOptions.ServiceAccountPath = '{accountPath}' does not exist";
+        Assert.Contains(expected, harness.Last!.Status.Detail, StringComparison.Ordinal);
+        Assert.Contains("automountServiceAccountToken: false", harness.Last!.Status.Detail, StringComparison.Ordinal);
+        Assert.DoesNotContain("could not be reached", harness.Last!.Status.Detail, StringComparison.Ordinal);
+        var logs = harness.Logs.Collector.GetSnapshot();
+        var error = Assert.Single(logs, r => r.Level >= LogLevel.Warning);
+        Assert.Equal(LogLevel.Error, error.Level);
+        Assert.Contains("greeter", error.Message, StringComparison.Ordinal);
+        Assert.Contains(expected, error.Message, StringComparison.Ordinal);
+        Assert.Contains("automountServiceAccountToken: false", error.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain(logs, r => r.Message.Contains("not mounted yet", StringComparison.Ordinal));
+        Assert.Empty(server.Api.SeenTokens);
+
+        // A volume mounted there later (all files at once, as the kubelet's atomic writer does) is used.
+        var staging = dir.Combine("staging");
+        Directory.CreateDirectory(staging);
+        File.WriteAllText(Path.Combine(staging, "token"), "token-1");
+        File.WriteAllText(Path.Combine(staging, "ca.crt"), server.CaPem);
+        Directory.Move(staging, accountPath);
+        await Poll.UntilAsync(() => harness.LastAddresses is not null, "resolved once the service account appears");
+        Assert.Equal(["10.0.0.1:8080"], harness.LastAddresses!);
+        Assert.Single(harness.Logs.Collector.GetSnapshot(), r => r.Level >= LogLevel.Warning);
+    }
+
+    [Fact]
     public async Task InCluster_CaCertificateNotMountedYet_RetriedAndTheServerVerifiedOnceItAppears()
     {
         await using var server = await HttpsKubernetesApi.StartAsync("token-1");

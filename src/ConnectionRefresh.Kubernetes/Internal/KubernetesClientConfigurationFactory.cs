@@ -22,7 +22,9 @@ namespace ConnectionRefresh.Kubernetes.Internal;
 /// credential plugin; a user's <c>tokenFile</c>, which the library ignores, is re-read on every request); otherwise the token
 /// from <see cref="KubernetesResolverOptions.ServiceAccountPath"/> (re-read on every request) and, for https, its
 /// <c>ca.crt</c> as the only trusted root. In a pod the token and <c>ca.crt</c> are required: while one is missing (not
-/// mounted yet) requests, or this step, fail and the resolver retries with its backoff. This is done here rather than with
+/// mounted yet) requests, or this step, fail and the resolver retries with its backoff. A missing directory is a
+/// <see cref="ServiceAccountMissingException"/> (no token mounted at all: <c>automountServiceAccountToken: false</c>),
+/// retried too but reported once as a configuration error. This is done here rather than with
 /// <see cref="KubernetesClientConfiguration.InClusterConfig"/>, which reads the fixed <c>/var/run/secrets/...</c> paths
 /// and so would ignore <see cref="KubernetesResolverOptions.ServiceAccountPath"/>.</item>
 /// </list>
@@ -147,6 +149,19 @@ internal static class KubernetesClientConfigurationFactory
         }
 
         var inCluster = source.Kind == KubernetesApiSourceKind.InCluster;
+        if (inCluster && !Directory.Exists(options.ServiceAccountPath))
+        {
+            // Not "not mounted yet": the kubelet mounts a pod's volumes before its containers start, so a missing directory
+            // means no token is mounted at all.
+            var setting = options.Origins.Name(nameof(KubernetesResolverOptions.ServiceAccountPath), options.ServiceAccountPath);
+            var what = File.Exists(options.ServiceAccountPath) ? "is a file, not a directory" : "does not exist";
+            throw new ServiceAccountMissingException(
+                $"In a pod ({ServiceHostVariable} is set) the resolver authenticates with the pod's service account, but {setting} = " +
+                $"'{options.ServiceAccountPath}' {what}, so it has no token and CA certificate. The pod or its ServiceAccount probably sets " +
+                "automountServiceAccountToken: false: set it to true, or mount a projected volume with a serviceAccountToken ('token'), " +
+                $"the kube-root-ca.crt ConfigMap ('ca.crt') and the namespace ('namespace') there, or set {setting} to where they are mounted.");
+        }
+
         var configuration = new KubernetesClientConfiguration
         {
             Host = source.Server!.ToString(),

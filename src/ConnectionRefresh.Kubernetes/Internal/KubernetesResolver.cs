@@ -50,6 +50,7 @@ internal sealed class KubernetesResolver : Resolver
     private volatile bool _disposed;
     private IReadOnlyList<ResolvedEndpoint>? _published;
     private int _lastSkippedSlices;
+    private bool _misconfigurationLogged; // Owned by the loop.
     // Elapsed time (resync, healthy watch, refresh interval) is measured with TimeProvider timestamps, which are monotonic:
     // a wall clock stepped back (NTP, VM resume) would otherwise stretch a wait by the step.
     private long _lastListTimestamp;
@@ -185,7 +186,7 @@ internal sealed class KubernetesResolver : Resolver
                 {
                     _metrics.Error(_target, _namespace, ex);
                     var delay = backoff.Next();
-                    KubernetesResolverLog.RequestFailed(_logger, _target.Service, _namespace, backoff.Attempt, _published?.Count ?? 0, delay, ex);
+                    LogFailure(ex, backoff.Attempt, delay);
                     if (_published is null)
                     {
                         // Nothing known yet: fail calls fast instead of leaving them waiting. Once endpoints are
@@ -409,8 +410,31 @@ internal sealed class KubernetesResolver : Resolver
             HttpStatusCode.Forbidden =>
                 $"The Kubernetes API server forbade listing the EndpointSlices of {what} (403 Forbidden): the client's identity needs the verbs " +
                 $"'list' and 'watch' on 'endpointslices' (API group 'discovery.k8s.io') in namespace '{_namespace}'. {error.Message}",
+            _ when error is ServiceAccountMissingException => $"The Kubernetes resolver cannot resolve {what}: {error.Message}",
             _ => $"The Kubernetes API server could not be reached to resolve {what}: {error.Message}",
         };
+    }
+
+    /// <summary>
+    /// A failed attempt: a warning each time, except for a configuration mistake (<see cref="ServiceAccountMissingException"/>),
+    /// which is logged once as an error that says what to fix, and then at Debug per retry: a warning every few seconds
+    /// for the life of the pod would bury it, and retrying does not mean the resolver expects it to fix itself.
+    /// </summary>
+    private void LogFailure(Exception error, int attempt, TimeSpan delay)
+    {
+        if (error is not ServiceAccountMissingException)
+        {
+            KubernetesResolverLog.RequestFailed(_logger, _target.Service, _namespace, attempt, _published?.Count ?? 0, delay, error);
+        }
+        else if (!_misconfigurationLogged)
+        {
+            _misconfigurationLogged = true;
+            KubernetesResolverLog.Misconfigured(_logger, _target.Service, _namespace, error.Message, _options.MaxBackoff);
+        }
+        else
+        {
+            KubernetesResolverLog.StillMisconfigured(_logger, _target.Service, _namespace, attempt, delay, error);
+        }
     }
 
     private bool IsHealthy(long startedTimestamp, int events) =>

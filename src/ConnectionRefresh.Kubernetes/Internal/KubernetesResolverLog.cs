@@ -29,6 +29,12 @@ internal static partial class KubernetesResolverLog
     [LoggerMessage(8, LogLevel.Error, "Service {Service} in namespace {Namespace}: the resolver loop failed unexpectedly.")]
     public static partial void LoopFailed(ILogger logger, string service, string @namespace, Exception exception);
 
+    [LoggerMessage(10, LogLevel.Error, "Service {Service} in namespace {Namespace}: the resolver is misconfigured and cannot talk to the Kubernetes API: {Reason} Calls fail with Unavailable until this is fixed; the resolver keeps checking with its backoff (up to {MaxBackoff}) and logs further attempts at Debug.")]
+    public static partial void Misconfigured(ILogger logger, string service, string @namespace, string reason, TimeSpan maxBackoff);
+
+    [LoggerMessage(11, LogLevel.Debug, "Service {Service} in namespace {Namespace}: still misconfigured (attempt {Attempt}); retrying in {Delay}.")]
+    public static partial void StillMisconfigured(ILogger logger, string service, string @namespace, int attempt, TimeSpan delay, Exception exception);
+
     [LoggerMessage(9, LogLevel.Debug, "Service {Service} in namespace {Namespace}: refresh requested; answered by the watch, which showed life {SinceActivity} ago, so no relist.")]
     public static partial void RefreshAnsweredByWatch(ILogger logger, string service, string @namespace, TimeSpan sinceActivity);
 }
