@@ -158,6 +158,12 @@ public sealed class KubernetesResolverConfigurationTests
         var result = harness.Last!;
         Assert.Equal(StatusCode.Unavailable, result.Status.StatusCode);
         Assert.Contains("service 'greeter' in namespace 'default'", result.Status.Detail, StringComparison.Ordinal);
+
+        // The server was reached and its certificate rejected: the detail says so and what it is checked against, rather
+        // than "could not be reached ... see inner exception".
+        Assert.True(result.Status.Detail.Contains("TLS certificate was rejected", StringComparison.Ordinal), result.Status.Detail);
+        Assert.Contains(account.Path, result.Status.Detail, StringComparison.Ordinal);
+        Assert.DoesNotContain("could not be reached", result.Status.Detail, StringComparison.Ordinal);
         Assert.IsType<AuthenticationException>(InnermostOfType<AuthenticationException>(result.Status.DebugException));
         var warning = harness.Logs.Collector.GetSnapshot().First(r => r.Level == LogLevel.Warning);
         Assert.Contains("greeter", warning.Message, StringComparison.Ordinal);
@@ -183,6 +189,7 @@ public sealed class KubernetesResolverConfigurationTests
         await Poll.UntilAsync(() => harness.Results.Count(r => r.Status.StatusCode == StatusCode.Unavailable) >= 2, "the missing token reported and retried");
         Assert.NotNull(InnermostOfType<FileNotFoundException>(harness.Last!.Status.DebugException));
         Assert.Contains(Path.Combine(account.Path, "token"), harness.Last!.Status.Detail, StringComparison.Ordinal);
+        AssertNothingWasSent(harness.Last!.Status.Detail);
 
         account.WriteToken("token-1");
         await Poll.UntilAsync(() => harness.LastAddresses is not null, "resolved once the token is mounted");
@@ -239,6 +246,7 @@ public sealed class KubernetesResolverConfigurationTests
         await Poll.UntilAsync(() => harness.Results.Count(r => r.Status.StatusCode == StatusCode.Unavailable) >= 2, "the missing ca.crt reported and retried");
         Assert.NotNull(InnermostOfType<FileNotFoundException>(harness.Last!.Status.DebugException));
         Assert.Contains("ca.crt", harness.Last!.Status.Detail, StringComparison.Ordinal);
+        AssertNothingWasSent(harness.Last!.Status.Detail);
 
         account.WriteCa(server.CaPem);
         await Poll.UntilAsync(() => harness.LastAddresses is not null, "resolved over verified https once ca.crt is mounted");
@@ -256,6 +264,7 @@ public sealed class KubernetesResolverConfigurationTests
 
         await Poll.UntilAsync(() => harness.Results.Count(r => r.Status.StatusCode == StatusCode.Unavailable) >= 2, "the bad ca.crt reported and retried");
         Assert.Contains($"'{Path.Combine(account.Path, "ca.crt")}' holds no PEM certificate", harness.Last!.Status.Detail, StringComparison.Ordinal);
+        AssertNothingWasSent(harness.Last!.Status.Detail);
         Assert.Empty(server.Api.SeenTokens);
 
         account.WriteCa(server.CaPem);
@@ -535,6 +544,7 @@ public sealed class KubernetesResolverConfigurationTests
         using var harness = new FactoryResolverHarness(Fast(options), new Dictionary<string, string>());
         await Poll.UntilAsync(() => harness.Results.Count(r => r.Status.StatusCode == StatusCode.Unavailable) >= 2, "the plugin's failure reported and retried");
         Assert.NotNull(InnermostOfType<k8s.Exceptions.KubeConfigException>(harness.Last!.Status.DebugException));
+        AssertNothingWasSent(harness.Last!.Status.Detail);
 
         dir.Write("logged-in", "");
         await Poll.UntilAsync(() => harness.LastAddresses is not null, "resolved once the plugin succeeds");
@@ -559,6 +569,13 @@ public sealed class KubernetesResolverConfigurationTests
     };
 
     private static EnvironmentReader Env(Dictionary<string, string> variables) => new(name => variables.GetValueOrDefault(name));
+
+    // A failure before any request left the process is not a network problem: "could not be reached" sent users to the network.
+    private static void AssertNothingWasSent(string detail)
+    {
+        Assert.True(detail.Contains("(nothing was sent to the API server)", StringComparison.Ordinal), detail);
+        Assert.DoesNotContain("could not be reached", detail, StringComparison.Ordinal);
+    }
 
     private static IEnumerable<Exception> Chain(Exception? exception)
     {

@@ -1,8 +1,10 @@
 using System.Net;
+using System.Security.Authentication;
 using Grpc.Core;
 using Grpc.Net.Client.Balancer;
 using k8s;
 using k8s.Autorest;
+using k8s.Exceptions;
 using Microsoft.Extensions.Logging;
 
 namespace ConnectionRefresh.Kubernetes.Internal;
@@ -397,22 +399,69 @@ internal sealed class KubernetesResolver : Resolver
 
     /// <summary>
     /// Why calls fail while nothing is known. A refusal (401, 403) sends the user to the credentials or the RBAC rule, not
-    /// to the network: "could not be reached" was misleading for the most common setup mistake, a missing Role.
+    /// to the network: "could not be reached" was misleading for the most common setup mistake, a missing Role. So it was
+    /// for failures before any request left the process (a token, CA or kubeconfig tokenFile missing or unreadable, an
+    /// <c>exec</c> credential plugin that fails) and for a server certificate that was rejected (the server was reached).
     /// </summary>
     private string FailureDetail(Exception error)
     {
         var what = $"service '{_target.Service}' in namespace '{_namespace}'";
-        return (error as HttpOperationException)?.Response?.StatusCode switch
+        switch ((error as HttpOperationException)?.Response?.StatusCode)
         {
-            HttpStatusCode.Unauthorized =>
-                $"The Kubernetes API server rejected the resolver's credentials (401 Unauthorized) when listing the EndpointSlices of {what}: " +
-                $"check the bearer token (service account token or kubeconfig user). {error.Message}",
-            HttpStatusCode.Forbidden =>
-                $"The Kubernetes API server forbade listing the EndpointSlices of {what} (403 Forbidden): the client's identity needs the verbs " +
-                $"'list' and 'watch' on 'endpointslices' (API group 'discovery.k8s.io') in namespace '{_namespace}'. {error.Message}",
-            _ when error is ServiceAccountMissingException => $"The Kubernetes resolver cannot resolve {what}: {error.Message}",
-            _ => $"The Kubernetes API server could not be reached to resolve {what}: {error.Message}",
-        };
+            case HttpStatusCode.Unauthorized:
+                return $"The Kubernetes API server rejected the resolver's credentials (401 Unauthorized) when listing the EndpointSlices of {what}: " +
+                    $"check the bearer token (service account token or kubeconfig user). {error.Message}";
+            case HttpStatusCode.Forbidden:
+                return $"The Kubernetes API server forbade listing the EndpointSlices of {what} (403 Forbidden): the client's identity needs the verbs " +
+                    $"'list' and 'watch' on 'endpointslices' (API group 'discovery.k8s.io') in namespace '{_namespace}'. {error.Message}";
+        }
+
+        if (error is ServiceAccountMissingException)
+        {
+            return $"The Kubernetes resolver cannot resolve {what}: {error.Message}";
+        }
+
+        if (Find<AuthenticationException>(error) is { } tls)
+        {
+            return $"The Kubernetes API server's TLS certificate was rejected when listing the EndpointSlices of {what}: {tls.Message} " +
+                $"It is verified against the service account's ca.crt in '{_options.ServiceAccountPath}' in a pod (with ApiServer too, " +
+                "when that file exists; otherwise the system's roots), and with a kubeconfig against its cluster's certificate-authority.";
+        }
+
+        if (FindLocal(error) is { } local)
+        {
+            return $"The Kubernetes resolver could not send its request for the EndpointSlices of {what} (nothing was sent to the API server): {local.Message}";
+        }
+
+        return $"The Kubernetes API server could not be reached to resolve {what}: {error.Message}";
+    }
+
+    /// <summary>A failure before any request left the process: a credential or CA file, or a credential plugin.</summary>
+    private static Exception? FindLocal(Exception error)
+    {
+        for (Exception? e = error; e is not null; e = e.InnerException)
+        {
+            if (e is FileNotFoundException or DirectoryNotFoundException or InvalidDataException or UnauthorizedAccessException or KubeConfigException)
+            {
+                return e;
+            }
+        }
+
+        return null;
+    }
+
+    private static T? Find<T>(Exception error)
+        where T : Exception
+    {
+        for (Exception? e = error; e is not null; e = e.InnerException)
+        {
+            if (e is T found)
+            {
+                return found;
+            }
+        }
+
+        return null;
     }
 
     /// <summary>
