@@ -486,6 +486,26 @@ public sealed class KubernetesResolverConfigurationTests
     }
 
     [Fact]
+    public async Task Kubeconfig_TokenFileMissing_ReportedAsTheKubeconfigUsersTokenFileNotAsNotMounted()
+    {
+        await using var api = await SimulatedKubernetesApi.StartAsync("file-token-1");
+        api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.9"], 8080));
+        using var dir = new TempDirectory();
+        var options = KubeconfigOnly(dir, KubeconfigWithUser(api.Url, caPem: null, user: "tokenFile: token", ns: null));
+
+        using var harness = new FactoryResolverHarness(Fast(options), new Dictionary<string, string>());
+        await Poll.UntilAsync(() => harness.Results.Count(r => r.Status.StatusCode == StatusCode.Unavailable) >= 2, "the missing tokenFile reported and retried");
+
+        // A developer's kubeconfig is not mounted by a kubelet: the detail names the user, the kubeconfig and the file.
+        var detail = harness.Last!.Status.Detail;
+        Assert.True(detail.Contains($"The tokenFile '{dir.Combine("token")}' of user 'developer' in kubeconfig '{options.KubeconfigPath}' does not exist.", StringComparison.Ordinal), detail);
+        Assert.DoesNotContain("not mounted", detail, StringComparison.Ordinal);
+
+        dir.Write("token", "file-token-1\n");
+        await Poll.UntilAsync(() => harness.LastAddresses is not null, "resolved once the tokenFile exists");
+    }
+
+    [Fact]
     public async Task Kubeconfig_ExecCredentialPlugin_SendsThePluginsTokenAndRunsItAgainWhenItExpires()
     {
         await using var api = await SimulatedKubernetesApi.StartAsync("exec-token-1");

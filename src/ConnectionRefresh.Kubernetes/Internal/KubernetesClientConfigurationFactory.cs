@@ -289,7 +289,8 @@ internal static class KubernetesClientConfigurationFactory
         if (tokenFile is not null && configuration.TokenProvider is null)
         {
             configuration.AccessToken = null;
-            configuration.TokenProvider = new ServiceAccountTokenProvider(tokenFile, required: true);
+            configuration.TokenProvider = new ServiceAccountTokenProvider(tokenFile, required: true,
+                $"The tokenFile '{tokenFile}' of user '{user!.Name}' in kubeconfig '{path}'");
         }
 
         return configuration;
