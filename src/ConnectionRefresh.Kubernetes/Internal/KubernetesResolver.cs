@@ -360,10 +360,18 @@ internal sealed class KubernetesResolver : Resolver
 
     private void Publish()
     {
-        var endpoints = _selector.Select(_store.Slices, out var skipped);
+        var endpoints = _selector.Select(_store.Slices, out var skipped, out var skippedPorts);
         if (skipped > 0 && skipped != _lastSkippedSlices)
         {
-            KubernetesResolverLog.PortNotFound(_logger, _target.Service, _namespace, skipped, _target.PortText);
+            // Says which ports there are and how to name one: "(only port)" read as if the target had asked for a port
+            // of that name, and a typo in a port name was only visible by comparing with the Service by hand.
+            var ports = skippedPorts.Count == 0 ? "none" : string.Join(", ", skippedPorts);
+            var (port, hint) = _target.PortName is { } name
+                ? ($"'{name}'",
+                    $"Name one of the Service's ports in the target (kubernetes:///{_target.Service}.{_namespace}:<port name>), or give the pods' port number.")
+                : ("(the target names no port)",
+                    $"A target without a port needs a Service with exactly one TCP port: name one (kubernetes:///{_target.Service}.{_namespace}:<port name>).");
+            KubernetesResolverLog.PortNotFound(_logger, _target.Service, _namespace, skipped, port, ports, hint);
         }
 
         _lastSkippedSlices = skipped;
