@@ -348,6 +348,23 @@ public sealed class KubernetesResolverConfigurationTests
     }
 
     [Fact]
+    public async Task Options_KubeconfigPathRelativeAndMissing_FailsAtHostStartShowingWhereItWasLookedFor()
+    {
+        var relative = Path.Combine("no-such-directory-" + Guid.NewGuid().ToString("N"), "config");
+        var builder = Microsoft.Extensions.Hosting.Host.CreateApplicationBuilder();
+        builder.Configuration.AddInMemoryCollection(new Dictionary<string, string?> { ["ConnectionRefresh:Kubernetes:KubeconfigPath"] = relative });
+        builder.Services.AddKubernetesResolver();
+        using var host = builder.Build();
+
+        var ex = await Assert.ThrowsAsync<Microsoft.Extensions.Options.OptionsValidationException>(() => host.StartAsync());
+
+        // The current directory of a container or service is often not the application's: say which file was looked for.
+        Assert.True(ex.Message.Contains(
+            $"ConnectionRefresh:Kubernetes:KubeconfigPath = '{relative}': the file does not exist (a relative path is resolved against the current directory: '{Path.GetFullPath(relative)}').",
+            StringComparison.Ordinal), ex.Message);
+    }
+
+    [Fact]
     public void InClusterApiServer_Ipv6ServiceHost_BracketedHttpsUri()
     {
         var uri = KubernetesClientConfigurationFactory.InClusterApiServer(Env(new()

@@ -100,7 +100,10 @@ internal static class KubernetesClientConfigurationFactory
     {
         if (!File.Exists(path))
         {
-            throw new InvalidOperationException($"{what}: the file does not exist.");
+            // A relative path is resolved against the current directory, which in a container or service is often not the
+            // application's: show where the file was looked for.
+            var where = Path.IsPathFullyQualified(path) ? "" : $" (a relative path is resolved against the current directory: '{Path.GetFullPath(path)}')";
+            throw new InvalidOperationException($"{what}: the file does not exist{where}.");
         }
 
         K8SConfiguration config;
