@@ -424,6 +424,16 @@ internal sealed class KubernetesResolver : Resolver
                     $"'list' and 'watch' on 'endpointslices' (API group 'discovery.k8s.io') in namespace '{_namespace}'. {error.Message}";
         }
 
+        if (error is HttpOperationException { Response: { } response })
+        {
+            // Reached, and answered with an error: not a network problem. A 404 is an API server without EndpointSlices
+            // (before 1.21) or a URL that is not an API server's.
+            var hint = response.StatusCode == HttpStatusCode.NotFound
+                ? " (the EndpointSlice API discovery.k8s.io/v1 is served by Kubernetes API servers of version 1.21 or later: check that the URL is one)"
+                : "";
+            return $"The Kubernetes API server answered {(int)response.StatusCode} {response.StatusCode} when listing the EndpointSlices of {what}{hint}: {error.Message}";
+        }
+
         if (error is ServiceAccountMissingException)
         {
             return $"The Kubernetes resolver cannot resolve {what}: {error.Message}";
