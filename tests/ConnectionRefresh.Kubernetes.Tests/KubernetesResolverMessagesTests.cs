@@ -4,6 +4,7 @@ using Grpc.Core;
 using k8s.Autorest;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Testing;
+using Microsoft.Extensions.Time.Testing;
 
 namespace ConnectionRefresh.Kubernetes.Tests;
 
@@ -35,6 +36,29 @@ public sealed class KubernetesResolverMessagesTests
         Assert.Contains(expectedHint, detail, StringComparison.Ordinal);
         Assert.Contains("could not find the requested resource", detail, StringComparison.Ordinal); // The API server's own words follow.
         Assert.DoesNotContain("could not be reached", detail, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("kubernetes:///greter.prod:grpc", "'prod'")]
+    [InlineData("kubernetes:///greter:grpc", "'default' (the target names none, so the service account's or kubeconfig context's namespace, else 'default', is used)")]
+    public async Task List_NoEndpointSliceForTheService_WarnsOnceToCheckTheServiceAndNamespace(string target, string expectedNamespace)
+    {
+        var client = new ScriptedEndpointSliceClient { OnList = _ => ScriptedEndpointSliceClient.Snapshot("10") };
+        var logger = new FakeLogger();
+        var time = new FakeTimeProvider();
+        using var harness = new ResolverHarness(client, target, time: time, logger: logger);
+        await Poll.UntilAsync(() => harness.LastAddresses is not null && client.Watches == 1, "the empty list published and watched");
+
+        // A typo in the service or namespace used to show only as "0 endpoints from 0 EndpointSlices" (Information).
+        var warning = Assert.Single(logger.Collector.GetSnapshot(), r => r.Level == LogLevel.Warning);
+        Assert.True(warning.Message.Contains("no EndpointSlice is labelled kubernetes.io/service-name=greter", StringComparison.Ordinal), warning.Message);
+        Assert.Contains($"does Service 'greter' exist in namespace {expectedNamespace}?", warning.Message, StringComparison.Ordinal);
+
+        // Logged once while there are none, not on every relist (a refresh after the watch's liveness window relists).
+        time.Advance(TimeSpan.FromMinutes(2) + TimeSpan.FromSeconds(1));
+        harness.Resolver.Refresh();
+        await Poll.UntilAsync(() => client.Lists >= 2 && client.Watches >= 2, "relisted");
+        Assert.Single(logger.Collector.GetSnapshot(), r => r.Level == LogLevel.Warning);
     }
 
     [Theory]

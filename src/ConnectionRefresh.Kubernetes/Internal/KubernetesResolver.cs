@@ -53,6 +53,7 @@ internal sealed class KubernetesResolver : Resolver
     private IReadOnlyList<ResolvedEndpoint>? _published;
     private int _lastSkippedSlices;
     private bool _misconfigurationLogged; // Owned by the loop.
+    private bool _noSlicesLogged; // Owned by the loop.
     // Elapsed time (resync, healthy watch, refresh interval) is measured with TimeProvider timestamps, which are monotonic:
     // a wall clock stepped back (NTP, VM resume) would otherwise stretch a wait by the step.
     private long _lastListTimestamp;
@@ -375,6 +376,15 @@ internal sealed class KubernetesResolver : Resolver
         }
 
         _lastSkippedSlices = skipped;
+        if (_store.Count == 0 && !_noSlicesLogged)
+        {
+            // Calls then fail with grpc-dotnet's "no addresses"; the usual cause is a target naming the wrong service or
+            // namespace (without one in the target, the pod's own, or the kubeconfig context's, is used).
+            var ns = _target.Namespace is null ? $"'{_namespace}' (the target names none, so the service account's or kubeconfig context's namespace, else 'default', is used)" : $"'{_namespace}'";
+            KubernetesResolverLog.NoEndpointSlices(_logger, _target.Service, _namespace, KubernetesResolverDefaults.ServiceNameLabel, ns);
+        }
+
+        _noSlicesLogged = _store.Count == 0;
         _gauges.Update(endpoints.Count, _store.Count, _time.GetUtcNow());
         if (_published is not null && _published.SequenceEqual(endpoints))
         {

@@ -35,6 +35,9 @@ internal static partial class KubernetesResolverLog
     [LoggerMessage(11, LogLevel.Debug, "Service {Service} in namespace {Namespace}: still misconfigured (attempt {Attempt}); retrying in {Delay}.")]
     public static partial void StillMisconfigured(ILogger logger, string service, string @namespace, int attempt, TimeSpan delay, Exception exception);
 
+    [LoggerMessage(12, LogLevel.Warning, "Service {Service} in namespace {Namespace}: no EndpointSlice is labelled {Label}={Service}, so calls find no endpoints. Check the target: does Service '{Service}' exist in namespace {TargetNamespace}? (A Service without a selector has EndpointSlices only if someone creates them.)")]
+    public static partial void NoEndpointSlices(ILogger logger, string service, string @namespace, string label, string targetNamespace);
+
     [LoggerMessage(9, LogLevel.Debug, "Service {Service} in namespace {Namespace}: refresh requested; answered by the watch, which showed life {SinceActivity} ago, so no relist.")]
     public static partial void RefreshAnsweredByWatch(ILogger logger, string service, string @namespace, TimeSpan sinceActivity);
 }
