@@ -233,6 +233,29 @@ public sealed class KubernetesResolverConfigurationTests
         Assert.Single(harness.Logs.Collector.GetSnapshot(), r => r.Level >= LogLevel.Warning);
     }
 
+    [Theory]
+    [InlineData(null, "ServiceAccountPath = '/var/run/secrets/kubernetes.io/serviceaccount' (the default) does not exist",
+        "or set KubernetesResolverOptions.ServiceAccountPath to where")]
+    [InlineData("MyApp:K8s", "ServiceAccountPath = '/var/run/secrets/kubernetes.io/serviceaccount' (the default) does not exist",
+        "or set MyApp:K8s:ServiceAccountPath to where")]
+    public void ServiceAccountMissing_DefaultPathSetNowhere_CalledTheDefaultAndTheKeyOfTheBoundSectionToSet(string? section, string expectedNamed, string expectedToSet)
+    {
+        // The usual case (automountServiceAccountToken: false with the default path): "KubernetesResolverOptions.ServiceAccountPath =
+        // ..." alone read as if the application set it in code.
+        var options = new KubernetesResolverOptions();
+        if (section is not null)
+        {
+            var configuration = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?> { [$"{section}:MaxBackoff"] = "00:00:30" }).Build();
+            using var provider = new ServiceCollection().AddKubernetesResolver(configuration.GetSection(section)).BuildServiceProvider();
+            options = provider.GetRequiredService<Microsoft.Extensions.Options.IOptions<KubernetesResolverOptions>>().Value;
+        }
+
+        var message = KubernetesClientConfigurationFactory.ServiceAccountMissing(options).Message;
+
+        Assert.True(message.Contains(expectedNamed, StringComparison.Ordinal), message);
+        Assert.Contains(expectedToSet, message, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task InCluster_CaCertificateNotMountedYet_RetriedAndTheServerVerifiedOnceItAppears()
     {

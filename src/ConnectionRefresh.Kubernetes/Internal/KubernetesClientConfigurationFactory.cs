@@ -156,13 +156,7 @@ internal static class KubernetesClientConfigurationFactory
         {
             // Not "not mounted yet": the kubelet mounts a pod's volumes before its containers start, so a missing directory
             // means no token is mounted at all.
-            var setting = options.Origins.Name(nameof(KubernetesResolverOptions.ServiceAccountPath), options.ServiceAccountPath);
-            var what = File.Exists(options.ServiceAccountPath) ? "is a file, not a directory" : "does not exist";
-            throw new ServiceAccountMissingException(
-                $"In a pod ({ServiceHostVariable} is set) the resolver authenticates with the pod's service account, but {setting} = " +
-                $"'{options.ServiceAccountPath}' {what}, so it has no token and CA certificate. The pod or its ServiceAccount probably sets " +
-                "automountServiceAccountToken: false: set it to true, or mount a projected volume with a serviceAccountToken ('token'), " +
-                $"the kube-root-ca.crt ConfigMap ('ca.crt') and the namespace ('namespace') there, or set {setting} to where they are mounted.");
+            throw ServiceAccountMissing(options);
         }
 
         var configuration = new KubernetesClientConfiguration
@@ -203,6 +197,37 @@ internal static class KubernetesClientConfigurationFactory
         }
 
         return configuration;
+    }
+
+    /// <summary>
+    /// The error for a pod whose <see cref="KubernetesResolverOptions.ServiceAccountPath"/> is not a directory. The setting is
+    /// named where its value came from (a configuration key, or the property when set in code); the default, set nowhere,
+    /// is called the default, and the key to set is that of the section the options are bound from, if any.
+    /// </summary>
+    public static ServiceAccountMissingException ServiceAccountMissing(KubernetesResolverOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        const string Setting = nameof(KubernetesResolverOptions.ServiceAccountPath);
+        var path = options.ServiceAccountPath;
+        var origin = options.Origins.Name(Setting, path);
+        string named, toSet;
+        if (origin == $"{nameof(KubernetesResolverOptions)}.{Setting}" && path == KubernetesResolverDefaults.ServiceAccountPath)
+        {
+            named = $"{Setting} = '{path}' (the default)";
+            toSet = options.ConfigurationSectionPath is { Length: > 0 } section ? $"{section}:{Setting}" : origin;
+        }
+        else
+        {
+            named = $"{origin} = '{path}'";
+            toSet = origin;
+        }
+
+        var what = File.Exists(path) ? "is a file, not a directory" : "does not exist";
+        return new ServiceAccountMissingException(
+            $"In a pod ({ServiceHostVariable} is set) the resolver authenticates with the pod's service account, but {named} " +
+            $"{what}, so it has no token and CA certificate. The pod or its ServiceAccount probably sets " +
+            "automountServiceAccountToken: false: set it to true, or mount a projected volume with a serviceAccountToken ('token'), " +
+            $"the kube-root-ca.crt ConfigMap ('ca.crt') and the namespace ('namespace') there, or set {toSet} to where they are mounted.");
     }
 
     /// <summary>
