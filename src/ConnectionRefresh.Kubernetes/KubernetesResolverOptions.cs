@@ -33,7 +33,9 @@ public sealed class KubernetesResolverOptions
     /// server, so a rotated token is picked up), <c>ca.crt</c> and <c>namespace</c> (the namespace of
     /// <c>kubernetes:///service:port</c> targets). In a pod (no <see cref="ApiServer"/>) the token and <c>ca.crt</c> are
     /// required: while one is missing or unreadable, requests fail and are retried with the backoff (calls fail
-    /// <c>Unavailable</c> until endpoints are known). With <see cref="ApiServer"/> both are used when present.
+    /// <c>Unavailable</c> until endpoints are known). A directory that does not exist (no token mounted:
+    /// <c>automountServiceAccountToken: false</c>) is logged once as an error, and still retried. With <see cref="ApiServer"/>
+    /// both are used when present.
     /// Default <c>/var/run/secrets/kubernetes.io/serviceaccount</c>. Must not be empty.
     /// </summary>
     public string ServiceAccountPath { get; set; } = KubernetesResolverDefaults.ServiceAccountPath;
@@ -67,4 +69,11 @@ public sealed class KubernetesResolverOptions
 
     /// <summary>Where each setting got its value (configuration key or code), for start-up errors; not bindable.</summary>
     internal Shared.SettingOrigins Origins { get; } = new(nameof(KubernetesResolverOptions));
+
+    /// <summary>
+    /// The path of the configuration section these options were last bound from (<c>ConnectionRefresh:Kubernetes</c> or the
+    /// section given to <c>AddKubernetesResolver(section)</c>), or null when none was: errors that tell the user to set a
+    /// setting name its key there. Not bindable.
+    /// </summary>
+    internal string? ConfigurationSectionPath { get; set; }
 }

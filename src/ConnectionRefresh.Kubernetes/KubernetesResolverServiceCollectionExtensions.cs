@@ -84,6 +84,15 @@ public static class KubernetesResolverServiceCollectionExtensions
             return;
         }
 
+        // Named here, with the full key and the keys there are, rather than by the binder ("'ErrorOnUnknownConfiguration' was set
+        // on the provided BinderOptions, but the following properties were not found ..."), as ConnectionRefresh.Server does.
+        var unknown = section.GetChildren().Where(entry => !Settings.ContainsKey(entry.Key)).Select(entry => $"'{entry.Path}'").ToList();
+        if (unknown.Count > 0)
+        {
+            throw new OptionsValidationException(Options.Options.DefaultName, typeof(KubernetesResolverOptions),
+                [$"Unknown configuration key(s) {string.Join(", ", unknown)}; the keys of {section.Path} are {string.Join(", ", Settings.Values.Select(p => p.Name))}."]);
+        }
+
         foreach (var entry in section.GetChildren())
         {
             ThrowIfUnparsable(entry);
@@ -99,6 +108,7 @@ public static class KubernetesResolverServiceCollectionExtensions
                 [$"{section.Path}: {ex.Message}"]);
         }
 
+        options.ConfigurationSectionPath = section.Path;
         foreach (var entry in section.GetChildren())
         {
             if (Settings.TryGetValue(entry.Key, out var property))

@@ -91,6 +91,40 @@ public sealed class KubernetesResolverConfigurationTests
         Assert.Contains("KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT are not set", error.Message, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData(true, "MyApp:Kubernetes:ApiServer or MyApp:Kubernetes:KubeconfigPath (in code, KubernetesResolverOptions.ApiServer or .KubeconfigPath)")]
+    [InlineData(false, "KubernetesResolverOptions.ApiServer or .KubeconfigPath.")]
+    public void AddKubernetesResolver_NoApiServerWithOwnSectionOrNone_TheErrorSaysWhereToSetApiServerOrKubeconfigPath(bool fromSection, string expected)
+    {
+        using var dir = new TempDirectory();
+        var services = new ServiceCollection();
+        services.AddLogging();
+        services.AddSingleton(Env(new() { ["HOME"] = dir.Path }));
+        if (fromSection)
+        {
+            var configuration = new ConfigurationBuilder()
+                .AddInMemoryCollection(new Dictionary<string, string?> { ["MyApp:Kubernetes:ServiceAccountPath"] = dir.Combine("no-service-account") })
+                .Build();
+            services.AddKubernetesResolver(configuration.GetSection("MyApp:Kubernetes"));
+        }
+        else
+        {
+            // No IConfiguration registered: nothing is bound, the options come from code only.
+            services.AddKubernetesResolver(o => o.ServiceAccountPath = dir.Combine("no-service-account"));
+        }
+
+        services.AddGrpcClient<Greeter.GreeterClient>(o => o.Address = new Uri("kubernetes:///greeter.default:grpc"))
+            .ConfigureChannel(o => o.Credentials = ChannelCredentials.Insecure);
+        using var provider = services.BuildServiceProvider(validateScopes: true);
+
+        var ex = Assert.ThrowsAny<Exception>(() => provider.GetRequiredService<Greeter.GreeterClient>());
+
+        // Not ConnectionRefresh:Kubernetes:ApiServer, a section this application never binds.
+        var message = string.Join(" | ", Chain(ex).Select(e => e.Message));
+        Assert.True(message.Contains($"elsewhere set {expected}", StringComparison.Ordinal), message);
+        Assert.DoesNotContain("ConnectionRefresh:Kubernetes", message, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task InCluster_TokenFileRotated_NewTokenUsedOnceTheOldOneIsRevoked()
     {
@@ -124,6 +158,12 @@ public sealed class KubernetesResolverConfigurationTests
         var result = harness.Last!;
         Assert.Equal(StatusCode.Unavailable, result.Status.StatusCode);
         Assert.Contains("service 'greeter' in namespace 'default'", result.Status.Detail, StringComparison.Ordinal);
+
+        // The server was reached and its certificate rejected: the detail says so and what it is checked against, rather
+        // than "could not be reached ... see inner exception".
+        Assert.True(result.Status.Detail.Contains("TLS certificate was rejected", StringComparison.Ordinal), result.Status.Detail);
+        Assert.Contains(account.Path, result.Status.Detail, StringComparison.Ordinal);
+        Assert.DoesNotContain("could not be reached", result.Status.Detail, StringComparison.Ordinal);
         Assert.IsType<AuthenticationException>(InnermostOfType<AuthenticationException>(result.Status.DebugException));
         var warning = harness.Logs.Collector.GetSnapshot().First(r => r.Level == LogLevel.Warning);
         Assert.Contains("greeter", warning.Message, StringComparison.Ordinal);
@@ -149,11 +189,71 @@ public sealed class KubernetesResolverConfigurationTests
         await Poll.UntilAsync(() => harness.Results.Count(r => r.Status.StatusCode == StatusCode.Unavailable) >= 2, "the missing token reported and retried");
         Assert.NotNull(InnermostOfType<FileNotFoundException>(harness.Last!.Status.DebugException));
         Assert.Contains(Path.Combine(account.Path, "token"), harness.Last!.Status.Detail, StringComparison.Ordinal);
+        AssertNothingWasSent(harness.Last!.Status.Detail);
 
         account.WriteToken("token-1");
         await Poll.UntilAsync(() => harness.LastAddresses is not null, "resolved once the token is mounted");
         Assert.Equal(["10.0.0.1:8080"], harness.LastAddresses!);
         Assert.All(server.Api.SeenTokens, token => Assert.Equal("token-1", token));
+    }
+
+    [Fact]
+    public async Task InCluster_ServiceAccountDirectoryMissing_OneErrorNamingTheSettingAndAutomountThenRetriedUntilItAppears()
+    {
+        await using var server = await HttpsKubernetesApi.StartAsync("token-1");
+        server.Api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080));
+        using var dir = new TempDirectory();
+        var accountPath = dir.Combine("serviceaccount"); // automountServiceAccountToken: false - nothing mounted there
+
+        using var harness = new FactoryResolverHarness(Fast(new KubernetesResolverOptions { ServiceAccountPath = accountPath }), InCluster(server.Api));
+
+        // Calls fail fast and say what to fix; the resolver keeps checking, but says so once, as an error.
+        await Poll.UntilAsync(() => harness.Results.Count(r => r.Status.StatusCode == StatusCode.Unavailable) >= 3, "the missing service account reported and retried");
+        var expected = $"KubernetesResolverOptions.ServiceAccountPath = '{accountPath}' does not exist";
+        Assert.Contains(expected, harness.Last!.Status.Detail, StringComparison.Ordinal);
+        Assert.Contains("automountServiceAccountToken: false", harness.Last!.Status.Detail, StringComparison.Ordinal);
+        Assert.DoesNotContain("could not be reached", harness.Last!.Status.Detail, StringComparison.Ordinal);
+        var logs = harness.Logs.Collector.GetSnapshot();
+        var error = Assert.Single(logs, r => r.Level >= LogLevel.Warning);
+        Assert.Equal(LogLevel.Error, error.Level);
+        Assert.Contains("greeter", error.Message, StringComparison.Ordinal);
+        Assert.Contains(expected, error.Message, StringComparison.Ordinal);
+        Assert.Contains("automountServiceAccountToken: false", error.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain(logs, r => r.Message.Contains("not mounted yet", StringComparison.Ordinal));
+        Assert.Empty(server.Api.SeenTokens);
+
+        // A volume mounted there later (all files at once, as the kubelet's atomic writer does) is used.
+        var staging = dir.Combine("staging");
+        Directory.CreateDirectory(staging);
+        File.WriteAllText(Path.Combine(staging, "token"), "token-1");
+        File.WriteAllText(Path.Combine(staging, "ca.crt"), server.CaPem);
+        Directory.Move(staging, accountPath);
+        await Poll.UntilAsync(() => harness.LastAddresses is not null, "resolved once the service account appears");
+        Assert.Equal(["10.0.0.1:8080"], harness.LastAddresses!);
+        Assert.Single(harness.Logs.Collector.GetSnapshot(), r => r.Level >= LogLevel.Warning);
+    }
+
+    [Theory]
+    [InlineData(null, "ServiceAccountPath = '/var/run/secrets/kubernetes.io/serviceaccount' (the default) does not exist",
+        "or set KubernetesResolverOptions.ServiceAccountPath to where")]
+    [InlineData("MyApp:K8s", "ServiceAccountPath = '/var/run/secrets/kubernetes.io/serviceaccount' (the default) does not exist",
+        "or set MyApp:K8s:ServiceAccountPath to where")]
+    public void ServiceAccountMissing_DefaultPathSetNowhere_CalledTheDefaultAndTheKeyOfTheBoundSectionToSet(string? section, string expectedNamed, string expectedToSet)
+    {
+        // The usual case (automountServiceAccountToken: false with the default path): "KubernetesResolverOptions.ServiceAccountPath =
+        // ..." alone read as if the application set it in code.
+        var options = new KubernetesResolverOptions();
+        if (section is not null)
+        {
+            var configuration = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?> { [$"{section}:MaxBackoff"] = "00:00:30" }).Build();
+            using var provider = new ServiceCollection().AddKubernetesResolver(configuration.GetSection(section)).BuildServiceProvider();
+            options = provider.GetRequiredService<Microsoft.Extensions.Options.IOptions<KubernetesResolverOptions>>().Value;
+        }
+
+        var message = KubernetesClientConfigurationFactory.ServiceAccountMissing(options).Message;
+
+        Assert.True(message.Contains(expectedNamed, StringComparison.Ordinal), message);
+        Assert.Contains(expectedToSet, message, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -169,6 +269,7 @@ public sealed class KubernetesResolverConfigurationTests
         await Poll.UntilAsync(() => harness.Results.Count(r => r.Status.StatusCode == StatusCode.Unavailable) >= 2, "the missing ca.crt reported and retried");
         Assert.NotNull(InnermostOfType<FileNotFoundException>(harness.Last!.Status.DebugException));
         Assert.Contains("ca.crt", harness.Last!.Status.Detail, StringComparison.Ordinal);
+        AssertNothingWasSent(harness.Last!.Status.Detail);
 
         account.WriteCa(server.CaPem);
         await Poll.UntilAsync(() => harness.LastAddresses is not null, "resolved over verified https once ca.crt is mounted");
@@ -186,6 +287,7 @@ public sealed class KubernetesResolverConfigurationTests
 
         await Poll.UntilAsync(() => harness.Results.Count(r => r.Status.StatusCode == StatusCode.Unavailable) >= 2, "the bad ca.crt reported and retried");
         Assert.Contains($"'{Path.Combine(account.Path, "ca.crt")}' holds no PEM certificate", harness.Last!.Status.Detail, StringComparison.Ordinal);
+        AssertNothingWasSent(harness.Last!.Status.Detail);
         Assert.Empty(server.Api.SeenTokens);
 
         account.WriteCa(server.CaPem);
@@ -230,6 +332,61 @@ public sealed class KubernetesResolverConfigurationTests
         Assert.True(ex.Message.Contains($"ConnectionRefresh:Kubernetes:KubeconfigPath = '{path}': {expected}", StringComparison.Ordinal), ex.Message);
     }
 
+    [Theory]
+    [InlineData(true, "MyApp:Kubernetes:KubeconfigPath")]
+    [InlineData(false, "KubernetesResolverOptions.KubeconfigPath")]
+    public void AddKubernetesResolver_KubeconfigPathRemovedAfterStartUp_CreatingTheClientNamesWhereTheSettingCameFrom(bool fromSection, string expectedKey)
+    {
+        using var dir = new TempDirectory();
+        var path = dir.Write("config", Kubeconfig(new Uri("http://127.0.0.1:1"), caPem: null, "t", ns: null));
+        var services = new ServiceCollection();
+        services.AddLogging();
+        services.AddSingleton(Env(new() { ["HOME"] = dir.Path }));
+        if (fromSection)
+        {
+            var configuration = new ConfigurationBuilder()
+                .AddInMemoryCollection(new Dictionary<string, string?> { ["MyApp:Kubernetes:KubeconfigPath"] = path })
+                .Build();
+            services.AddKubernetesResolver(configuration.GetSection("MyApp:Kubernetes"));
+        }
+        else
+        {
+            services.AddKubernetesResolver(o => o.KubeconfigPath = path);
+        }
+
+        services.AddGrpcClient<Greeter.GreeterClient>(o => o.Address = new Uri("kubernetes:///greeter.default:grpc"))
+            .ConfigureChannel(o => o.Credentials = ChannelCredentials.Insecure);
+        using var provider = services.BuildServiceProvider(validateScopes: true);
+
+        // Valid at start-up (validation passes), gone when the first channel is created.
+        _ = provider.GetRequiredService<Microsoft.Extensions.Options.IOptions<KubernetesResolverOptions>>().Value;
+        File.Delete(path);
+        var ex = Assert.ThrowsAny<Exception>(() => provider.GetRequiredService<Greeter.GreeterClient>());
+
+        // Not ConnectionRefresh:Kubernetes:KubeconfigPath, which sent the user to a configuration key they never used.
+        var error = InnermostOfType<InvalidOperationException>(ex);
+        Assert.NotNull(error);
+        Assert.True(error.Message.Contains($"{expectedKey} = '{path}': the file does not exist.", StringComparison.Ordinal), error.Message);
+        Assert.DoesNotContain("ConnectionRefresh:Kubernetes:KubeconfigPath", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Options_KubeconfigPathRelativeAndMissing_FailsAtHostStartShowingWhereItWasLookedFor()
+    {
+        var relative = Path.Combine("no-such-directory-" + Guid.NewGuid().ToString("N"), "config");
+        var builder = Microsoft.Extensions.Hosting.Host.CreateApplicationBuilder();
+        builder.Configuration.AddInMemoryCollection(new Dictionary<string, string?> { ["ConnectionRefresh:Kubernetes:KubeconfigPath"] = relative });
+        builder.Services.AddKubernetesResolver();
+        using var host = builder.Build();
+
+        var ex = await Assert.ThrowsAsync<Microsoft.Extensions.Options.OptionsValidationException>(() => host.StartAsync());
+
+        // The current directory of a container or service is often not the application's: say which file was looked for.
+        Assert.True(ex.Message.Contains(
+            $"ConnectionRefresh:Kubernetes:KubeconfigPath = '{relative}': the file does not exist (a relative path is resolved against the current directory: '{Path.GetFullPath(relative)}').",
+            StringComparison.Ordinal), ex.Message);
+    }
+
     [Fact]
     public void InClusterApiServer_Ipv6ServiceHost_BracketedHttpsUri()
     {
@@ -243,11 +400,46 @@ public sealed class KubernetesResolverConfigurationTests
     }
 
     [Theory]
+    [InlineData(null, null)]
     [InlineData(null, "443")]
-    [InlineData("10.96.0.1", null)]
-    [InlineData("10.96.0.1", "https")]
-    [InlineData("10.96.0.1", "0")]
-    public void InClusterApiServer_MissingOrInvalidVariables_Null(string? host, string? port)
+    [InlineData("", "443")]
+    public void InClusterApiServer_ServiceHostNotSet_NullNotInAPod(string? host, string? port)
+    {
+        Assert.Null(KubernetesClientConfigurationFactory.InClusterApiServer(Env(ServiceVariables(host, port))));
+    }
+
+    [Theory]
+    [InlineData("10.96.0.1", null,
+        "KUBERNETES_SERVICE_HOST = '10.96.0.1' is set (in a pod), but KUBERNETES_SERVICE_PORT is not set: it must be the API server's port, a number from 1 to 65535")]
+    [InlineData("10.96.0.1", "",
+        "KUBERNETES_SERVICE_HOST = '10.96.0.1' is set (in a pod), but KUBERNETES_SERVICE_PORT is not set: it must be the API server's port, a number from 1 to 65535")]
+    [InlineData("10.96.0.1", "https",
+        "KUBERNETES_SERVICE_HOST = '10.96.0.1' is set (in a pod), but KUBERNETES_SERVICE_PORT = 'https' is not a valid port: it must be a number from 1 to 65535")]
+    [InlineData("10.96.0.1", "0",
+        "KUBERNETES_SERVICE_HOST = '10.96.0.1' is set (in a pod), but KUBERNETES_SERVICE_PORT = '0' is not a valid port: it must be a number from 1 to 65535")]
+    [InlineData("10.96.0.1", "65536",
+        "KUBERNETES_SERVICE_HOST = '10.96.0.1' is set (in a pod), but KUBERNETES_SERVICE_PORT = '65536' is not a valid port: it must be a number from 1 to 65535")]
+    [InlineData("kubernetes default", "443",
+        "KUBERNETES_SERVICE_HOST = 'kubernetes default' is not a valid host: it must be the API server's IP address or DNS name")]
+    public void CreateResolver_ServiceHostSetButPortMissingOrInvalid_ThrowsNamingTheVariableItsValueAndWhatIsAllowed(string host, string? port, string expected)
+    {
+        using var dir = new TempDirectory();
+        var options = Fast(new KubernetesResolverOptions { ServiceAccountPath = dir.Combine("no-service-account") });
+        var environment = ServiceVariables(host, port);
+        environment["HOME"] = dir.Path;
+        using var meters = new FallbackMeterFactory();
+        using var factory = new KubernetesResolverFactory(Microsoft.Extensions.Options.Options.Create(options), new KubernetesResolverMetrics(meters),
+            environment: Env(environment));
+
+        var ex = Assert.Throws<InvalidOperationException>(() => factory.CreateResolver(new Uri("kubernetes:///greeter:8080"), NullLoggerFactory.Instance));
+
+        // Not "KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT are not set (not in a pod)", which sent users to look for a
+        // missing variable, or to a kubeconfig, in a pod whose spec set one of them wrong.
+        Assert.True(ex.Message.Contains(expected, StringComparison.Ordinal), ex.Message);
+        Assert.DoesNotContain("are not set", ex.Message, StringComparison.Ordinal);
+    }
+
+    private static Dictionary<string, string> ServiceVariables(string? host, string? port)
     {
         var environment = new Dictionary<string, string>();
         if (host is not null)
@@ -260,7 +452,7 @@ public sealed class KubernetesResolverConfigurationTests
             environment["KUBERNETES_SERVICE_PORT"] = port;
         }
 
-        Assert.Null(KubernetesClientConfigurationFactory.InClusterApiServer(Env(environment)));
+        return environment;
     }
 
     [Fact]
@@ -334,6 +526,26 @@ public sealed class KubernetesResolverConfigurationTests
     }
 
     [Fact]
+    public async Task Kubeconfig_TokenFileMissing_ReportedAsTheKubeconfigUsersTokenFileNotAsNotMounted()
+    {
+        await using var api = await SimulatedKubernetesApi.StartAsync("file-token-1");
+        api.Apply("default", Slices.Ready("a", "greeter", ["10.0.0.9"], 8080));
+        using var dir = new TempDirectory();
+        var options = KubeconfigOnly(dir, KubeconfigWithUser(api.Url, caPem: null, user: "tokenFile: token", ns: null));
+
+        using var harness = new FactoryResolverHarness(Fast(options), new Dictionary<string, string>());
+        await Poll.UntilAsync(() => harness.Results.Count(r => r.Status.StatusCode == StatusCode.Unavailable) >= 2, "the missing tokenFile reported and retried");
+
+        // A developer's kubeconfig is not mounted by a kubelet: the detail names the user, the kubeconfig and the file.
+        var detail = harness.Last!.Status.Detail;
+        Assert.True(detail.Contains($"The tokenFile '{dir.Combine("token")}' of user 'developer' in kubeconfig '{options.KubeconfigPath}' does not exist.", StringComparison.Ordinal), detail);
+        Assert.DoesNotContain("not mounted", detail, StringComparison.Ordinal);
+
+        dir.Write("token", "file-token-1\n");
+        await Poll.UntilAsync(() => harness.LastAddresses is not null, "resolved once the tokenFile exists");
+    }
+
+    [Fact]
     public async Task Kubeconfig_ExecCredentialPlugin_SendsThePluginsTokenAndRunsItAgainWhenItExpires()
     {
         await using var api = await SimulatedKubernetesApi.StartAsync("exec-token-1");
@@ -392,6 +604,7 @@ public sealed class KubernetesResolverConfigurationTests
         using var harness = new FactoryResolverHarness(Fast(options), new Dictionary<string, string>());
         await Poll.UntilAsync(() => harness.Results.Count(r => r.Status.StatusCode == StatusCode.Unavailable) >= 2, "the plugin's failure reported and retried");
         Assert.NotNull(InnermostOfType<k8s.Exceptions.KubeConfigException>(harness.Last!.Status.DebugException));
+        AssertNothingWasSent(harness.Last!.Status.Detail);
 
         dir.Write("logged-in", "");
         await Poll.UntilAsync(() => harness.LastAddresses is not null, "resolved once the plugin succeeds");
@@ -416,6 +629,21 @@ public sealed class KubernetesResolverConfigurationTests
     };
 
     private static EnvironmentReader Env(Dictionary<string, string> variables) => new(name => variables.GetValueOrDefault(name));
+
+    // A failure before any request left the process is not a network problem: "could not be reached" sent users to the network.
+    private static void AssertNothingWasSent(string detail)
+    {
+        Assert.True(detail.Contains("(nothing was sent to the API server)", StringComparison.Ordinal), detail);
+        Assert.DoesNotContain("could not be reached", detail, StringComparison.Ordinal);
+    }
+
+    private static IEnumerable<Exception> Chain(Exception? exception)
+    {
+        for (var e = exception; e is not null; e = e.InnerException)
+        {
+            yield return e;
+        }
+    }
 
     private static T? InnermostOfType<T>(Exception? exception)
         where T : Exception

@@ -149,6 +149,22 @@ public sealed class KubernetesResolverServiceCollectionExtensionsTests
     }
 
     [Fact]
+    public void Options_UnknownKeyInOwnSection_NamesTheFullKeyAndTheKeysThereAre()
+    {
+        var configuration = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?> { ["MyApp:K8s:Kubeconfig"] = "/home/me/.kube/config" }).Build();
+        using var provider = new ServiceCollection().AddKubernetesResolver(configuration.GetSection("MyApp:K8s")).BuildServiceProvider();
+
+        var ex = Assert.Throws<OptionsValidationException>(() => provider.GetRequiredService<IOptions<KubernetesResolverOptions>>().Value);
+
+        // Not the binder's "'ErrorOnUnknownConfiguration' was set on the provided BinderOptions ...": the key as written in the
+        // configuration, and what it may be instead.
+        Assert.Equal(
+            "Unknown configuration key(s) 'MyApp:K8s:Kubeconfig'; the keys of MyApp:K8s are ApiServer, KubeconfigPath, ServiceAccountPath, " +
+            "IncludeTerminatingEndpoints, ResyncInterval, InitialBackoff, MaxBackoff.",
+            Assert.Single(ex.Failures));
+    }
+
+    [Fact]
     public async Task Options_InvalidValue_FailsAtHostStart()
     {
         var builder = Microsoft.Extensions.Hosting.Host.CreateApplicationBuilder();

@@ -19,11 +19,20 @@ namespace ConnectionRefresh.Kubernetes.Internal;
 internal sealed class EndpointSelector(KubernetesTarget target, bool includeTerminating)
 {
     /// <summary>Selects the endpoints of all <paramref name="slices"/>; <paramref name="skippedSlices"/> counts slices without a matching port.</summary>
-    public IReadOnlyList<ResolvedEndpoint> Select(IEnumerable<V1EndpointSlice> slices, out int skippedSlices)
+    public IReadOnlyList<ResolvedEndpoint> Select(IEnumerable<V1EndpointSlice> slices, out int skippedSlices) =>
+        Select(slices, out skippedSlices, out _);
+
+    /// <summary>
+    /// Selects the endpoints of all <paramref name="slices"/>; <paramref name="skippedSlices"/> counts slices without a
+    /// matching port, and <paramref name="skippedPorts"/> lists the TCP ports those slices have (<c>name (number)</c>, sorted),
+    /// so a warning can show which ports there are.
+    /// </summary>
+    public IReadOnlyList<ResolvedEndpoint> Select(IEnumerable<V1EndpointSlice> slices, out int skippedSlices, out IReadOnlyList<string> skippedPorts)
     {
         var ready = new PodEndpoints();
         var servingTerminating = new PodEndpoints();
         skippedSlices = 0;
+        SortedSet<string>? skipped = null;
         foreach (var slice in slices)
         {
             if (slice.Endpoints is null || slice.Endpoints.Count == 0 || slice.AddressType == "FQDN")
@@ -35,6 +44,15 @@ internal sealed class EndpointSelector(KubernetesTarget target, bool includeTerm
             if (port is null)
             {
                 skippedSlices++;
+                skipped ??= new SortedSet<string>(StringComparer.Ordinal);
+                foreach (var p in slice.Ports ?? [])
+                {
+                    if (p.Protocol is null or "TCP")
+                    {
+                        skipped.Add(string.IsNullOrEmpty(p.Name) ? $"(unnamed) ({p.Port})" : $"{p.Name} ({p.Port})");
+                    }
+                }
+
                 continue;
             }
 
@@ -61,6 +79,7 @@ internal sealed class EndpointSelector(KubernetesTarget target, bool includeTerm
             }
         }
 
+        skippedPorts = skipped is null ? [] : [.. skipped];
         return ready.Count > 0 ? ready.ToList() : servingTerminating.ToList();
     }
 

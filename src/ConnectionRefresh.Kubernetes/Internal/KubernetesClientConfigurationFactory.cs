@@ -22,7 +22,9 @@ namespace ConnectionRefresh.Kubernetes.Internal;
 /// credential plugin; a user's <c>tokenFile</c>, which the library ignores, is re-read on every request); otherwise the token
 /// from <see cref="KubernetesResolverOptions.ServiceAccountPath"/> (re-read on every request) and, for https, its
 /// <c>ca.crt</c> as the only trusted root. In a pod the token and <c>ca.crt</c> are required: while one is missing (not
-/// mounted yet) requests, or this step, fail and the resolver retries with its backoff. This is done here rather than with
+/// mounted yet) requests, or this step, fail and the resolver retries with its backoff. A missing directory is a
+/// <see cref="ServiceAccountMissingException"/> (no token mounted at all: <c>automountServiceAccountToken: false</c>),
+/// retried too but reported once as a configuration error. This is done here rather than with
 /// <see cref="KubernetesClientConfiguration.InClusterConfig"/>, which reads the fixed <c>/var/run/secrets/...</c> paths
 /// and so would ignore <see cref="KubernetesResolverOptions.ServiceAccountPath"/>.</item>
 /// </list>
@@ -32,7 +34,6 @@ internal static class KubernetesClientConfigurationFactory
 {
     public const string ServiceHostVariable = "KUBERNETES_SERVICE_HOST";
     public const string ServicePortVariable = "KUBERNETES_SERVICE_PORT";
-    private const string KubeconfigPathSetting = KubernetesResolverDefaults.ConfigurationSection + ":" + nameof(KubernetesResolverOptions.KubeconfigPath);
 
     /// <summary>Both steps at once (tests).</summary>
     public static KubernetesClientConfiguration Create(KubernetesResolverOptions options, EnvironmentReader environment) =>
@@ -45,7 +46,9 @@ internal static class KubernetesClientConfigurationFactory
         ArgumentNullException.ThrowIfNull(environment);
         if (!string.IsNullOrEmpty(options.KubeconfigPath))
         {
-            return Kubeconfig(options.KubeconfigPath, $"{KubeconfigPathSetting} = '{options.KubeconfigPath}'", options);
+            // Named where the value came from: its configuration key (of whichever section was bound) or the property.
+            var setting = options.Origins.Name(nameof(KubernetesResolverOptions.KubeconfigPath), options.KubeconfigPath);
+            return Kubeconfig(options.KubeconfigPath, $"{setting} = '{options.KubeconfigPath}'", options);
         }
 
         if (options.ApiServer is { } apiServer)
@@ -82,9 +85,11 @@ internal static class KubernetesClientConfigurationFactory
             return Kubeconfig(defaultPath, $"kubeconfig '{defaultPath}'", options);
         }
 
+        var notInAPod = string.IsNullOrEmpty(environment[ServicePortVariable])
+            ? $"{ServiceHostVariable}/{ServicePortVariable} are not set (not in a pod)"
+            : $"{ServiceHostVariable} is not set (not in a pod)";
         throw new InvalidOperationException(
-            $"No Kubernetes API server configured: {ServiceHostVariable}/{ServicePortVariable} are not set (not in a pod), " +
-            $"KUBECONFIG names no existing file and '{defaultPath}' does not exist.");
+            $"No Kubernetes API server configured: {notInAPod}, KUBECONFIG names no existing file and '{defaultPath}' does not exist.");
     }
 
     /// <summary>
@@ -95,7 +100,10 @@ internal static class KubernetesClientConfigurationFactory
     {
         if (!File.Exists(path))
         {
-            throw new InvalidOperationException($"{what}: the file does not exist.");
+            // A relative path is resolved against the current directory, which in a container or service is often not the
+            // application's: show where the file was looked for.
+            var where = Path.IsPathFullyQualified(path) ? "" : $" (a relative path is resolved against the current directory: '{Path.GetFullPath(path)}')";
+            throw new InvalidOperationException($"{what}: the file does not exist{where}.");
         }
 
         K8SConfiguration config;
@@ -144,6 +152,13 @@ internal static class KubernetesClientConfigurationFactory
         }
 
         var inCluster = source.Kind == KubernetesApiSourceKind.InCluster;
+        if (inCluster && !Directory.Exists(options.ServiceAccountPath))
+        {
+            // Not "not mounted yet": the kubelet mounts a pod's volumes before its containers start, so a missing directory
+            // means no token is mounted at all.
+            throw ServiceAccountMissing(options);
+        }
+
         var configuration = new KubernetesClientConfiguration
         {
             Host = source.Server!.ToString(),
@@ -185,6 +200,37 @@ internal static class KubernetesClientConfigurationFactory
     }
 
     /// <summary>
+    /// The error for a pod whose <see cref="KubernetesResolverOptions.ServiceAccountPath"/> is not a directory. The setting is
+    /// named where its value came from (a configuration key, or the property when set in code); the default, set nowhere,
+    /// is called the default, and the key to set is that of the section the options are bound from, if any.
+    /// </summary>
+    public static ServiceAccountMissingException ServiceAccountMissing(KubernetesResolverOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        const string Setting = nameof(KubernetesResolverOptions.ServiceAccountPath);
+        var path = options.ServiceAccountPath;
+        var origin = options.Origins.Name(Setting, path);
+        string named, toSet;
+        if (origin == $"{nameof(KubernetesResolverOptions)}.{Setting}" && path == KubernetesResolverDefaults.ServiceAccountPath)
+        {
+            named = $"{Setting} = '{path}' (the default)";
+            toSet = options.ConfigurationSectionPath is { Length: > 0 } section ? $"{section}:{Setting}" : origin;
+        }
+        else
+        {
+            named = $"{origin} = '{path}'";
+            toSet = origin;
+        }
+
+        var what = File.Exists(path) ? "is a file, not a directory" : "does not exist";
+        return new ServiceAccountMissingException(
+            $"In a pod ({ServiceHostVariable} is set) the resolver authenticates with the pod's service account, but {named} " +
+            $"{what}, so it has no token and CA certificate. The pod or its ServiceAccount probably sets " +
+            "automountServiceAccountToken: false: set it to true, or mount a projected volume with a serviceAccountToken ('token'), " +
+            $"the kube-root-ca.crt ConfigMap ('ca.crt') and the namespace ('namespace') there, or set {toSet} to where they are mounted.");
+    }
+
+    /// <summary>
     /// The namespace of <c>kubernetes:///service:port</c> targets: <paramref name="contextNamespace"/> (a kubeconfig's current
     /// context) when set, else the service account's <c>namespace</c> file, else <c>default</c>.
     /// </summary>
@@ -209,16 +255,40 @@ internal static class KubernetesClientConfigurationFactory
         return "default";
     }
 
-    /// <summary><c>https://host:port</c> from <c>KUBERNETES_SERVICE_HOST/PORT</c> (IPv6 hosts bracketed), or null outside a pod.</summary>
+    /// <summary>
+    /// <c>https://host:port</c> from <c>KUBERNETES_SERVICE_HOST/PORT</c> (IPv6 hosts bracketed), or null outside a pod
+    /// (<c>KUBERNETES_SERVICE_HOST</c> not set). With the host set, a port that is missing or not a number from 1 to 65535,
+    /// or a host that is not one, is a configuration mistake (the kubelet sets both; the pod's spec overrode one): throws
+    /// <see cref="InvalidOperationException"/> naming the variable, its value and what is allowed, rather than falling back
+    /// to a kubeconfig or reporting the variables as not set.
+    /// </summary>
     public static Uri? InClusterApiServer(EnvironmentReader environment)
     {
         ArgumentNullException.ThrowIfNull(environment);
         var host = environment[ServiceHostVariable];
-        var port = environment[ServicePortVariable];
-        if (string.IsNullOrEmpty(host) || string.IsNullOrEmpty(port) ||
-            !int.TryParse(port, NumberStyles.None, CultureInfo.InvariantCulture, out var portNumber) || portNumber is < 1 or > 65535)
+        if (string.IsNullOrEmpty(host))
         {
             return null;
+        }
+
+        var port = environment[ServicePortVariable];
+        var inAPod = $"{ServiceHostVariable} = '{host}' is set (in a pod), but";
+        if (string.IsNullOrEmpty(port))
+        {
+            throw new InvalidOperationException(
+                $"{inAPod} {ServicePortVariable} is not set: it must be the API server's port, a number from 1 to 65535 (the kubelet sets both).");
+        }
+
+        if (!int.TryParse(port, NumberStyles.None, CultureInfo.InvariantCulture, out var portNumber) || portNumber is < 1 or > 65535)
+        {
+            throw new InvalidOperationException(
+                $"{inAPod} {ServicePortVariable} = '{port}' is not a valid port: it must be a number from 1 to 65535 (the kubelet sets both).");
+        }
+
+        if (Uri.CheckHostName(host) is UriHostNameType.Unknown or UriHostNameType.Basic)
+        {
+            throw new InvalidOperationException(
+                $"{ServiceHostVariable} = '{host}' is not a valid host: it must be the API server's IP address or DNS name (the kubelet sets it).");
         }
 
         // UriBuilder brackets an IPv6 host (KUBERNETES_SERVICE_HOST=fd00::1 in IPv6 clusters).
@@ -247,7 +317,8 @@ internal static class KubernetesClientConfigurationFactory
         if (tokenFile is not null && configuration.TokenProvider is null)
         {
             configuration.AccessToken = null;
-            configuration.TokenProvider = new ServiceAccountTokenProvider(tokenFile, required: true);
+            configuration.TokenProvider = new ServiceAccountTokenProvider(tokenFile, required: true,
+                $"The tokenFile '{tokenFile}' of user '{user!.Name}' in kubeconfig '{path}'");
         }
 
         return configuration;

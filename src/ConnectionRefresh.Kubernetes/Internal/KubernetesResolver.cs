@@ -1,8 +1,10 @@
 using System.Net;
+using System.Security.Authentication;
 using Grpc.Core;
 using Grpc.Net.Client.Balancer;
 using k8s;
 using k8s.Autorest;
+using k8s.Exceptions;
 using Microsoft.Extensions.Logging;
 
 namespace ConnectionRefresh.Kubernetes.Internal;
@@ -50,6 +52,8 @@ internal sealed class KubernetesResolver : Resolver
     private volatile bool _disposed;
     private IReadOnlyList<ResolvedEndpoint>? _published;
     private int _lastSkippedSlices;
+    private bool _misconfigurationLogged; // Owned by the loop.
+    private bool _noSlicesLogged; // Owned by the loop.
     // Elapsed time (resync, healthy watch, refresh interval) is measured with TimeProvider timestamps, which are monotonic:
     // a wall clock stepped back (NTP, VM resume) would otherwise stretch a wait by the step.
     private long _lastListTimestamp;
@@ -185,7 +189,7 @@ internal sealed class KubernetesResolver : Resolver
                 {
                     _metrics.Error(_target, _namespace, ex);
                     var delay = backoff.Next();
-                    KubernetesResolverLog.RequestFailed(_logger, _target.Service, _namespace, backoff.Attempt, _published?.Count ?? 0, delay, ex);
+                    LogFailure(ex, backoff.Attempt, delay);
                     if (_published is null)
                     {
                         // Nothing known yet: fail calls fast instead of leaving them waiting. Once endpoints are
@@ -357,13 +361,30 @@ internal sealed class KubernetesResolver : Resolver
 
     private void Publish()
     {
-        var endpoints = _selector.Select(_store.Slices, out var skipped);
+        var endpoints = _selector.Select(_store.Slices, out var skipped, out var skippedPorts);
         if (skipped > 0 && skipped != _lastSkippedSlices)
         {
-            KubernetesResolverLog.PortNotFound(_logger, _target.Service, _namespace, skipped, _target.PortText);
+            // Says which ports there are and how to name one: "(only port)" read as if the target had asked for a port
+            // of that name, and a typo in a port name was only visible by comparing with the Service by hand.
+            var ports = skippedPorts.Count == 0 ? "none" : string.Join(", ", skippedPorts);
+            var (port, hint) = _target.PortName is { } name
+                ? ($"'{name}'",
+                    $"Name one of the Service's ports in the target (kubernetes:///{_target.Service}.{_namespace}:<port name>), or give the pods' port number.")
+                : ("(the target names no port)",
+                    $"A target without a port needs a Service with exactly one TCP port: name one (kubernetes:///{_target.Service}.{_namespace}:<port name>).");
+            KubernetesResolverLog.PortNotFound(_logger, _target.Service, _namespace, skipped, port, ports, hint);
         }
 
         _lastSkippedSlices = skipped;
+        if (_store.Count == 0 && !_noSlicesLogged)
+        {
+            // Calls then fail with grpc-dotnet's "no addresses"; the usual cause is a target naming the wrong service or
+            // namespace (without one in the target, the pod's own, or the kubeconfig context's, is used).
+            var ns = _target.Namespace is null ? $"'{_namespace}' (the target names none, so the service account's or kubeconfig context's namespace, else 'default', is used)" : $"'{_namespace}'";
+            KubernetesResolverLog.NoEndpointSlices(_logger, _target.Service, _namespace, KubernetesResolverDefaults.ServiceNameLabel, ns);
+        }
+
+        _noSlicesLogged = _store.Count == 0;
         _gauges.Update(endpoints.Count, _store.Count, _time.GetUtcNow());
         if (_published is not null && _published.SequenceEqual(endpoints))
         {
@@ -396,21 +417,101 @@ internal sealed class KubernetesResolver : Resolver
 
     /// <summary>
     /// Why calls fail while nothing is known. A refusal (401, 403) sends the user to the credentials or the RBAC rule, not
-    /// to the network: "could not be reached" was misleading for the most common setup mistake, a missing Role.
+    /// to the network: "could not be reached" was misleading for the most common setup mistake, a missing Role. So it was
+    /// for failures before any request left the process (a token, CA or kubeconfig tokenFile missing or unreadable, an
+    /// <c>exec</c> credential plugin that fails) and for a server certificate that was rejected (the server was reached).
     /// </summary>
     private string FailureDetail(Exception error)
     {
         var what = $"service '{_target.Service}' in namespace '{_namespace}'";
-        return (error as HttpOperationException)?.Response?.StatusCode switch
+        switch ((error as HttpOperationException)?.Response?.StatusCode)
         {
-            HttpStatusCode.Unauthorized =>
-                $"The Kubernetes API server rejected the resolver's credentials (401 Unauthorized) when listing the EndpointSlices of {what}: " +
-                $"check the bearer token (service account token or kubeconfig user). {error.Message}",
-            HttpStatusCode.Forbidden =>
-                $"The Kubernetes API server forbade listing the EndpointSlices of {what} (403 Forbidden): the client's identity needs the verbs " +
-                $"'list' and 'watch' on 'endpointslices' (API group 'discovery.k8s.io') in namespace '{_namespace}'. {error.Message}",
-            _ => $"The Kubernetes API server could not be reached to resolve {what}: {error.Message}",
-        };
+            case HttpStatusCode.Unauthorized:
+                return $"The Kubernetes API server rejected the resolver's credentials (401 Unauthorized) when listing the EndpointSlices of {what}: " +
+                    $"check the bearer token (service account token or kubeconfig user). {error.Message}";
+            case HttpStatusCode.Forbidden:
+                return $"The Kubernetes API server forbade listing the EndpointSlices of {what} (403 Forbidden): the client's identity needs the verbs " +
+                    $"'list' and 'watch' on 'endpointslices' (API group 'discovery.k8s.io') in namespace '{_namespace}'. {error.Message}";
+        }
+
+        if (error is HttpOperationException { Response: { } response })
+        {
+            // Reached, and answered with an error: not a network problem. A 404 is an API server without EndpointSlices
+            // (before 1.21) or a URL that is not an API server's.
+            var hint = response.StatusCode == HttpStatusCode.NotFound
+                ? " (the EndpointSlice API discovery.k8s.io/v1 is served by Kubernetes API servers of version 1.21 or later: check that the URL is one)"
+                : "";
+            return $"The Kubernetes API server answered {(int)response.StatusCode} {response.StatusCode} when listing the EndpointSlices of {what}{hint}: {error.Message}";
+        }
+
+        if (error is ServiceAccountMissingException)
+        {
+            return $"The Kubernetes resolver cannot resolve {what}: {error.Message}";
+        }
+
+        if (Find<AuthenticationException>(error) is { } tls)
+        {
+            return $"The Kubernetes API server's TLS certificate was rejected when listing the EndpointSlices of {what}: {tls.Message} " +
+                $"It is verified against the service account's ca.crt in '{_options.ServiceAccountPath}' in a pod (with ApiServer too, " +
+                "when that file exists; otherwise the system's roots), and with a kubeconfig against its cluster's certificate-authority.";
+        }
+
+        if (FindLocal(error) is { } local)
+        {
+            return $"The Kubernetes resolver could not send its request for the EndpointSlices of {what} (nothing was sent to the API server): {local.Message}";
+        }
+
+        return $"The Kubernetes API server could not be reached to resolve {what}: {error.Message}";
+    }
+
+    /// <summary>A failure before any request left the process: a credential or CA file, or a credential plugin.</summary>
+    private static Exception? FindLocal(Exception error)
+    {
+        for (Exception? e = error; e is not null; e = e.InnerException)
+        {
+            if (e is FileNotFoundException or DirectoryNotFoundException or InvalidDataException or UnauthorizedAccessException or KubeConfigException)
+            {
+                return e;
+            }
+        }
+
+        return null;
+    }
+
+    private static T? Find<T>(Exception error)
+        where T : Exception
+    {
+        for (Exception? e = error; e is not null; e = e.InnerException)
+        {
+            if (e is T found)
+            {
+                return found;
+            }
+        }
+
+        return null;
+    }
+
+    /// <summary>
+    /// A failed attempt: a warning each time, except for a configuration mistake (<see cref="ServiceAccountMissingException"/>),
+    /// which is logged once as an error that says what to fix, and then at Debug per retry: a warning every few seconds
+    /// for the life of the pod would bury it, and retrying does not mean the resolver expects it to fix itself.
+    /// </summary>
+    private void LogFailure(Exception error, int attempt, TimeSpan delay)
+    {
+        if (error is not ServiceAccountMissingException)
+        {
+            KubernetesResolverLog.RequestFailed(_logger, _target.Service, _namespace, attempt, _published?.Count ?? 0, delay, error);
+        }
+        else if (!_misconfigurationLogged)
+        {
+            _misconfigurationLogged = true;
+            KubernetesResolverLog.Misconfigured(_logger, _target.Service, _namespace, error.Message, _options.MaxBackoff);
+        }
+        else
+        {
+            KubernetesResolverLog.StillMisconfigured(_logger, _target.Service, _namespace, attempt, delay, error);
+        }
     }
 
     private bool IsHealthy(long startedTimestamp, int events) =>

@@ -100,6 +100,21 @@ internal sealed class KubernetesResolverFactory : ResolverFactory, IDisposable
         }
     }
 
+    /// <summary>
+    /// Where to set <c>ApiServer</c> or <c>KubeconfigPath</c>: the keys of the section the options were bound from (the
+    /// default one or the one given to <c>AddKubernetesResolver(section)</c>), else the properties. Naming the default
+    /// section's keys to a user who bound another one sent them to a section that is never read.
+    /// </summary>
+    private string WhereToSet()
+    {
+        const string ApiServer = nameof(KubernetesResolverOptions.ApiServer);
+        const string KubeconfigPath = nameof(KubernetesResolverOptions.KubeconfigPath);
+        const string Properties = $"{nameof(KubernetesResolverOptions)}.{ApiServer} or .{KubeconfigPath}";
+        return _options.ConfigurationSectionPath is { Length: > 0 } section
+            ? $"{section}:{ApiServer} or {section}:{KubeconfigPath} (in code, {Properties})"
+            : Properties;
+    }
+
     private (IEndpointSliceClient Client, string DefaultNamespace) Source()
     {
         lock (_lock)
@@ -116,7 +131,7 @@ internal sealed class KubernetesResolverFactory : ResolverFactory, IDisposable
                     throw new InvalidOperationException(
                         $"The Kubernetes resolver could not configure its API client: {ex.Message} In a pod, {KubernetesClientConfigurationFactory.ServiceHostVariable}/" +
                         $"{KubernetesClientConfigurationFactory.ServicePortVariable} and the service account in '{_options.ServiceAccountPath}' are used; elsewhere set " +
-                        $"{KubernetesResolverDefaults.ConfigurationSection}:{nameof(KubernetesResolverOptions.ApiServer)} or :{nameof(KubernetesResolverOptions.KubeconfigPath)}.", ex);
+                        $"{WhereToSet()}.", ex);
                 }
 
                 _client = new DeferredEndpointSliceClient(() => new k8s.Kubernetes(KubernetesClientConfigurationFactory.Build(source, _options)));

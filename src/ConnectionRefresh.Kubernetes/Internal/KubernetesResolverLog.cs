@@ -17,8 +17,8 @@ internal static partial class KubernetesResolverLog
     [LoggerMessage(4, LogLevel.Debug, "Service {Service} in namespace {Namespace}: watch restarting ({Reason}).")]
     public static partial void WatchRestarting(ILogger logger, string service, string @namespace, string reason);
 
-    [LoggerMessage(5, LogLevel.Warning, "Service {Service} in namespace {Namespace}: {SkippedCount} EndpointSlices have no port matching {Port}; their endpoints are not used.")]
-    public static partial void PortNotFound(ILogger logger, string service, string @namespace, int skippedCount, string port);
+    [LoggerMessage(5, LogLevel.Warning, "Service {Service} in namespace {Namespace}: {SkippedCount} EndpointSlices have no port matching {Port}; their endpoints are not used. Their TCP ports: {SlicePorts}. {Hint}")]
+    public static partial void PortNotFound(ILogger logger, string service, string @namespace, int skippedCount, string port, string slicePorts, string hint);
 
     [LoggerMessage(6, LogLevel.Debug, "Service {Service} in namespace {Namespace}: refresh requested; relisting, as no watch has shown life within {Window}.")]
     public static partial void RefreshRequested(ILogger logger, string service, string @namespace, TimeSpan window);
@@ -28,6 +28,15 @@ internal static partial class KubernetesResolverLog
 
     [LoggerMessage(8, LogLevel.Error, "Service {Service} in namespace {Namespace}: the resolver loop failed unexpectedly.")]
     public static partial void LoopFailed(ILogger logger, string service, string @namespace, Exception exception);
+
+    [LoggerMessage(10, LogLevel.Error, "Service {Service} in namespace {Namespace}: the resolver is misconfigured and cannot talk to the Kubernetes API: {Reason} Calls fail with Unavailable until this is fixed; the resolver keeps checking with its backoff (up to {MaxBackoff}) and logs further attempts at Debug.")]
+    public static partial void Misconfigured(ILogger logger, string service, string @namespace, string reason, TimeSpan maxBackoff);
+
+    [LoggerMessage(11, LogLevel.Debug, "Service {Service} in namespace {Namespace}: still misconfigured (attempt {Attempt}); retrying in {Delay}.")]
+    public static partial void StillMisconfigured(ILogger logger, string service, string @namespace, int attempt, TimeSpan delay, Exception exception);
+
+    [LoggerMessage(12, LogLevel.Warning, "Service {Service} in namespace {Namespace}: no EndpointSlice is labelled {Label}={Service}, so calls find no endpoints. Check the target: does Service '{Service}' exist in namespace {TargetNamespace}? (A Service without a selector has EndpointSlices only if someone creates them.)")]
+    public static partial void NoEndpointSlices(ILogger logger, string service, string @namespace, string label, string targetNamespace);
 
     [LoggerMessage(9, LogLevel.Debug, "Service {Service} in namespace {Namespace}: refresh requested; answered by the watch, which showed life {SinceActivity} ago, so no relist.")]
     public static partial void RefreshAnsweredByWatch(ILogger logger, string service, string @namespace, TimeSpan sinceActivity);
