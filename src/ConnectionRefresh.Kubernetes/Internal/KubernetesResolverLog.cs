@@ -17,7 +17,7 @@ internal static partial class KubernetesResolverLog
     [LoggerMessage(4, LogLevel.Debug, "Service {Service} in namespace {Namespace}: watch restarting ({Reason}).")]
     public static partial void WatchRestarting(ILogger logger, string service, string @namespace, string reason);
 
-    [LoggerMessage(5, LogLevel.Warning, "Service {Service} in namespace {Namespace}: {SkippedCount} EndpointSlices have no port matching {Port}; their endpoints are not used. Their TCP ports: {SlicePorts}. {Hint}")]
+    [LoggerMessage(5, LogLevel.Warning, "Service {Service} in namespace {Namespace}: EndpointSlices with no port matching {Port}: {SkippedCount}; their endpoints are not used. Their TCP ports: {SlicePorts}. {Hint}")]
     public static partial void PortNotFound(ILogger logger, string service, string @namespace, int skippedCount, string port, string slicePorts, string hint);
 
     [LoggerMessage(6, LogLevel.Debug, "Service {Service} in namespace {Namespace}: refresh requested; relisting, as no watch has shown life within {Window}.")]
