@@ -78,7 +78,7 @@ public sealed class KubernetesResolverMessagesTests
 
         // Not "no port matching (only port)" with nothing to compare against: the ports there are, and what to write.
         var warning = logger.Collector.GetSnapshot().Single(r => r.Level == LogLevel.Warning);
-        Assert.True(warning.Message.Contains($"1 EndpointSlices have {expectedPort}; their endpoints are not used.", StringComparison.Ordinal), warning.Message);
+        Assert.True(warning.Message.Contains($"EndpointSlices with {expectedPort}: 1; their endpoints are not used.", StringComparison.Ordinal), warning.Message);
         Assert.Contains("Their TCP ports: grpc (8080), metrics (9090).", warning.Message, StringComparison.Ordinal);
         Assert.Contains(expectedHint, warning.Message, StringComparison.Ordinal);
         Assert.DoesNotContain("(only port)", warning.Message, StringComparison.Ordinal);
