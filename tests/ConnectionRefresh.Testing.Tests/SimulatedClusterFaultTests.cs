@@ -64,6 +64,8 @@ public sealed class SimulatedClusterFaultTests
         using var socket = await RawSockets.ConnectAsync(cluster.Address);
         await Poll.UntilAsync(() => cluster.Pods.Sum(p => p.OpenConnections) == 1, "a pod accepted the connection");
         var victim = cluster.Pods.Single(p => p.OpenConnections == 1);
+        // Its server's listening socket, not just its port: once closed, the port may go to a parallel test's listener.
+        var listener = LoopbackListener.On(victim.Address.Port);
 
         await cluster.KillPodAsync(victim);
 
@@ -71,7 +73,7 @@ public sealed class SimulatedClusterFaultTests
         Assert.Equal(SocketError.ConnectionReset, error.SocketErrorCode);
         Assert.Equal(SimulatedPodState.Killed, victim.State);
         Assert.DoesNotContain(victim, cluster.Pods);
-        Assert.False(RawSockets.IsListening(victim.Address.Port));
+        Assert.False(listener.IsListening, $"{victim.Name}'s server still listens on {listener}");
     }
 
     [Fact]

@@ -53,3 +53,55 @@ internal static class RawSockets
         }
     }
 }
+
+/// <summary>
+/// The socket that listens on a loopback port now, identified so that whether that very socket still listens can be asked
+/// after it was meant to close. A port alone cannot tell: once it is closed, any listener of a test running in parallel
+/// (this process or another: Kestrel servers, ClusterIPs, all on ports the kernel hands out) may be given the same port,
+/// and a connect probe then finds it open. On Linux the socket is told by its inode in /proc/net/tcp, which another socket
+/// on the reused port does not have; elsewhere only the port can be probed (<see cref="RawSockets.IsListening"/>).
+/// </summary>
+internal sealed class LoopbackListener
+{
+    private const string ListenState = "0A";
+    private readonly int _port;
+    private readonly string? _inode;
+
+    private LoopbackListener(int port, string? inode)
+    {
+        _port = port;
+        _inode = inode;
+    }
+
+    /// <summary>The socket listening on 127.0.0.1:<paramref name="port"/> now (on Linux it must be found, or this throws).</summary>
+    public static LoopbackListener On(int port)
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return new LoopbackListener(port, null);
+        }
+
+        // Only one socket can listen on an address and port (no SO_REUSEPORT here), so this is the one.
+        var inode = ListeningInodes(port).SingleOrDefault()
+            ?? throw new InvalidOperationException($"Nothing listens on 127.0.0.1:{port} in /proc/net/tcp.");
+        return new LoopbackListener(port, inode);
+    }
+
+    /// <summary>Whether this socket still listens (elsewhere than Linux: whether something accepts connections on its port).</summary>
+    public bool IsListening => _inode is null ? RawSockets.IsListening(_port) : ListeningInodes(_port).Contains(_inode);
+
+    public override string ToString() => $"127.0.0.1:{_port}{(_inode is null ? "" : $" (socket inode {_inode})")}";
+
+    // /proc/net/tcp: "sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode ...", the
+    // address as little-endian hex (127.0.0.1 is 0100007F), the port as big-endian hex, state 0A for LISTEN.
+    private static IEnumerable<string> ListeningInodes(int port)
+    {
+        var local = $"0100007F:{port:X4}";
+        return File.ReadLines("/proc/net/tcp")
+            .Skip(1)
+            .Select(line => line.Split(' ', StringSplitOptions.RemoveEmptyEntries))
+            .Where(fields => fields.Length > 9 && fields[1] == local && fields[3] == ListenState)
+            .Select(fields => fields[9])
+            .ToList();
+    }
+}
