@@ -142,7 +142,7 @@ public static class KubernetesResolverServiceCollectionExtensions
         {
             var format = type == typeof(TimeSpan) ? ", written as [d.]hh:mm:ss[.fffffff] (e.g. 00:05:00 for 5 minutes)" : "";
             throw new OptionsValidationException(Options.Options.DefaultName, typeof(KubernetesResolverOptions),
-                [$"{entry.Path} = '{entry.Value}' is not a valid {type.Name}: it must be {KubernetesResolverOptionsValidator.AllowedRange(property.Name)}{format}."]);
+                [$"{entry.Path} is '{entry.Value}', which is not a valid {type.Name}; allowed: {KubernetesResolverOptionsValidator.AllowedRange(property.Name)}{format}."]);
         }
     }
 }

@@ -2,6 +2,9 @@ using ConnectionRefresh.Kubernetes.Internal;
 using ConnectionRefresh.Kubernetes.Tests.Fakes;
 using ConnectionRefresh.Protos;
 using ConnectionRefresh.Testing;
+using Grpc.Core;
+using Grpc.Net.Client.Configuration;
+using Grpc.Net.ClientFactory;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Testing;
@@ -167,6 +170,40 @@ public sealed class KubernetesResolverGrpcTests
         }, "exactly the 150 endpoints of the remaining slices serve calls", TimeSpan.FromSeconds(60));
         endpointsGauge.RecordObservableInstruments();
         Assert.Equal(150, endpointsGauge.LastMeasurement!.Value);
+    }
+
+    [Fact]
+    public async Task Gauges_TwoClientsForTheSameService_OneMeasurementPerGauge()
+    {
+        // Two named clients for one target: two channels, two resolvers. An exporter must get one series per service.
+        await using var cluster = await ResolverTestCluster.StartAsync(podCount: 2, configureServices: services =>
+            services.AddGrpcClient<Greeter.GreeterClient>("second", o => o.Address = new Uri("kubernetes:///greeter.default:grpc"))
+                .ConfigureChannel(o =>
+                {
+                    o.Credentials = ChannelCredentials.Insecure;
+                    o.ServiceConfig = new ServiceConfig { LoadBalancingConfigs = { new RoundRobinConfig() } };
+                }));
+        using var endpoints = cluster.Collect<int>("connectionrefresh.kubernetes.endpoints");
+        using var slices = cluster.Collect<int>("connectionrefresh.kubernetes.endpoint_slices");
+        using var lastUpdate = cluster.Collect<double>("connectionrefresh.kubernetes.last_update_time");
+        // By name: the typed client from DI is the last registration's ("second").
+        var factory = cluster.Services.GetRequiredService<GrpcClientFactory>();
+        var first = factory.CreateClient<Greeter.GreeterClient>(nameof(Greeter.GreeterClient));
+        var second = factory.CreateClient<Greeter.GreeterClient>("second");
+        cluster.PublishReady(cluster.Pods.Ips);
+        await first.SayHelloAsync(new HelloRequest { Name = "first" });
+        await second.SayHelloAsync(new HelloRequest { Name = "second" });
+        Assert.Equal(2, cluster.Api.ListCount); // One resolver per channel.
+
+        endpoints.RecordObservableInstruments();
+        slices.RecordObservableInstruments();
+        lastUpdate.RecordObservableInstruments();
+
+        var measurement = Assert.Single(endpoints.GetMeasurementSnapshot());
+        Assert.Equal(2, measurement.Value);
+        Assert.Equal("greeter", measurement.Tags["k8s.service.name"]);
+        Assert.Single(slices.GetMeasurementSnapshot());
+        Assert.Single(lastUpdate.GetMeasurementSnapshot());
     }
 
     [Fact]

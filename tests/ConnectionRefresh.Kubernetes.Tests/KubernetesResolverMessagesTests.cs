@@ -47,7 +47,10 @@ public sealed class KubernetesResolverMessagesTests
         var logger = new FakeLogger();
         var time = new FakeTimeProvider();
         using var harness = new ResolverHarness(client, target, time: time, logger: logger);
-        await Poll.UntilAsync(() => harness.LastAddresses is not null && client.Watches == 1, "the empty list published and watched");
+        await Poll.UntilAsync(() => harness.Last is not null && client.Watches == 1, "the missing endpoints published and watched");
+        // Published as a failure that says the same, so failing calls say it too.
+        Assert.Equal(StatusCode.Unavailable, harness.Last!.Status.StatusCode);
+        Assert.Contains($"Does Service 'greter' exist in namespace {expectedNamespace}?", harness.Last.Status.Detail, StringComparison.Ordinal);
 
         // A typo in the service or namespace used to show only as "0 endpoints from 0 EndpointSlices" (Information).
         var warning = Assert.Single(logger.Collector.GetSnapshot(), r => r.Level == LogLevel.Warning);

@@ -6,8 +6,9 @@ using Microsoft.Extensions.Logging.Abstractions;
 namespace ConnectionRefresh.Kubernetes.Tests;
 
 /// <summary>
-/// The endpoint, slice and last-update gauges are observable: every collection reports each live resolver once, and a
-/// disposed (or stopped) resolver not at all. The API is an in-memory script; time is a FakeTimeProvider.
+/// The endpoint, slice and last-update gauges are observable: every collection reports each service a live resolver watches
+/// once (however many resolvers watch it), and a disposed (or stopped) resolver not at all. The API is an in-memory script;
+/// time is a FakeTimeProvider.
 /// </summary>
 public sealed class KubernetesResolverMetricsTests
 {
@@ -113,6 +114,77 @@ public sealed class KubernetesResolverMetricsTests
         var only = Assert.Single(endpoints.GetMeasurementSnapshot());
         Assert.Equal("other", only.Tags["k8s.service.name"]);
         Assert.Equal(2, only.Value);
+    }
+
+    [Fact]
+    public async Task Gauges_TwoResolversForTheSameService_ReportedOnceWithTheLatestView()
+    {
+        // Two channels for one target, two resolvers, one meter: an exporter must see one series per service, not two with the
+        // same tags. The one reported is the view updated last; once it is disposed, the other one's.
+        var time = new CountingTimeProvider();
+        using var meters = new FallbackMeterFactory();
+        var metrics = new KubernetesResolverMetrics(meters);
+        var firstClient = new ScriptedEndpointSliceClient
+        {
+            OnList = _ => ScriptedEndpointSliceClient.Snapshot("10", Slices.Ready("a", "greeter", ["10.0.0.1"], 8080)),
+        };
+        var secondClient = new ScriptedEndpointSliceClient
+        {
+            OnList = _ => ScriptedEndpointSliceClient.Snapshot("11",
+                Slices.Ready("a", "greeter", ["10.0.0.1", "10.0.0.2"], 8080), Slices.Ready("b", "greeter", ["10.0.0.3"], 8080)),
+        };
+        using var first = new ResolverHarness(firstClient, time: time, metrics: metrics);
+        await Poll.UntilAsync(() => firstClient.Watches == 1, "the first resolver watching");
+        var firstUpdate = time.GetUtcNow().ToUnixTimeMilliseconds() / 1000.0;
+        time.Advance(TimeSpan.FromSeconds(1));
+        using var second = new ResolverHarness(secondClient, time: time, metrics: metrics);
+        await Poll.UntilAsync(() => secondClient.Watches == 1, "the second resolver watching");
+        using var endpoints = new MetricCollector<int>(meters, KubernetesResolverMetrics.MeterName, Endpoints);
+        using var slices = new MetricCollector<int>(meters, KubernetesResolverMetrics.MeterName, EndpointSlices);
+        using var lastUpdate = new MetricCollector<double>(meters, KubernetesResolverMetrics.MeterName, LastUpdateTime);
+
+        endpoints.RecordObservableInstruments();
+        slices.RecordObservableInstruments();
+        lastUpdate.RecordObservableInstruments();
+
+        var measurement = Assert.Single(endpoints.GetMeasurementSnapshot());
+        Assert.Equal(3, measurement.Value);
+        Assert.Equal("greeter", measurement.Tags["k8s.service.name"]);
+        Assert.Equal("default", measurement.Tags["k8s.namespace.name"]);
+        Assert.Equal(2, Assert.Single(slices.GetMeasurementSnapshot()).Value);
+        Assert.Equal(time.GetUtcNow().ToUnixTimeMilliseconds() / 1000.0, Assert.Single(lastUpdate.GetMeasurementSnapshot()).Value);
+
+        second.Resolver.Dispose();
+        endpoints.Clear();
+        lastUpdate.Clear();
+        endpoints.RecordObservableInstruments();
+        lastUpdate.RecordObservableInstruments();
+        Assert.Equal(1, Assert.Single(endpoints.GetMeasurementSnapshot()).Value);
+        Assert.Equal(firstUpdate, Assert.Single(lastUpdate.GetMeasurementSnapshot()).Value);
+    }
+
+    [Fact]
+    public async Task Gauges_TwoResolversForTheSameServiceOneNotListedYet_ReportedOnceWithTheListedView()
+    {
+        // A second channel created later starts at "0 endpoints, no update": that must not hide the first one's view.
+        using var meters = new FallbackMeterFactory();
+        var metrics = new KubernetesResolverMetrics(meters);
+        var listed = new ScriptedEndpointSliceClient
+        {
+            OnList = _ => ScriptedEndpointSliceClient.Snapshot("10", Slices.Ready("a", "greeter", ["10.0.0.1", "10.0.0.2"], 8080)),
+        };
+        using var held = new HeldList(ScriptedEndpointSliceClient.Snapshot("10", Slices.Ready("a", "greeter", ["10.0.0.1", "10.0.0.2"], 8080)));
+        var waiting = new ScriptedEndpointSliceClient { OnList = held.Answer };
+        using var first = new ResolverHarness(listed, time: new CountingTimeProvider(), metrics: metrics);
+        await Poll.UntilAsync(() => listed.Watches == 1, "the first resolver watching");
+        using var second = new ResolverHarness(waiting, time: new CountingTimeProvider(), metrics: metrics);
+        await Poll.UntilAsync(() => held.InFlight, "the second resolver's first LIST is in flight");
+        using var endpoints = new MetricCollector<int>(meters, KubernetesResolverMetrics.MeterName, Endpoints);
+
+        endpoints.RecordObservableInstruments();
+        held.Release(); // Before asserting: a held LIST would keep the harness's Dispose waiting.
+
+        Assert.Equal(2, Assert.Single(endpoints.GetMeasurementSnapshot()).Value);
     }
 
     [Fact]

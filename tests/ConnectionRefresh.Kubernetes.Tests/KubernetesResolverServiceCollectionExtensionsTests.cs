@@ -60,11 +60,11 @@ public sealed class KubernetesResolverServiceCollectionExtensionsTests
     }
 
     [Theory]
-    [InlineData("ResyncInterval", "00:00:00.5", "ConnectionRefresh:Kubernetes:ResyncInterval = 00:00:00.5000000 is out of range")]
-    [InlineData("InitialBackoff", "00:05:00", "ConnectionRefresh:Kubernetes:InitialBackoff = 00:05:00 is out of range")]
-    [InlineData("MaxBackoff", "00:00:00.05", "ConnectionRefresh:Kubernetes:MaxBackoff = 00:00:00.0500000 is out of range")]
-    [InlineData("ApiServer", "ftp://example", "ConnectionRefresh:Kubernetes:ApiServer = 'ftp://example/' is not valid")]
-    [InlineData("ServiceAccountPath", " ", "ConnectionRefresh:Kubernetes:ServiceAccountPath")]
+    [InlineData("ResyncInterval", "00:00:00.5", "ConnectionRefresh:Kubernetes:ResyncInterval is 00:00:00.5000000; allowed: 00:00:01 to 1.00:00:00.")]
+    [InlineData("InitialBackoff", "00:05:00", "ConnectionRefresh:Kubernetes:InitialBackoff is 00:05:00; allowed: 00:00:00.0100000 to 00:01:00.")]
+    [InlineData("MaxBackoff", "00:00:00.05", "ConnectionRefresh:Kubernetes:MaxBackoff is 00:00:00.0500000; allowed: 00:00:00.1000000 to 01:00:00.")]
+    [InlineData("ApiServer", "ftp://example", "ConnectionRefresh:Kubernetes:ApiServer is 'ftp://example/'; allowed: an absolute http:// or https:// URI.")]
+    [InlineData("ServiceAccountPath", " ", "ConnectionRefresh:Kubernetes:ServiceAccountPath is ' '; allowed: a directory path (default '/var/run/secrets/kubernetes.io/serviceaccount').")]
     public void Options_InvalidValue_FailsNamingKeyAndValue(string key, string value, string expected)
     {
         var ex = Assert.Throws<OptionsValidationException>(() => Build(new() { ["ConnectionRefresh:Kubernetes:" + key] = value }));
@@ -74,13 +74,13 @@ public sealed class KubernetesResolverServiceCollectionExtensionsTests
 
     [Theory]
     [InlineData("ResyncInterval", "5 minutes",
-        "ConnectionRefresh:Kubernetes:ResyncInterval = '5 minutes' is not a valid TimeSpan: it must be between 00:00:01 and 1.00:00:00, written as [d.]hh:mm:ss[.fffffff] (e.g. 00:05:00 for 5 minutes).")]
+        "ConnectionRefresh:Kubernetes:ResyncInterval is '5 minutes', which is not a valid TimeSpan; allowed: 00:00:01 to 1.00:00:00, written as [d.]hh:mm:ss[.fffffff] (e.g. 00:05:00 for 5 minutes).")]
     [InlineData("InitialBackoff", "1s",
-        "ConnectionRefresh:Kubernetes:InitialBackoff = '1s' is not a valid TimeSpan: it must be between 00:00:00.0100000 and 00:01:00, written as [d.]hh:mm:ss[.fffffff]")]
+        "ConnectionRefresh:Kubernetes:InitialBackoff is '1s', which is not a valid TimeSpan; allowed: 00:00:00.0100000 to 00:01:00, written as [d.]hh:mm:ss[.fffffff]")]
     [InlineData("MaxBackoff", "",
-        "ConnectionRefresh:Kubernetes:MaxBackoff = '' is not a valid TimeSpan: it must be between 00:00:00.1000000 and 01:00:00, written as [d.]hh:mm:ss[.fffffff]")]
+        "ConnectionRefresh:Kubernetes:MaxBackoff is '', which is not a valid TimeSpan; allowed: 00:00:00.1000000 to 01:00:00, written as [d.]hh:mm:ss[.fffffff]")]
     [InlineData("IncludeTerminatingEndpoints", "yes",
-        "ConnectionRefresh:Kubernetes:IncludeTerminatingEndpoints = 'yes' is not a valid Boolean: it must be true or false.")]
+        "ConnectionRefresh:Kubernetes:IncludeTerminatingEndpoints is 'yes', which is not a valid Boolean; allowed: true or false.")]
     public void Options_UnparsableValue_FailsNamingKeyValueAndRange(string key, string value, string expected)
     {
         var ex = Assert.Throws<OptionsValidationException>(() => Build(new() { ["ConnectionRefresh:Kubernetes:" + key] = value }));
@@ -97,7 +97,7 @@ public sealed class KubernetesResolverServiceCollectionExtensionsTests
         var ex = Assert.Throws<OptionsValidationException>(() => provider.GetRequiredService<IOptions<KubernetesResolverOptions>>().Value);
 
         // The key as written, the range under the setting's own name.
-        Assert.Contains("Mine:resyncInterval = '5m' is not a valid TimeSpan: it must be between 00:00:01 and 1.00:00:00", ex.Message, StringComparison.Ordinal);
+        Assert.Contains("Mine:resyncInterval is '5m', which is not a valid TimeSpan; allowed: 00:00:01 to 1.00:00:00", ex.Message, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -112,7 +112,7 @@ public sealed class KubernetesResolverServiceCollectionExtensionsTests
 
         var ex = Assert.Throws<OptionsValidationException>(() => provider.GetRequiredService<IOptions<KubernetesResolverOptions>>().Value);
 
-        Assert.Contains("KubernetesResolverOptions.ResyncInterval = 00:00:00 is out of range: it must be between 00:00:01 and 1.00:00:00.", ex.Message, StringComparison.Ordinal);
+        Assert.Contains("KubernetesResolverOptions.ResyncInterval is 00:00:00; allowed: 00:00:01 to 1.00:00:00.", ex.Message, StringComparison.Ordinal);
         Assert.DoesNotContain("ConnectionRefresh:Kubernetes:ResyncInterval", ex.Message, StringComparison.Ordinal);
     }
 
@@ -124,7 +124,7 @@ public sealed class KubernetesResolverServiceCollectionExtensionsTests
 
         var ex = Assert.Throws<OptionsValidationException>(() => provider.GetRequiredService<IOptions<KubernetesResolverOptions>>().Value);
 
-        Assert.Contains("Mine:MaxBackoff = 00:00:00.0500000 is out of range: it must be between 00:00:00.1000000 and 01:00:00.", ex.Message, StringComparison.Ordinal);
+        Assert.Contains("Mine:MaxBackoff is 00:00:00.0500000; allowed: 00:00:00.1000000 to 01:00:00.", ex.Message, StringComparison.Ordinal);
         Assert.DoesNotContain("ConnectionRefresh:Kubernetes", ex.Message, StringComparison.Ordinal);
     }
 
@@ -137,7 +137,21 @@ public sealed class KubernetesResolverServiceCollectionExtensionsTests
             ["ConnectionRefresh:Kubernetes:MaxBackoff"] = "00:00:05",
         }));
 
-        Assert.Contains("MaxBackoff = 00:00:05 is less than", ex.Message, StringComparison.Ordinal);
+        Assert.Contains("ConnectionRefresh:Kubernetes:MaxBackoff is 00:00:05; allowed: at least ConnectionRefresh:Kubernetes:InitialBackoff, which is 00:00:10.",
+            ex.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Options_ApiServerAndKubeconfigPathBothSet_FailsNamingBoth()
+    {
+        var ex = Assert.Throws<OptionsValidationException>(() => Build(new()
+        {
+            ["ConnectionRefresh:Kubernetes:ApiServer"] = "http://127.0.0.1:8001",
+            ["ConnectionRefresh:Kubernetes:KubeconfigPath"] = "kubeconfig",
+        }));
+
+        Assert.Contains("ConnectionRefresh:Kubernetes:ApiServer is 'http://127.0.0.1:8001/' and ConnectionRefresh:Kubernetes:KubeconfigPath is 'kubeconfig'; " +
+            "allowed: at most one of them set.", ex.Message, StringComparison.Ordinal);
     }
 
     [Fact]

@@ -20,15 +20,18 @@ internal sealed class EndpointSelector(KubernetesTarget target, bool includeTerm
 {
     /// <summary>Selects the endpoints of all <paramref name="slices"/>; <paramref name="skippedSlices"/> counts slices without a matching port.</summary>
     public IReadOnlyList<ResolvedEndpoint> Select(IEnumerable<V1EndpointSlice> slices, out int skippedSlices) =>
-        Select(slices, out skippedSlices, out _);
+        Select(slices, out skippedSlices, out _, out _);
 
     /// <summary>
     /// Selects the endpoints of all <paramref name="slices"/>; <paramref name="skippedSlices"/> counts slices without a
     /// matching port, and <paramref name="skippedPorts"/> lists the TCP ports those slices have (<c>name (number)</c>, sorted),
-    /// so a warning can show which ports there are.
+    /// so a warning can show which ports there are; <paramref name="listedEndpoints"/> counts the endpoints (with an address) of
+    /// the slices with a matching port, ready or not, so an empty result can say whether pods are listed but not ready.
     /// </summary>
-    public IReadOnlyList<ResolvedEndpoint> Select(IEnumerable<V1EndpointSlice> slices, out int skippedSlices, out IReadOnlyList<string> skippedPorts)
+    public IReadOnlyList<ResolvedEndpoint> Select(IEnumerable<V1EndpointSlice> slices, out int skippedSlices, out IReadOnlyList<string> skippedPorts,
+        out int listedEndpoints)
     {
+        listedEndpoints = 0;
         var ready = new PodEndpoints();
         var servingTerminating = new PodEndpoints();
         skippedSlices = 0;
@@ -67,6 +70,7 @@ internal sealed class EndpointSelector(KubernetesTarget target, bool includeTerm
                     continue;
                 }
 
+                listedEndpoints++;
                 var conditions = endpoint.Conditions;
                 if (conditions?.Ready ?? true)
                 {

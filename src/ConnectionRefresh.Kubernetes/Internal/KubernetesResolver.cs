@@ -51,6 +51,7 @@ internal sealed class KubernetesResolver : Resolver
     private bool _refreshRequested;
     private volatile bool _disposed;
     private IReadOnlyList<ResolvedEndpoint>? _published;
+    private string? _publishedDetail; // Why _published is empty, as the published failure says; null when it is not.
     private int _lastSkippedSlices;
     private bool _misconfigurationLogged; // Owned by the loop.
     private bool _noSlicesLogged; // Owned by the loop.
@@ -361,7 +362,7 @@ internal sealed class KubernetesResolver : Resolver
 
     private void Publish()
     {
-        var endpoints = _selector.Select(_store.Slices, out var skipped, out var skippedPorts);
+        var endpoints = _selector.Select(_store.Slices, out var skipped, out var skippedPorts, out var listed);
         if (skipped > 0 && skipped != _lastSkippedSlices)
         {
             // Says which ports there are and how to name one: "(only port)" read as if the target had asked for a port
@@ -378,21 +379,32 @@ internal sealed class KubernetesResolver : Resolver
         _lastSkippedSlices = skipped;
         if (_store.Count == 0 && !_noSlicesLogged)
         {
-            // Calls then fail with grpc-dotnet's "no addresses"; the usual cause is a target naming the wrong service or
+            // Calls then fail with NoEndpointsDetail's status; the usual cause is a target naming the wrong service or
             // namespace (without one in the target, the pod's own, or the kubeconfig context's, is used).
-            var ns = _target.Namespace is null ? $"'{_namespace}' (the target names none, so the service account's or kubeconfig context's namespace, else 'default', is used)" : $"'{_namespace}'";
-            KubernetesResolverLog.NoEndpointSlices(_logger, _target.Service, _namespace, KubernetesResolverDefaults.ServiceNameLabel, ns);
+            KubernetesResolverLog.NoEndpointSlices(_logger, _target.Service, _namespace, KubernetesResolverDefaults.ServiceNameLabel, TargetNamespaceText());
         }
 
         _noSlicesLogged = _store.Count == 0;
         _gauges.Update(endpoints.Count, _store.Count, _time.GetUtcNow());
-        if (_published is not null && _published.SequenceEqual(endpoints))
+        // An empty list is published as a failure that says why: grpc-dotnet's balancers (2.85) treat an empty list and a
+        // failed resolution alike (with no ready subchannel they drop the subchannels and fail picks with the status, which
+        // wait-for-ready calls wait out; with one they ignore both; neither asks to re-resolve), but for an empty list
+        // their status names neither the service nor a cause. The cause can change while the list stays empty: compared too.
+        var detail = endpoints.Count == 0 ? NoEndpointsDetail(skipped, skippedPorts, listed) : null;
+        if (_published is not null && _published.SequenceEqual(endpoints) && detail == _publishedDetail)
         {
             return;
         }
 
         _published = endpoints;
+        _publishedDetail = detail;
         KubernetesResolverLog.EndpointsUpdated(_logger, _target.Service, _namespace, endpoints.Count, _store.Count);
+        if (detail is not null)
+        {
+            Notify(ResolverResult.ForFailure(new Status(StatusCode.Unavailable, detail)));
+            return;
+        }
+
         var addresses = new BalancerAddress[endpoints.Count];
         for (var i = 0; i < endpoints.Count; i++)
         {
@@ -402,6 +414,44 @@ internal sealed class KubernetesResolver : Resolver
         }
 
         Notify(ResolverResult.ForResult(addresses));
+    }
+
+    private string TargetNamespaceText() => _target.Namespace is null
+        ? $"'{_namespace}' (the target names none, so the service account's or kubeconfig context's namespace, else 'default', is used)"
+        : $"'{_namespace}'";
+
+    /// <summary>
+    /// The status detail of calls while the Service has no usable endpoint: which service, namespace and port, and the most
+    /// likely reason, from what the EndpointSlices hold.
+    /// </summary>
+    private string NoEndpointsDetail(int skippedSlices, IReadOnlyList<string> skippedPorts, int listedEndpoints)
+    {
+        var port = _target.PortName is { } name ? $"port '{name}'"
+            : _target.PortNumber is { } number ? $"port {number}"
+            : "its only port (the target names no port)";
+        var what = $"The Kubernetes resolver found no ready endpoint for service '{_target.Service}' in namespace '{_namespace}', {port}: ";
+        if (_store.Count == 0)
+        {
+            return what + $"no EndpointSlice is labelled {KubernetesResolverDefaults.ServiceNameLabel}={_target.Service}. " +
+                $"Does Service '{_target.Service}' exist in namespace {TargetNamespaceText()}? " +
+                "(A Service without a selector has EndpointSlices only if someone creates them.)";
+        }
+
+        if (listedEndpoints == 0 && skippedSlices > 0)
+        {
+            var ports = skippedPorts.Count == 0 ? "none" : string.Join(", ", skippedPorts);
+            return what + $"no EndpointSlice of the Service has a matching TCP port (their ports: {ports}). " +
+                $"Name one of them in the target (kubernetes:///{_target.Service}.{_namespace}:<port name>), or give the pods' port number.";
+        }
+
+        if (listedEndpoints == 0)
+        {
+            return what + $"its {_store.Count} EndpointSlice(s) list no endpoints: no pod matches the Service's selector (scaled to zero, " +
+                "or a selector that names no pod's labels).";
+        }
+
+        return what + $"its EndpointSlices list {listedEndpoints} endpoint(s), none of them ready: the pods are starting, failing their " +
+            "readiness probe, or shutting down.";
     }
 
     private void Notify(ResolverResult result)

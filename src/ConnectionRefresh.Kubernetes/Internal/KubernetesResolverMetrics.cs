@@ -5,12 +5,16 @@ namespace ConnectionRefresh.Kubernetes.Internal;
 
 /// <summary>
 /// The meter <c>ConnectionRefresh.Kubernetes</c>; every measurement is tagged with the service and namespace.
-/// The endpoint, slice and last-update gauges are observable: each collection reports one measurement per live (started,
-/// not disposed) resolver, and none for a resolver once it is disposed (a synchronous gauge would keep exporting a disposed
-/// resolver's last value for good). A resolver that has not listed yet reports 0 endpoints and slices (so "no endpoints"
-/// can be alerted on from the start, e.g. while RBAC is missing) and no update time.
+/// The endpoint, slice and last-update gauges are observable: each collection reports one measurement per service
+/// (namespace and name, the tags) that a live (started, not disposed) resolver watches, and none once its last resolver is
+/// disposed (a synchronous gauge would keep exporting a disposed resolver's last value for good). Several channels for one
+/// Service have one resolver each; they watch the same EndpointSlices, so the service is reported once, with the values of
+/// the resolver that received the latest update (the most current view): one measurement per resolver gave an exporter
+/// several series with the same tags (OpenTelemetry: an observable instrument must not observe one attribute set twice),
+/// and a per-channel tag would have unbounded cardinality. A service whose resolvers have not listed yet reports 0
+/// endpoints and slices (so "no endpoints" can be alerted on from the start, e.g. while RBAC is missing) and no update time.
 /// Thread-safe: the set of live resolvers is guarded by <c>_lock</c>; each resolver's values are one immutable snapshot,
-/// swapped atomically; counters are thread-safe.
+/// swapped atomically; counters are thread-safe (and add up across resolvers, as counters should).
 /// </summary>
 internal sealed class KubernetesResolverMetrics
 {
@@ -26,9 +30,9 @@ internal sealed class KubernetesResolverMetrics
         ArgumentNullException.ThrowIfNull(meterFactory);
         var meter = meterFactory.Create(MeterName);
         meter.CreateObservableGauge("connectionrefresh.kubernetes.endpoints", () => Observe(static v => (int?)v.Endpoints), "{endpoint}",
-            "Endpoints the resolver currently publishes for a service.");
+            "Endpoints currently published for a service (once, however many channels resolve it).");
         meter.CreateObservableGauge("connectionrefresh.kubernetes.endpoint_slices", () => Observe(static v => (int?)v.Slices), "{slice}",
-            "EndpointSlices the resolver currently knows for a service.");
+            "EndpointSlices currently known for a service.");
         meter.CreateObservableGauge("connectionrefresh.kubernetes.last_update_time", () => Observe(static v => v.LastUpdate), "s",
             "Unix time of the last endpoint update received from the API server.");
         _watchRestarts = meter.CreateCounter<long>("connectionrefresh.kubernetes.watch.restarts", "{restart}",
@@ -42,7 +46,7 @@ internal sealed class KubernetesResolverMetrics
     /// </summary>
     public ResolverGauges Register(KubernetesTarget target, string ns)
     {
-        var gauges = new ResolverGauges(this, Tags(target, ns).ToArray());
+        var gauges = new ResolverGauges(this, (ns, target.Service), Tags(target, ns).ToArray());
         lock (_lock)
         {
             _live.Add(gauges);
@@ -74,10 +78,21 @@ internal sealed class KubernetesResolverMetrics
             live = [.. _live];
         }
 
-        var measurements = new List<Measurement<T>>(live.Length);
+        // One measurement per tag set: the most current resolver of each service.
+        var current = new Dictionary<(string Namespace, string Service), (ResolverGauges Gauges, GaugeValues Values)>();
         foreach (var gauges in live)
         {
-            if (gauges.Values is { } values && value(values) is { } measured)
+            if (gauges.Values is { } values
+                && (!current.TryGetValue(gauges.Key, out var best) || IsMoreCurrent(values, best.Values)))
+            {
+                current[gauges.Key] = (gauges, values);
+            }
+        }
+
+        var measurements = new List<Measurement<T>>(current.Count);
+        foreach (var (gauges, values) in current.Values)
+        {
+            if (value(values) is { } measured)
             {
                 measurements.Add(new Measurement<T>(measured, gauges.Tags));
             }
@@ -85,6 +100,13 @@ internal sealed class KubernetesResolverMetrics
 
         return measurements;
     }
+
+    /// <summary>
+    /// Whether <paramref name="candidate"/> is a later view of the service than <paramref name="best"/>: a later update (none
+    /// counts as earliest); on a tie, more endpoints, then more slices, so the choice does not depend on the order of resolvers.
+    /// </summary>
+    private static bool IsMoreCurrent(GaugeValues candidate, GaugeValues best) =>
+        (candidate.LastUpdate ?? double.MinValue, candidate.Endpoints, candidate.Slices).CompareTo((best.LastUpdate ?? double.MinValue, best.Endpoints, best.Slices)) > 0;
 
     private void Unregister(ResolverGauges gauges)
     {
@@ -104,9 +126,13 @@ internal sealed class KubernetesResolverMetrics
     internal sealed record GaugeValues(int Endpoints, int Slices, double? LastUpdate);
 
     /// <summary>One resolver's gauge values. Thread-safe: the values are replaced as a whole.</summary>
-    internal sealed class ResolverGauges(KubernetesResolverMetrics owner, KeyValuePair<string, object?>[] tags) : IDisposable
+    internal sealed class ResolverGauges(KubernetesResolverMetrics owner, (string Namespace, string Service) key, KeyValuePair<string, object?>[] tags)
+        : IDisposable
     {
         private GaugeValues? _values;
+
+        /// <summary>The service the resolver watches: resolvers with the same key are reported as one.</summary>
+        internal (string Namespace, string Service) Key => key;
 
         internal KeyValuePair<string, object?>[] Tags => tags;
 

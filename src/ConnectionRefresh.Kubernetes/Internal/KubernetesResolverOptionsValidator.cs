@@ -5,7 +5,8 @@ namespace ConnectionRefresh.Kubernetes.Internal;
 
 /// <summary>
 /// Validates <see cref="KubernetesResolverOptions"/> at start-up; messages name the key (the configuration key when the value
-/// came from configuration, the property when it was set in code), the value and the range. A
+/// came from configuration, the property when it was set in code), the value and the range, as the other packages word them:
+/// "<c>key</c> is <c>value</c>; allowed: <c>range</c>." A
 /// <see cref="KubernetesResolverOptions.KubeconfigPath"/> must name a readable kubeconfig whose current context has a cluster
 /// with a server (its credential plugin, if any, is not run here).
 /// </summary>
@@ -26,18 +27,18 @@ internal sealed class KubernetesResolverOptionsValidator : IValidateOptions<Kube
         if (options.MaxBackoff < options.InitialBackoff)
         {
             failures.Add(string.Create(CultureInfo.InvariantCulture,
-                $"{Key(options, nameof(options.MaxBackoff))} = {options.MaxBackoff} is less than {Key(options, nameof(options.InitialBackoff))} = {options.InitialBackoff}: it must be at least as long."));
+                $"{Key(options, nameof(options.MaxBackoff))} is {options.MaxBackoff}; allowed: at least {Key(options, nameof(options.InitialBackoff))}, which is {options.InitialBackoff}."));
         }
 
         if (options.ApiServer is { } apiServer &&
             (!apiServer.IsAbsoluteUri || (apiServer.Scheme != Uri.UriSchemeHttp && apiServer.Scheme != Uri.UriSchemeHttps)))
         {
-            failures.Add($"{Key(options, nameof(options.ApiServer))} = '{apiServer}' is not valid: it must be an absolute http:// or https:// URI.");
+            failures.Add($"{Key(options, nameof(options.ApiServer))} is '{apiServer}'; allowed: {AllowedRange(nameof(options.ApiServer))}.");
         }
 
         if (options.ApiServer is not null && !string.IsNullOrEmpty(options.KubeconfigPath))
         {
-            failures.Add($"{Key(options, nameof(options.ApiServer))} = '{options.ApiServer}' and {Key(options, nameof(options.KubeconfigPath))} = '{options.KubeconfigPath}' are both set: set at most one of them.");
+            failures.Add($"{Key(options, nameof(options.ApiServer))} is '{options.ApiServer}' and {Key(options, nameof(options.KubeconfigPath))} is '{options.KubeconfigPath}'; allowed: at most one of them set.");
         }
 
         if (options.ApiServer is null && !string.IsNullOrEmpty(options.KubeconfigPath))
@@ -55,14 +56,14 @@ internal sealed class KubernetesResolverOptionsValidator : IValidateOptions<Kube
 
         if (string.IsNullOrWhiteSpace(options.ServiceAccountPath))
         {
-            failures.Add($"{Key(options, nameof(options.ServiceAccountPath))} = '{options.ServiceAccountPath}' is not valid: it must be a directory path (default '{KubernetesResolverDefaults.ServiceAccountPath}').");
+            failures.Add($"{Key(options, nameof(options.ServiceAccountPath))} is '{options.ServiceAccountPath}'; allowed: a directory path (default '{KubernetesResolverDefaults.ServiceAccountPath}').");
         }
 
         return failures.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(failures);
     }
 
     /// <summary>
-    /// The allowed range or form of a setting, in words ("between 00:00:01 and 1.00:00:00"), for out-of-range values here
+    /// The allowed range or form of a setting, in words ("00:00:01 to 1.00:00:00"), for out-of-range values here
     /// and for configuration values that do not parse (<c>KubernetesResolverServiceCollectionExtensions.Bind</c>).
     /// </summary>
     public static string AllowedRange(string setting) => setting switch
@@ -84,9 +85,9 @@ internal sealed class KubernetesResolverOptionsValidator : IValidateOptions<Kube
         if (value < min || value > max)
         {
             failures.Add(string.Create(CultureInfo.InvariantCulture,
-                $"{Key(options, name)} = {value} is out of range: it must be {AllowedRange(name)}."));
+                $"{Key(options, name)} is {value}; allowed: {AllowedRange(name)}."));
         }
     }
 
-    private static string Between(TimeSpan min, TimeSpan max) => string.Create(CultureInfo.InvariantCulture, $"between {min} and {max}");
+    private static string Between(TimeSpan min, TimeSpan max) => string.Create(CultureInfo.InvariantCulture, $"{min} to {max}");
 }

@@ -43,7 +43,7 @@ internal sealed record KubernetesTarget(string Service, string? Namespace, int? 
             {
                 if (number is < 1 or > 65535)
                 {
-                    throw Invalid(address, $"port {number} is out of range 1-65535");
+                    throw Invalid(address, $"the port is {number}; allowed: 1 to 65535");
                 }
 
                 portNumber = number;

@@ -34,7 +34,7 @@ public sealed class KubernetesTargetTests
     [InlineData("dns:///greeter.default:80", "scheme")]
     [InlineData("kubernetes:///greeter.default:a23456789-123456789-123456789-123456789-123456789-123456789-1234", "port name")]
     [InlineData("kubernetes:///greeter.default:-grpc", "port name")]
-    [InlineData("kubernetes:///greeter.default:70000", "out of range")]
+    [InlineData("kubernetes:///greeter.default:70000", "the port is 70000; allowed: 1 to 65535.")]
     [InlineData("kubernetes:///greeter.default:Not_A_Port", "port name")]
     [InlineData("kubernetes:///Greeter_1.default:80", "DNS label")]
     [InlineData("kubernetes://prod/greeter.default:80", "twice")]
