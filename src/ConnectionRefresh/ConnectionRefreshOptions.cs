@@ -19,7 +19,8 @@ public sealed class ConnectionRefreshOptions
     /// Age after which a connection is retired: new calls go to a new connection (a new kube-proxy pick),
     /// calls already running finish on the old one. Default 2 minutes, the handler lifetime that
     /// Grpc.Net.ClientFactory uses, short enough to follow a scale-out within minutes and long enough that
-    /// reconnecting costs nothing measurable. <see cref="Timeout.InfiniteTimeSpan"/> disables it.
+    /// reconnecting costs nothing measurable. A connection that takes the place of one the server closed (GOAWAY) or
+    /// that idled out gets a full age of its own. <see cref="Timeout.InfiniteTimeSpan"/> disables it.
     /// Range: 1 second to 24 hours, or infinite.
     /// </summary>
     public TimeSpan MaxConnectionAge { get; set; } = ConnectionRefreshDefaults.MaxConnectionAge;
@@ -34,7 +35,8 @@ public sealed class ConnectionRefreshOptions
     /// <summary>
     /// Number of calls after which a connection is retired; <see langword="null"/> (the default) means no limit.
     /// Useful when call rates vary a lot between clients. Counted per connection slot generation: calls over HTTP/1.1,
-    /// or past the server's stream limit, can spread one budget over several TCP connections. Range: 1 to 1,000,000,000.
+    /// or past the server's stream limit, can spread one budget over several TCP connections; a connection that takes the
+    /// place of one the server closed gets a full budget, less the calls running when it opened. Range: 1 to 1,000,000,000.
     /// </summary>
     public int? MaxRequestsPerConnection { get; set; }
 

@@ -34,6 +34,8 @@ internal sealed partial class ConnectionRefreshTelemetry
 
     public void Closed() => _metrics.Draining.Add(-1, _client);
 
+    public void AgeRestarted() => LogAgeRestarted(_logger, ClientName);
+
     public void ConnectionFailed(Exception exception) => LogConnectionFailed(_logger, ClientName, exception);
 
     public void Http11Required(Exception exception) => LogHttp11Required(_logger, ClientName, exception);
@@ -59,6 +61,9 @@ internal sealed partial class ConnectionRefreshTelemetry
 
     [LoggerMessage(2, LogLevel.Debug, "Client '{ClientName}' retired a connection ({Reason}); new calls use a new connection, running calls finish on the old one.")]
     private static partial void LogRetired(ILogger logger, string clientName, RetirementReason reason);
+
+    [LoggerMessage(7, LogLevel.Debug, "Client '{ClientName}': a connection took the place of an older one that closed (the server closed it, or it was idle); the age and request budget now count from the newer connection.")]
+    private static partial void LogAgeRestarted(ILogger logger, string clientName);
 
     [LoggerMessage(3, LogLevel.Warning, "Client '{ClientName}' lost a connection or could not open one (keepalive timeout, reset, ConnectTimeout); its calls fail with Unavailable and new calls use a new connection.")]
     private static partial void LogConnectionFailed(ILogger logger, string clientName, Exception exception);

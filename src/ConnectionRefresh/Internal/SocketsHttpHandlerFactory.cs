@@ -7,7 +7,7 @@ namespace ConnectionRefresh.Internal;
 /// <summary>
 /// Builds the SocketsHttpHandler of each generation: the refresh settings first, then the application's own
 /// configuration (TLS, proxy, ...), then a connect callback that counts connections (wrapping the
-/// application's callback when it set one). Immutable.
+/// application's callback when it set one) and tells the generation when they open and close. Immutable.
 /// </summary>
 internal sealed class SocketsHttpHandlerFactory
 {
@@ -31,7 +31,11 @@ internal sealed class SocketsHttpHandlerFactory
         _grpc = grpc;
     }
 
-    public SocketsHttpHandler Create()
+    /// <param name="generation">
+    /// Told when the handler's connections open and close; not for connections made by an application's own
+    /// ConnectCallback, whose streams may be of any type.
+    /// </param>
+    public SocketsHttpHandler Create(HandlerGeneration? generation)
     {
         var handler = new SocketsHttpHandler
         {
@@ -57,7 +61,7 @@ internal sealed class SocketsHttpHandlerFactory
         // set), which ours no longer is: without this the runtime's http.client.* metrics leave the application's meters.
         handler.MeterFactory ??= _services.GetService<IMeterFactory>();
 
-        var connect = handler.ConnectCallback ?? ConnectAsync;
+        var connect = handler.ConnectCallback ?? ((context, cancellationToken) => ConnectAsync(context, generation, cancellationToken));
         var telemetry = _telemetry;
         handler.ConnectCallback = async (context, cancellationToken) =>
         {
@@ -69,18 +73,70 @@ internal sealed class SocketsHttpHandlerFactory
     }
 
     // What SocketsHttpHandler does without a callback: a dual-mode socket, no Nagle delay.
-    private static async ValueTask<Stream> ConnectAsync(SocketsHttpConnectionContext context, CancellationToken cancellationToken)
+    private static async ValueTask<Stream> ConnectAsync(SocketsHttpConnectionContext context, HandlerGeneration? generation, CancellationToken cancellationToken)
     {
         var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         try
         {
             await socket.ConnectAsync(context.DnsEndPoint, cancellationToken).ConfigureAwait(false);
-            return new NetworkStream(socket, ownsSocket: true);
+            return generation is null ? new NetworkStream(socket, ownsSocket: true) : new ConnectionStream(socket, generation);
         }
         catch
         {
             socket.Dispose();
             throw;
         }
+    }
+}
+
+/// <summary>
+/// The stream of one connection of a generation, which tells the generation when the connection closes (SocketsHttpHandler
+/// disposes it then, also after a GOAWAY once the last stream has ended). A NetworkStream itself rather than a wrapper, so
+/// nothing changes for SocketsHttpHandler, which looks for a NetworkStream (the remote address in its metrics and traces,
+/// socket polls for synchronous requests), and reads and writes take no extra step.
+/// </summary>
+/// <remarks>Thread-safe: the generation is told once, by whichever Dispose (or the finalizer) comes first.</remarks>
+internal sealed class ConnectionStream : NetworkStream
+{
+    private HandlerGeneration? _generation;
+    private readonly OpenConnection _connection;
+
+    public ConnectionStream(Socket socket, HandlerGeneration generation)
+        : base(socket, ownsSocket: true)
+    {
+        _generation = generation;
+        _connection = generation.ConnectionOpened();
+    }
+
+    // NetworkStream sends the span overloads of a subclass through Stream's defaults, which rent an array and copy (a
+    // subclass might have overridden the array overloads); this one has not, so they go to the socket as NetworkStream's
+    // own do, with its exceptions. Only synchronous HTTP/1.1 requests use them.
+    public override int Read(Span<byte> buffer)
+    {
+        ObjectDisposedException.ThrowIf(!CanRead, this);
+        var read = Socket.Receive(buffer, SocketFlags.None, out var error);
+        return error == SocketError.Success ? read : throw Failure("Unable to read data from the transport connection", error);
+    }
+
+    public override void Write(ReadOnlySpan<byte> buffer)
+    {
+        ObjectDisposedException.ThrowIf(!CanWrite, this);
+        Socket.Send(buffer, SocketFlags.None, out var error);
+        if (error != SocketError.Success)
+        {
+            throw Failure("Unable to write data to the transport connection", error);
+        }
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        Interlocked.Exchange(ref _generation, null)?.ConnectionClosed(_connection);
+        base.Dispose(disposing);
+    }
+
+    private static IOException Failure(string what, SocketError error)
+    {
+        var socket = new SocketException((int)error);
+        return new IOException($"{what}: {socket.Message}.", socket);
     }
 }

@@ -13,6 +13,9 @@ internal sealed class StubHandler : HttpMessageHandler
 
     public int Id { get; init; }
 
+    /// <summary>The generation this handler belongs to: tests report its connections opening and closing to it.</summary>
+    public ConnectionRefresh.Internal.HandlerGeneration? Generation { get; init; }
+
     public int Calls => Volatile.Read(ref _calls);
 
     public bool IsDisposed => _disposed;
@@ -97,11 +100,11 @@ internal sealed class StubGenerations
         return new HttpMessageInvoker(handler);
     }
 
-    private StubHandler Create()
+    private StubHandler Create(ConnectionRefresh.Internal.HandlerGeneration generation)
     {
         lock (_created)
         {
-            var handler = new StubHandler { Id = _created.Count };
+            var handler = new StubHandler { Id = _created.Count, Generation = generation };
             OnCreate?.Invoke(handler);
             _created.Add(handler);
             return handler;

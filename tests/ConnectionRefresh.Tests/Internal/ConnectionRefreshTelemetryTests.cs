@@ -27,6 +27,19 @@ public sealed class ConnectionRefreshTelemetryTests
     }
 
     [Fact]
+    public void AgeRestarted_LogsDebugEvent7NamingTheClient()
+    {
+        using var metrics = new ConnectionRefreshMetrics(null);
+        var logger = new FakeLogger();
+
+        new ConnectionRefreshTelemetry("greeter", metrics, logger).AgeRestarted();
+
+        var record = Assert.Single(logger.Collector.GetSnapshot());
+        Assert.Equal((7, LogLevel.Debug), (record.Id.Id, record.Level));
+        Assert.Contains("'greeter'", record.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void ConnectionFailed_LogsWarningWithException()
     {
         using var metrics = new ConnectionRefreshMetrics(null);

@@ -18,7 +18,7 @@ public sealed class SocketsHttpHandlerFactoryTests
     [InlineData(false, true)]  // plain HTTP clients keep SocketsHttpHandler's default
     public void Create_RedirectsFollowedOnlyForPlainHttpClients(bool grpc, bool followsRedirects)
     {
-        using var handler = Factory(new ConnectionRefreshOptions(), grpc).Create();
+        using var handler = Factory(new ConnectionRefreshOptions(), grpc).Create(null);
 
         Assert.Equal(followsRedirects, handler.AllowAutoRedirect);
     }
@@ -35,7 +35,7 @@ public sealed class SocketsHttpHandlerFactoryTests
             ConnectTimeout = TimeSpan.FromSeconds(3),
         };
 
-        using var handler = Factory(options).Create();
+        using var handler = Factory(options).Create(null);
 
         Assert.Equal(Timeout.InfiniteTimeSpan, handler.PooledConnectionLifetime);
         Assert.Equal(TimeSpan.FromSeconds(15), handler.KeepAlivePingDelay);
@@ -58,8 +58,8 @@ public sealed class SocketsHttpHandlerFactoryTests
             h.ConnectTimeout = TimeSpan.FromSeconds(1);
         });
 
-        using var first = factory.Create();
-        using var second = factory.Create();
+        using var first = factory.Create(null);
+        using var second = factory.Create(null);
 
         Assert.Equal(2, calls);
         Assert.Equal("greeter.internal", second.SslOptions.TargetHost);
