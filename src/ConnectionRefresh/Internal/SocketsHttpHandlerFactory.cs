@@ -93,7 +93,8 @@ internal sealed class SocketsHttpHandlerFactory
 /// The stream of one connection of a generation, which tells the generation when the connection closes (SocketsHttpHandler
 /// disposes it then, also after a GOAWAY once the last stream has ended). A NetworkStream itself rather than a wrapper, so
 /// nothing changes for SocketsHttpHandler, which looks for a NetworkStream (the remote address in its metrics and traces,
-/// socket polls for synchronous requests), and reads and writes take no extra step.
+/// socket polls for synchronous requests), and asynchronous reads and writes take no extra step (synchronous span reads,
+/// used only by synchronous HTTP/1.1 requests, go through Stream's copying defaults: rare enough not to reimplement them).
 /// </summary>
 /// <remarks>Thread-safe: the generation is told once, by whichever Dispose (or the finalizer) comes first.</remarks>
 internal sealed class ConnectionStream : NetworkStream
@@ -108,35 +109,9 @@ internal sealed class ConnectionStream : NetworkStream
         _connection = generation.ConnectionOpened();
     }
 
-    // NetworkStream sends the span overloads of a subclass through Stream's defaults, which rent an array and copy (a
-    // subclass might have overridden the array overloads); this one has not, so they go to the socket as NetworkStream's
-    // own do, with its exceptions. Only synchronous HTTP/1.1 requests use them.
-    public override int Read(Span<byte> buffer)
-    {
-        ObjectDisposedException.ThrowIf(!CanRead, this);
-        var read = Socket.Receive(buffer, SocketFlags.None, out var error);
-        return error == SocketError.Success ? read : throw Failure("Unable to read data from the transport connection", error);
-    }
-
-    public override void Write(ReadOnlySpan<byte> buffer)
-    {
-        ObjectDisposedException.ThrowIf(!CanWrite, this);
-        Socket.Send(buffer, SocketFlags.None, out var error);
-        if (error != SocketError.Success)
-        {
-            throw Failure("Unable to write data to the transport connection", error);
-        }
-    }
-
     protected override void Dispose(bool disposing)
     {
         Interlocked.Exchange(ref _generation, null)?.ConnectionClosed(_connection);
         base.Dispose(disposing);
-    }
-
-    private static IOException Failure(string what, SocketError error)
-    {
-        var socket = new SocketException((int)error);
-        return new IOException($"{what}: {socket.Message}.", socket);
     }
 }
