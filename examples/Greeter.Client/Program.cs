@@ -17,6 +17,14 @@ if (address.Scheme == "kubernetes")
         {
             o.Credentials = ChannelCredentials.Insecure;
             o.ServiceConfig = new ServiceConfig { LoadBalancingConfigs = { new RoundRobinConfig() } };
+        })
+        .ConfigurePrimaryHttpMessageHandler((handler, _) =>
+        {
+            // A dead node's pod keeps its subchannel Ready until a keepalive ping fails (README, "Dead pods: set keepalive").
+            var sockets = (SocketsHttpHandler)handler;
+            sockets.KeepAlivePingDelay = TimeSpan.FromSeconds(20); // the Greeter server is Kestrel: no ping limit
+            sockets.KeepAlivePingTimeout = TimeSpan.FromSeconds(10);
+            sockets.KeepAlivePingPolicy = HttpKeepAlivePingPolicy.WithActiveRequests;
         });
 }
 else

@@ -2,7 +2,7 @@ using Greeter.Server;
 
 // A Kestrel gRPC Greeter (HTTP/2 without TLS, "h2c") whose connections are closed gracefully after
 // ConnectionRefresh:Server:MaxConnectionAge (appsettings.json, or environment variables such as
-// ConnectionRefresh__Server__MaxConnectionAge=00:02:00), so that every client reconnects and kube-proxy
+// ConnectionRefresh__Server__MaxConnectionAge=00:05:00), so that every client reconnects and kube-proxy
 // spreads the connections over all pods, including new ones.
 var builder = WebApplication.CreateBuilder(args);
 
