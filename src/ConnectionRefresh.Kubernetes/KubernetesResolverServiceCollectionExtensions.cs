@@ -1,5 +1,6 @@
 using ConnectionRefresh.Kubernetes;
 using ConnectionRefresh.Kubernetes.Internal;
+using ConnectionRefresh.Shared;
 using Grpc.Net.Client.Balancer;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection.Extensions;
@@ -53,8 +54,8 @@ public static class KubernetesResolverServiceCollectionExtensions
     }
 
     /// <summary>
-    /// Registers the Kubernetes resolver with options bound from <paramref name="section"/>; unknown keys are
-    /// rejected and the values validated at start-up.
+    /// Registers the Kubernetes resolver with options bound from <paramref name="section"/>, which must exist (write it as
+    /// <c>{}</c> for the defaults): a missing section, unknown keys and bad values stop the host at start-up.
     /// </summary>
     /// <param name="services">The service collection.</param>
     /// <param name="section">The configuration section, for example <c>configuration.GetSection("ConnectionRefresh:Kubernetes")</c>.</param>
@@ -63,7 +64,13 @@ public static class KubernetesResolverServiceCollectionExtensions
     {
         ArgumentNullException.ThrowIfNull(services);
         ArgumentNullException.ThrowIfNull(section);
-        services.Configure<KubernetesResolverOptions>(options => Bind(section, options));
+        services.AddSingleton<IConfigureOptions<KubernetesResolverOptions>>(sp => new ConfigureNamedOptions<KubernetesResolverOptions>(
+            Options.Options.DefaultName,
+            options =>
+            {
+                ThrowIfMissing(section, sp.GetService<IConfiguration>());
+                Bind(section, options);
+            }));
         return AddCore(services);
     }
 
@@ -75,6 +82,20 @@ public static class KubernetesResolverServiceCollectionExtensions
         services.TryAddSingleton<FallbackMeterFactory>();
         services.TryAddEnumerable(ServiceDescriptor.Singleton<ResolverFactory, KubernetesResolverFactory>());
         return services;
+    }
+
+    // A section given by path must exist: a misspelled path would bind nothing and run with the defaults in silence.
+    private static void ThrowIfMissing(IConfigurationSection section, IConfiguration? application)
+    {
+        if (!ConfigurationSections.IsGiven(section, application))
+        {
+            throw new OptionsValidationException(Options.Options.DefaultName, typeof(KubernetesResolverOptions),
+                [$"The configuration section '{section.Path}' does not exist, so none of its settings would apply. "
+                 + ConfigurationSections.WhereThePathStops(application, section.Path)
+                 + " Check the path (':' separates levels). To run with the defaults, call AddKubernetesResolver() without a section "
+                 + $"(it reads the optional '{KubernetesResolverDefaults.ConfigurationSection}' section), or write the section as {{}} "
+                 + "in the application's configuration."]);
+        }
     }
 
     private static void Bind(IConfigurationSection? section, KubernetesResolverOptions options)

@@ -101,6 +101,29 @@ public sealed class KubernetesResolverServiceCollectionExtensionsTests
     }
 
     [Fact]
+    public void Options_SectionOverloadPathThatDoesNotExist_FailsNamingThePathAndWhatIsThere()
+    {
+        // A typo in the path ("Kubernets"): it bound nothing and ran with the defaults, without a word.
+        var configuration = Json("""{ "MyApp": { "Kubernetes": { "ResyncInterval": "00:02:00" }, "Port": 5000 } }""");
+
+        var ex = Assert.Throws<OptionsValidationException>(() => BuildWithSection(configuration, "MyApp:Kubernets"));
+
+        Assert.Contains("The configuration section 'MyApp:Kubernets' does not exist", ex.Message, StringComparison.Ordinal);
+        Assert.Contains("'MyApp' has: Kubernetes, Port.", ex.Message, StringComparison.Ordinal);
+        Assert.Contains("AddKubernetesResolver() without a section", ex.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Options_SectionOverloadEmptyObjectInTheApplicationsConfiguration_GivesTheDefaults()
+    {
+        var configuration = Json("""{ "MyApp": { "Kubernetes": {} } }""");
+
+        var options = BuildWithSection(configuration, "MyApp:Kubernetes");
+
+        Assert.Equal(KubernetesResolverDefaults.ResyncInterval, options.ResyncInterval);
+    }
+
+    [Fact]
     public void Options_BadValueInCodeOverGoodConfiguration_FailsNamingThePropertyNotTheKey()
     {
         // appsettings.json holds a good value; the configure action overrides it with a bad one.
@@ -217,6 +240,17 @@ public sealed class KubernetesResolverServiceCollectionExtensionsTests
         services.AddSingleton<IConfiguration>(new ConfigurationBuilder().AddInMemoryCollection(values).Build());
         services.AddKubernetesResolver();
         using var provider = services.BuildServiceProvider();
+        return provider.GetRequiredService<IOptions<KubernetesResolverOptions>>().Value;
+    }
+
+    private static IConfigurationRoot Json(string json) =>
+        new ConfigurationBuilder().AddJsonStream(new MemoryStream(System.Text.Encoding.UTF8.GetBytes(json))).Build();
+
+    // The section overload with the configuration registered as the application's, as a host does.
+    private static KubernetesResolverOptions BuildWithSection(IConfigurationRoot configuration, string path)
+    {
+        var services = new ServiceCollection().AddSingleton<IConfiguration>(configuration);
+        using var provider = services.AddKubernetesResolver(configuration.GetSection(path)).BuildServiceProvider();
         return provider.GetRequiredService<IOptions<KubernetesResolverOptions>>().Value;
     }
 }

@@ -1,3 +1,4 @@
+using ConnectionRefresh.Shared;
 using System.Globalization;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
@@ -75,46 +76,22 @@ internal static class ServerConnectionAgeOptionsLoader
     }
 
     /// <summary>
-    /// A section given by path must exist: a misspelled path binds nothing and would run with the defaults in silence.
-    /// Exists() is false for <c>"Section": {}</c> too (the JSON provider stores it as the key with a null value), but
-    /// the application's configuration still lists that key under its parent, which tells a deliberate empty section
-    /// from a typo. Without the application's IConfiguration (a hand-made service provider) an empty section fails too.
+    /// A section given by path must exist (<see cref="ConfigurationSections.IsGiven"/>): a misspelled path binds nothing and
+    /// would run with the defaults in silence.
     /// </summary>
     public static void ThrowIfMissing(IConfigurationSection section, IServiceProvider? services)
     {
         var application = services?.GetService<IConfiguration>();
-        if (section.Exists() || (application is not null && IsListed(application, section.Path)))
+        if (ConfigurationSections.IsGiven(section, application))
         {
             return;
         }
 
         throw new InvalidOperationException(
             $"The configuration section '{section.Path}' does not exist, so none of its settings would apply. "
-            + (application is null
-                ? "There is no IConfiguration in the application's services to tell a section written as {} from a missing one."
-                : WhereThePathStops(application, section.Path))
+            + ConfigurationSections.WhereThePathStops(application, section.Path)
             + $" Check the path (':' separates levels). To run with the defaults, use the overload without a section (it reads "
             + $"the optional '{ServerConnectionAgeDefaults.SectionName}' section), or write the section as {{}} in the application's configuration.");
-    }
-
-    private static bool IsListed(IConfiguration configuration, string path) =>
-        (ConfigurationPath.GetParentPath(path) is { } parent ? configuration.GetSection(parent) : configuration)
-            .GetChildren().Any(child => string.Equals(child.Key, ConfigurationPath.GetSectionKey(path), StringComparison.OrdinalIgnoreCase));
-
-    // Names the keys of the deepest level of the path that has any, so that a typo shows next to what is there.
-    private static string WhereThePathStops(IConfiguration configuration, string path)
-    {
-        for (var parent = ConfigurationPath.GetParentPath(path); ; parent = ConfigurationPath.GetParentPath(parent))
-        {
-            var keys = (parent is null ? configuration : configuration.GetSection(parent)).GetChildren().Select(child => child.Key).ToList();
-            if (keys.Count > 0 || parent is null)
-            {
-                return keys.Count == 0
-                    ? "The application's configuration is empty."
-                    : $"{(parent is null ? "The top level" : $"'{parent}'")} has: {string.Join(", ", keys.Take(10))}"
-                      + (keys.Count > 10 ? $" and {keys.Count - 10} more." : ".");
-            }
-        }
     }
 
     private static void ThrowIfUnparsable(IConfigurationSection child)

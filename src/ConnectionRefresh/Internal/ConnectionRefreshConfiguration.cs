@@ -1,3 +1,4 @@
+using ConnectionRefresh.Shared;
 using System.Globalization;
 using System.Reflection;
 using Microsoft.Extensions.Configuration;
@@ -80,52 +81,21 @@ internal static class ConnectionRefreshConfiguration
     }
 
     /// <summary>
-    /// A section given by path must exist: a misspelled path binds nothing and would run with the defaults in silence.
-    /// <see cref="ConfigurationExtensions.Exists"/> is false for an empty object too (the JSON provider stores
-    /// <c>"Section": {}</c> as the key with a null value), but the application's configuration still lists that key
-    /// under its parent, which tells a deliberate empty section from a typo.
+    /// A section given by path must exist (<see cref="ConfigurationSections.IsGiven"/>): a misspelled path binds nothing and
+    /// would run with the defaults in silence.
     /// </summary>
     public static void ThrowIfMissing(IConfigurationSection section, IConfiguration? application, string clientName)
     {
-        if (section.Exists() || (application is not null && IsListed(application, section.Path)))
+        if (ConfigurationSections.IsGiven(section, application))
         {
             return;
         }
 
-        var found = application is null ? "" : " " + DeepestExisting(application, section.Path);
         throw new InvalidOperationException(
             $"The ConnectionRefresh configuration section '{section.Path}' given for HTTP client '{clientName}' does not exist, " +
-            $"so none of its settings would apply.{found} Check the path (':' separates levels). To run with the defaults on purpose, " +
-            "call AddConnectionRefresh() without a section (it reads the optional 'ConnectionRefresh' section) or write the section " +
-            "as an empty object ({}) in the application's IConfiguration (the one registered in DI).");
-    }
-
-    private static bool IsListed(IConfiguration configuration, string path)
-    {
-        var parent = ConfigurationPath.GetParentPath(path);
-        var key = ConfigurationPath.GetSectionKey(path);
-        return (parent is null ? configuration : configuration.GetSection(parent)).GetChildren()
-            .Any(child => string.Equals(child.Key, key, StringComparison.OrdinalIgnoreCase));
-    }
-
-    // Names the keys where the path stops matching, so that a typo shows next to what is there.
-    private static string DeepestExisting(IConfiguration configuration, string path)
-    {
-        for (var parent = ConfigurationPath.GetParentPath(path); parent is not null; parent = ConfigurationPath.GetParentPath(parent))
-        {
-            if (IsListed(configuration, parent))
-            {
-                var keys = configuration.GetSection(parent).GetChildren().Select(child => child.Key).ToList();
-                return keys.Count switch
-                {
-                    0 => $"'{parent}' exists but is empty.",
-                    <= 10 => $"'{parent}' has: {string.Join(", ", keys)}.",
-                    _ => $"'{parent}' has: {string.Join(", ", keys.Take(10))} and {keys.Count - 10} more.",
-                };
-            }
-        }
-
-        return "No part of the path exists in the application's configuration.";
+            $"so none of its settings would apply. {ConfigurationSections.WhereThePathStops(application, section.Path)} Check the path (':' separates levels). " +
+            "To run with the defaults on purpose, call AddConnectionRefresh() without a section (it reads the optional 'ConnectionRefresh' section) " +
+            "or write the section as an empty object ({}) in the application's IConfiguration (the one registered in DI).");
     }
 
     private static object? Convert(IConfigurationSection entry, PropertyInfo property, string clientName)
