@@ -73,9 +73,7 @@ public sealed class SimulatedClusterFaultTests
         Assert.Equal(SocketError.ConnectionReset, error.SocketErrorCode);
         Assert.Equal(SimulatedPodState.Killed, victim.State);
         Assert.DoesNotContain(victim, cluster.Pods);
-        // Polled: a child process forked by a parallel test (the iptables tests run ip/iptables) holds a copy of every
-        // descriptor until its exec, which can keep the socket listening for ~100 ms after Kestrel closed it.
-        await Poll.UntilAsync(() => !listener.IsListening, $"{victim.Name}'s own listening socket ({listener}) to close");
+        await listener.UntilClosedAsync($"{victim.Name}'s own");
     }
 
     [Fact]
@@ -111,11 +109,12 @@ public sealed class SimulatedClusterFaultTests
         using var socket = await RawSockets.ConnectAsync(cluster.Address);
         await Poll.UntilAsync(() => pod.OpenConnections == 1, "the pod accepted the connection");
         cluster.BlackHole(pod);
+        var listener = LoopbackListener.On(pod.Address.Port);
 
         await cluster.KillPodAsync(pod);
 
         Assert.Equal(SimulatedPodState.Killed, pod.State);
-        Assert.False(RawSockets.IsListening(pod.Address.Port));
+        await listener.UntilClosedAsync($"{pod.Name}'s own");
         using var wait = new CancellationTokenSource(TimeSpan.FromSeconds(1));
         // 1 s: a reset arrives in microseconds on loopback; silence for a second means nothing was sent.
         await Assert.ThrowsAnyAsync<OperationCanceledException>(async () => await socket.ReceiveAsync(new byte[16], SocketFlags.None, wait.Token));
@@ -174,6 +173,8 @@ public sealed class SimulatedClusterFaultTests
         var running = client.HelloAsync(delayMs: 2000);
         await Poll.UntilAsync(() => pod.CallsActive == 1, "the slow call is running");
 
+        var listener = LoopbackListener.On(pod.Address.Port);
+
         var stopping = cluster.StopPodAsync(pod);
         await Poll.UntilAsync(() => pod.State == SimulatedPodState.Terminating, "the pod is terminating");
         Assert.False(pod.IsReady);
@@ -187,7 +188,7 @@ public sealed class SimulatedClusterFaultTests
         Assert.Equal(SimulatedPodState.Terminated, pod.State);
         Assert.DoesNotContain(pod, cluster.Pods);
         Assert.Equal(0, pod.CallsFailed);
-        Assert.False(RawSockets.IsListening(pod.Address.Port));
+        await listener.UntilClosedAsync($"{pod.Name}'s own");
     }
 
     [Fact]
