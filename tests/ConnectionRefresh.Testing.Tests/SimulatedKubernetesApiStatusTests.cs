@@ -20,6 +20,7 @@ public sealed class SimulatedKubernetesApiStatusTests
     [Theory]
     [InlineData(Collection)]
     [InlineData(Collection + "?watch=true&resourceVersion=1000")]
+    [InlineData(Collection + "/a")]
     [InlineData("/api/v1/namespaces/default/pods")]
     public async Task Request_TokenRejected_401WithAnUnauthorizedStatus(string path)
     {
@@ -40,6 +41,7 @@ public sealed class SimulatedKubernetesApiStatusTests
     [InlineData("GET", "/api/v1/namespaces/default/pods", 404, "NotFound", "the server could not find the requested resource")]
     [InlineData("GET", "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/a/b", 404, "NotFound", "the server could not find the requested resource")]
     [InlineData("DELETE", Collection, 405, "MethodNotAllowed", "the server does not allow this method on the requested resource")]
+    [InlineData("DELETE", Collection + "/a", 405, "MethodNotAllowed", "the server does not allow this method on the requested resource")]
     public async Task Request_NotServed_404Or405WithAStatus(string method, string path, int code, string reason, string message)
     {
         await using var api = await SimulatedKubernetesApi.StartAsync();
@@ -49,6 +51,38 @@ public sealed class SimulatedKubernetesApiStatusTests
 
         Assert.Equal(code, (int)response.StatusCode);
         AssertStatus(await response.Content.ReadAsStringAsync(), code, reason, message);
+    }
+
+    [Fact]
+    public async Task Get_SliceThatDoesNotExist_404NotFoundStatusNamingTheObject()
+    {
+        // kube-apiserver's answer for a named object it does not have (errors.NewNotFound), details included; here the slice
+        // exists, but in another namespace.
+        await using var api = await SimulatedKubernetesApi.StartAsync();
+        api.Apply("other", new V1EndpointSlice { Metadata = new V1ObjectMeta { Name = "a" }, AddressType = "IPv4", Endpoints = [] });
+        using var http = new HttpClient { BaseAddress = api.Url };
+
+        using var response = await http.GetAsync(Collection + "/a");
+
+        Assert.Equal(HttpStatusCode.NotFound, response.StatusCode);
+        Assert.Equal("application/json", response.Content.Headers.ContentType?.MediaType);
+        AssertStatus(await response.Content.ReadAsStringAsync(), 404, "NotFound", "endpointslices.discovery.k8s.io \"a\" not found",
+            details: """{"name":"a","group":"discovery.k8s.io","kind":"endpointslices"}""");
+    }
+
+    [Fact]
+    public async Task KubernetesClient_ReadSliceThatDoesNotExist_ThrowsHttpOperationExceptionWith404AndTheStatus()
+    {
+        await using var api = await SimulatedKubernetesApi.StartAsync();
+        using var client = new k8s.Kubernetes(new KubernetesClientConfiguration { Host = api.Url.ToString() });
+
+        var error = await Assert.ThrowsAsync<HttpOperationException>(() => client.DiscoveryV1.ReadNamespacedEndpointSliceAsync("missing", "default"));
+
+        Assert.Equal(HttpStatusCode.NotFound, error.Response.StatusCode);
+        var status = KubernetesJson.Deserialize<V1Status>(error.Response.Content);
+        Assert.Equal(("Status", "Failure", 404, "NotFound", "endpointslices.discovery.k8s.io \"missing\" not found"),
+            (status.Kind, status.Status, status.Code, status.Reason, status.Message));
+        Assert.Equal(("missing", "discovery.k8s.io", "endpointslices"), (status.Details.Name, status.Details.Group, status.Details.Kind));
     }
 
     [Fact]
@@ -155,13 +189,21 @@ public sealed class SimulatedKubernetesApiStatusTests
 
     /// <summary>
     /// The JSON is a failure Status exactly as kube-apiserver writes it:
-    /// <c>{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":…,"reason":…,"code":…}</c>.
+    /// <c>{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":…,"reason":…,"code":…}</c>, with
+    /// <c>"details":…</c> before <c>code</c> when <paramref name="details"/> is given.
     /// </summary>
-    private static void AssertStatus(string json, int code, string reason, string message)
+    private static void AssertStatus(string json, int code, string reason, string message, string? details = null)
     {
         using var document = JsonDocument.Parse(json);
         var root = document.RootElement;
-        Assert.Equal(["kind", "apiVersion", "metadata", "status", "message", "reason", "code"], root.EnumerateObject().Select(p => p.Name));
+        Assert.Equal(details is null
+            ? ["kind", "apiVersion", "metadata", "status", "message", "reason", "code"]
+            : ["kind", "apiVersion", "metadata", "status", "message", "reason", "details", "code"], root.EnumerateObject().Select(p => p.Name));
+        if (details is not null)
+        {
+            Assert.Equal(details, root.GetProperty("details").GetRawText());
+        }
+
         Assert.Equal("Status", root.GetProperty("kind").GetString());
         Assert.Equal("v1", root.GetProperty("apiVersion").GetString());
         Assert.Equal("{}", root.GetProperty("metadata").GetRawText());
