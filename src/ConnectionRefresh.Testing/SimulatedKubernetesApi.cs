@@ -27,7 +27,7 @@ namespace ConnectionRefresh.Testing;
 /// <c>EndpointSlice</c> as JSON); bearer tokens are checked.
 /// Errors are answered as kube-apiserver answers them, with a <c>Status</c> object (<c>kind: Status</c>, <c>apiVersion: v1</c>,
 /// <c>status: Failure</c>, <c>message</c>, <c>reason</c>, <c>code</c>) and that code as the HTTP status: a rejected token
-/// 401 <c>Unauthorized</c> (on any path); a read of a slice that does not exist 404 <c>NotFound</c> with <c>details</c>
+/// 401 <c>Unauthorized</c> (on any path); a token RBAC refuses (<see cref="SetForbiddenTokens"/>) 403 <c>Forbidden</c>; a read of a slice that does not exist 404 <c>NotFound</c> with <c>details</c>
 /// (<c>endpointslices.discovery.k8s.io "NAME" not found</c>); an unknown path 404 <c>NotFound</c>; a method other than GET
 /// on the EndpointSlice collection or on one slice 405 <c>MethodNotAllowed</c>. A watch from a compacted resourceVersion
 /// gets what the watch cache sends: HTTP 200, then one <c>ERROR</c> event whose object is a 410 <c>Expired</c> Status
@@ -55,6 +55,7 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
     private readonly List<HistoryEntry> _history = [];
     private readonly List<Watcher> _watchers = [];
     private readonly HashSet<string> _acceptedTokens = new(StringComparer.Ordinal);
+    private readonly HashSet<string> _forbiddenTokens = new(StringComparer.Ordinal);
     private readonly ConcurrentQueue<string> _seenTokens = new();
     private readonly ConcurrentDictionary<string, ConnectionContext> _connections = new();
     private readonly WebApplication _app;
@@ -181,6 +182,25 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
         {
             _acceptedTokens.Clear();
             _acceptedTokens.UnionWith(tokens);
+        }
+    }
+
+    /// <summary>
+    /// Makes RBAC refuse these bearer tokens: a LIST, WATCH or GET of EndpointSlices with one of them gets 403
+    /// <c>Forbidden</c>, as for an identity without a Role that allows the verb. Authentication comes first: a token that
+    /// is not accepted (see <see cref="SetAcceptedTokens"/>) still gets 401. The Status is kube-apiserver's, e.g.
+    /// <c>endpointslices.discovery.k8s.io is forbidden: User "system:serviceaccount:default:default" cannot list resource
+    /// "endpointslices" in API group "discovery.k8s.io" in the namespace "default"</c> (the verb <c>list</c>, <c>watch</c>
+    /// or <c>get</c>; the user is always the default service account of the request's namespace), with <c>details</c>.
+    /// </summary>
+    /// <param name="tokens">The tokens refused from now on, replacing the previous ones; none (the default) refuses no token.</param>
+    public void SetForbiddenTokens(params string[] tokens)
+    {
+        ArgumentNullException.ThrowIfNull(tokens);
+        lock (_lock)
+        {
+            _forbiddenTokens.Clear();
+            _forbiddenTokens.UnionWith(tokens);
         }
     }
 
@@ -351,8 +371,15 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
         }
 
         var query = context.Request.Query;
+        var watch = string.Equals(query["watch"], "true", StringComparison.OrdinalIgnoreCase);
+        if (IsForbidden(context))
+        {
+            await WriteStatusAsync(context, Forbidden(ns, watch ? "watch" : "list", name: null)).ConfigureAwait(false);
+            return;
+        }
+
         var service = ParseServiceSelector(query["labelSelector"].ToString());
-        if (string.Equals(query["watch"], "true", StringComparison.OrdinalIgnoreCase))
+        if (watch)
         {
             await WatchAsync(context, ns, service, query["resourceVersion"].ToString(),
                 string.Equals(query["allowWatchBookmarks"], "true", StringComparison.OrdinalIgnoreCase),
@@ -370,6 +397,12 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
         if (!Authorize(context))
         {
             await WriteStatusAsync(context, Status(StatusCodes.Status401Unauthorized, "Unauthorized", "Unauthorized")).ConfigureAwait(false);
+            return;
+        }
+
+        if (IsForbidden(context))
+        {
+            await WriteStatusAsync(context, Forbidden(ns, "get", name)).ConfigureAwait(false);
             return;
         }
 
@@ -397,14 +430,36 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
     /// <summary>Records the request's bearer token in <see cref="SeenTokens"/> and says whether it is accepted.</summary>
     private bool Authorize(HttpContext context)
     {
-        var token = context.Request.Headers.Authorization.ToString();
-        token = token.StartsWith("Bearer ", StringComparison.Ordinal) ? token["Bearer ".Length..] : "";
+        var token = BearerToken(context);
         _seenTokens.Enqueue(token);
         lock (_lock)
         {
             return _acceptedTokens.Count == 0 || _acceptedTokens.Contains(token);
         }
     }
+
+    /// <summary>Whether RBAC refuses the request's (authenticated) token; see <see cref="SetForbiddenTokens"/>.</summary>
+    private bool IsForbidden(HttpContext context)
+    {
+        var token = BearerToken(context);
+        lock (_lock)
+        {
+            return _forbiddenTokens.Contains(token);
+        }
+    }
+
+    private static string BearerToken(HttpContext context)
+    {
+        var header = context.Request.Headers.Authorization.ToString();
+        return header.StartsWith("Bearer ", StringComparison.Ordinal) ? header["Bearer ".Length..] : "";
+    }
+
+    /// <summary>The RBAC authorizer's refusal (errors.NewForbidden), naming the verb, the resource and, for a GET, the object.</summary>
+    private static StatusObject Forbidden(string ns, string verb, string? name) =>
+        Status(StatusCodes.Status403Forbidden, "Forbidden",
+            $"endpointslices.discovery.k8s.io{(name is null ? "" : $" \"{name}\"")} is forbidden: User \"system:serviceaccount:{ns}:default\" " +
+            $"cannot {verb} resource \"endpointslices\" in API group \"discovery.k8s.io\" in the namespace \"{ns}\"")
+        with { Details = new StatusDetails(name, "discovery.k8s.io", "endpointslices") };
 
     private async Task ListAsync(HttpContext context, string ns, string? service)
     {
@@ -583,9 +638,12 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
         public StatusDetails? Details { get; init; }
     }
 
-    /// <summary>A Status's <c>details</c>: the object's name, its API group and its resource (plural), as the API server writes them.</summary>
+    /// <summary>
+    /// A Status's <c>details</c>: the object's name (left out when the request named none), its API group and its resource
+    /// (plural), as the API server writes them.
+    /// </summary>
     private sealed record StatusDetails(
-        [property: System.Text.Json.Serialization.JsonPropertyName("name")] string Name,
+        [property: System.Text.Json.Serialization.JsonPropertyName("name"), System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)] string? Name,
         [property: System.Text.Json.Serialization.JsonPropertyName("group")] string Group,
         [property: System.Text.Json.Serialization.JsonPropertyName("kind")] string Kind);
 

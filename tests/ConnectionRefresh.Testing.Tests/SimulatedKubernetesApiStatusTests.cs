@@ -53,6 +53,70 @@ public sealed class SimulatedKubernetesApiStatusTests
         AssertStatus(await response.Content.ReadAsStringAsync(), code, reason, message);
     }
 
+    [Theory]
+    [InlineData(Collection, "list", null)]
+    [InlineData(Collection + "?watch=true&resourceVersion=1000", "watch", null)]
+    [InlineData(Collection + "/a", "get", "a")]
+    public async Task Request_TokenForbidden_403WithAForbiddenStatusNamingTheVerb(string path, string verb, string? name)
+    {
+        await using var api = await SimulatedKubernetesApi.StartAsync("good", "refused");
+        api.SetForbiddenTokens("refused");
+        api.Apply("default", new V1EndpointSlice { Metadata = new V1ObjectMeta { Name = "a" }, AddressType = "IPv4", Endpoints = [] });
+        using var http = new HttpClient { BaseAddress = api.Url };
+        http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", "refused");
+
+        using var response = await http.GetAsync(path);
+
+        Assert.Equal(HttpStatusCode.Forbidden, response.StatusCode);
+        Assert.Equal("application/json", response.Content.Headers.ContentType?.MediaType);
+        var target = name is null ? "" : $" \"{name}\"";
+        AssertStatus(await response.Content.ReadAsStringAsync(), 403, "Forbidden",
+            $"endpointslices.discovery.k8s.io{target} is forbidden: User \"system:serviceaccount:default:default\" cannot {verb} resource \"endpointslices\" in API group \"discovery.k8s.io\" in the namespace \"default\"",
+            details: name is null
+                ? """{"group":"discovery.k8s.io","kind":"endpointslices"}"""
+                : $$"""{"name":"{{name}}","group":"discovery.k8s.io","kind":"endpointslices"}""");
+        Assert.Equal(0, api.ListCount);
+        Assert.Equal(0, api.ActiveWatches);
+    }
+
+    [Fact]
+    public async Task SetForbiddenTokens_AuthenticationFirst_RejectedToken401RefusedToken403OtherTokens200()
+    {
+        await using var api = await SimulatedKubernetesApi.StartAsync("good", "refused");
+        api.SetForbiddenTokens("refused", "unknown");
+        using var http = new HttpClient { BaseAddress = api.Url };
+
+        async Task<HttpStatusCode> ListWith(string token)
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Get, Collection);
+            request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
+            using var response = await http.SendAsync(request);
+            return response.StatusCode;
+        }
+
+        Assert.Equal(HttpStatusCode.Unauthorized, await ListWith("unknown")); // Not accepted: refused before RBAC is asked.
+        Assert.Equal(HttpStatusCode.Forbidden, await ListWith("refused"));
+        Assert.Equal(HttpStatusCode.OK, await ListWith("good"));
+        api.SetForbiddenTokens();
+        Assert.Equal(HttpStatusCode.OK, await ListWith("refused"));
+    }
+
+    [Fact]
+    public async Task KubernetesClient_TokenForbidden_ListThrowsHttpOperationExceptionWith403AndTheStatus()
+    {
+        await using var api = await SimulatedKubernetesApi.StartAsync();
+        api.SetForbiddenTokens("refused");
+        using var client = new k8s.Kubernetes(new KubernetesClientConfiguration { Host = api.Url.ToString(), AccessToken = "refused" });
+
+        var error = await Assert.ThrowsAsync<HttpOperationException>(() => client.DiscoveryV1.ListNamespacedEndpointSliceAsync("default"));
+
+        Assert.Equal(HttpStatusCode.Forbidden, error.Response.StatusCode);
+        var status = KubernetesJson.Deserialize<V1Status>(error.Response.Content);
+        Assert.Equal(("Status", "Failure", 403, "Forbidden"), (status.Kind, status.Status, status.Code, status.Reason));
+        Assert.StartsWith("endpointslices.discovery.k8s.io is forbidden: User ", status.Message, StringComparison.Ordinal);
+        Assert.Equal(("discovery.k8s.io", "endpointslices"), (status.Details.Group, status.Details.Kind));
+    }
+
     [Fact]
     public async Task Get_SliceThatDoesNotExist_404NotFoundStatusNamingTheObject()
     {
