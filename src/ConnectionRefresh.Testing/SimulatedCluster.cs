@@ -590,8 +590,13 @@ public sealed class SimulatedCluster : IAsyncDisposable
     /// <summary>
     /// Black-holes a pod, like a node that lost power or a network partition: bytes stop flowing in both directions on
     /// every connection to it, and nothing is closed. The pod stays ready (endpoints are not updated until someone notices),
-    /// so new connections that pick it hang too; use <see cref="SetReadyAsync"/>, <see cref="KillPodAsync"/> or
-    /// <see cref="StopPodAsync"/> to take it out. Irreversible. Its own address in the simulated network (the one
+    /// so the ClusterIP still picks it for new connections; use <see cref="SetReadyAsync"/>, <see cref="KillPodAsync"/> or
+    /// <see cref="StopPodAsync"/> to take it out. Irreversible. In a real cluster a connection DNATed to a pod on a dead
+    /// node never completes its handshake; here the client's connect completes at the ClusterIP (a user-space proxy), which
+    /// then holds the connection open and silent: it never connects to the pod (which sees no connection), forwards no byte,
+    /// and sends no FIN or reset, until the client closes it (then it is released) or the cluster is disposed. In
+    /// <see cref="KubeProxyMode.Iptables"/> mode the kernel picks the pod, so the pod does accept such a connection, and
+    /// then no byte moves on it. Its own address in the simulated network (the one
     /// <see cref="SimulatedKubernetesApi.MirrorEndpoints"/> publishes) answers no SYN from then on, even after the pod was
     /// killed or stopped: a new connect to it hangs until the client's connect timeout, as to a node that is gone (on Linux;
     /// elsewhere the connect completes, and then nothing moves).
@@ -1277,8 +1282,8 @@ public sealed class SimulatedCluster : IAsyncDisposable
     /// <summary>
     /// Makes a black-holed pod's network address answer no SYN, neither with a SYN-ACK nor with a reset, so a new connect
     /// hangs until the client's own connect timeout, as to a node that is gone (under the lock). See
-    /// <see cref="SilentListener"/>. Where it cannot (not Linux), new connects complete and then hang: the relay moves no
-    /// byte for a black-holed pod, and after it has left does not connect to it (see ConnectToPodAsync).
+    /// <see cref="SilentListener"/>. Where it cannot (not Linux), new connects complete and then hang: the relay holds them
+    /// silent and never connects to a black-holed pod (see ConnectToPodAsync).
     /// </summary>
     private static void DropNewConnections(SimulatedPod pod) => SilentListener.TryDropNewConnections(pod.NetworkListener!);
 
@@ -1299,14 +1304,18 @@ public sealed class SimulatedCluster : IAsyncDisposable
         bool unreachable;
         lock (_gate)
         {
-            unreachable = pod.IsBlackHoled && pod.State is SimulatedPodState.Killed or SimulatedPodState.Terminated;
+            unreachable = pod.IsBlackHoled;
         }
 
         if (unreachable)
         {
-            // A connection that reached the pod's address before its node vanished (a black-holed pod keeps its address):
-            // no reset can come back from a node that is gone, so it hangs until the connection is reset (dispose).
-            await Task.Delay(Timeout.InfiniteTimeSpan, cancellationToken).ConfigureAwait(false);
+            // A new connection to a pod on a node that is gone (the ClusterIP picked a black-holed pod, which stays ready; or
+            // it reached the pod's own address where SYNs cannot be dropped): in a real cluster its handshake never completes.
+            // Here the client's handshake completed at the proxy, so the closest is to send nothing (no byte, FIN or reset)
+            // and never connect to the pod, until the client gives up (then the connection is released) or the cluster is
+            // disposed (reset).
+            await connection.HoldAsync(cancellationToken).ConfigureAwait(false);
+            return null;
         }
 
         var backend = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };

@@ -22,13 +22,16 @@ namespace ConnectionRefresh.Testing;
 /// with <c>metadata.resourceVersion</c>; <c>labelSelector=kubernetes.io/service-name=NAME</c> filters) or, with
 /// <c>watch=true</c>, as a chunked stream of newline-separated watch events from a <c>resourceVersion</c>
 /// (<c>ADDED</c>/<c>MODIFIED</c>/<c>DELETED</c>, <c>BOOKMARK</c> when <c>allowWatchBookmarks=true</c>; without a
-/// resourceVersion, or from <c>0</c>, the current slices first, as <c>ADDED</c>); bearer tokens are checked.
+/// resourceVersion, or from <c>0</c>, the current slices first, as <c>ADDED</c>), and
+/// <c>GET /apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices/{name}</c> as a read of one slice (the
+/// <c>EndpointSlice</c> as JSON); bearer tokens are checked.
 /// Errors are answered as kube-apiserver answers them, with a <c>Status</c> object (<c>kind: Status</c>, <c>apiVersion: v1</c>,
 /// <c>status: Failure</c>, <c>message</c>, <c>reason</c>, <c>code</c>) and that code as the HTTP status: a rejected token
-/// 401 <c>Unauthorized</c> (on any path); an unknown path 404 <c>NotFound</c>; a method other than GET on the EndpointSlice
-/// collection 405 <c>MethodNotAllowed</c>. A watch from a compacted resourceVersion gets what the watch cache sends: HTTP
-/// 200, then one <c>ERROR</c> event whose object is a 410 <c>Expired</c> Status ("too old resource version"), then the end
-/// of the stream (or, with <see cref="GoneAsHttpStatus"/>, HTTP 410 with that Status as the body).
+/// 401 <c>Unauthorized</c> (on any path); a token RBAC refuses (<see cref="SetForbiddenTokens"/>) 403 <c>Forbidden</c>; a read of a slice that does not exist 404 <c>NotFound</c> with <c>details</c>
+/// (<c>endpointslices.discovery.k8s.io "NAME" not found</c>); an unknown path 404 <c>NotFound</c>; a method other than GET
+/// on the EndpointSlice collection or on one slice 405 <c>MethodNotAllowed</c>. A watch from a compacted resourceVersion
+/// gets what the watch cache sends: HTTP 200, then one <c>ERROR</c> event whose object is a 410 <c>Expired</c> Status
+/// ("too old resource version"), then the end of the stream (or, with <see cref="GoneAsHttpStatus"/>, HTTP 410 with that Status as the body).
 /// Slices are written with <see cref="Apply"/> and <see cref="Delete"/>, or follow a <see cref="SimulatedCluster"/>'s
 /// pods with <see cref="MirrorEndpoints"/>. Faults: <see cref="Compact"/>, <see cref="CloseWatches"/>, <see cref="SetOutage"/>.
 /// </summary>
@@ -52,6 +55,7 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
     private readonly List<HistoryEntry> _history = [];
     private readonly List<Watcher> _watchers = [];
     private readonly HashSet<string> _acceptedTokens = new(StringComparer.Ordinal);
+    private readonly HashSet<string> _forbiddenTokens = new(StringComparer.Ordinal);
     private readonly ConcurrentQueue<string> _seenTokens = new();
     private readonly ConcurrentDictionary<string, ConnectionContext> _connections = new();
     private readonly WebApplication _app;
@@ -162,6 +166,7 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
         }
 
         app.MapGet("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices", (Func<HttpContext, string, Task>)server.HandleAsync);
+        app.MapGet("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices/{name}", (Func<HttpContext, string, string, Task>)server.HandleGetAsync);
         app.MapFallback((Func<HttpContext, Task>)server.HandleUnmatchedAsync);
         await app.StartAsync().ConfigureAwait(false);
         server.Url = new Uri(app.Urls.Single());
@@ -177,6 +182,25 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
         {
             _acceptedTokens.Clear();
             _acceptedTokens.UnionWith(tokens);
+        }
+    }
+
+    /// <summary>
+    /// Makes RBAC refuse these bearer tokens: a LIST, WATCH or GET of EndpointSlices with one of them gets 403
+    /// <c>Forbidden</c>, as for an identity without a Role that allows the verb. Authentication comes first: a token that
+    /// is not accepted (see <see cref="SetAcceptedTokens"/>) still gets 401. The Status is kube-apiserver's, e.g.
+    /// <c>endpointslices.discovery.k8s.io is forbidden: User "system:serviceaccount:default:default" cannot list resource
+    /// "endpointslices" in API group "discovery.k8s.io" in the namespace "default"</c> (the verb <c>list</c>, <c>watch</c>
+    /// or <c>get</c>; the user is always the default service account of the request's namespace), with <c>details</c>.
+    /// </summary>
+    /// <param name="tokens">The tokens refused from now on, replacing the previous ones; none (the default) refuses no token.</param>
+    public void SetForbiddenTokens(params string[] tokens)
+    {
+        ArgumentNullException.ThrowIfNull(tokens);
+        lock (_lock)
+        {
+            _forbiddenTokens.Clear();
+            _forbiddenTokens.UnionWith(tokens);
         }
     }
 
@@ -347,8 +371,15 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
         }
 
         var query = context.Request.Query;
+        var watch = string.Equals(query["watch"], "true", StringComparison.OrdinalIgnoreCase);
+        if (IsForbidden(context))
+        {
+            await WriteStatusAsync(context, Forbidden(ns, watch ? "watch" : "list", name: null)).ConfigureAwait(false);
+            return;
+        }
+
         var service = ParseServiceSelector(query["labelSelector"].ToString());
-        if (string.Equals(query["watch"], "true", StringComparison.OrdinalIgnoreCase))
+        if (watch)
         {
             await WatchAsync(context, ns, service, query["resourceVersion"].ToString(),
                 string.Equals(query["allowWatchBookmarks"], "true", StringComparison.OrdinalIgnoreCase),
@@ -360,17 +391,75 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
         }
     }
 
+    /// <summary>A read of one slice by name: the slice, or the API server's 404 for a named object that does not exist.</summary>
+    private async Task HandleGetAsync(HttpContext context, string ns, string name)
+    {
+        if (!Authorize(context))
+        {
+            await WriteStatusAsync(context, Status(StatusCodes.Status401Unauthorized, "Unauthorized", "Unauthorized")).ConfigureAwait(false);
+            return;
+        }
+
+        if (IsForbidden(context))
+        {
+            await WriteStatusAsync(context, Forbidden(ns, "get", name)).ConfigureAwait(false);
+            return;
+        }
+
+        V1EndpointSlice? slice;
+        lock (_lock)
+        {
+            slice = _slices.TryGetValue((ns, name), out var stored) ? Clone(stored) : null;
+        }
+
+        if (slice is null)
+        {
+            // errors.NewNotFound: the resource's plural and group, the name, and the same in details.
+            await WriteStatusAsync(context, Status(StatusCodes.Status404NotFound, "NotFound", $"endpointslices.discovery.k8s.io \"{name}\" not found")
+                with { Details = new StatusDetails(name, "discovery.k8s.io", "endpointslices") }).ConfigureAwait(false);
+            return;
+        }
+
+        // The API server always names the type of an object it returns, whatever the writer sent.
+        slice.ApiVersion = "discovery.k8s.io/v1";
+        slice.Kind = "EndpointSlice";
+        context.Response.ContentType = "application/json";
+        await context.Response.WriteAsync(KubernetesJson.Serialize(slice), context.RequestAborted).ConfigureAwait(false);
+    }
+
     /// <summary>Records the request's bearer token in <see cref="SeenTokens"/> and says whether it is accepted.</summary>
     private bool Authorize(HttpContext context)
     {
-        var token = context.Request.Headers.Authorization.ToString();
-        token = token.StartsWith("Bearer ", StringComparison.Ordinal) ? token["Bearer ".Length..] : "";
+        var token = BearerToken(context);
         _seenTokens.Enqueue(token);
         lock (_lock)
         {
             return _acceptedTokens.Count == 0 || _acceptedTokens.Contains(token);
         }
     }
+
+    /// <summary>Whether RBAC refuses the request's (authenticated) token; see <see cref="SetForbiddenTokens"/>.</summary>
+    private bool IsForbidden(HttpContext context)
+    {
+        var token = BearerToken(context);
+        lock (_lock)
+        {
+            return _forbiddenTokens.Contains(token);
+        }
+    }
+
+    private static string BearerToken(HttpContext context)
+    {
+        var header = context.Request.Headers.Authorization.ToString();
+        return header.StartsWith("Bearer ", StringComparison.Ordinal) ? header["Bearer ".Length..] : "";
+    }
+
+    /// <summary>The RBAC authorizer's refusal (errors.NewForbidden), naming the verb, the resource and, for a GET, the object.</summary>
+    private static StatusObject Forbidden(string ns, string verb, string? name) =>
+        Status(StatusCodes.Status403Forbidden, "Forbidden",
+            $"endpointslices.discovery.k8s.io{(name is null ? "" : $" \"{name}\"")} is forbidden: User \"system:serviceaccount:{ns}:default\" " +
+            $"cannot {verb} resource \"endpointslices\" in API group \"discovery.k8s.io\" in the namespace \"{ns}\"")
+        with { Details = new StatusDetails(name, "discovery.k8s.io", "endpointslices") };
 
     private async Task ListAsync(HttpContext context, string ns, string? service)
     {
@@ -466,7 +555,8 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
 
     /// <summary>
     /// Answers a request nothing else serves as the API server does: 401 for a rejected token first (it authenticates before
-    /// it routes), then 405 for a method other than GET on the EndpointSlice collection (this server only reads), else 404.
+    /// it routes), then 405 for a method other than GET on the EndpointSlice collection or one slice (this server only
+    /// reads), else 404.
     /// </summary>
     private async Task HandleUnmatchedAsync(HttpContext context)
     {
@@ -476,9 +566,9 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
             return;
         }
 
-        var collection = context.Request.Path.StartsWithSegments("/apis/discovery.k8s.io/v1/namespaces", out var rest)
-            && rest.Value?.Split('/', StringSplitOptions.RemoveEmptyEntries) is [_, "endpointslices"];
-        await WriteStatusAsync(context, collection && !HttpMethods.IsGet(context.Request.Method)
+        var endpointSlices = context.Request.Path.StartsWithSegments("/apis/discovery.k8s.io/v1/namespaces", out var rest)
+            && rest.Value?.Split('/', StringSplitOptions.RemoveEmptyEntries) is [_, "endpointslices"] or [_, "endpointslices", _];
+        await WriteStatusAsync(context, endpointSlices && !HttpMethods.IsGet(context.Request.Method)
             ? Status(StatusCodes.Status405MethodNotAllowed, "MethodNotAllowed", "the server does not allow this method on the requested resource")
             : Status(StatusCodes.Status404NotFound, "NotFound", "the server could not find the requested resource")).ConfigureAwait(false);
     }
@@ -528,7 +618,10 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
 
     private sealed record HistoryEntry(long ResourceVersion, string Ns, V1EndpointSlice Slice, string Line);
 
-    /// <summary>The JSON of a failure <c>Status</c> (<c>meta/v1</c>), field for field as the API server writes it.</summary>
+    /// <summary>
+    /// The JSON of a failure <c>Status</c> (<c>meta/v1</c>), field for field and in the order the API server writes it
+    /// (<c>details</c>, when there are any, between <c>reason</c> and <c>code</c>).
+    /// </summary>
     private sealed record StatusObject(
         [property: System.Text.Json.Serialization.JsonPropertyName("kind")] string Kind,
         [property: System.Text.Json.Serialization.JsonPropertyName("apiVersion")] string ApiVersion,
@@ -536,7 +629,23 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
         [property: System.Text.Json.Serialization.JsonPropertyName("status")] string Status,
         [property: System.Text.Json.Serialization.JsonPropertyName("message")] string Message,
         [property: System.Text.Json.Serialization.JsonPropertyName("reason")] string Reason,
-        [property: System.Text.Json.Serialization.JsonPropertyName("code")] int Code);
+        [property: System.Text.Json.Serialization.JsonPropertyName("code"), System.Text.Json.Serialization.JsonPropertyOrder(2)] int Code)
+    {
+        /// <summary>Which object the failure is about (a NotFound for a named object); left out of the JSON when null.</summary>
+        [System.Text.Json.Serialization.JsonPropertyName("details")]
+        [System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
+        [System.Text.Json.Serialization.JsonPropertyOrder(1)]
+        public StatusDetails? Details { get; init; }
+    }
+
+    /// <summary>
+    /// A Status's <c>details</c>: the object's name (left out when the request named none), its API group and its resource
+    /// (plural), as the API server writes them.
+    /// </summary>
+    private sealed record StatusDetails(
+        [property: System.Text.Json.Serialization.JsonPropertyName("name"), System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)] string? Name,
+        [property: System.Text.Json.Serialization.JsonPropertyName("group")] string Group,
+        [property: System.Text.Json.Serialization.JsonPropertyName("kind")] string Kind);
 
     /// <summary>A Status's empty <c>metadata</c>: <c>{}</c>.</summary>
     private sealed record StatusMetadata;

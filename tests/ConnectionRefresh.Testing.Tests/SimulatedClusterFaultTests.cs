@@ -40,6 +40,58 @@ public sealed class SimulatedClusterFaultTests
     }
 
     [Fact]
+    public async Task BlackHole_NewConnectionThroughTheClusterIp_HeldSilentWithoutReachingThePodUntilTheClientGivesUp()
+    {
+        // A SYN DNATed to a pod on a dead node gets no answer. The user-space ClusterIP has completed the client's handshake,
+        // so it must do the rest: never connect to the pod, send nothing, and let go only when the client does.
+        await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1 });
+        var pod = cluster.Pods[0];
+        cluster.BlackHole(pod);
+        var socket = await RawSockets.ConnectAsync(cluster.Address);
+        await Poll.UntilAsync(() => cluster.OpenConnections == 1, "the ClusterIP accepted the connection");
+
+        // An HTTP/2 preface: Kestrel would answer it with SETTINGS at once, had the connection reached the pod.
+        await socket.SendAsync("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"u8.ToArray(), SocketFlags.None);
+        using (var wait = new CancellationTokenSource(TimeSpan.FromSeconds(1)))
+        {
+            // 1 s: a byte, FIN or reset arrives in milliseconds on loopback; nothing within a second means nothing was sent.
+            await Assert.ThrowsAnyAsync<OperationCanceledException>(async () => await socket.ReceiveAsync(new byte[16], SocketFlags.None, wait.Token));
+        }
+
+        Assert.Equal(1, cluster.OpenConnections);
+        // After a second of silence: a connection passed on to the pod is counted there within milliseconds.
+        Assert.Equal(0, pod.ConnectionsAccepted);
+        socket.Dispose();
+
+        // Released once the client gives up (a connection to a black-holed pod that was open before stays until dispose).
+        await Poll.UntilAsync(() => cluster.OpenConnections == 0, "the ClusterIP released the connection the client closed");
+        Assert.Equal(0, pod.ConnectionsAccepted);
+        Assert.Equal(0, pod.CallsServed);
+    }
+
+    [Fact]
+    public async Task DisposeAsync_ConnectionHeldForABlackHoledPod_CompletesAndClosesIt()
+    {
+        var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1 });
+        cluster.BlackHole(cluster.Pods[0]);
+        using var socket = await RawSockets.ConnectAsync(cluster.Address);
+        await Poll.UntilAsync(() => cluster.OpenConnections == 1, "the ClusterIP accepted the connection");
+
+        await Poll.WithTimeout(cluster.DisposeAsync().AsTask(), "the disposal");
+
+        Assert.Equal(0, cluster.OpenConnections);
+        // Reset, as every connection on dispose; a graceful close would read 0 bytes: either way it is not left open.
+        var closed = await Poll.WithTimeout(Record.ExceptionAsync(async () =>
+        {
+            if (await socket.ReceiveAsync(new byte[16], SocketFlags.None) != 0)
+            {
+                throw new InvalidOperationException("bytes arrived");
+            }
+        }), "the held connection to close");
+        Assert.True(closed is null or SocketException { SocketErrorCode: SocketError.ConnectionReset }, closed?.ToString());
+    }
+
+    [Fact]
     public async Task BlackHole_RawSocket_BytesStopInBothDirections()
     {
         await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1 });
@@ -73,9 +125,7 @@ public sealed class SimulatedClusterFaultTests
         Assert.Equal(SocketError.ConnectionReset, error.SocketErrorCode);
         Assert.Equal(SimulatedPodState.Killed, victim.State);
         Assert.DoesNotContain(victim, cluster.Pods);
-        // Polled: a child process forked by a parallel test (the iptables tests run ip/iptables) holds a copy of every
-        // descriptor until its exec, which can keep the socket listening for ~100 ms after Kestrel closed it.
-        await Poll.UntilAsync(() => !listener.IsListening, $"{victim.Name}'s own listening socket ({listener}) to close");
+        await listener.UntilClosedAsync($"{victim.Name}'s own");
     }
 
     [Fact]
@@ -111,11 +161,12 @@ public sealed class SimulatedClusterFaultTests
         using var socket = await RawSockets.ConnectAsync(cluster.Address);
         await Poll.UntilAsync(() => pod.OpenConnections == 1, "the pod accepted the connection");
         cluster.BlackHole(pod);
+        var listener = LoopbackListener.On(pod.Address.Port);
 
         await cluster.KillPodAsync(pod);
 
         Assert.Equal(SimulatedPodState.Killed, pod.State);
-        Assert.False(RawSockets.IsListening(pod.Address.Port));
+        await listener.UntilClosedAsync($"{pod.Name}'s own");
         using var wait = new CancellationTokenSource(TimeSpan.FromSeconds(1));
         // 1 s: a reset arrives in microseconds on loopback; silence for a second means nothing was sent.
         await Assert.ThrowsAnyAsync<OperationCanceledException>(async () => await socket.ReceiveAsync(new byte[16], SocketFlags.None, wait.Token));
@@ -174,6 +225,8 @@ public sealed class SimulatedClusterFaultTests
         var running = client.HelloAsync(delayMs: 2000);
         await Poll.UntilAsync(() => pod.CallsActive == 1, "the slow call is running");
 
+        var listener = LoopbackListener.On(pod.Address.Port);
+
         var stopping = cluster.StopPodAsync(pod);
         await Poll.UntilAsync(() => pod.State == SimulatedPodState.Terminating, "the pod is terminating");
         Assert.False(pod.IsReady);
@@ -187,7 +240,7 @@ public sealed class SimulatedClusterFaultTests
         Assert.Equal(SimulatedPodState.Terminated, pod.State);
         Assert.DoesNotContain(pod, cluster.Pods);
         Assert.Equal(0, pod.CallsFailed);
-        Assert.False(RawSockets.IsListening(pod.Address.Port));
+        await listener.UntilClosedAsync($"{pod.Name}'s own");
     }
 
     [Fact]

@@ -138,14 +138,14 @@ public sealed class SimulatedClusterIptablesTests
         SkipIfUnsupported();
         var cluster = await SimulatedCluster.StartAsync(Options(2));
         var name = cluster.NetworkNamespace!;
-        var port = cluster.Address.Port;
+        var clusterIp = LoopbackListener.On(cluster.Address.Port);
         using var client = new TestClient(cluster.Address);
         await client.HelloAsync();
 
         await cluster.DisposeAsync();
 
         Assert.DoesNotContain(name, await ListNamespacesAsync());
-        Assert.False(RawSockets.IsListening(port));
+        await clusterIp.UntilClosedAsync("the ClusterIP's");
         Assert.Equal(0, cluster.OpenConnections);
     }
 

@@ -108,6 +108,7 @@ public sealed class SimulatedClusterTests
         var victimName = await pinned.HelloAsync();
         var victim = cluster.Pods.Single(p => p.Name == victimName);
         var other = cluster.Pods.Single(p => p != victim);
+        var listener = LoopbackListener.On(victim.Address.Port);
 
         var stop = cluster.StopPodAsync(victim);
         var again = cluster.StopPodAsync(victim);
@@ -138,7 +139,7 @@ public sealed class SimulatedClusterTests
 
         Assert.Equal(SimulatedPodState.Terminated, victim.State);
         Assert.Equal([other], cluster.Pods);
-        Assert.False(RawSockets.IsListening(victim.Address.Port));
+        await listener.UntilClosedAsync($"{victim.Name}'s own");
         var events = cluster.Summary().Events;
         var stopping = events.Single(e => e.Kind == ClusterEventKind.PodStopping);
         var stopped = events.Single(e => e.Kind == ClusterEventKind.PodStopped);
@@ -154,13 +155,14 @@ public sealed class SimulatedClusterTests
         var time = new FakeTimeProvider(); // never advanced: only the kill can end the preStop wait
         await using var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1, TimeProvider = time, PreStopDelay = TimeSpan.FromSeconds(10) });
         var pod = cluster.Pods[0];
+        var listener = LoopbackListener.On(pod.Address.Port);
         var stop = cluster.StopPodAsync(pod);
 
         await Poll.WithTimeout(cluster.KillPodAsync(pod), "the kill");
         await Poll.WithTimeout(stop, "the stop, cut short by the kill");
 
         Assert.Equal(SimulatedPodState.Killed, pod.State);
-        Assert.False(RawSockets.IsListening(pod.Address.Port));
+        await listener.UntilClosedAsync($"{pod.Name}'s own");
         Assert.DoesNotContain(cluster.Summary().Events, e => e.Kind == ClusterEventKind.PodStopped);
     }
 
@@ -170,13 +172,14 @@ public sealed class SimulatedClusterTests
         var time = new FakeTimeProvider(); // never advanced: only the disposal can end the preStop wait
         var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 1, TimeProvider = time, PreStopDelay = TimeSpan.FromSeconds(10) });
         var pod = cluster.Pods[0];
+        var listener = LoopbackListener.On(pod.Address.Port);
         var stop = cluster.StopPodAsync(pod);
 
         await Poll.WithTimeout(cluster.DisposeAsync().AsTask(), "the disposal");
         await Poll.WithTimeout(stop, "the stop, cut short by the disposal");
 
         Assert.Empty(cluster.Pods);
-        Assert.False(RawSockets.IsListening(pod.Address.Port));
+        await listener.UntilClosedAsync($"{pod.Name}'s own");
     }
 
     [Fact]
@@ -868,7 +871,8 @@ public sealed class SimulatedClusterTests
     public async Task DisposeAsync_WithOpenConnectionsAndRunningCall_LeavesNothingListeningOrOpen()
     {
         var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 2 });
-        var ports = cluster.Pods.Select(p => p.Address.Port).Append(cluster.Address.Port).ToList();
+        // The sockets, not their ports: a closed port may go to a parallel test's listener.
+        var listeners = cluster.Pods.Select(p => LoopbackListener.On(p.Address.Port)).Append(LoopbackListener.On(cluster.Address.Port)).ToList();
         var pods = cluster.Pods;
         using var client = new TestClient(cluster.Address);
         using var stream = client.Greeter.StreamHellos(new StreamRequest { Count = 1000, DelayMs = 100 });
@@ -878,7 +882,11 @@ public sealed class SimulatedClusterTests
 
         await cluster.DisposeAsync();
 
-        Assert.All(ports, port => Assert.False(RawSockets.IsListening(port), $"port {port} still listening"));
+        foreach (var listener in listeners)
+        {
+            await listener.UntilClosedAsync("a pod's or the ClusterIP's");
+        }
+
         Assert.Equal(0, cluster.OpenConnections);
         Assert.Empty(cluster.Pods);
         Assert.All(pods, p => Assert.Equal(0, p.OpenConnections));
@@ -892,6 +900,7 @@ public sealed class SimulatedClusterTests
     {
         var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions { Replicas = 2 });
         var pods = cluster.Pods;
+        var listeners = pods.Select(p => LoopbackListener.On(p.Address.Port)).ToList();
         using var client = new TestClient(cluster.Address);
         using var stream = client.Greeter.StreamHellos(new StreamRequest { Count = 1000, DelayMs = 100 });
         Assert.True(await stream.ResponseStream.MoveNext(CancellationToken.None));
@@ -900,10 +909,16 @@ public sealed class SimulatedClusterTests
         var second = cluster.DisposeAsync().AsTask();
         await Poll.WithTimeout(second, "the second disposal");
 
-        // The second caller (e.g. an explicit DisposeAsync racing `await using`) must not return before the work is done.
-        Assert.All(pods, p => Assert.False(RawSockets.IsListening(p.Address.Port), $"{p.Name} still listening"));
+        // The second caller (e.g. an explicit DisposeAsync racing `await using`) must not return before the work is done:
+        // checked at once by the pods' states (set last) and the connection count. Whether the servers' sockets closed is
+        // polled (see LoopbackListener.UntilClosedAsync), so by itself it could not tell an early return.
         Assert.All(pods, p => Assert.Equal(SimulatedPodState.Killed, p.State));
         Assert.Equal(0, cluster.OpenConnections);
+        foreach (var listener in listeners)
+        {
+            await listener.UntilClosedAsync("a pod's");
+        }
+
         await Poll.WithTimeout(first, "the first disposal");
         await cluster.DisposeAsync(); // And once more, after the fact: nothing to do.
     }
@@ -923,10 +938,11 @@ public sealed class SimulatedClusterTests
         {
             var adding = cluster.AddPodAsync();
             var port = await Poll.WithTimeout(started.Task, "the pod to listen and start warming up");
+            var listener = LoopbackListener.On(port);
 
             await Poll.WithTimeout(cluster.DisposeAsync().AsTask(), "the disposal");
 
-            Assert.False(RawSockets.IsListening(port), "the starting pod still listens after DisposeAsync");
+            await listener.UntilClosedAsync("the starting pod's");
             var error = await Poll.WithTimeout(Record.ExceptionAsync(() => adding), "AddPodAsync to end");
             Assert.IsType<ObjectDisposedException>(error);
         }

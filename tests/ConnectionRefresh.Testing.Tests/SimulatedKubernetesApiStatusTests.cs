@@ -20,6 +20,7 @@ public sealed class SimulatedKubernetesApiStatusTests
     [Theory]
     [InlineData(Collection)]
     [InlineData(Collection + "?watch=true&resourceVersion=1000")]
+    [InlineData(Collection + "/a")]
     [InlineData("/api/v1/namespaces/default/pods")]
     public async Task Request_TokenRejected_401WithAnUnauthorizedStatus(string path)
     {
@@ -40,6 +41,7 @@ public sealed class SimulatedKubernetesApiStatusTests
     [InlineData("GET", "/api/v1/namespaces/default/pods", 404, "NotFound", "the server could not find the requested resource")]
     [InlineData("GET", "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/a/b", 404, "NotFound", "the server could not find the requested resource")]
     [InlineData("DELETE", Collection, 405, "MethodNotAllowed", "the server does not allow this method on the requested resource")]
+    [InlineData("DELETE", Collection + "/a", 405, "MethodNotAllowed", "the server does not allow this method on the requested resource")]
     public async Task Request_NotServed_404Or405WithAStatus(string method, string path, int code, string reason, string message)
     {
         await using var api = await SimulatedKubernetesApi.StartAsync();
@@ -49,6 +51,102 @@ public sealed class SimulatedKubernetesApiStatusTests
 
         Assert.Equal(code, (int)response.StatusCode);
         AssertStatus(await response.Content.ReadAsStringAsync(), code, reason, message);
+    }
+
+    [Theory]
+    [InlineData(Collection, "list", null)]
+    [InlineData(Collection + "?watch=true&resourceVersion=1000", "watch", null)]
+    [InlineData(Collection + "/a", "get", "a")]
+    public async Task Request_TokenForbidden_403WithAForbiddenStatusNamingTheVerb(string path, string verb, string? name)
+    {
+        await using var api = await SimulatedKubernetesApi.StartAsync("good", "refused");
+        api.SetForbiddenTokens("refused");
+        api.Apply("default", new V1EndpointSlice { Metadata = new V1ObjectMeta { Name = "a" }, AddressType = "IPv4", Endpoints = [] });
+        using var http = new HttpClient { BaseAddress = api.Url };
+        http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", "refused");
+
+        using var response = await http.GetAsync(path);
+
+        Assert.Equal(HttpStatusCode.Forbidden, response.StatusCode);
+        Assert.Equal("application/json", response.Content.Headers.ContentType?.MediaType);
+        var target = name is null ? "" : $" \"{name}\"";
+        AssertStatus(await response.Content.ReadAsStringAsync(), 403, "Forbidden",
+            $"endpointslices.discovery.k8s.io{target} is forbidden: User \"system:serviceaccount:default:default\" cannot {verb} resource \"endpointslices\" in API group \"discovery.k8s.io\" in the namespace \"default\"",
+            details: name is null
+                ? """{"group":"discovery.k8s.io","kind":"endpointslices"}"""
+                : $$"""{"name":"{{name}}","group":"discovery.k8s.io","kind":"endpointslices"}""");
+        Assert.Equal(0, api.ListCount);
+        Assert.Equal(0, api.ActiveWatches);
+    }
+
+    [Fact]
+    public async Task SetForbiddenTokens_AuthenticationFirst_RejectedToken401RefusedToken403OtherTokens200()
+    {
+        await using var api = await SimulatedKubernetesApi.StartAsync("good", "refused");
+        api.SetForbiddenTokens("refused", "unknown");
+        using var http = new HttpClient { BaseAddress = api.Url };
+
+        async Task<HttpStatusCode> ListWith(string token)
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Get, Collection);
+            request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
+            using var response = await http.SendAsync(request);
+            return response.StatusCode;
+        }
+
+        Assert.Equal(HttpStatusCode.Unauthorized, await ListWith("unknown")); // Not accepted: refused before RBAC is asked.
+        Assert.Equal(HttpStatusCode.Forbidden, await ListWith("refused"));
+        Assert.Equal(HttpStatusCode.OK, await ListWith("good"));
+        api.SetForbiddenTokens();
+        Assert.Equal(HttpStatusCode.OK, await ListWith("refused"));
+    }
+
+    [Fact]
+    public async Task KubernetesClient_TokenForbidden_ListThrowsHttpOperationExceptionWith403AndTheStatus()
+    {
+        await using var api = await SimulatedKubernetesApi.StartAsync();
+        api.SetForbiddenTokens("refused");
+        using var client = new k8s.Kubernetes(new KubernetesClientConfiguration { Host = api.Url.ToString(), AccessToken = "refused" });
+
+        var error = await Assert.ThrowsAsync<HttpOperationException>(() => client.DiscoveryV1.ListNamespacedEndpointSliceAsync("default"));
+
+        Assert.Equal(HttpStatusCode.Forbidden, error.Response.StatusCode);
+        var status = KubernetesJson.Deserialize<V1Status>(error.Response.Content);
+        Assert.Equal(("Status", "Failure", 403, "Forbidden"), (status.Kind, status.Status, status.Code, status.Reason));
+        Assert.StartsWith("endpointslices.discovery.k8s.io is forbidden: User ", status.Message, StringComparison.Ordinal);
+        Assert.Equal(("discovery.k8s.io", "endpointslices"), (status.Details.Group, status.Details.Kind));
+    }
+
+    [Fact]
+    public async Task Get_SliceThatDoesNotExist_404NotFoundStatusNamingTheObject()
+    {
+        // kube-apiserver's answer for a named object it does not have (errors.NewNotFound), details included; here the slice
+        // exists, but in another namespace.
+        await using var api = await SimulatedKubernetesApi.StartAsync();
+        api.Apply("other", new V1EndpointSlice { Metadata = new V1ObjectMeta { Name = "a" }, AddressType = "IPv4", Endpoints = [] });
+        using var http = new HttpClient { BaseAddress = api.Url };
+
+        using var response = await http.GetAsync(Collection + "/a");
+
+        Assert.Equal(HttpStatusCode.NotFound, response.StatusCode);
+        Assert.Equal("application/json", response.Content.Headers.ContentType?.MediaType);
+        AssertStatus(await response.Content.ReadAsStringAsync(), 404, "NotFound", "endpointslices.discovery.k8s.io \"a\" not found",
+            details: """{"name":"a","group":"discovery.k8s.io","kind":"endpointslices"}""");
+    }
+
+    [Fact]
+    public async Task KubernetesClient_ReadSliceThatDoesNotExist_ThrowsHttpOperationExceptionWith404AndTheStatus()
+    {
+        await using var api = await SimulatedKubernetesApi.StartAsync();
+        using var client = new k8s.Kubernetes(new KubernetesClientConfiguration { Host = api.Url.ToString() });
+
+        var error = await Assert.ThrowsAsync<HttpOperationException>(() => client.DiscoveryV1.ReadNamespacedEndpointSliceAsync("missing", "default"));
+
+        Assert.Equal(HttpStatusCode.NotFound, error.Response.StatusCode);
+        var status = KubernetesJson.Deserialize<V1Status>(error.Response.Content);
+        Assert.Equal(("Status", "Failure", 404, "NotFound", "endpointslices.discovery.k8s.io \"missing\" not found"),
+            (status.Kind, status.Status, status.Code, status.Reason, status.Message));
+        Assert.Equal(("missing", "discovery.k8s.io", "endpointslices"), (status.Details.Name, status.Details.Group, status.Details.Kind));
     }
 
     [Fact]
@@ -155,13 +253,21 @@ public sealed class SimulatedKubernetesApiStatusTests
 
     /// <summary>
     /// The JSON is a failure Status exactly as kube-apiserver writes it:
-    /// <c>{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":…,"reason":…,"code":…}</c>.
+    /// <c>{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":…,"reason":…,"code":…}</c>, with
+    /// <c>"details":…</c> before <c>code</c> when <paramref name="details"/> is given.
     /// </summary>
-    private static void AssertStatus(string json, int code, string reason, string message)
+    private static void AssertStatus(string json, int code, string reason, string message, string? details = null)
     {
         using var document = JsonDocument.Parse(json);
         var root = document.RootElement;
-        Assert.Equal(["kind", "apiVersion", "metadata", "status", "message", "reason", "code"], root.EnumerateObject().Select(p => p.Name));
+        Assert.Equal(details is null
+            ? ["kind", "apiVersion", "metadata", "status", "message", "reason", "code"]
+            : ["kind", "apiVersion", "metadata", "status", "message", "reason", "details", "code"], root.EnumerateObject().Select(p => p.Name));
+        if (details is not null)
+        {
+            Assert.Equal(details, root.GetProperty("details").GetRawText());
+        }
+
         Assert.Equal("Status", root.GetProperty("kind").GetString());
         Assert.Equal("v1", root.GetProperty("apiVersion").GetString());
         Assert.Equal("{}", root.GetProperty("metadata").GetRawText());

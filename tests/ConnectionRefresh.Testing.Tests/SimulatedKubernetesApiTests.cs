@@ -8,6 +8,7 @@ using ConnectionRefresh.Testing.Tests.TestSupport;
 using Grpc.Core;
 using Grpc.Net.Client;
 using Grpc.Net.Client.Configuration;
+using k8s;
 using k8s.Models;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Time.Testing;
@@ -396,6 +397,26 @@ public sealed class SimulatedKubernetesApiTests
         }
 
         Assert.Equal(["Added svc-a", "Added svc-c"], events.Order());
+    }
+
+    [Fact]
+    public async Task KubernetesClient_ReadNamespacedEndpointSlice_ReturnsTheSliceAsStored()
+    {
+        // A GET of one object by name, as a client re-reads a slice it was told about: the stored copy, whole.
+        await using var api = await SimulatedKubernetesApi.StartAsync("token-1");
+        api.Apply("default", Slice("svc-a"));
+        api.Apply("other", Slice("svc-a")); // Same name in another namespace: not the one asked for.
+        api.Apply("default", Slice("svc-b"));
+        using var client = new k8s.Kubernetes(new k8s.KubernetesClientConfiguration { Host = api.Url.ToString(), AccessToken = "token-1" });
+
+        var slice = await client.DiscoveryV1.ReadNamespacedEndpointSliceAsync("svc-a", "default");
+
+        Assert.Equal(("discovery.k8s.io/v1", "EndpointSlice", "svc-a", "default", "1001"),
+            (slice.ApiVersion, slice.Kind, slice.Metadata.Name, slice.Metadata.NamespaceProperty, slice.Metadata.ResourceVersion));
+        Assert.Equal("svc", slice.Metadata.Labels["kubernetes.io/service-name"]);
+        Assert.Equal("IPv4", slice.AddressType);
+        Assert.Equal(["10.0.0.1"], Assert.Single(slice.Endpoints).Addresses);
+        Assert.Equal(0, api.ListCount); // A read is not a LIST.
     }
 
     private static V1EndpointSlice Slice(string name) => new()

@@ -6,7 +6,8 @@ namespace ConnectionRefresh.Testing.Internal;
 /// <summary>
 /// One client connection accepted by the ClusterIP and pinned to one backend socket: two byte pumps, one per direction.
 /// A half-close (FIN) is passed on; an error on either side resets both; a black-hole parks both pumps without closing,
-/// and from then on neither data nor a FIN or reset from either side is passed on.
+/// and from then on neither data nor a FIN or reset from either side is passed on. A connection to a pod already
+/// black-holed gets no backend at all: see <see cref="HoldAsync"/>.
 /// </summary>
 /// <remarks>Thread-safe: the backend socket and the finished flag change only under <see cref="_gate"/>.</remarks>
 internal sealed class ProxiedConnection : IDisposable
@@ -29,6 +30,30 @@ internal sealed class ProxiedConnection : IDisposable
 
     /// <summary>Stops moving bytes in both directions; nothing is closed.</summary>
     public void BlackHole() => _blackHoled = true;
+
+    /// <summary>
+    /// Sends nothing to the client and drops whatever it sends, until it closes or resets its side (the returned task then
+    /// completes) or <paramref name="cancellationToken"/> is cancelled (it then throws): a connection whose handshake with a
+    /// dead node never completes. Called by the backend connector instead of connecting.
+    /// </summary>
+    public async Task HoldAsync(CancellationToken cancellationToken)
+    {
+        var buffer = ArrayPool<byte>.Shared.Rent(BufferSize);
+        try
+        {
+            while (await _client.ReceiveAsync(buffer.AsMemory(0, BufferSize), SocketFlags.None, cancellationToken).ConfigureAwait(false) > 0)
+            {
+            }
+        }
+        catch (SocketException)
+        {
+            // Reset by the client: it gave up too.
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
 
     /// <summary>Starts the connection: <paramref name="connectBackend"/> opens the backend socket (or returns null to reject).</summary>
     public void Start(Func<ProxiedConnection, CancellationToken, ValueTask<Socket?>> connectBackend, Action<ProxiedConnection> onCompleted) =>

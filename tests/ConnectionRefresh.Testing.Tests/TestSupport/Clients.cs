@@ -90,6 +90,14 @@ internal sealed class LoopbackListener
     /// <summary>Whether this socket still listens (elsewhere than Linux: whether something accepts connections on its port).</summary>
     public bool IsListening => _inode is null ? RawSockets.IsListening(_port) : ListeningInodes(_port).Contains(_inode);
 
+    /// <summary>
+    /// Polls until this socket no longer listens; a <see cref="TimeoutException"/> naming <paramref name="whose"/> after
+    /// <see cref="Poll.DefaultTimeout"/>. Polled, not checked once: a child process forked by a parallel test (the iptables
+    /// tests run ip/iptables) holds a copy of every descriptor until its exec, which can keep the socket listening for
+    /// ~100 ms after its owner closed it.
+    /// </summary>
+    public Task UntilClosedAsync(string whose) => Poll.UntilAsync(() => !IsListening, $"{whose} listening socket ({this}) to close");
+
     public override string ToString() => $"127.0.0.1:{_port}{(_inode is null ? "" : $" (socket inode {_inode})")}";
 
     // /proc/net/tcp: "sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode ...", the
