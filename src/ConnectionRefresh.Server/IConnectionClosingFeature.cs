@@ -33,10 +33,13 @@ public interface IConnectionClosingFeature
     /// <c>HostOptions.ShutdownTimeout</c> (30 s by default; counted from the start of the shutdown, so an upper bound),
     /// after which Kestrel aborts what still runs; when the application's own code asked for the close,
     /// <see cref="Timeout.InfiniteTimeSpan"/> (Kestrel does not cut the calls). The connection's age and its grace
-    /// still apply after such a close: when the connection reaches its age later and the end of that grace comes first,
-    /// the value changes to the time from when <see cref="ConnectionClosing"/> fired to the end of that grace. A shutdown
-    /// that begins after a close by age or idleness does not change it, but Kestrel still aborts what runs when the
-    /// shutdown timeout ends.
+    /// still apply after such a close.
+    /// Always counted from when <see cref="ConnectionClosing"/> fired, and it always reports the earliest end in force:
+    /// a close that starts later and ends sooner (the connection reaches its age after the application's or the
+    /// shutdown's close; the host begins to stop, <c>HostOptions.ShutdownTimeout</c> counted from then, after a close by
+    /// age or idleness or the application's) changes it to the time from when the token fired to that earlier end. It
+    /// never grows, and it does not count down: read it again to learn of a later, earlier end (the token does not fire
+    /// twice). Before the token fires it is <see cref="ServerConnectionAgeOptions.MaxConnectionAgeGrace"/>.
     /// </summary>
     TimeSpan GracePeriod { get; }
 }

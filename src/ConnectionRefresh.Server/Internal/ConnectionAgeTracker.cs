@@ -46,15 +46,24 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
     private ITimer? _graceTimer;
     private ITimer? _stuckTimer;
     private CancellationTokenRegistration _closeRequestedByOthers;
+    private CancellationTokenRegistration _hostStoppingRegistration;
     private int _activeCalls;
     private bool _hadCall;
     private bool _agedBeforeFirstCall;
     private long _idleSince;
     private CloseReason _reason;
     private bool _closingFired;
-    private long? _kestrelClosingAt;
     private bool _closedAtShutdown;
-    private TimeSpan _gracePeriod;
+
+    // What GracePeriod reports, as times since the connection opened: when the closing token fired, and the earliest
+    // end of the calls in force (null: none, they are never cut). Ends only move earlier: every close that starts later
+    // (this package's own, Kestrel's at shutdown, the host's shutdown itself) can only add an end, never lift one.
+    private TimeSpan _firedAt;
+    private TimeSpan? _endAt;
+
+    // When the host's shutdown timeout ends (ApplicationStopping plus HostOptions.ShutdownTimeout), once the host began
+    // to stop; Kestrel aborts whatever still runs then.
+    private TimeSpan? _shutdownEndsAt;
 
     // How long the calls get from the start of this package's own close before the abort: the grace, or the age plus
     // the grace for a close put off to the first call. Fixed when the close is recorded; logged when it ends.
@@ -81,7 +90,6 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
         _metrics = metrics;
         _logger = logger;
         _hostStopping = hostStopping ?? HostStopping.None;
-        _gracePeriod = settings.Grace;
         _closingToken = _closing.Token;
         _openedAt = time.GetTimestamp();
         _idleSince = _openedAt;
@@ -90,10 +98,11 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
     public CancellationToken ConnectionClosing => _closingToken;
 
     /// <summary>
-    /// <see cref="ConnectionAgeSettings.Grace"/> (the age plus the grace for a close put off to the first call); for a
-    /// close Kestrel started (first), the host's shutdown timeout at shutdown, and infinite otherwise (Kestrel never
-    /// cuts the calls of a connection it was asked to close), until this package's own close, if it starts later, sets
-    /// an earlier end: then the time from Kestrel's close to the end of this package's grace.
+    /// Before the token fired, <see cref="ConnectionAgeSettings.Grace"/>. Once it fired, the time from then to the
+    /// earliest end in force, computed at each read: the end of this package's grace (the age plus the grace for a
+    /// close put off to the first call), the end of the host's shutdown timeout once the host began to stop, or none
+    /// (infinite: Kestrel never cuts the calls of a connection it was asked to close by the application), whichever
+    /// of those closes fired the token and whichever came later.
     /// </summary>
     public TimeSpan GracePeriod
     {
@@ -101,7 +110,13 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
         {
             lock (_gate)
             {
-                return _gracePeriod;
+                if (!_closingFired)
+                {
+                    return _settings.Grace;
+                }
+
+                // An end already past when the token fired (the shutdown timeout ended first) leaves nothing.
+                return _endAt is { } endAt ? (endAt > _firedAt ? endAt - _firedAt : TimeSpan.Zero) : Timeout.InfiniteTimeSpan;
             }
         }
     }
@@ -141,6 +156,13 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
                 _idleTimer = _time.CreateTimer(static s => ((ConnectionAgeTracker)s!).OnIdleTimer(), this, _settings.MaxIdle, Timeout.InfiniteTimeSpan);
             }
         }
+
+        // The host's shutdown sets an end for every call (Kestrel aborts them when its timeout ends), also for a
+        // connection whose token already fired by its age: Kestrel's later close request at shutdown is not seen then
+        // (its token was cancelled by this tracker's own close). First, so that a close seen at once below knows it.
+        // Registered outside the lock, as the next one.
+        _hostStoppingRegistration = _hostStopping.ApplicationStopping.UnsafeRegister(
+            static s => ((ConnectionAgeTracker)s!).OnHostStopping(), this);
 
         // Kestrel's shutdown closes every connection with RequestClose, which cancels this token (and sends the
         // GOAWAY), as does this tracker's own close (then the close is already recorded and nothing more happens).
@@ -227,6 +249,7 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
 
         // Unregister, not Dispose: it does not wait for a callback running on another thread (which finds _ended).
         _closeRequestedByOthers.Unregister();
+        _hostStoppingRegistration.Unregister();
         return notAborted;
     }
 
@@ -312,9 +335,13 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
             }
 
             _closingFired = true;
-            _kestrelClosingAt = _time.GetTimestamp();
+            _firedAt = _time.GetElapsedTime(_openedAt);
             _closedAtShutdown = stopping;
-            _gracePeriod = stopping ? _hostStopping.ShutdownTimeout : Timeout.InfiniteTimeSpan;
+
+            // At shutdown Kestrel aborts what still runs when the host's shutdown timeout ends: reported as the whole
+            // timeout from now (documented as an upper bound, as the shutdown began a little earlier); otherwise Kestrel
+            // never cuts the calls.
+            _endAt = stopping ? Later(_firedAt, _hostStopping.ShutdownTimeout) : null;
         }
 
         var age = _time.GetElapsedTime(_openedAt);
@@ -324,6 +351,42 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
         // callbacks are handlers' code (continuations of awaits on a linked token may run inline).
         ThreadPool.UnsafeQueueUserWorkItem(static tracker => tracker.FireClosing(), this, preferLocal: false);
     }
+
+    /// <summary>
+    /// The host began to stop: Kestrel aborts every call that still runs when its shutdown timeout ends. A token that
+    /// fired already (by age, idleness or the application's own close) must report that end if it comes first; a token
+    /// that fires later reads it.
+    /// </summary>
+    private void OnHostStopping()
+    {
+        lock (_gate)
+        {
+            if (_ended)
+            {
+                return;
+            }
+
+            _shutdownEndsAt = Later(_time.GetElapsedTime(_openedAt), _hostStopping.ShutdownTimeout);
+            if (_closingFired)
+            {
+                EndNoLaterThanLocked(_shutdownEndsAt);
+            }
+        }
+    }
+
+    /// <summary>Under <see cref="_gate"/>: <paramref name="end"/> becomes the end in force if it comes first.</summary>
+    private void EndNoLaterThanLocked(TimeSpan? end)
+    {
+        Debug.Assert(_gate.IsHeldByCurrentThread, "called under the lock");
+        if (end is { } at && (_endAt is not { } current || at < current))
+        {
+            _endAt = at;
+        }
+    }
+
+    /// <summary><paramref name="from"/> plus <paramref name="duration"/>; null (never) for an infinite or unrepresentable one.</summary>
+    private static TimeSpan? Later(TimeSpan from, TimeSpan duration) =>
+        duration == Timeout.InfiniteTimeSpan || duration < TimeSpan.Zero || duration > TimeSpan.MaxValue - from ? null : from + duration;
 
     private void FireClosing()
     {
@@ -352,23 +415,19 @@ internal sealed class ConnectionAgeTracker : IConnectionClosingFeature, IConnect
         }
 
         _reason = reason;
-        _closingFired = true;
         _closeGrace = grace;
-        if (_kestrelClosingAt is not { } kestrelClosingAt)
+
+        // Set before the token fires, so that its callbacks read it. When the token fired already (Kestrel started
+        // closing: at shutdown, or asked by the application), the calls run until the earlier of the ends in force.
+        var now = _time.GetElapsedTime(_openedAt);
+        if (!_closingFired)
         {
-            // Set before the token fires, so that its callbacks read it.
-            _gracePeriod = grace;
+            _closingFired = true;
+            _firedAt = now;
+            _endAt = _shutdownEndsAt;
         }
-        else if (grace != Timeout.InfiniteTimeSpan)
-        {
-            // The token fired already, when Kestrel started closing (at shutdown, or asked by the application): the
-            // calls run until the earlier of Kestrel's end (its shutdown timeout) and this grace's, counted from then.
-            var untilGraceEnds = _time.GetElapsedTime(kestrelClosingAt) + grace;
-            if (_gracePeriod == Timeout.InfiniteTimeSpan || untilGraceEnds < _gracePeriod)
-            {
-                _gracePeriod = untilGraceEnds;
-            }
-        }
+
+        EndNoLaterThanLocked(Later(now, grace));
 
         _ageTimer?.Dispose();
         _ageTimer = null;

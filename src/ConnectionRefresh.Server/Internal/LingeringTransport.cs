@@ -60,6 +60,15 @@ internal sealed class LingeringTransport : IDuplexPipe
     public bool ClientSentData => _input.ReceivedData;
 
     /// <summary>
+    /// Whether bytes from the client have reached this transport: read by Kestrel (<see cref="ClientSentData"/>), or
+    /// already in the wrapped transport's pipe but not yet read by Kestrel (its read completes on the thread pool, one
+    /// hop later, or it has not read yet). A client whose bytes are there has begun to use the connection. Errs towards
+    /// true: a read that completed without bytes (cancelled, or the client's end) and not yet handed to Kestrel counts.
+    /// Thread-safe; for <see cref="SilentConnectionCloser"/>.
+    /// </summary>
+    public bool ClientDataArrived => _input.DataArrived();
+
+    /// <summary>
     /// Whether Kestrel wrote a GOAWAY with an error code (a connection error: RFC 9113 requires closing the connection
     /// after it). Only known for a connection whose HTTP/2 frames this transport sees in clear; otherwise false.
     /// </summary>
@@ -134,12 +143,24 @@ internal sealed class LingeringTransport : IDuplexPipe
     /// A reader whose completion is held until <see cref="ReleaseAsync"/>, and which notes the first data read: when
     /// that is the HTTP/2 client preface, <paramref name="output"/> follows the frames the server writes.
     /// </summary>
+    /// <remarks>
+    /// Until the first data is read, Kestrel's reads and <see cref="DataArrived"/> (another thread) take
+    /// <see cref="_gate"/>, so that DataArrived knows which of the inner reader's states it may look at: a pending read
+    /// (its completion, without taking its result), no read at all (a TryRead that consumes nothing), or a result
+    /// Kestrel holds. Afterwards every call passes straight through.
+    /// </remarks>
     private sealed class HeldReader(PipeReader inner, HeldWriter output, IFeatureCollection? features) : PipeReader
     {
+        private readonly Lock _gate = new();
         private bool _completed;
         private Exception? _error;
         private volatile bool _receivedData;
         private volatile bool _sentHttp1Request;
+
+        // Under _gate, before the first data: Kestrel's read whose completion it awaits, and whether Kestrel has a read
+        // going (pending, or a result not yet advanced past).
+        private ValueTask<ReadResult>? _pendingRead;
+        private bool _reading;
 
         public bool Failed => _error is not null;
 
@@ -147,9 +168,80 @@ internal sealed class LingeringTransport : IDuplexPipe
 
         public bool SentHttp1Request => _sentHttp1Request;
 
-        public override void AdvanceTo(SequencePosition consumed) => inner.AdvanceTo(consumed);
+        public override void AdvanceTo(SequencePosition consumed)
+        {
+            inner.AdvanceTo(consumed);
+            EndRead();
+        }
 
-        public override void AdvanceTo(SequencePosition consumed, SequencePosition examined) => inner.AdvanceTo(consumed, examined);
+        public override void AdvanceTo(SequencePosition consumed, SequencePosition examined)
+        {
+            inner.AdvanceTo(consumed, examined);
+            EndRead();
+        }
+
+        private void EndRead()
+        {
+            if (!_receivedData)
+            {
+                lock (_gate)
+                {
+                    _reading = false;
+                }
+            }
+        }
+
+        /// <summary>See <see cref="ClientDataArrived"/>.</summary>
+        public bool DataArrived()
+        {
+            if (_receivedData)
+            {
+                return true;
+            }
+
+            lock (_gate)
+            {
+                if (_receivedData)
+                {
+                    return true;
+                }
+
+                // Completed but not yet handed over: the pipe has scheduled Kestrel's continuation on the thread pool.
+                if (_pendingRead is { } pending)
+                {
+                    return pending.IsCompleted;
+                }
+
+                // Kestrel holds a result without data (a cancelled read, or the client's end): nothing the client began.
+                if (_reading)
+                {
+                    return false;
+                }
+
+                // No read going: look, and leave everything (bytes, a pending cancellation) for Kestrel's next read.
+                try
+                {
+                    if (!inner.TryRead(out var result))
+                    {
+                        return false;
+                    }
+
+                    inner.AdvanceTo(result.Buffer.Start);
+                    if (result.IsCanceled)
+                    {
+                        inner.CancelPendingRead();
+                    }
+
+                    return !result.Buffer.IsEmpty;
+                }
+                catch (InvalidOperationException)
+                {
+                    // The connection is ending: Kestrel is done and the middleware reads or completed the transport
+                    // itself. Leave it alone.
+                    return true;
+                }
+            }
+        }
 
         public override void CancelPendingRead() => inner.CancelPendingRead();
 
@@ -160,21 +252,72 @@ internal sealed class LingeringTransport : IDuplexPipe
 
         public override bool TryRead(out ReadResult result)
         {
-            var read = inner.TryRead(out result);
-            if (read && !_receivedData)
+            if (_receivedData)
             {
-                OnRead(result.Buffer);
+                return inner.TryRead(out result);
             }
 
-            return read;
+            lock (_gate)
+            {
+                var read = inner.TryRead(out result);
+                if (read)
+                {
+                    _reading = true;
+                    OnRead(result.Buffer);
+                }
+
+                return read;
+            }
         }
 
         [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+        [System.Diagnostics.CodeAnalysis.SuppressMessage(
+            "Reliability",
+            "CA2012:Use ValueTasks correctly",
+            Justification = "Its result is taken once (GetResult); before that only its completion is watched (IsCompleted, OnCompleted), as await does.")]
         private async ValueTask<ReadResult> ReadUntilDataAsync(CancellationToken cancellationToken)
         {
-            var result = await inner.ReadAsync(cancellationToken).ConfigureAwait(false);
-            OnRead(result.Buffer);
-            return result;
+            ValueTask<ReadResult> read;
+            lock (_gate)
+            {
+                _reading = true;
+                read = inner.ReadAsync(cancellationToken);
+                if (!read.IsCompleted)
+                {
+                    _pendingRead = read;
+                }
+            }
+
+            if (!read.IsCompleted)
+            {
+                // Waits without taking the result: it is taken under the lock, with the pending read forgotten and the
+                // data noted in the same step, so that DataArrived never finds the bytes in neither place.
+                await new Completion(read);
+            }
+
+            lock (_gate)
+            {
+                _pendingRead = null;
+                var result = read.GetAwaiter().GetResult();
+                OnRead(result.Buffer);
+                return result;
+            }
+        }
+
+        /// <summary>Awaits a read's completion without taking its result (a <see cref="ValueTask{T}"/> gives it once).</summary>
+        private readonly struct Completion(ValueTask<ReadResult> read) : ICriticalNotifyCompletion
+        {
+            public bool IsCompleted => read.IsCompleted;
+
+            public Completion GetAwaiter() => this;
+
+            public void GetResult()
+            {
+            }
+
+            public void OnCompleted(Action continuation) => read.ConfigureAwait(false).GetAwaiter().OnCompleted(continuation);
+
+            public void UnsafeOnCompleted(Action continuation) => read.ConfigureAwait(false).GetAwaiter().UnsafeOnCompleted(continuation);
         }
 
         // Kestrel writes no HTTP/2 frame before it has read the client's preface, so the writer sees all of them. The

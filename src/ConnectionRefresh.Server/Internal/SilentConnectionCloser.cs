@@ -80,14 +80,14 @@ internal sealed class SilentConnectionCloser
 
     private void CloseSilent()
     {
-        List<ConnectionContext> silent;
+        List<KeyValuePair<ConnectionContext, LingeringTransport>> silent;
         lock (_gate)
         {
             _stopping = true;
-            silent = [.. _connections.Where(c => !c.Value.ClientSentData).Select(c => c.Key)];
+            silent = [.. _connections.Where(c => !c.Value.ClientSentData)];
         }
 
-        foreach (var connection in silent)
+        foreach (var (connection, transport) in silent)
         {
             // The end of the stream (FIN) at once; Kestrel's GOAWAY, written later, can no longer go out. Without the
             // socket (another transport), an abort.
@@ -101,10 +101,11 @@ internal sealed class SilentConnectionCloser
             try
             {
                 // Bytes the transport has not received from the socket yet (a hop through Kestrel's I/O queue, longer
-                // on a busy machine): the client has just begun to use the connection, whose handshake a FIN would fail.
-                // Kestrel's GOAWAY then refuses its call, which the client retries elsewhere. Bytes already in Kestrel's
-                // pipe but not yet read by it cannot be seen from here: a window of one thread-pool hop remains.
-                if (socket.Available > 0)
+                // on a busy machine), or has received but Kestrel not yet read (its read completes one thread-pool hop
+                // later): the client has just begun to use the connection, whose handshake a FIN would fail (the
+                // server's SETTINGS could no longer go out). Kestrel's GOAWAY then lets the client finish or retry its
+                // call. Checked in the order the bytes travel, so that none moves past both checks between them.
+                if (socket.Available > 0 || transport.ClientDataArrived)
                 {
                     continue;
                 }

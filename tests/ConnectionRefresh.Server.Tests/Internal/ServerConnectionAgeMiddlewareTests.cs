@@ -945,6 +945,94 @@ public sealed class ServerConnectionAgeMiddlewareTests
         Assert.Equal(1, connection.Aborts);
     }
 
+    [Theory]
+    [InlineData(5, 15)] // the shutdown (at 20 s, 5 s timeout) ends at 25 s, 15 s after the token: before the grace (40 s)
+    [InlineData(60, 30)] // the shutdown would end at 80 s: the grace's end (40 s) comes first and stays
+    public async Task OnConnectionAsync_ShutdownAfterAgeClose_GracePeriodIsTheEarlierEnd(int shutdownTimeoutSeconds, int expectedSeconds)
+    {
+        // The reverse order of the test above: the age closes the connection first (token, 30 s of grace), and the host
+        // begins to stop later. Kestrel aborts what still runs when its shutdown timeout ends, and the token cannot fire
+        // again (nor does Kestrel's close request at shutdown reach the tracker: its own close used it up), so
+        // GracePeriod, read later, must say so by itself.
+        using var stopping = new CancellationTokenSource();
+        using var harness = new MiddlewareHarness(
+            Options(age: TimeSpan.FromSeconds(10), grace: TimeSpan.FromSeconds(30)),
+            callsCounted: true,
+            hostStopping: new HostStopping(TimeSpan.FromSeconds(shutdownTimeoutSeconds), stopping.Token));
+        var connection = harness.Open();
+        MiddlewareHarness.Counter(connection).CallStarted();
+        harness.Advance(TimeSpan.FromSeconds(10));
+        Assert.True(connection.Closing!.ConnectionClosing.IsCancellationRequested);
+        Assert.Equal(TimeSpan.FromSeconds(30), connection.Closing!.GracePeriod);
+        harness.Advance(TimeSpan.FromSeconds(10));
+
+        await stopping.CancelAsync();
+        connection.ServerRequestsClose(); // Kestrel's GOAWAY at shutdown: already requested, it changes nothing more
+
+        Assert.Equal(TimeSpan.FromSeconds(expectedSeconds), connection.Closing!.GracePeriod);
+        harness.Advance(TimeSpan.FromSeconds(30));
+        Assert.Equal(TimeSpan.FromSeconds(expectedSeconds), connection.Closing!.GracePeriod); // a deadline, not a countdown
+    }
+
+    [Fact]
+    public async Task OnConnectionAsync_ShutdownAfterApplicationRequestedClose_GracePeriodBecomesTheShutdownsEnd()
+    {
+        // The application's own RequestClose fired the token with no end (Kestrel never cuts those calls); a shutdown
+        // 20 s later with a 5 s timeout cuts them 25 s after the token fired.
+        using var stopping = new CancellationTokenSource();
+        using var harness = new MiddlewareHarness(
+            Options(), hostStopping: new HostStopping(TimeSpan.FromSeconds(5), stopping.Token));
+        var connection = harness.Open();
+        connection.ServerRequestsClose();
+        await Poll.UntilAsync(() => connection.Closing!.ConnectionClosing.IsCancellationRequested, "the closing token to fire");
+        Assert.Equal(Timeout.InfiniteTimeSpan, connection.Closing!.GracePeriod);
+        harness.Advance(TimeSpan.FromSeconds(20));
+
+        await stopping.CancelAsync();
+
+        Assert.Equal(TimeSpan.FromSeconds(25), connection.Closing!.GracePeriod);
+    }
+
+    [Fact]
+    public async Task OnConnectionAsync_AgeCloseWhileHostStopping_GracePeriodIsTheShutdownsEndIfEarlier()
+    {
+        // The host began to stop at 0 s (5 s timeout), and the age closes the connection at 2 s, before Kestrel's own
+        // close reaches it: its calls are cut at 5 s, 3 s after the token, whatever the package's grace (infinite).
+        using var stopping = new CancellationTokenSource();
+        using var harness = new MiddlewareHarness(
+            Options(age: TimeSpan.FromSeconds(2)),
+            callsCounted: true,
+            hostStopping: new HostStopping(TimeSpan.FromSeconds(5), stopping.Token));
+        var connection = harness.Open();
+        MiddlewareHarness.Counter(connection).CallStarted();
+        await stopping.CancelAsync();
+
+        harness.Advance(TimeSpan.FromSeconds(2));
+
+        Assert.True(connection.Closing!.ConnectionClosing.IsCancellationRequested);
+        Assert.Equal(TimeSpan.FromSeconds(3), connection.Closing!.GracePeriod);
+    }
+
+    [Fact]
+    public async Task OnConnectionAsync_HostStopsAfterTheConnectionEnded_NothingChanges()
+    {
+        // The registration on the host's stopping ends with the connection.
+        using var stopping = new CancellationTokenSource();
+        using var harness = new MiddlewareHarness(
+            Options(age: TimeSpan.FromSeconds(10), grace: TimeSpan.FromSeconds(30)),
+            callsCounted: true,
+            hostStopping: new HostStopping(TimeSpan.FromSeconds(5), stopping.Token));
+        var connection = harness.Open();
+        MiddlewareHarness.Counter(connection).CallStarted();
+        harness.Advance(TimeSpan.FromSeconds(10));
+        MiddlewareHarness.Counter(connection).CallEnded();
+        await harness.EndAsync(connection);
+
+        await stopping.CancelAsync();
+
+        Assert.Equal(TimeSpan.FromSeconds(30), connection.Closing!.GracePeriod);
+    }
+
     [Fact]
     public async Task OnConnectionAsync_KestrelRequestsCloseAfterTheConnectionEnded_TokenDoesNotFire()
     {

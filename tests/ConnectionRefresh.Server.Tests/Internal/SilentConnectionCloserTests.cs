@@ -1,3 +1,4 @@
+using System.IO.Pipelines;
 using System.Net;
 using System.Net.Sockets;
 using ConnectionRefresh.Server.Internal;
@@ -47,6 +48,101 @@ public sealed class SilentConnectionCloserTests
         Assert.Equal(1, pair.Server.Send(new byte[] { 0 })); // a socket shut for sending throws here
     }
 
+    [Fact]
+    public async Task ApplicationStopping_ClientBytesInTheTransportsPipeNotYetHandedToKestrel_ConnectionIsNotShut()
+    {
+        // The transport has received the client's preface from the socket (Available is 0 again) and completed Kestrel's
+        // pending read, whose continuation waits for its thread-pool hop (held here by the pipe's scheduler): ClientSentData
+        // is still false. A FIN now would fail the client's handshake: its SETTINGS could no longer be answered.
+        await using var pair = await SocketPair.ConnectAsync();
+        using var lifetime = new FakeLifetime();
+        var hop = new HeldScheduler();
+        var clientToServer = new Pipe(new PipeOptions(readerScheduler: hop, useSynchronizationContext: false));
+        var transport = pair.Track(lifetime, clientToServer.Reader);
+        var kestrelRead = transport.Input.ReadAsync();
+        await clientToServer.Writer.WriteAsync("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"u8.ToArray());
+        Assert.False(kestrelRead.IsCompleted);
+
+        lifetime.StopApplication();
+
+        Assert.False(transport.ClientSentData);
+        Assert.Equal(0, pair.Server.Available);
+        Assert.Equal(1, pair.Server.Send(new byte[] { 0 })); // a socket shut for sending throws here
+        hop.RunAll();
+        var read = await Poll.WithTimeout(kestrelRead.AsTask(), "Kestrel's read");
+        Assert.Equal(24, read.Buffer.Length);
+        Assert.True(transport.ClientSentData);
+    }
+
+    [Fact]
+    public async Task ApplicationStopping_ClientBytesInThePipeBeforeKestrelsFirstRead_ConnectionIsNotShutAndBytesStay()
+    {
+        // A connection Kestrel has not begun to read yet: the bytes are in the pipe with no read going. The check looks
+        // without consuming anything: Kestrel's first read still gets them.
+        await using var pair = await SocketPair.ConnectAsync();
+        using var lifetime = new FakeLifetime();
+        var clientToServer = new Pipe();
+        var transport = pair.Track(lifetime, clientToServer.Reader);
+        await clientToServer.Writer.WriteAsync("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"u8.ToArray());
+
+        lifetime.StopApplication();
+
+        Assert.Equal(1, pair.Server.Send(new byte[] { 0 }));
+        var read = await Poll.WithTimeout(transport.Input.ReadAsync().AsTask(), "Kestrel's read");
+        Assert.Equal(24, read.Buffer.Length);
+        Assert.True(transport.ClientSentData);
+    }
+
+    [Fact]
+    public async Task ApplicationStopping_KestrelReadPendingAndClientSentNothing_SendingSideIsShutAndReadStillPending()
+    {
+        // The usual spare socket: Kestrel waits in its read, nothing arrived. Still shut, and Kestrel's read untouched.
+        await using var pair = await SocketPair.ConnectAsync();
+        using var lifetime = new FakeLifetime();
+        var clientToServer = new Pipe();
+        var transport = pair.Track(lifetime, clientToServer.Reader);
+        var kestrelRead = transport.Input.ReadAsync();
+
+        lifetime.StopApplication();
+
+        Assert.Throws<SocketException>(() => pair.Server.Send(new byte[] { 0 }));
+        Assert.False(kestrelRead.IsCompleted);
+        await clientToServer.Writer.WriteAsync(new byte[] { 1 });
+        var read = await Poll.WithTimeout(kestrelRead.AsTask(), "Kestrel's read");
+        Assert.Equal(1, read.Buffer.Length);
+    }
+
+    /// <summary>A pipe scheduler that holds continuations until <see cref="RunAll"/>: the thread-pool hop, made to last.</summary>
+    private sealed class HeldScheduler : PipeScheduler
+    {
+        private readonly Queue<(Action<object?> Action, object? State)> _queue = new();
+
+        public override void Schedule(Action<object?> action, object? state)
+        {
+            lock (_queue)
+            {
+                _queue.Enqueue((action, state));
+            }
+        }
+
+        public void RunAll()
+        {
+            while (true)
+            {
+                (Action<object?> Action, object? State) next;
+                lock (_queue)
+                {
+                    if (!_queue.TryDequeue(out next))
+                    {
+                        return;
+                    }
+                }
+
+                next.Action(next.State);
+            }
+        }
+    }
+
     private sealed class SocketPair : IAsyncDisposable
     {
         private readonly TcpListener _listener;
@@ -73,11 +169,12 @@ public sealed class SilentConnectionCloserTests
         }
 
         /// <summary>Tracks the server side as a connection of a host with <paramref name="lifetime"/>.</summary>
-        public LingeringTransport Track(IHostApplicationLifetime lifetime)
+        public LingeringTransport Track(IHostApplicationLifetime lifetime, PipeReader? input = null)
         {
             var connection = new FakeConnection("c0");
             connection.Features.Set<IConnectionSocketFeature>(new SocketFeature(Server));
-            var transport = new LingeringTransport(connection.Transport);
+            var transport = new LingeringTransport(
+                input is null ? connection.Transport : new DuplexPipe(input, connection.Transport.Output));
             Assert.True(SilentConnectionCloser.For(lifetime)!.Add(connection, transport));
             return transport;
         }
@@ -91,6 +188,8 @@ public sealed class SilentConnectionCloserTests
             return ValueTask.CompletedTask;
         }
     }
+
+    private sealed record DuplexPipe(PipeReader Input, PipeWriter Output) : IDuplexPipe;
 
     private sealed class SocketFeature(Socket socket) : IConnectionSocketFeature
     {
