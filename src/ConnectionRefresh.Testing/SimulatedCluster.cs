@@ -969,6 +969,17 @@ public sealed class SimulatedCluster : IAsyncDisposable
         }
 
         await Task.WhenAll(pods.Where(p => p.App is not null).Select(StopAppAsync)).ConfigureAwait(false);
+
+        // Kestrel's stop aborts every connection but waits at most 1 s for them to end, so on a loaded machine a pod's
+        // connection may still be running (its OpenConnections not yet decremented) when StopAsync returns: wait for the
+        // pods' connection middleware to count every connection closed, so that nothing changes after disposal returns.
+        List<Task> serverConnections;
+        lock (_gate)
+        {
+            serverConnections = [.. pods.SelectMany(p => p.ServerConnections)];
+        }
+
+        await Task.WhenAll(serverConnections).ConfigureAwait(false);
         lock (_gate)
         {
             foreach (var pod in _pods)
@@ -1066,6 +1077,12 @@ public sealed class SimulatedCluster : IAsyncDisposable
 
     private async Task OnPodConnectionAsync(SimulatedPod pod, ConnectionContext connection, ConnectionDelegate next)
     {
+        var closed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        lock (_gate)
+        {
+            pod.ServerConnections.Add(closed.Task);
+        }
+
         pod.OnConnectionOpened();
         try
         {
@@ -1092,6 +1109,12 @@ public sealed class SimulatedCluster : IAsyncDisposable
         finally
         {
             pod.OnConnectionClosed();
+            lock (_gate)
+            {
+                pod.ServerConnections.Remove(closed.Task);
+            }
+
+            closed.SetResult();
         }
     }
 

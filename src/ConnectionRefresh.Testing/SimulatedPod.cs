@@ -136,6 +136,13 @@ public sealed class SimulatedPod
     /// <summary>The single stop of the pod's server; set under the cluster's lock.</summary>
     internal Task? StopTask { get; set; }
 
+    /// <summary>
+    /// One task per connection the pod's server has open, completed once the pod's connection middleware has counted it
+    /// closed (<see cref="OnConnectionClosed"/>); guarded by the cluster's lock. Disposal awaits them: Kestrel's stop gives
+    /// up waiting for aborted connections after 1 s, and they may still be running then on a loaded machine.
+    /// </summary>
+    internal HashSet<Task> ServerConnections { get; } = [];
+
     /// <summary>Proxied connections pinned to this pod; guarded by the cluster's lock.</summary>
     internal HashSet<ProxiedConnection> Connections { get; } = [];
 

@@ -102,14 +102,35 @@ internal sealed class LoopbackListener
 
     // /proc/net/tcp: "sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode ...", the
     // address as little-endian hex (127.0.0.1 is 0100007F), the port as big-endian hex, state 0A for LISTEN.
-    private static IEnumerable<string> ListeningInodes(int port)
+    // The file is not a snapshot: it is generated a buffer at a time, and each read resumes the walk of the kernel's socket
+    // hash tables at the bucket and offset where the last one stopped. A socket opened or closed before that point in the
+    // same bucket (parallel tests open and close listeners all the time) shifts the rest, so one read of the file can skip
+    // a line (On: "nothing listens"; IsListening: closed too early) or repeat one (On: two inodes for one port). Hence
+    // distinct inodes, and the file read again until two consecutive reads agree about this port.
+    private static HashSet<string> ListeningInodes(int port)
+    {
+        var previous = ReadListeningInodes(port);
+        for (var attempt = 0; attempt < 20; attempt++)
+        {
+            var current = ReadListeningInodes(port);
+            if (current.SetEquals(previous))
+            {
+                return current;
+            }
+
+            previous = current;
+        }
+
+        throw new InvalidOperationException($"/proc/net/tcp did not read the same twice in a row for 127.0.0.1:{port}.");
+    }
+
+    private static HashSet<string> ReadListeningInodes(int port)
     {
         var local = $"0100007F:{port:X4}";
-        return File.ReadLines("/proc/net/tcp")
+        return [.. File.ReadLines("/proc/net/tcp")
             .Skip(1)
             .Select(line => line.Split(' ', StringSplitOptions.RemoveEmptyEntries))
             .Where(fields => fields.Length > 9 && fields[1] == local && fields[3] == ListenState)
-            .Select(fields => fields[9])
-            .ToList();
+            .Select(fields => fields[9])];
     }
 }
