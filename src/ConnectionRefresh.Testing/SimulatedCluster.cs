@@ -874,12 +874,18 @@ public sealed class SimulatedCluster : IAsyncDisposable
         return new ClusterSummary(Elapsed(), [.. pods.Select(p => new PodSummary(p, total))], events);
     }
 
+    // How long disposal waits for pod connections after Kestrel's stop gave up on them (it waits 1 s): generous for a
+    // loaded machine, bounded for a handler that never ends.
+    private static readonly TimeSpan ServerConnectionsCloseTimeout = TimeSpan.FromSeconds(10);
+
     /// <summary>
     /// Stops every pod at once (no grace), resets every connection, closes the ClusterIP and, in
     /// <see cref="KubeProxyMode.Iptables"/> mode, removes the network namespace. Leaves no socket or task behind.
     /// </summary>
     /// <returns>
-    /// A task that completes when everything is closed; every call (also concurrent ones) returns the same disposal.
+    /// A task that completes when everything is closed; every call (also concurrent ones) returns the same disposal. A pod
+    /// connection whose call handler ignores the abort (an endpoint mapped by <see cref="SimulatedClusterOptions.ConfigureApp"/>
+    /// that never ends) is waited for at most 10 s, then left to end with its handler.
     /// </returns>
     public ValueTask DisposeAsync()
     {
@@ -979,7 +985,16 @@ public sealed class SimulatedCluster : IAsyncDisposable
             serverConnections = [.. pods.SelectMany(p => p.ServerConnections)];
         }
 
-        await Task.WhenAll(serverConnections).ConfigureAwait(false);
+        // Bounded, as Kestrel's own wait is: a handler mapped by the user (ConfigureApp) that ignores the abort must not
+        // make disposal hang; its connection is then left to end when the handler does.
+        try
+        {
+            await Task.WhenAll(serverConnections).WaitAsync(ServerConnectionsCloseTimeout, TimeProvider.System).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+        }
+
         lock (_gate)
         {
             foreach (var pod in _pods)

@@ -834,6 +834,39 @@ public sealed class SimulatedClusterTests
     }
 
     [Fact]
+    public async Task DisposeAsync_UserHandlerIgnoresTheAbort_CompletesAnyway()
+    {
+        // A handler that never ends and ignores RequestAborted keeps its connection open: disposal waits for it a while
+        // (a loaded machine needs more than Kestrel's 1 s), but must not hang.
+        var started = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var cluster = await SimulatedCluster.StartAsync(new SimulatedClusterOptions
+        {
+            Replicas = 1,
+            ConfigureApp = app => app.MapGet("/stuck", async () =>
+            {
+                started.TrySetResult();
+                await release.Task;
+                return "late";
+            }),
+        });
+        try
+        {
+            using var http = new HttpClient { DefaultRequestVersion = HttpVersion.Version20, DefaultVersionPolicy = HttpVersionPolicy.RequestVersionExact };
+            var call = http.GetStringAsync(new Uri(cluster.Pods[0].Address, "/stuck"));
+            await Poll.WithTimeout(started.Task, "the stuck handler to start");
+
+            await Poll.WithTimeout(cluster.DisposeAsync().AsTask(), "the disposal");
+
+            await Assert.ThrowsAnyAsync<HttpRequestException>(() => call);
+        }
+        finally
+        {
+            release.TrySetResult();
+        }
+    }
+
+    [Fact]
     public async Task Summary_FakeTimeProvider_TimelineAndPerSecondCountsFollowIt()
     {
         var time = new Microsoft.Extensions.Time.Testing.FakeTimeProvider();
