@@ -364,17 +364,10 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
 
     private async Task HandleAsync(HttpContext context, string ns)
     {
-        if (!Authorize(context))
-        {
-            await WriteStatusAsync(context, Status(StatusCodes.Status401Unauthorized, "Unauthorized", "Unauthorized")).ConfigureAwait(false);
-            return;
-        }
-
         var query = context.Request.Query;
         var watch = string.Equals(query["watch"], "true", StringComparison.OrdinalIgnoreCase);
-        if (IsForbidden(context))
+        if (await RejectedAsync(context, ns, watch ? "watch" : "list", name: null).ConfigureAwait(false))
         {
-            await WriteStatusAsync(context, Forbidden(ns, watch ? "watch" : "list", name: null)).ConfigureAwait(false);
             return;
         }
 
@@ -394,15 +387,8 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
     /// <summary>A read of one slice by name: the slice, or the API server's 404 for a named object that does not exist.</summary>
     private async Task HandleGetAsync(HttpContext context, string ns, string name)
     {
-        if (!Authorize(context))
+        if (await RejectedAsync(context, ns, "get", name).ConfigureAwait(false))
         {
-            await WriteStatusAsync(context, Status(StatusCodes.Status401Unauthorized, "Unauthorized", "Unauthorized")).ConfigureAwait(false);
-            return;
-        }
-
-        if (IsForbidden(context))
-        {
-            await WriteStatusAsync(context, Forbidden(ns, "get", name)).ConfigureAwait(false);
             return;
         }
 
@@ -439,6 +425,27 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
     }
 
     /// <summary>Whether RBAC refuses the request's (authenticated) token; see <see cref="SetForbiddenTokens"/>.</summary>
+    /// <summary>
+    /// Authentication, then RBAC, as kube-apiserver orders them: writes 401 for a token that is not accepted, 403 for one
+    /// refused <paramref name="verb"/> (see <see cref="SetForbiddenTokens"/>), and says whether it did.
+    /// </summary>
+    private async Task<bool> RejectedAsync(HttpContext context, string ns, string verb, string? name)
+    {
+        if (!Authorize(context))
+        {
+            await WriteStatusAsync(context, Status(StatusCodes.Status401Unauthorized, "Unauthorized", "Unauthorized")).ConfigureAwait(false);
+            return true;
+        }
+
+        if (IsForbidden(context))
+        {
+            await WriteStatusAsync(context, Forbidden(ns, verb, name)).ConfigureAwait(false);
+            return true;
+        }
+
+        return false;
+    }
+
     private bool IsForbidden(HttpContext context)
     {
         var token = BearerToken(context);
