@@ -20,7 +20,7 @@ if (address.Scheme == "kubernetes")
         })
         .ConfigurePrimaryHttpMessageHandler((handler, _) =>
         {
-            // A dead node's pod keeps its subchannel Ready until a keepalive ping fails (README, "Dead pods: set keepalive").
+            // A dead node's pod keeps its subchannel Ready until a keepalive ping fails (src/ConnectionRefresh.Kubernetes/README.md, "Dead pods: set keepalive").
             var sockets = (SocketsHttpHandler)handler;
             sockets.KeepAlivePingDelay = TimeSpan.FromSeconds(20); // the Greeter server is Kestrel: no ping limit
             sockets.KeepAlivePingTimeout = TimeSpan.FromSeconds(10);

@@ -48,7 +48,7 @@ public sealed class KubernetesResolverConfigurationTests
         server.Api.Apply("default", Slices.Ready("greeter-a", "greeter", pods.Ips, pods.Port));
         using var account = new ServiceAccountDirectory("token-1", caPem: server.CaPem);
 
-        // The README's registration with only the service account directory changed; the process environment is
+        // The registration src/ConnectionRefresh.Kubernetes/README.md shows, with only the service account directory changed; the process environment is
         // replaced by the internal EnvironmentReader the factory takes from DI.
         var services = new ServiceCollection();
         services.AddLogging();

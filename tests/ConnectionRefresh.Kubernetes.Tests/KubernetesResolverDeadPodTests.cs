@@ -7,7 +7,7 @@ using Microsoft.Extensions.DependencyInjection;
 namespace ConnectionRefresh.Kubernetes.Tests;
 
 /// <summary>
-/// The README's "Dead pods: set keepalive": a pod whose node is cut off stays in the EndpointSlices, and grpc-dotnet keeps
+/// src/ConnectionRefresh.Kubernetes/README.md, "Dead pods: set keepalive": a pod whose node is cut off stays in the EndpointSlices, and grpc-dotnet keeps
 /// its subchannel Ready until an HTTP/2 keepalive ping finds the connection dead. With the README's snippet (keepalive set in
 /// place on the channel's own SocketsHttpHandler, so the balancer stays on) round_robin drops the pod once the ping times out.
 /// </summary>

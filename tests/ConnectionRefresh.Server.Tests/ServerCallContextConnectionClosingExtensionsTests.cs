@@ -9,7 +9,7 @@ public sealed class ServerCallContextConnectionClosingExtensionsTests
     public void GetConnectionClosingToken_ContextNotFromAspNetCore_IsNone()
     {
         // A service's own unit tests call its methods with a ServerCallContext made for them (no HttpContext): a
-        // streaming method that links GetConnectionClosingToken(), as the README shows, must still run there.
+        // streaming method that links GetConnectionClosingToken(), as src/ConnectionRefresh.Server/README.md shows, must still run there.
         var context = new UnitTestServerCallContext();
 
         Assert.Null(context.GetConnectionClosingFeature());

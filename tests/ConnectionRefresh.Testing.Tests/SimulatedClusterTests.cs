@@ -146,7 +146,7 @@ public sealed class SimulatedClusterTests
         Assert.Equal(victim.Name, stopped.Pod);
         Assert.Equal(delay, stopped.At - stopping.At); // On the cluster's clock: it exited PreStopDelay after it left the endpoints.
         // No call on `pinned` here: a call racing the stopped pod's GOAWAY and FIN can fail in SocketsHttpHandler
-        // (a race the Server package works around, see README "What the clients see"); not what this test is about.
+        // (a race the Server package works around, see src/ConnectionRefresh.Server/README.md, "What the clients see"); not what this test is about.
     }
 
     [Fact]

@@ -438,7 +438,7 @@ public sealed class SimulatedKubernetesApiTests
         return k8s.KubernetesJson.Deserialize<V1EndpointSliceList>(json).Items;
     }
 
-    /// <summary>A client built the way the README shows: AddKubernetesResolver, kubernetes:/// target, round_robin.</summary>
+    /// <summary>A client built the way src/ConnectionRefresh.Kubernetes/README.md shows: AddKubernetesResolver, kubernetes:/// target, round_robin.</summary>
     private static ServiceProvider ResolverClient(SimulatedKubernetesApi api, string serviceAccountPath)
     {
         var services = new ServiceCollection();

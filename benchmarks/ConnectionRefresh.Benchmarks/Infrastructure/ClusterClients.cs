@@ -65,7 +65,7 @@ internal sealed class ClusterClients : IAsyncDisposable
         _serviceAccount?.Delete(recursive: true);
     }
 
-    // What the README's Kubernetes resolver section shows, plus the benchmark's certificate check for TLS.
+    // What src/ConnectionRefresh.Kubernetes/README.md shows, plus the benchmark's certificate check for TLS.
     private static ServiceProviderTarget ResolverClient(Uri apiServer, string serviceAccountPath, string? thumbprint)
     {
         var services = new ServiceCollection();

@@ -39,7 +39,7 @@ internal sealed record ServerStats(TimeSpan Cpu, long AllocatedBytes, long Conne
 /// </summary>
 internal sealed class ServerStatsSource : IDisposable
 {
-    // The package's instrument names (ServerConnectionAgeMetrics is internal to it); README, "Metrics".
+    // The package's instrument names (ServerConnectionAgeMetrics is internal to it); src/ConnectionRefresh.Server/README.md, "Metrics".
     private const string MeterName = "ConnectionRefresh.Server";
     private const string AgeInstrument = "connectionrefresh.server.connection.age";
     private const string ClosesInstrument = "connectionrefresh.server.connection.closes";

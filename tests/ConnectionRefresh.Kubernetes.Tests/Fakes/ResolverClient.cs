@@ -6,7 +6,7 @@ using Microsoft.Extensions.DependencyInjection;
 namespace ConnectionRefresh.Kubernetes.Tests.Fakes;
 
 /// <summary>
-/// A Greeter client registered the way the README shows, against a fake API server: <c>AddKubernetesResolver</c> and
+/// A Greeter client registered the way src/ConnectionRefresh.Kubernetes/README.md shows, against a fake API server: <c>AddKubernetesResolver</c> and
 /// <c>AddGrpcClient</c> on a <c>kubernetes:///</c> target with round_robin, plaintext HTTP/2 to the fake pods. The backoffs
 /// are short so that tests see a recovery quickly. Owns the service provider (and so the channel).
 /// </summary>

@@ -6,7 +6,7 @@ using Microsoft.Extensions.Diagnostics.Metrics.Testing;
 namespace ConnectionRefresh.Kubernetes.Tests.Fakes;
 
 /// <summary>
-/// Fake API server + real Greeter pods + a client built the way the README shows
+/// Fake API server + real Greeter pods + a client built the way src/ConnectionRefresh.Kubernetes/README.md shows
 /// (<c>AddKubernetesResolver</c>, <c>AddGrpcClient</c> with <c>kubernetes:///greeter.default:grpc</c>, round_robin).
 /// </summary>
 internal sealed class ResolverTestCluster : IAsyncDisposable

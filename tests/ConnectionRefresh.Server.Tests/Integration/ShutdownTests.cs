@@ -157,7 +157,7 @@ public sealed class ShutdownTests
     public async Task StopAsync_StreamEndsOnTheClosingToken_EndsWithStatusOkLongBeforeTheShutdownTimeout()
     {
         // A pod exits while a long server stream runs. Kestrel sends its GOAWAY and would wait for the stream until the
-        // host's shutdown timeout, then abort it (an error for the client). The method follows the README (it ends its
+        // host's shutdown timeout, then abort it (an error for the client). The method follows src/ConnectionRefresh.Server/README.md (it ends its
         // stream when GetConnectionClosingToken() fires), so it must be told at the shutdown, and end cleanly, at once.
         var shutdownTimeout = TimeSpan.FromSeconds(60);
         await using var host = await StartWithShutdownTimeoutAsync(shutdownTimeout);
@@ -189,7 +189,7 @@ public sealed class ShutdownTests
     [Fact]
     public async Task StopAsync_BidiStreamEndsOnTheClosingToken_EndsWithStatusOkLongBeforeTheShutdownTimeout()
     {
-        // The same for a bidirectional stream (the README's Chat): the client has sent a request, got its reply and keeps
+        // The same for a bidirectional stream (the Chat in src/ConnectionRefresh.Server/README.md): the client has sent a request, got its reply and keeps
         // its request stream open; the method waits for the next request with a token linked to the closing token. At
         // the shutdown's GOAWAY that read must be cancelled, and the call end with OK, not be cut at the shutdown timeout.
         var shutdownTimeout = TimeSpan.FromSeconds(60);
@@ -217,7 +217,7 @@ public sealed class ShutdownTests
         _ => { },
         services: services => services.Configure<HostOptions>(o => o.ShutdownTimeout = shutdownTimeout));
 
-    /// <summary>A stream that follows the README ended at the shutdown's GOAWAY, told by the closing token.</summary>
+    /// <summary>A stream that follows src/ConnectionRefresh.Server/README.md ended at the shutdown's GOAWAY, told by the closing token.</summary>
     private static async Task AssertEndedOnTheClosingTokenAsync(GreeterTestHost host, TimeSpan shutdownTimeout, TimeSpan streamEndedAfter, TimeSpan stopTook)
     {
         // Without the token the stream would end only at the shutdown timeout's abort (60 s); loaded machines get 15 s.

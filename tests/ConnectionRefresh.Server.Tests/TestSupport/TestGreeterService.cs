@@ -69,7 +69,7 @@ internal sealed class TestGreeterService(GreeterProbe probe) : Greeter.GreeterBa
 
     public override async Task Chat(IAsyncStreamReader<HelloRequest> requestStream, IServerStreamWriter<HelloReply> responseStream, ServerCallContext context)
     {
-        // A chat whose first request is named until-closing follows the README: once it knows, it reads with a token
+        // A chat whose first request is named until-closing follows src/ConnectionRefresh.Server/README.md: once it knows, it reads with a token
         // linked to the connection's closing token, and ends with status OK when that fires.
         var feature = context.GetConnectionClosingFeature();
         var closing = context.GetConnectionClosingToken();
