@@ -1,6 +1,7 @@
 using ConnectionRefresh.Server;
 using ConnectionRefresh.Server.Internal;
 using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Hosting;
@@ -81,7 +82,16 @@ public static class ServerConnectionAgeServiceCollectionExtensions
         services.TryAddSingleton<KestrelEndpointDefaultsCheck>();
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IHostedService, KestrelEndpointDefaultsCheck>(
             provider => provider.GetRequiredService<KestrelEndpointDefaultsCheck>()));
+        // Runs only when Kestrel is the server (it configures its options; TestServer does not): the check then knows
+        // that an endpoint without the age means the registration has no effect.
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IConfigureOptions<KestrelServerOptions>, KestrelInUse>());
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<ServerConnectionAgeOptions>, ServerConnectionAgeOptionsValidator>());
         return services.AddOptions<ServerConnectionAgeOptions>().ValidateOnStart();
+    }
+
+    /// <summary>Tells <see cref="KestrelEndpointDefaultsCheck"/> that Kestrel's options are being configured.</summary>
+    private sealed class KestrelInUse(KestrelEndpointDefaultsCheck check) : IConfigureOptions<KestrelServerOptions>
+    {
+        public void Configure(KestrelServerOptions options) => check.KestrelConfigured();
     }
 }

@@ -19,7 +19,9 @@ internal static class ConfigurationSections
 
     /// <summary>
     /// Names the keys of the deepest level of <paramref name="path"/> that has any, so that a typo shows next to what is
-    /// there ("'Clients' has: Greeter.").
+    /// there ("'Clients' has: Greeter."). Sections come before plain values: at the top level of a host's configuration
+    /// the environment variables (dozens of values, <c>AWS_…</c>, <c>CLI_…</c>) would otherwise fill the list of ten
+    /// and leave out the sections a misspelled path is meant to be compared with (<c>Clients</c>, <c>Logging</c>).
     /// </summary>
     public static string WhereThePathStops(IConfiguration? application, string path)
     {
@@ -30,7 +32,10 @@ internal static class ConfigurationSections
 
         for (var parent = ConfigurationPath.GetParentPath(path); ; parent = ConfigurationPath.GetParentPath(parent))
         {
-            var keys = (parent is null ? application : application.GetSection(parent)).GetChildren().Select(child => child.Key).ToList();
+            var keys = (parent is null ? application : application.GetSection(parent)).GetChildren()
+                .OrderBy(child => child.Value is null ? 0 : 1) // stable: sections, then values, each in the provider's order
+                .Select(child => child.Key)
+                .ToList();
             if (keys.Count > 0 || parent is null)
             {
                 return keys.Count == 0

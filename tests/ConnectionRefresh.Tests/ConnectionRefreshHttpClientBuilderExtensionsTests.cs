@@ -192,6 +192,25 @@ public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
     }
 
     [Fact]
+    public void ValidateOnStart_SectionThatDoesNotExistAmongManyEnvironmentValues_NamesTheSectionsFirst()
+    {
+        // A host's top level holds every environment variable: sorted in with them, the sections were left out of
+        // the ten names shown ("The top level has: AWS_CA_BUNDLE, CLI_TELEMETRY_OPTOUT, ... and 44 more.").
+        var values = Enumerable.Range(0, 12).ToDictionary(i => $"A_ENV_{i:D2}", _ => (string?)"x");
+        values["Logging:LogLevel:Default"] = "Warning";
+        values["Clientz:Greeter:ConnectionsPerEndpoint"] = "3";
+        var configuration = new ConfigurationBuilder().AddInMemoryCollection(values).Build();
+        var services = new ServiceCollection();
+        services.AddSingleton<IConfiguration>(configuration);
+        GrpcClient(services).AddConnectionRefresh(configuration.GetSection("Clients:Greeter"));
+        using var provider = services.BuildServiceProvider();
+
+        var failure = Assert.Throws<InvalidOperationException>(() => ValidateOnStart(provider));
+        Assert.Contains("The top level has: Clientz, Logging, A_ENV_00,", failure.Message, StringComparison.Ordinal);
+        Assert.Contains(" and 4 more.", failure.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void ValidateOnStart_ExistingSectionFromJson_BindsIt()
     {
         using var provider = WithSection("""{ "Clients": { "Greeter": { "ConnectionRefresh": { "ConnectionsPerEndpoint": 3 } } } }""", "Clients:Greeter:ConnectionRefresh");

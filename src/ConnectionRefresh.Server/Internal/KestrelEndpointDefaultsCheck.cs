@@ -3,8 +3,10 @@ using Microsoft.Extensions.Hosting;
 namespace ConnectionRefresh.Server.Internal;
 
 /// <summary>
-/// Fails start-up when <c>kestrel.UseServerConnectionAge(...)</c> was called but no endpoint received the connection
-/// age. That call works through <c>KestrelServerOptions.ConfigureEndpointDefaults</c>, which holds one callback and runs
+/// Fails start-up when Kestrel runs with <c>services.AddServerConnectionAge(...)</c> registered but no endpoint received
+/// the connection age: <c>UseServerConnectionAge</c> was never called on Kestrel's options or an endpoint (the
+/// registration alone changes no connection), or <c>kestrel.UseServerConnectionAge(...)</c> was called but reached no
+/// endpoint. That call works through <c>KestrelServerOptions.ConfigureEndpointDefaults</c>, which holds one callback and runs
 /// it only for endpoints created after it is set: a later <c>ConfigureEndpointDefaults</c> replaces it, and endpoints
 /// created before it never see it, both in silence. Registered by <c>services.AddServerConnectionAge(...)</c>; without
 /// it there is nothing to record in, and nothing is checked.
@@ -16,7 +18,8 @@ namespace ConnectionRefresh.Server.Internal;
 /// and an exception there makes <c>IHost.StartAsync</c>, and so <c>app.Run()</c>, throw. A plain <c>StartAsync</c>
 /// would be too early (for a <c>WebApplication</c> it runs before Kestrel's), and <c>ApplicationStarted</c> callbacks
 /// only log what they throw. Hosts that do not call <see cref="StartedAsync"/> (the obsolete <c>WebHost</c>) and
-/// servers other than Kestrel (<c>TestServer</c> never configures Kestrel's options) record and check nothing.
+/// servers other than Kestrel (<c>TestServer</c> never configures Kestrel's options) record and check nothing: that
+/// Kestrel runs is recorded when its options are configured (<see cref="KestrelConfigured"/>).
 /// </para>
 /// <para>
 /// Only "no endpoint" is an error: some endpoints without the age (created before the call) may be deliberate, and
@@ -27,8 +30,12 @@ namespace ConnectionRefresh.Server.Internal;
 /// </remarks>
 internal sealed class KestrelEndpointDefaultsCheck : IHostedLifecycleService
 {
+    private volatile bool _kestrelConfigured;
     private volatile bool _kestrelWideCalled;
     private volatile bool _endpointReceived;
+
+    /// <summary>Records that Kestrel's options were configured: Kestrel is the server.</summary>
+    public void KestrelConfigured() => _kestrelConfigured = true;
 
     /// <summary>Records a call of <c>kestrel.UseServerConnectionAge(...)</c>.</summary>
     public void KestrelWideCalled() => _kestrelWideCalled = true;
@@ -38,7 +45,22 @@ internal sealed class KestrelEndpointDefaultsCheck : IHostedLifecycleService
 
     public Task StartedAsync(CancellationToken cancellationToken)
     {
-        if (_kestrelWideCalled && !_endpointReceived)
+        if (_endpointReceived)
+        {
+            return Task.CompletedTask;
+        }
+
+        if (_kestrelConfigured && !_kestrelWideCalled)
+        {
+            throw new InvalidOperationException(
+                "services.AddServerConnectionAge(...) is registered, but UseServerConnectionAge was not called for any Kestrel "
+                + "endpoint, so no connection would be closed by age or idleness (the registration alone changes no "
+                + "connection). Fix: builder.WebHost.ConfigureKestrel(kestrel => kestrel.UseServerConnectionAge()) for every "
+                + "endpoint, or listen.UseServerConnectionAge() on an endpoint (kestrel.Listen(..., listen => "
+                + "listen.UseServerConnectionAge())).");
+        }
+
+        if (_kestrelWideCalled)
         {
             throw new InvalidOperationException(
                 "kestrel.UseServerConnectionAge(...) was called, but no Kestrel endpoint received the connection age, so no "

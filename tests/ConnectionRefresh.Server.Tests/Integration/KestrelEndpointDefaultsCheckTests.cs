@@ -7,6 +7,7 @@ using Grpc.Net.Client;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Http.Features;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection;
@@ -71,6 +72,30 @@ public sealed class KestrelEndpointDefaultsCheckTests
     }
 
     [Fact]
+    public async Task Start_RegisteredButNoUseServerConnectionAge_FailsNamingTheFix()
+    {
+        // The README's two lines, the second forgotten: without the check the host runs and no connection ages.
+        var failure = await StartFailsAsync(kestrel => kestrel.Listen(IPAddress.Loopback, 0, listen => listen.Protocols = HttpProtocols.Http2));
+
+        Assert.Contains("services.AddServerConnectionAge(...) is registered, but UseServerConnectionAge was not called for any Kestrel endpoint", failure.Message, StringComparison.Ordinal);
+        Assert.Contains("builder.WebHost.ConfigureKestrel(kestrel => kestrel.UseServerConnectionAge())", failure.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Start_RegisteredOnAServerOtherThanKestrel_Starts()
+    {
+        // TestServer and other servers never configure Kestrel's options: nothing to check there.
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        builder.Services.AddServerConnectionAge();
+        builder.Services.AddSingleton<IServer, NoServer>();
+        await using var app = builder.Build();
+
+        await app.StartAsync();
+        await app.StopAsync();
+    }
+
+    [Fact]
     public async Task Start_KestrelWideCallBeforeEndpoints_StartsAndTheAgeApplies()
     {
         await using var host = await AgeTestHost.StartAsync(kestrel =>
@@ -130,6 +155,21 @@ public sealed class KestrelEndpointDefaultsCheckTests
 
         // Disposing the application stops the Kestrel its failed start left listening.
         return await Assert.ThrowsAsync<InvalidOperationException>(() => app.StartAsync());
+    }
+
+    /// <summary>A server that is not Kestrel and serves nothing, as TestServer is for these checks.</summary>
+    private sealed class NoServer : IServer
+    {
+        public IFeatureCollection Features { get; } = new FeatureCollection();
+
+        public Task StartAsync<TContext>(IHttpApplication<TContext> application, CancellationToken cancellationToken)
+            where TContext : notnull => Task.CompletedTask;
+
+        public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+        public void Dispose()
+        {
+        }
     }
 
     /// <summary>A Greeter host with a 1-minute connection age (no jitter) on a FakeTimeProvider.</summary>
