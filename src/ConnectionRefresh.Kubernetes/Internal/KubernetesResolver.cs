@@ -2,6 +2,7 @@ using System.Net;
 using System.Security.Authentication;
 using Grpc.Core;
 using Grpc.Net.Client.Balancer;
+using Grpc.Net.Client.Configuration;
 using k8s;
 using k8s.Autorest;
 using k8s.Exceptions;
@@ -14,7 +15,8 @@ namespace ConnectionRefresh.Kubernetes.Internal;
 /// resourceVersion (with bookmarks), publish the ready endpoints (one per pod, see <see cref="EndpointSelector"/>) on every change; relist on
 /// <c>410 Gone</c>, every resync interval, and on a <see cref="Refresh"/> that finds no live watch (a live watch
 /// already delivers every change); keep the last known endpoints and reconnect with jittered exponential backoff while
-/// the API server is unreachable.
+/// the API server is unreachable. Every address list carries the service config it was given, if any (round_robin for a
+/// channel that names no policy, see <see cref="KubernetesResolverFactory.Create"/>).
 /// Thread-safety: one background loop owns the slices, the backoff and the published set; the only
 /// state shared with callers (<see cref="Refresh"/>, <see cref="Dispose(bool)"/>) is the refresh flag,
 /// the current watch's cancellation source and its last sign of life, all guarded by <c>_lock</c>, and the disposed flag: the listener is
@@ -41,6 +43,7 @@ internal sealed class KubernetesResolver : Resolver
     private readonly EndpointSelector _selector;
     private readonly CancellationTokenSource _disposeCts = new();
     private readonly CancellationTokenRegistration _stopping;
+    private readonly ServiceConfig? _serviceConfig;
     private readonly Lock _lock = new();
     private readonly Lock _listenerLock = new();
 
@@ -68,6 +71,7 @@ internal sealed class KubernetesResolver : Resolver
         TimeProvider time,
         Func<double> random,
         ILogger logger,
+        ServiceConfig? serviceConfig = null,
         CancellationToken stopping = default)
     {
         _target = target;
@@ -78,6 +82,7 @@ internal sealed class KubernetesResolver : Resolver
         _time = time;
         _random = random;
         _logger = logger;
+        _serviceConfig = serviceConfig;
         _selector = new EndpointSelector(target, options.IncludeTerminatingEndpoints);
         _gauges = metrics.Register(target, ns);
         // The factory's disposal stops the loop too: Grpc.Net.ClientFactory never disposes its channels (and so their
@@ -90,6 +95,9 @@ internal sealed class KubernetesResolver : Resolver
 
     /// <summary>The namespace this resolver watches.</summary>
     internal string Namespace => _namespace;
+
+    /// <summary>The Service this resolver watches.</summary>
+    internal string Service => _target.Service;
 
     /// <summary>
     /// The <see cref="TimeProvider.GetTimestamp"/> at which the current watch last showed life (started, or delivered an
@@ -413,7 +421,9 @@ internal sealed class KubernetesResolver : Resolver
             addresses[i] = address;
         }
 
-        Notify(ResolverResult.ForResult(addresses));
+        // A failure cannot carry a service config (ResolverResult.ForFailure): a channel whose first result was one starts
+        // on pick_first and moves to round_robin once this result's balancer has a ready pod (ChildHandlerLoadBalancer).
+        Notify(ResolverResult.ForResult(addresses, _serviceConfig, null));
     }
 
     private string TargetNamespaceText() => _target.Namespace is null

@@ -1,4 +1,5 @@
 using Grpc.Net.Client.Balancer;
+using Grpc.Net.Client.Configuration;
 using k8s;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
@@ -68,11 +69,28 @@ internal sealed class KubernetesResolverFactory : ResolverFactory, IDisposable
     public override Resolver Create(ResolverOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
-        return CreateResolver(options.Address, options.LoggerFactory);
+        // grpc-dotnet (2.85) prefers a resolver's load-balancing policy over the channel's own ServiceConfig, and without
+        // either it uses pick_first: every call to one pod. So round_robin is published only for a channel that names no
+        // policy and lets resolvers supply one. Method configs (retry, hedging) come from the channel's options either way.
+        var channelPolicy = options.ChannelOptions.ServiceConfig?.LoadBalancingConfigs.Count > 0;
+        var resolver = CreateResolver(options.Address, options.LoggerFactory,
+            channelPolicy || options.DisableServiceConfig ? null : RoundRobinServiceConfig());
+        if (!channelPolicy && options.DisableServiceConfig)
+        {
+            KubernetesResolverLog.PickFirstOnly(options.LoggerFactory.CreateLogger<KubernetesResolver>(), resolver.Service, resolver.Namespace);
+        }
+
+        return resolver;
     }
 
+    /// <summary>The service config published with every address list: <c>round_robin</c>, one connection per pod.</summary>
+    internal static ServiceConfig RoundRobinServiceConfig() => new() { LoadBalancingConfigs = { new RoundRobinConfig() } };
+
     /// <summary><see cref="Create"/> without <see cref="ResolverOptions"/>, whose constructor grpc-dotnet keeps internal (tests).</summary>
-    internal KubernetesResolver CreateResolver(Uri address, ILoggerFactory loggerFactory)
+    /// <param name="address">The channel's target.</param>
+    /// <param name="loggerFactory">The channel's logger factory.</param>
+    /// <param name="serviceConfig">Published with every address list; <see langword="null"/> for none.</param>
+    internal KubernetesResolver CreateResolver(Uri address, ILoggerFactory loggerFactory, ServiceConfig? serviceConfig = null)
     {
         var target = KubernetesTarget.Parse(address);
         IEndpointSliceClient client;
@@ -88,7 +106,7 @@ internal sealed class KubernetesResolverFactory : ResolverFactory, IDisposable
         }
 
         return new KubernetesResolver(target, target.Namespace ?? defaultNamespace, client, _options, _metrics, _time, _random,
-            loggerFactory.CreateLogger<KubernetesResolver>(), _stopping.Token);
+            loggerFactory.CreateLogger<KubernetesResolver>(), serviceConfig, _stopping.Token);
     }
 
     public void Dispose()

@@ -40,4 +40,7 @@ internal static partial class KubernetesResolverLog
 
     [LoggerMessage(9, LogLevel.Debug, "Service {Service} in namespace {Namespace}: refresh requested; answered by the watch, which showed life {SinceActivity} ago, so no relist.")]
     public static partial void RefreshAnsweredByWatch(ILogger logger, string service, string @namespace, TimeSpan sinceActivity);
+
+    [LoggerMessage(13, LogLevel.Warning, "Service {Service} in namespace {Namespace}: the channel sets DisableResolverServiceConfig and its ServiceConfig names no load-balancing policy, so grpc-dotnet uses pick_first and sends every call to one pod. To balance per call, leave DisableResolverServiceConfig false (the resolver then makes round_robin the default) or add a RoundRobinConfig to the channel's ServiceConfig.LoadBalancingConfigs.")]
+    public static partial void PickFirstOnly(ILogger logger, string service, string @namespace);
 }

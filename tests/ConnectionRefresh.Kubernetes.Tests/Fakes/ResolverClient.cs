@@ -7,7 +7,8 @@ namespace ConnectionRefresh.Kubernetes.Tests.Fakes;
 
 /// <summary>
 /// A Greeter client registered the way src/ConnectionRefresh.Kubernetes/README.md shows, against a fake API server: <c>AddKubernetesResolver</c> and
-/// <c>AddGrpcClient</c> on a <c>kubernetes:///</c> target with round_robin, plaintext HTTP/2 to the fake pods. The backoffs
+/// <c>AddGrpcClient</c> on a <c>kubernetes:///</c> target, plaintext HTTP/2 to the fake pods, with round_robin named in the channel's
+/// ServiceConfig (the resolver's default for a channel without one, see KubernetesResolverDefaultPolicyTests). The backoffs
 /// are short so that tests see a recovery quickly. Owns the service provider (and so the channel).
 /// </summary>
 internal sealed class ResolverClient : IAsyncDisposable
