@@ -1,5 +1,4 @@
 using Grpc.Core;
-using Grpc.Net.Client.Configuration;
 using Greeter.Client;
 using GreeterClient = ConnectionRefresh.Protos.Greeter.GreeterClient;
 
@@ -8,16 +7,12 @@ var address = new Uri(builder.Configuration["Greeter:Address"] ?? "http://localh
 
 if (address.Scheme == "kubernetes")
 {
-    // Per-call balancing: watch the Service's EndpointSlices, round_robin over every ready pod
+    // Per-call balancing: watch the Service's EndpointSlices, round_robin (the resolver's default) over every ready pod
     // (options from "ConnectionRefresh:Kubernetes"; needs list + watch on endpointslices, see examples/k8s).
     builder.Services.AddKubernetesResolver();
     builder.Services
         .AddGrpcClient<GreeterClient>(o => o.Address = address)
-        .ConfigureChannel(o =>
-        {
-            o.Credentials = ChannelCredentials.Insecure;
-            o.ServiceConfig = new ServiceConfig { LoadBalancingConfigs = { new RoundRobinConfig() } };
-        })
+        .ConfigureChannel(o => o.Credentials = ChannelCredentials.Insecure)
         .ConfigurePrimaryHttpMessageHandler((handler, _) =>
         {
             // A dead node's pod keeps its subchannel Ready until a keepalive ping fails (src/ConnectionRefresh.Kubernetes/README.md, "Dead pods: set keepalive").
