@@ -692,7 +692,7 @@ public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
         GrpcClient(services).AddConnectionRefresh().ConfigurePrimaryHttpMessageHandler(() => new SocketsHttpHandler());
         using var provider = services.BuildServiceProvider();
 
-        var failure = Assert.Throws<InvalidOperationException>(() => BuildChain(provider, nameof(TestClient)));
+        var failure = Assert.ThrowsAny<InvalidOperationException>(() => BuildChain(provider, nameof(TestClient)));
         Assert.Contains("ConfigureConnectionRefreshHandler", failure.Message, StringComparison.Ordinal);
     }
 
@@ -705,7 +705,7 @@ public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
             .AddConnectionRefresh();
         using var provider = services.BuildServiceProvider();
 
-        var failure = Assert.Throws<InvalidOperationException>(() => BuildChain(provider, nameof(TestClient)));
+        var failure = Assert.ThrowsAny<InvalidOperationException>(() => BuildChain(provider, nameof(TestClient)));
         Assert.Contains("a proxy", failure.Message, StringComparison.Ordinal);
         Assert.Contains("ConfigureConnectionRefreshHandler", failure.Message, StringComparison.Ordinal);
     }
@@ -723,7 +723,7 @@ public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
         });
         using var provider = services.BuildServiceProvider();
 
-        var failure = Assert.Throws<InvalidOperationException>(() => BuildChain(provider, nameof(TestClient)));
+        var failure = Assert.ThrowsAny<InvalidOperationException>(() => BuildChain(provider, nameof(TestClient)));
         Assert.Contains("UseProxy", failure.Message, StringComparison.Ordinal);
         Assert.Contains("ConfigureConnectionRefreshHandler", failure.Message, StringComparison.Ordinal);
     }
@@ -760,7 +760,7 @@ public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
             .AddConnectionRefresh();
         using var provider = services.BuildServiceProvider();
 
-        var failure = Assert.Throws<InvalidOperationException>(() => BuildChain(provider, nameof(TestClient)));
+        var failure = Assert.ThrowsAny<InvalidOperationException>(() => BuildChain(provider, nameof(TestClient)));
         Assert.Contains(named, failure.Message, StringComparison.Ordinal);
     }
 
