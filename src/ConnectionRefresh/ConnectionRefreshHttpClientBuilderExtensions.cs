@@ -22,6 +22,12 @@ namespace Microsoft.Extensions.DependencyInjection;
 /// trailers; grpc-dotnet's own <c>Grpc.Net.Client</c> logs show it), and they cost about 460 B and two async steps per
 /// call even when nothing listens. Call <c>AddDefaultLogger()</c> on the builder to keep them; loggers added with
 /// <c>AddLogger</c> are kept either way, wherever they stand on the builder.
+/// <para>
+/// In a host, the handler chain of each client with <c>AddConnectionRefresh</c> is built during start-up validation (before
+/// hosted services start), so that a primary handler replaced after <c>AddConnectionRefresh</c> or configured with settings
+/// it would drop stops the host; the client then uses that chain. Its <c>DelegatingHandler</c> factories run at that point.
+/// Without a host, the same checks fail the client's first creation.
+/// </para>
 /// </remarks>
 public static class ConnectionRefreshHttpClientBuilderExtensions
 {
@@ -121,6 +127,11 @@ public static class ConnectionRefreshHttpClientBuilderExtensions
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<GrpcClientFactoryOptions>, GrpcChannelCompatibilityValidator>());
         services.AddOptions<ConnectionRefreshOptions>(name).ValidateOnStart();
         services.AddOptions<GrpcClientFactoryOptions>(name).ValidateOnStart();
+
+        // Last, after the options: builds the client's handler chain at start-up, so that the primary handler checks below
+        // stop the host rather than the client's first creation (where nothing validates on start, they still fail there).
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<HandlerChainCheck>, HandlerChainStartupValidator>());
+        services.AddOptions<HandlerChainCheck>(name).ValidateOnStart();
 
         // AddGrpcClient leaves this marker for every gRPC client (Grpc.Net.ClientFactory checks it the same way).
         var grpc = services.Any(d => d.ServiceType == typeof(IConfigureOptions<GrpcClientFactoryOptions>)

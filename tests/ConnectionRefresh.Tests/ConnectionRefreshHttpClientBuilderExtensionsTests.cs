@@ -512,17 +512,21 @@ public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
         Assert.Contains("single value", failure.Message, StringComparison.Ordinal);
     }
 
-    [Fact]
-    public void ValidateOnStart_SiblingPackageSections_AreNotClientSettings()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void ValidateOnStart_SiblingPackageSections_AreNotClientSettings(bool sectionGiven)
     {
+        // Also when the default section is passed by hand: its sub-sections are still where the other packages read.
         var services = new ServiceCollection();
-        services.AddSingleton<IConfiguration>(new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        var configuration = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
         {
             ["ConnectionRefresh:ConnectionsPerEndpoint"] = "2",
             ["ConnectionRefresh:Server:MaxConnectionAge"] = "00:05:00",
             ["ConnectionRefresh:Kubernetes:ResyncInterval"] = "00:05:00",
-        }).Build());
-        GrpcClient(services).AddConnectionRefresh();
+        }).Build();
+        services.AddSingleton<IConfiguration>(configuration);
+        _ = sectionGiven ? GrpcClient(services).AddConnectionRefresh(configuration.GetSection("connectionrefresh")) : GrpcClient(services).AddConnectionRefresh();
         using var provider = services.BuildServiceProvider();
 
         ValidateOnStart(provider);
@@ -547,6 +551,52 @@ public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
         // Before: "Unknown ConnectionRefresh setting 'ConnectionRefresh:Server'".
         ValidateOnStart(provider);
         Assert.Equal(2, provider.GetRequiredService<IOptionsMonitor<ConnectionRefreshOptions>>().Get(nameof(TestClient)).ConnectionsPerEndpoint);
+    }
+
+    [Theory]
+    [InlineData("Server", "Server:MaxConnectionAge", "00:05:00")]
+    [InlineData("Kubernetes", "Kubernetes:ResyncInterval", "00:05:00")]
+    [InlineData("Server", "Server", "")]
+    public void ValidateOnStart_SiblingSectionNameInASectionOfYourOwn_IsAnUnknownKey(string sibling, string key, string value)
+    {
+        // Nobody reads 'Clients:Greeter:Server': the server package reads 'ConnectionRefresh:Server' (or the section given to it).
+        var configuration = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Clients:Greeter:ConnectionsPerEndpoint"] = "2",
+            ["Clients:Greeter:" + key] = value,
+        }).Build();
+        var services = new ServiceCollection();
+        services.AddSingleton<IConfiguration>(configuration);
+        GrpcClient(services).AddConnectionRefresh(configuration.GetSection("Clients:Greeter"));
+        using var provider = services.BuildServiceProvider();
+
+        // Before: skipped in silence, as in the default section.
+        var failure = Assert.Throws<InvalidOperationException>(() => ValidateOnStart(provider));
+        Assert.StartsWith($"Unknown ConnectionRefresh setting 'Clients:Greeter:{sibling}' for HTTP client '{nameof(TestClient)}'. Known settings: ",
+            failure.Message, StringComparison.Ordinal);
+        Assert.Contains($"'ConnectionRefresh:{sibling}'", failure.Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("Server", "5m", "ConnectionRefresh.Server", "'ConnectionRefresh:Server:MaxConnectionAge'")]
+    [InlineData("Kubernetes", "http://10.0.0.1:6443", "ConnectionRefresh.Kubernetes", "'ConnectionRefresh:Kubernetes:ResyncInterval'")]
+    public void ValidateOnStart_ValueWhereASiblingPackagesSectionBelongs_SaysWhatThatKeyIs(string sibling, string value, string package, string example)
+    {
+        var services = new ServiceCollection();
+        services.AddSingleton<IConfiguration>(new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["ConnectionRefresh:" + sibling] = value,
+        }).Build());
+        GrpcClient(services).AddConnectionRefresh();
+        using var provider = services.BuildServiceProvider();
+
+        // Before: "Unknown ConnectionRefresh setting 'ConnectionRefresh:Server'", though it is a known section.
+        var failure = Assert.Throws<InvalidOperationException>(() => ValidateOnStart(provider));
+        Assert.DoesNotContain("Unknown", failure.Message, StringComparison.Ordinal);
+        Assert.Contains($"'ConnectionRefresh:{sibling}'", failure.Message, StringComparison.Ordinal);
+        Assert.Contains($"'{value}'", failure.Message, StringComparison.Ordinal);
+        Assert.Contains($"section of the {package} package", failure.Message, StringComparison.Ordinal);
+        Assert.Contains(example, failure.Message, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -692,7 +742,7 @@ public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
         GrpcClient(services).AddConnectionRefresh().ConfigurePrimaryHttpMessageHandler(() => new SocketsHttpHandler());
         using var provider = services.BuildServiceProvider();
 
-        var failure = Assert.Throws<InvalidOperationException>(() => BuildChain(provider, nameof(TestClient)));
+        var failure = Assert.ThrowsAny<InvalidOperationException>(() => BuildChain(provider, nameof(TestClient)));
         Assert.Contains("ConfigureConnectionRefreshHandler", failure.Message, StringComparison.Ordinal);
     }
 
@@ -705,7 +755,7 @@ public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
             .AddConnectionRefresh();
         using var provider = services.BuildServiceProvider();
 
-        var failure = Assert.Throws<InvalidOperationException>(() => BuildChain(provider, nameof(TestClient)));
+        var failure = Assert.ThrowsAny<InvalidOperationException>(() => BuildChain(provider, nameof(TestClient)));
         Assert.Contains("a proxy", failure.Message, StringComparison.Ordinal);
         Assert.Contains("ConfigureConnectionRefreshHandler", failure.Message, StringComparison.Ordinal);
     }
@@ -723,7 +773,7 @@ public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
         });
         using var provider = services.BuildServiceProvider();
 
-        var failure = Assert.Throws<InvalidOperationException>(() => BuildChain(provider, nameof(TestClient)));
+        var failure = Assert.ThrowsAny<InvalidOperationException>(() => BuildChain(provider, nameof(TestClient)));
         Assert.Contains("UseProxy", failure.Message, StringComparison.Ordinal);
         Assert.Contains("ConfigureConnectionRefreshHandler", failure.Message, StringComparison.Ordinal);
     }
@@ -760,7 +810,7 @@ public sealed class ConnectionRefreshHttpClientBuilderExtensionsTests
             .AddConnectionRefresh();
         using var provider = services.BuildServiceProvider();
 
-        var failure = Assert.Throws<InvalidOperationException>(() => BuildChain(provider, nameof(TestClient)));
+        var failure = Assert.ThrowsAny<InvalidOperationException>(() => BuildChain(provider, nameof(TestClient)));
         Assert.Contains(named, failure.Message, StringComparison.Ordinal);
     }
 

@@ -15,24 +15,51 @@ internal static class ConnectionRefreshConfiguration
         .GetProperties(BindingFlags.Public | BindingFlags.Instance)
         .ToDictionary(p => p.Name, StringComparer.OrdinalIgnoreCase);
 
-    // Sub-sections that belong to the sibling packages (ConnectionRefresh.Server, ConnectionRefresh.Kubernetes).
-    private static readonly HashSet<string> SiblingSections = new(StringComparer.OrdinalIgnoreCase) { "Server", "Kubernetes" };
+    // The sub-sections of the default section that belong to the sibling packages, which read them by default
+    // (AddServerConnectionAge(): 'ConnectionRefresh:Server', AddKubernetesResolver(): 'ConnectionRefresh:Kubernetes'),
+    // with the package, its registration and one of its keys for messages.
+    private static readonly Dictionary<string, (string Package, string Registration, string ExampleKey)> SiblingSections =
+        new(StringComparer.OrdinalIgnoreCase)
+        {
+            ["Server"] = ("ConnectionRefresh.Server", "AddServerConnectionAge()", "MaxConnectionAge"),
+            ["Kubernetes"] = ("ConnectionRefresh.Kubernetes", "AddKubernetesResolver()", "ResyncInterval"),
+        };
 
     public static void Bind(ConnectionRefreshOptions options, IConfigurationSection section, string clientName)
     {
         ThrowIfNotAnObject(section, clientName);
+
+        // Only where the sibling packages read them: in a section of the application's choice ('Clients:Greeter') a
+        // 'Server' key is not read by anyone, so it is unknown there like any other key.
+        var isDefaultSection = string.Equals(section.Path, ConnectionRefreshDefaults.SectionName, StringComparison.OrdinalIgnoreCase);
         foreach (var entry in section.GetChildren())
         {
-            if (SiblingSections.Contains(entry.Key) && string.IsNullOrEmpty(entry.Value))
+            if (isDefaultSection && SiblingSections.TryGetValue(entry.Key, out var sibling))
             {
+                // An empty value sets nothing, as for any section; a value where the package's section belongs is a mistake
+                // (e.g. ConnectionRefresh:Server=http://greeter:5000, taken for the server's address).
+                if (!string.IsNullOrEmpty(entry.Value))
+                {
+                    throw new InvalidOperationException(
+                        $"'{entry.Path}' (read for HTTP client '{clientName}') has the value '{entry.Value}', but it is not a client setting: it is " +
+                        $"the section of the {sibling.Package} package, which {sibling.Registration} reads, and holds keys such as " +
+                        $"'{entry.Path}{ConfigurationPath.KeyDelimiter}{sibling.ExampleKey}', not a value. The client's own settings go directly under " +
+                        $"'{section.Path}': {string.Join(", ", Settings.Keys.Order(StringComparer.Ordinal))}.");
+                }
+
                 continue;
             }
 
             if (!Settings.TryGetValue(entry.Key, out var property))
             {
+                var hint = SiblingSections.TryGetValue(entry.Key, out var other)
+                    ? $" '{entry.Key}' is skipped only in the '{ConnectionRefreshDefaults.SectionName}' section, as " +
+                      $"'{ConnectionRefreshDefaults.SectionName}{ConfigurationPath.KeyDelimiter}{entry.Key}', which the {other.Package} package reads " +
+                      $"({other.Registration}); in a section given to AddConnectionRefresh nothing reads it: keep that package's settings outside the client's section."
+                    : "";
                 throw new InvalidOperationException(
                     $"Unknown ConnectionRefresh setting '{entry.Path}' for HTTP client '{clientName}'. " +
-                    $"Known settings: {string.Join(", ", Settings.Keys.Order(StringComparer.Ordinal))}.");
+                    $"Known settings: {string.Join(", ", Settings.Keys.Order(StringComparer.Ordinal))}.{hint}");
             }
 
             // The binder would read a setting written as an object ("MaxConnectionAgeJitter": { "Value": 0.2 }) as the

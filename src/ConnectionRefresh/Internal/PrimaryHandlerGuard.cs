@@ -2,7 +2,9 @@ namespace ConnectionRefresh.Internal;
 
 /// <summary>
 /// ConnectionRefresh replaces the client's primary handler. These checks make sure that nothing the application
-/// configured on the primary handler is lost in silence, and that nothing replaces ours afterwards.
+/// configured on the primary handler is lost in silence, and that nothing replaces ours afterwards. They run where
+/// HttpClientFactory builds the client's handler chain: at host start-up (<see cref="HandlerChainStartupValidator"/>), or
+/// at the client's first creation where nothing validates on start.
 /// </summary>
 internal static class PrimaryHandlerGuard
 {
@@ -23,7 +25,7 @@ internal static class PrimaryHandlerGuard
 
         if (setting is not null)
         {
-            throw new InvalidOperationException(
+            throw new PrimaryHandlerException(
                 $"HTTP client '{clientName}' configures {setting} on its primary handler, which AddConnectionRefresh replaces. {Advice}");
         }
     }
@@ -33,7 +35,7 @@ internal static class PrimaryHandlerGuard
     {
         if (!ReferenceEquals(before, primary))
         {
-            throw new InvalidOperationException(
+            throw new PrimaryHandlerException(
                 $"HTTP client '{clientName}' replaced its primary handler (with {primary?.GetType().FullName ?? "null"}) after AddConnectionRefresh, " +
                 $"which owns it. {Advice}");
         }
@@ -103,4 +105,27 @@ internal static class PrimaryHandlerGuard
             : handler.MaxConnectionsPerServer != DefaultClient.MaxConnectionsPerServer ? "MaxConnectionsPerServer"
             : handler.MaxResponseHeadersLength != DefaultClient.MaxResponseHeadersLength ? "MaxResponseHeadersLength"
             : null;
+}
+
+/// <summary>
+/// A mistake in the configuration of a client's primary handler, found by <see cref="PrimaryHandlerGuard"/>: an
+/// <see cref="InvalidOperationException"/> to the application, told apart from other failures of the handler chain so that
+/// start-up validation can report it with the other configuration errors.
+/// </summary>
+internal sealed class PrimaryHandlerException : InvalidOperationException
+{
+    public PrimaryHandlerException()
+        : this("The client's primary handler is configured in a way AddConnectionRefresh cannot keep.")
+    {
+    }
+
+    public PrimaryHandlerException(string message)
+        : base(message)
+    {
+    }
+
+    public PrimaryHandlerException(string message, Exception innerException)
+        : base(message, innerException)
+    {
+    }
 }
