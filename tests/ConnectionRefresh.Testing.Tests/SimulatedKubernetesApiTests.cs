@@ -400,6 +400,78 @@ public sealed class SimulatedKubernetesApiTests
     }
 
     [Fact]
+    public async Task Watch_FieldSelectorOnOneName_StreamsOnlyThatSlice()
+    {
+        // How a client watches one object (client-go's ListWatch with fields.OneTermEqualSelector("metadata.name", n)):
+        // a watch of the collection filtered by name; kube-apiserver streams that object's events only.
+        await using var api = await SimulatedKubernetesApi.StartAsync();
+        api.Apply("default", Slice("svc-a"));
+        api.Apply("default", Slice("svc-b"));
+        using var http = new HttpClient { BaseAddress = api.Url };
+
+        using var response = await http.GetAsync(
+            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?watch=true&allowWatchBookmarks=true&fieldSelector=metadata.name%3Dsvc-a",
+            HttpCompletionOption.ResponseHeadersRead);
+        using var reader = new StreamReader(await response.Content.ReadAsStreamAsync());
+        await Poll.UntilAsync(() => api.ActiveWatches == 1, "watching");
+        api.Apply("default", Slice("svc-b"));
+        api.Apply("default", Slice("svc-a"));
+        api.Delete("default", "svc-b");
+        api.Delete("default", "svc-a");
+        api.SendBookmark(); // Marks the end of what the watch was sent.
+        var events = new List<string>();
+        while (await Poll.WithTimeout(reader.ReadLineAsync(), "the next watch event") is { } line)
+        {
+            var watchEvent = k8s.KubernetesJson.Deserialize<k8s.Watcher<V1EndpointSlice>.WatchEvent>(line);
+            if (watchEvent.Type == k8s.WatchEventType.Bookmark)
+            {
+                break;
+            }
+
+            events.Add($"{watchEvent.Type} {watchEvent.Object.Metadata.Name}");
+        }
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.Equal(["Added svc-a", "Modified svc-a", "Deleted svc-a"], events);
+    }
+
+    [Theory]
+    [InlineData("metadata.name%3Dsvc-a", "svc-a")]
+    [InlineData("metadata.name%3D%3Dsvc-a", "svc-a")]
+    [InlineData("metadata.name!%3Dsvc-a", "svc-b")]
+    [InlineData("metadata.namespace%3Ddefault,metadata.name!%3Dsvc-b", "svc-a")]
+    [InlineData("metadata.namespace%3Dother", "")]
+    public async Task List_FieldSelector_FiltersByNameAndNamespace(string fieldSelector, string expected)
+    {
+        await using var api = await SimulatedKubernetesApi.StartAsync();
+        api.Apply("default", Slice("svc-a"));
+        api.Apply("default", Slice("svc-b"));
+        using var http = new HttpClient { BaseAddress = api.Url };
+
+        var json = await http.GetStringAsync($"/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?fieldSelector={fieldSelector}");
+
+        Assert.Equal(expected, string.Join(",", k8s.KubernetesJson.Deserialize<V1EndpointSliceList>(json).Items.Select(s => s.Metadata.Name)));
+    }
+
+    [Fact]
+    public async Task Get_NamedSliceWithWatchTrue_AnsweredAsAReadAsKubeApiserverDoes()
+    {
+        // kube-apiserver serves a named path with its GET handler, which reads only GetOptions: watch=true there returns
+        // the object and ends (kubernetes/kubernetes#89755, #14289). Pins that the simulator does not stream here.
+        await using var api = await SimulatedKubernetesApi.StartAsync();
+        api.Apply("default", Slice("svc-a"));
+        using var http = new HttpClient { BaseAddress = api.Url };
+
+        var json = await Poll.WithTimeout(
+            http.GetStringAsync("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/svc-a?watch=true&resourceVersion=0"),
+            "the read to end");
+
+        var slice = k8s.KubernetesJson.Deserialize<V1EndpointSlice>(json);
+        Assert.Equal(("EndpointSlice", "svc-a"), (slice.Kind, slice.Metadata.Name));
+        Assert.Equal(0, api.WatchCount);
+    }
+
+    [Fact]
     public async Task KubernetesClient_ReadNamespacedEndpointSlice_ReturnsTheSliceAsStored()
     {
         // A GET of one object by name, as a client re-reads a slice it was told about: the stored copy, whole.
