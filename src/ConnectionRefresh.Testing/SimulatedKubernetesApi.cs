@@ -19,10 +19,11 @@ namespace ConnectionRefresh.Testing;
 /// real wire format, so a real Kubernetes client (for example the <c>kubernetes:///</c> resolver of
 /// ConnectionRefresh.Kubernetes) can watch it. It serves
 /// <c>GET /apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices</c> as a LIST (a JSON <c>EndpointSliceList</c>
-/// with <c>metadata.resourceVersion</c>; <c>labelSelector=kubernetes.io/service-name=NAME</c> filters, and so does a
-/// <c>fieldSelector</c> on <c>metadata.name</c> or <c>metadata.namespace</c> (<c>=</c>, <c>==</c>, <c>!=</c>, comma-joined),
-/// which is how a client watches one slice) or, with
-/// <c>watch=true</c>, as a chunked stream of newline-separated watch events from a <c>resourceVersion</c>
+/// with <c>metadata.resourceVersion</c>, whose items carry no <c>apiVersion</c>/<c>kind</c>, as kube-apiserver writes a
+/// built-in type's list, while a GET's object and every watch event's object carry them;
+/// <c>labelSelector=kubernetes.io/service-name=NAME</c> filters, and so does a <c>fieldSelector</c> on <c>metadata.name</c>
+/// or <c>metadata.namespace</c> (<c>=</c>, <c>==</c>, <c>!=</c>, comma-joined), which is how a client watches one slice)
+/// or, with <c>watch=true</c>, as a chunked stream of newline-separated watch events from a <c>resourceVersion</c>
 /// (<c>ADDED</c>/<c>MODIFIED</c>/<c>DELETED</c>, <c>BOOKMARK</c> when <c>allowWatchBookmarks=true</c>; without a
 /// resourceVersion, or from <c>0</c>, the current slices first, as <c>ADDED</c>), and
 /// <c>GET /apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices/{name}</c> as a read of one slice (the
@@ -224,6 +225,9 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
             var key = (ns, slice.Metadata.Name);
             var type = _slices.ContainsKey(key) ? "MODIFIED" : "ADDED";
             var copy = Clone(slice);
+            // Stored typed, as the API server stores it, whatever the writer sent: GET and watch events name the type.
+            copy.ApiVersion = "discovery.k8s.io/v1";
+            copy.Kind = "EndpointSlice";
             copy.Metadata.NamespaceProperty = ns;
             copy.Metadata.ResourceVersion = NextResourceVersion();
             _slices[key] = copy;
@@ -425,9 +429,6 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
             return;
         }
 
-        // The API server always names the type of an object it returns, whatever the writer sent.
-        slice.ApiVersion = "discovery.k8s.io/v1";
-        slice.Kind = "EndpointSlice";
         context.Response.ContentType = "application/json";
         await context.Response.WriteAsync(KubernetesJson.Serialize(slice), context.RequestAborted).ConfigureAwait(false);
     }
@@ -497,7 +498,7 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
                 ApiVersion = "discovery.k8s.io/v1",
                 Kind = "EndpointSliceList",
                 Metadata = new V1ListMeta { ResourceVersion = _resourceVersion.ToString(CultureInfo.InvariantCulture) },
-                Items = _slices.Where(s => s.Key.Ns == ns && selection.Matches(ns, s.Value)).Select(s => Clone(s.Value)).ToList(),
+                Items = _slices.Where(s => s.Key.Ns == ns && selection.Matches(ns, s.Value)).Select(s => ListItem(s.Value)).ToList(),
             };
         }
 
@@ -638,6 +639,19 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
 
     private static bool Matches(V1EndpointSlice slice, string? service) =>
         service is null || (slice.Metadata?.Labels?.TryGetValue(ServiceLabel, out var value) == true && value == service);
+
+    /// <summary>
+    /// A slice as an item of a LIST: without apiVersion and kind, which kube-apiserver leaves out of the items of a
+    /// built-in type's list (only the list says <c>EndpointSliceList</c>; kubernetes/kubernetes#3030), while a GET and
+    /// every watch event's object carry them.
+    /// </summary>
+    private static V1EndpointSlice ListItem(V1EndpointSlice slice)
+    {
+        var item = Clone(slice);
+        item.ApiVersion = null;
+        item.Kind = null;
+        return item;
+    }
 
     private static V1EndpointSlice Clone(V1EndpointSlice slice) =>
         KubernetesJson.Deserialize<V1EndpointSlice>(KubernetesJson.Serialize(slice));

@@ -472,6 +472,55 @@ public sealed class SimulatedKubernetesApiTests
     }
 
     [Fact]
+    public async Task ListAndWatch_ObjectShape_ItemsWithoutTypeWatchObjectsWithIt()
+    {
+        // On the wire, as kube-apiserver writes a built-in type (kubernetes/kubernetes#3030, #63676): a LIST names the type
+        // once (kind EndpointSliceList) and its items carry no apiVersion/kind; every watch event's object carries both.
+        // Whatever the writer set: one slice applied with apiVersion/kind, one without.
+        await using var api = await SimulatedKubernetesApi.StartAsync();
+        var typed = Slice("svc-a");
+        typed.ApiVersion = "discovery.k8s.io/v1";
+        typed.Kind = "EndpointSlice";
+        api.Apply("default", typed);
+        api.Apply("default", Slice("svc-b"));
+        using var http = new HttpClient { BaseAddress = api.Url };
+        const string Path = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices";
+
+        using (var list = System.Text.Json.JsonDocument.Parse(await http.GetStringAsync(Path)))
+        {
+            Assert.Equal("EndpointSliceList", list.RootElement.GetProperty("kind").GetString());
+            Assert.Equal("discovery.k8s.io/v1", list.RootElement.GetProperty("apiVersion").GetString());
+            var items = list.RootElement.GetProperty("items").EnumerateArray().ToList();
+            Assert.Equal(2, items.Count);
+            Assert.All(items, item => Assert.False(item.TryGetProperty("kind", out _) || item.TryGetProperty("apiVersion", out _), item.GetRawText()));
+        }
+
+        using var response = await http.GetAsync($"{Path}?watch=true&allowWatchBookmarks=true", HttpCompletionOption.ResponseHeadersRead);
+        using var reader = new StreamReader(await response.Content.ReadAsStreamAsync());
+        await Poll.UntilAsync(() => api.ActiveWatches == 1, "watching");
+        api.Apply("default", Slice("svc-c"));
+        api.Apply("default", Slice("svc-a"));
+        api.Delete("default", "svc-b");
+        api.SendBookmark();
+        var objects = new List<string>();
+        while (await Poll.WithTimeout(reader.ReadLineAsync(), "the next watch event") is { } line)
+        {
+            using var watchEvent = System.Text.Json.JsonDocument.Parse(line);
+            var type = watchEvent.RootElement.GetProperty("type").GetString();
+            var item = watchEvent.RootElement.GetProperty("object");
+            objects.Add($"{type} {(item.TryGetProperty("apiVersion", out var v) ? v.GetString() : "-")} {(item.TryGetProperty("kind", out var k) ? k.GetString() : "-")}");
+            if (type == "BOOKMARK")
+            {
+                break;
+            }
+        }
+
+        Assert.Equal(
+            [.. Enumerable.Repeat("ADDED discovery.k8s.io/v1 EndpointSlice", 3), "MODIFIED discovery.k8s.io/v1 EndpointSlice", "DELETED discovery.k8s.io/v1 EndpointSlice", "BOOKMARK discovery.k8s.io/v1 EndpointSlice"],
+            objects);
+    }
+
+    [Fact]
     public async Task KubernetesClient_ReadNamespacedEndpointSlice_ReturnsTheSliceAsStored()
     {
         // A GET of one object by name, as a client re-reads a slice it was told about: the stored copy, whole.
