@@ -290,8 +290,15 @@ public sealed class SimulatedKubernetesApiTests
         await Poll.UntilAsync(async () => await ConditionsAsync(http, victim) == (false, false, true), "serving turns false once the server stops listening");
         Assert.Equal(SimulatedPodState.Terminating, victim.State);
 
-        time.Advance(TimeSpan.FromSeconds(10));
-        Assert.Equal(victim.Name, await Poll.WithTimeout(running, "the running call to finish"));
+        // Advanced until the call ends: CallsActive counts the call before its handler has started its delay on the fake
+        // clock, and a single Advance that came first (a slow handler on a loaded machine) left it waiting for the grace
+        // period (30 s, real time), which then reset it.
+        await Poll.UntilAsync(() =>
+        {
+            time.Advance(TimeSpan.FromSeconds(10));
+            return running.IsCompleted;
+        }, "the running call to finish");
+        Assert.Equal(victim.Name, await running);
         await Poll.WithTimeout(stop, "the pod to exit");
         Assert.DoesNotContain(await ListAsync(http, "default", "svc"), s => s.Metadata.Name == "svc-" + victim.Name);
     }
