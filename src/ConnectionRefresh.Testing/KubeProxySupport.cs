@@ -60,8 +60,9 @@ public static class KubeProxySupport
         var proxy = await IptablesProxy.CreateAsync(CancellationToken.None).ConfigureAwait(false);
         try
         {
-            IPEndPoint[] endpoints = [new(IPAddress.Loopback, 9), new(IPAddress.Loopback, 10)];
-            await proxy.ApplyEndpointsAsync(() => endpoints, CancellationToken.None).ConfigureAwait(false);
+            // Every kind of rule the cluster writes: DNATs and a black-holed pod's SYN drop.
+            var rules = new IptablesProxy.EndpointRules([new(IPAddress.Loopback, 9), new(IPAddress.Loopback, 10)], [new(IPAddress.Loopback, 10)]);
+            await proxy.ApplyEndpointsAsync(() => rules, CancellationToken.None).ConfigureAwait(false);
         }
         finally
         {

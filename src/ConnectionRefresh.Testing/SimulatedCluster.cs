@@ -63,6 +63,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
     private readonly CancellationTokenSource _shutdown = new();
     private readonly Socket _listener;
     private IptablesProxy? _iptables;
+    // Iptables mode: completes once the rules for every pod black-holed so far are written (never faults); a new
+    // connection waits for it before it connects, so one opened after BlackHole returned meets the pod's drop rule.
+    private Task _unreachableRulesWritten = Task.CompletedTask;
     private Task _acceptLoop = Task.CompletedTask;
     private readonly List<Task> _podAcceptLoops = [];
     private int _podSequence;
@@ -182,7 +185,7 @@ public sealed class SimulatedCluster : IAsyncDisposable
             if (options.ProxyMode == KubeProxyMode.Iptables)
             {
                 cluster._iptables = await IptablesProxy.CreateAsync(cancellationToken).ConfigureAwait(false);
-                await cluster._iptables.ApplyEndpointsAsync(() => [], cancellationToken).ConfigureAwait(false);
+                await cluster._iptables.ApplyEndpointsAsync(() => new IptablesProxy.EndpointRules([], []), cancellationToken).ConfigureAwait(false);
             }
 
             cluster._acceptLoop = cluster.AcceptLoopAsync(cluster._listener, cluster.ConnectBackendAsync);
@@ -595,9 +598,9 @@ public sealed class SimulatedCluster : IAsyncDisposable
     /// node never completes its handshake; here the client's connect completes at the ClusterIP (a user-space proxy), which
     /// then holds the connection open and silent: it never connects to the pod (which sees no connection), forwards no byte,
     /// and sends no FIN or reset, until the client closes it (then it is released) or the cluster is disposed. In
-    /// <see cref="KubeProxyMode.Iptables"/> mode the kernel picks the pod, so the pod does accept such a connection, and
-    /// then no byte moves on it. Its own address in the simulated network (the one
-    /// <see cref="SimulatedKubernetesApi.MirrorEndpoints"/> publishes) answers no SYN from then on, even after the pod was
+    /// <see cref="KubeProxyMode.Iptables"/> mode the kernel picks the pod and a rule in the namespace drops the SYNs to it,
+    /// so the ClusterIP's connect into the namespace hangs, and the client's connection is held the same way. Its own
+    /// address in the simulated network (the one <see cref="SimulatedKubernetesApi.MirrorEndpoints"/> publishes) answers no SYN from then on, even after the pod was
     /// killed or stopped: a new connect to it hangs until the client's connect timeout, as to a node that is gone (on Linux;
     /// elsewhere the connect completes, and then nothing moves).
     /// </summary>
@@ -625,6 +628,29 @@ public sealed class SimulatedCluster : IAsyncDisposable
             }
 
             AddEvent(ClusterEventKind.PodBlackHoled, pod, $"{pod.Name} black-holed");
+        }
+
+        if (_iptables is not null)
+        {
+            // Not awaited (BlackHole is synchronous); new connections wait for it instead (ConnectIptablesAsync).
+            var written = WriteUnreachableRulesAsync();
+            lock (_gate)
+            {
+                _unreachableRulesWritten = Task.WhenAll(_unreachableRulesWritten, written);
+            }
+        }
+    }
+
+    private async Task WriteUnreachableRulesAsync()
+    {
+        try
+        {
+            await ApplyIptablesRulesAsync().ConfigureAwait(false);
+        }
+#pragma warning disable CA1031 // Nobody awaits the write: a failed one leaves the pod accepting new connections, as before.
+        catch (Exception)
+#pragma warning restore CA1031
+        {
         }
     }
 
@@ -1267,6 +1293,11 @@ public sealed class SimulatedCluster : IAsyncDisposable
     private async Task EndpointsChangedAsync()
     {
         EndpointsChanged?.Invoke();
+        await ApplyIptablesRulesAsync().ConfigureAwait(false);
+    }
+
+    private async Task ApplyIptablesRulesAsync()
+    {
         if (_iptables is null)
         {
             return;
@@ -1278,7 +1309,17 @@ public sealed class SimulatedCluster : IAsyncDisposable
             {
                 lock (_gate)
                 {
-                    return _disposed ? null : [.. _pods.Where(p => p.IsReady).Select(p => p.EndPoint!)];
+                    if (_disposed)
+                    {
+                        return null;
+                    }
+
+                    // A black-holed pod's SYNs are dropped even once it has left (a dead node answers nothing, not even a
+                    // reset), until another pod listens on its port.
+                    var live = _pods.Where(p => !p.IsBlackHoled && p.EndPoint is not null).Select(p => p.EndPoint!).ToHashSet();
+                    return new IptablesProxy.EndpointRules(
+                        [.. _pods.Where(p => p.IsReady).Select(p => p.EndPoint!)],
+                        [.. _allPods.Where(p => p.IsBlackHoled && p.EndPoint is not null && !live.Contains(p.EndPoint)).Select(p => p.EndPoint!).Distinct()]);
                 }
             },
             CancellationToken.None).ConfigureAwait(false);
@@ -1441,7 +1482,27 @@ public sealed class SimulatedCluster : IAsyncDisposable
     {
         // Real time, as the sockets (also with a fake TimeProvider).
         var connectStarted = Stopwatch.GetTimestamp();
-        var backend = await _iptables!.ConnectToServiceAsync(cancellationToken).ConfigureAwait(false);
+        Task unreachableRules;
+        lock (_gate)
+        {
+            unreachableRules = _unreachableRulesWritten;
+        }
+
+        await unreachableRules.WaitAsync(cancellationToken).ConfigureAwait(false);
+        // A connect the kernel DNATs to a black-holed pod hangs (its SYNs are dropped) until the client gives up.
+        Socket backend;
+        try
+        {
+            backend = await connection.ConnectWhileWatchingClientAsync(_iptables!.ConnectToServiceAsync, cancellationToken).ConfigureAwait(false);
+        }
+        catch (SocketException ex) when (ex.SocketErrorCode == SocketError.TimedOut)
+        {
+            // The kernel gave up its SYN retries (net.ipv4.tcp_syn_retries). The client's own connect has completed here,
+            // and a dead node sends no reset: hold it silent, as the userspace mode does, until it gives up too.
+            await connection.HoldAsync(cancellationToken).ConfigureAwait(false);
+            return null;
+        }
+
         var port = ((IPEndPoint)backend.LocalEndPoint!).Port;
         TaskCompletionSource<PodAttribution> pending;
         // An answer from before this connection was opened is not about it: an earlier connection from the same source port

@@ -19,16 +19,21 @@ namespace ConnectionRefresh.Testing;
 /// real wire format, so a real Kubernetes client (for example the <c>kubernetes:///</c> resolver of
 /// ConnectionRefresh.Kubernetes) can watch it. It serves
 /// <c>GET /apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices</c> as a LIST (a JSON <c>EndpointSliceList</c>
-/// with <c>metadata.resourceVersion</c>; <c>labelSelector=kubernetes.io/service-name=NAME</c> filters) or, with
-/// <c>watch=true</c>, as a chunked stream of newline-separated watch events from a <c>resourceVersion</c>
+/// with <c>metadata.resourceVersion</c>, whose items carry no <c>apiVersion</c>/<c>kind</c>, as kube-apiserver writes a
+/// built-in type's list, while a GET's object and every watch event's object carry them;
+/// <c>labelSelector=kubernetes.io/service-name=NAME</c> filters, and so does a <c>fieldSelector</c> on <c>metadata.name</c>
+/// or <c>metadata.namespace</c> (<c>=</c>, <c>==</c>, <c>!=</c>, comma-joined), which is how a client watches one slice)
+/// or, with <c>watch=true</c>, as a chunked stream of newline-separated watch events from a <c>resourceVersion</c>
 /// (<c>ADDED</c>/<c>MODIFIED</c>/<c>DELETED</c>, <c>BOOKMARK</c> when <c>allowWatchBookmarks=true</c>; without a
 /// resourceVersion, or from <c>0</c>, the current slices first, as <c>ADDED</c>), and
 /// <c>GET /apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices/{name}</c> as a read of one slice (the
-/// <c>EndpointSlice</c> as JSON); bearer tokens are checked.
+/// <c>EndpointSlice</c> as JSON; a <c>watch=true</c> there is ignored, as kube-apiserver ignores it on a named path);
+/// bearer tokens are checked.
 /// Errors are answered as kube-apiserver answers them, with a <c>Status</c> object (<c>kind: Status</c>, <c>apiVersion: v1</c>,
 /// <c>status: Failure</c>, <c>message</c>, <c>reason</c>, <c>code</c>) and that code as the HTTP status: a rejected token
 /// 401 <c>Unauthorized</c> (on any path); a token RBAC refuses (<see cref="SetForbiddenTokens"/>) 403 <c>Forbidden</c>; a read of a slice that does not exist 404 <c>NotFound</c> with <c>details</c>
-/// (<c>endpointslices.discovery.k8s.io "NAME" not found</c>); an unknown path 404 <c>NotFound</c>; a method other than GET
+/// (<c>endpointslices.discovery.k8s.io "NAME" not found</c>); a field selector on another field, or one it cannot parse, 400
+/// <c>BadRequest</c>; an unknown path 404 <c>NotFound</c>; a method other than GET
 /// on the EndpointSlice collection or on one slice 405 <c>MethodNotAllowed</c>. A watch from a compacted resourceVersion
 /// gets what the watch cache sends: HTTP 200, then one <c>ERROR</c> event whose object is a 410 <c>Expired</c> Status
 /// ("too old resource version"), then the end of the stream (or, with <see cref="GoneAsHttpStatus"/>, HTTP 410 with that Status as the body).
@@ -220,6 +225,9 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
             var key = (ns, slice.Metadata.Name);
             var type = _slices.ContainsKey(key) ? "MODIFIED" : "ADDED";
             var copy = Clone(slice);
+            // Stored typed, as the API server stores it, whatever the writer sent: GET and watch events name the type.
+            copy.ApiVersion = "discovery.k8s.io/v1";
+            copy.Kind = "EndpointSlice";
             copy.Metadata.NamespaceProperty = ns;
             copy.Metadata.ResourceVersion = NextResourceVersion();
             _slices[key] = copy;
@@ -366,25 +374,40 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
     {
         var query = context.Request.Query;
         var watch = string.Equals(query["watch"], "true", StringComparison.OrdinalIgnoreCase);
-        if (await RejectedAsync(context, ns, watch ? "watch" : "list", name: null).ConfigureAwait(false))
+        // As kube-apiserver's request info: a field selector that requires one metadata.name makes that the request's
+        // object name, so RBAC (resourceNames) and its refusal see it.
+        if (await RejectedAsync(context, ns, watch ? "watch" : "list", FieldTerm.ExactName(query["fieldSelector"].ToString())).ConfigureAwait(false))
         {
             return;
         }
 
         var service = ParseServiceSelector(query["labelSelector"].ToString());
+        var fieldSelector = query["fieldSelector"].ToString();
+        if (!FieldTerm.TryParse(fieldSelector, out var fields, out var invalid))
+        {
+            // The list handler's answer to a field selector it cannot parse or convert (errors.NewBadRequest).
+            await WriteStatusAsync(context, Status(StatusCodes.Status400BadRequest, "BadRequest", invalid)).ConfigureAwait(false);
+            return;
+        }
+
+        var selection = new Selection(service, fields);
         if (watch)
         {
-            await WatchAsync(context, ns, service, query["resourceVersion"].ToString(),
+            await WatchAsync(context, ns, selection, query["resourceVersion"].ToString(),
                 string.Equals(query["allowWatchBookmarks"], "true", StringComparison.OrdinalIgnoreCase),
                 int.TryParse(query["timeoutSeconds"], CultureInfo.InvariantCulture, out var timeout) ? timeout : 0).ConfigureAwait(false);
         }
         else
         {
-            await ListAsync(context, ns, service).ConfigureAwait(false);
+            await ListAsync(context, ns, selection).ConfigureAwait(false);
         }
     }
 
-    /// <summary>A read of one slice by name: the slice, or the API server's 404 for a named object that does not exist.</summary>
+    /// <summary>
+    /// A read of one slice by name: the slice, or the API server's 404 for a named object that does not exist. Query
+    /// parameters other than GetOptions' are ignored, <c>watch=true</c> included: kube-apiserver serves a named path with
+    /// its GET handler, and a watch of one object is a watch of the collection with <c>fieldSelector=metadata.name=NAME</c>.
+    /// </summary>
     private async Task HandleGetAsync(HttpContext context, string ns, string name)
     {
         if (await RejectedAsync(context, ns, "get", name).ConfigureAwait(false))
@@ -406,9 +429,6 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
             return;
         }
 
-        // The API server always names the type of an object it returns, whatever the writer sent.
-        slice.ApiVersion = "discovery.k8s.io/v1";
-        slice.Kind = "EndpointSlice";
         context.Response.ContentType = "application/json";
         await context.Response.WriteAsync(KubernetesJson.Serialize(slice), context.RequestAborted).ConfigureAwait(false);
     }
@@ -468,7 +488,7 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
             $"cannot {verb} resource \"endpointslices\" in API group \"discovery.k8s.io\" in the namespace \"{ns}\"")
         with { Details = new StatusDetails(name, "discovery.k8s.io", "endpointslices") };
 
-    private async Task ListAsync(HttpContext context, string ns, string? service)
+    private async Task ListAsync(HttpContext context, string ns, Selection selection)
     {
         V1EndpointSliceList list;
         lock (_lock)
@@ -478,7 +498,7 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
                 ApiVersion = "discovery.k8s.io/v1",
                 Kind = "EndpointSliceList",
                 Metadata = new V1ListMeta { ResourceVersion = _resourceVersion.ToString(CultureInfo.InvariantCulture) },
-                Items = _slices.Where(s => s.Key.Ns == ns && Matches(s.Value, service)).Select(s => Clone(s.Value)).ToList(),
+                Items = _slices.Where(s => s.Key.Ns == ns && selection.Matches(ns, s.Value)).Select(s => ListItem(s.Value)).ToList(),
             };
         }
 
@@ -487,10 +507,10 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
         await context.Response.WriteAsync(KubernetesJson.Serialize(list), context.RequestAborted).ConfigureAwait(false);
     }
 
-    private async Task WatchAsync(HttpContext context, string ns, string? service, string resourceVersion, bool bookmarks, int timeoutSeconds)
+    private async Task WatchAsync(HttpContext context, string ns, Selection selection, string resourceVersion, bool bookmarks, int timeoutSeconds)
     {
         var from = long.TryParse(resourceVersion, CultureInfo.InvariantCulture, out var rv) ? rv : 0;
-        var watcher = new Watcher(ns, service, bookmarks);
+        var watcher = new Watcher(ns, selection, bookmarks);
         bool gone;
         long oldest;
         lock (_lock)
@@ -500,7 +520,7 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
             if (!gone && from == 0)
             {
                 // No resourceVersion (or "0"): as the API server does, the current state first, every slice as ADDED.
-                foreach (var slice in _slices.Where(s => s.Key.Ns == ns && Matches(s.Value, service)).Select(s => s.Value))
+                foreach (var slice in _slices.Where(s => s.Key.Ns == ns && selection.Matches(ns, s.Value)).Select(s => s.Value))
                 {
                     watcher.Lines.Writer.TryWrite(KubernetesJson.Serialize(new WatchLine("ADDED", slice)));
                 }
@@ -509,7 +529,7 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
             }
             else if (!gone)
             {
-                foreach (var entry in _history.Where(e => e.ResourceVersion > from && e.Ns == ns && Matches(e.Slice, service)))
+                foreach (var entry in _history.Where(e => e.ResourceVersion > from && e.Ns == ns && selection.Matches(ns, e.Slice)))
                 {
                     watcher.Lines.Writer.TryWrite(entry.Line);
                 }
@@ -598,7 +618,7 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
     {
         var line = KubernetesJson.Serialize(new WatchLine(type, slice));
         _history.Add(new HistoryEntry(long.Parse(slice.Metadata.ResourceVersion, CultureInfo.InvariantCulture), ns, slice, line));
-        foreach (var watcher in _watchers.Where(w => w.Ns == ns && Matches(slice, w.Service)))
+        foreach (var watcher in _watchers.Where(w => w.Ns == ns && w.Selection.Matches(ns, slice)))
         {
             watcher.Lines.Writer.TryWrite(line);
         }
@@ -620,10 +640,89 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
     private static bool Matches(V1EndpointSlice slice, string? service) =>
         service is null || (slice.Metadata?.Labels?.TryGetValue(ServiceLabel, out var value) == true && value == service);
 
+    /// <summary>
+    /// A slice as an item of a LIST: without apiVersion and kind, which kube-apiserver leaves out of the items of a
+    /// built-in type's list (only the list says <c>EndpointSliceList</c>; kubernetes/kubernetes#3030), while a GET and
+    /// every watch event's object carry them.
+    /// </summary>
+    private static V1EndpointSlice ListItem(V1EndpointSlice slice)
+    {
+        var item = Clone(slice);
+        item.ApiVersion = null;
+        item.Kind = null;
+        return item;
+    }
+
     private static V1EndpointSlice Clone(V1EndpointSlice slice) =>
         KubernetesJson.Deserialize<V1EndpointSlice>(KubernetesJson.Serialize(slice));
 
     private sealed record HistoryEntry(long ResourceVersion, string Ns, V1EndpointSlice Slice, string Line);
+
+    /// <summary>What a LIST or WATCH selects: the Service's label (null: any) and every field term.</summary>
+    private sealed record Selection(string? Service, IReadOnlyList<FieldTerm> Fields)
+    {
+        public bool Matches(string ns, V1EndpointSlice slice) =>
+            SimulatedKubernetesApi.Matches(slice, Service) && Fields.All(term => term.Matches(ns, slice));
+    }
+
+    /// <summary>
+    /// One term of a field selector, as apimachinery's fields.ParseSelector reads it (<c>field=value</c>,
+    /// <c>field==value</c>, <c>field!=value</c>; terms joined by commas, all must hold). An EndpointSlice has no field
+    /// label conversion of its own, so only the generic <c>metadata.name</c> and <c>metadata.namespace</c> are known
+    /// (runtime.DefaultMetaV1FieldSelectorConversion). Backslash escapes are not read.
+    /// </summary>
+    private sealed record FieldTerm(string Field, bool Equal, string Value)
+    {
+        public bool Matches(string ns, V1EndpointSlice slice) =>
+            string.Equals(Field == "metadata.name" ? slice.Metadata?.Name : ns, Value, StringComparison.Ordinal) == Equal;
+
+        /// <summary>Parses <paramref name="selector"/>, or gives the API server's message for why it is refused.</summary>
+        public static bool TryParse(string selector, out IReadOnlyList<FieldTerm> terms, [System.Diagnostics.CodeAnalysis.NotNullWhen(false)] out string? error)
+        {
+            var parsed = new List<FieldTerm>();
+            terms = parsed;
+            error = null;
+            foreach (var part in selector.Split(','))
+            {
+                if (part.Length == 0)
+                {
+                    continue;
+                }
+
+                // The first position where an operator starts; there, != before == before =.
+                var at = part.IndexOfAny(['!', '=']);
+                while (at >= 0 && part[at] == '!' && !part.AsSpan(at).StartsWith("!="))
+                {
+                    at = part.IndexOfAny(['!', '='], at + 1);
+                }
+
+                if (at < 0)
+                {
+                    error = $"invalid selector: '{selector}'; can't understand '{part}'";
+                    return false;
+                }
+
+                var op = part.AsSpan(at).StartsWith("!=") ? "!=" : part.AsSpan(at).StartsWith("==") ? "==" : "=";
+                var equal = op != "!=";
+                var field = part[..at];
+                if (field is not ("metadata.name" or "metadata.namespace"))
+                {
+                    error = $"\"{field}\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\"";
+                    return false;
+                }
+
+                parsed.Add(new FieldTerm(field, equal, part[(at + op.Length)..]));
+            }
+
+            return true;
+        }
+
+        /// <summary>The one name a selector requires (fields.Selector.RequiresExactMatch("metadata.name")), or null.</summary>
+        public static string? ExactName(string selector) =>
+            TryParse(selector, out var terms, out _) && terms.FirstOrDefault(t => t.Field == "metadata.name" && t.Equal) is { Value.Length: > 0 } term
+                ? term.Value
+                : null;
+    }
 
     /// <summary>
     /// The JSON of a failure <c>Status</c> (<c>meta/v1</c>), field for field and in the order the API server writes it
@@ -661,11 +760,11 @@ public sealed class SimulatedKubernetesApi : IAsyncDisposable
         [property: System.Text.Json.Serialization.JsonPropertyName("type")] string Type,
         [property: System.Text.Json.Serialization.JsonPropertyName("object")] object Object);
 
-    private sealed class Watcher(string ns, string? service, bool bookmarks)
+    private sealed class Watcher(string ns, Selection selection, bool bookmarks)
     {
         public string Ns { get; } = ns;
 
-        public string? Service { get; } = service;
+        public Selection Selection { get; } = selection;
 
         public bool Bookmarks { get; } = bookmarks;
 

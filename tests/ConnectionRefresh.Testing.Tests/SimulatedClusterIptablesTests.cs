@@ -115,6 +115,114 @@ public sealed class SimulatedClusterIptablesTests
     }
 
     [SkippableFact]
+    public async Task BlackHole_IptablesKernelPicksThePod_NewConnectionHangsWithoutReachingItAndOthersStillWork()
+    {
+        SkipIfUnsupported();
+        await using var cluster = await SimulatedCluster.StartAsync(Options(2));
+        var dead = cluster.Pods[0];
+        var live = cluster.Pods[1];
+        cluster.BlackHole(dead);
+
+        // New connections until the kernel has picked each pod at least once (1/2 each; 40 tries fail with 2 × 0.5^40).
+        Socket? held = null;
+        var answered = 0;
+        for (var attempt = 0; attempt < 40 && (held is null || answered == 0); attempt++)
+        {
+            var socket = await RawSockets.ConnectAsync(cluster.Address);
+            await socket.SendAsync(Http2PrefaceAndSettings, SocketFlags.None);
+            // A pod's SETTINGS come in milliseconds. 3.5 s of silence spans the first SYN retransmissions (1 s, then 1 s or
+            // 2 s apart): they must go to the pod the kernel picked first (conntrack), not be balanced afresh (as with a drop
+            // before conntrack confirms the connection) and reach the live pod.
+            using var wait = new CancellationTokenSource(TimeSpan.FromSeconds(3.5));
+            try
+            {
+                Assert.True(await socket.ReceiveAsync(new byte[64], SocketFlags.None, wait.Token) > 0, "a pod's SETTINGS frame");
+                answered++;
+                socket.Dispose();
+            }
+            catch (OperationCanceledException) when (held is null)
+            {
+                held = socket;
+            }
+            catch (OperationCanceledException)
+            {
+                socket.Dispose();
+            }
+        }
+
+        Assert.NotNull(held);
+        Assert.True(answered > 0, "the live pod answered a new connection");
+        Assert.Equal(0, dead.ConnectionsAccepted);
+        Assert.True(live.ConnectionsAccepted >= answered, $"{live.ConnectionsAccepted} connections accepted, {answered} answered");
+        // The held connection stays open (only the closed ones leave), its connect into the namespace still waiting.
+        await Poll.UntilAsync(() => cluster.OpenConnections == 1, "only the held connection is open");
+        Assert.Equal(1, await SynSentCountAsync(cluster));
+
+        held.Dispose();
+
+        // The client gave up: the ClusterIP lets go of its connection and of the connect into the namespace.
+        await Poll.UntilAsync(() => cluster.OpenConnections == 0, "the ClusterIP released the connection the client closed");
+        await Poll.UntilAsync(async () => await SynSentCountAsync(cluster) == 0, "the connect into the namespace was cancelled");
+        Assert.Equal(0, dead.ConnectionsAccepted);
+        using var client = new TestClient(cluster.Address);
+        await cluster.SetReadyAsync(dead, false);
+        Assert.Equal(live.Name, await client.HelloAsync());
+    }
+
+    [SkippableFact]
+    public async Task BlackHole_IptablesKernelGivesUpTheConnect_ClientConnectionStaysOpenAndSilent()
+    {
+        SkipIfUnsupported();
+        await using var cluster = await SimulatedCluster.StartAsync(Options(1));
+        // Per namespace: one SYN retransmission, so the kernel gives up the connect into the namespace after ~3 s, not minutes.
+        await RunAsync("ip", "netns", "exec", cluster.NetworkNamespace!, "sysctl", "-q", "-w", "net.ipv4.tcp_syn_retries=1");
+        var pod = cluster.Pods[0];
+        cluster.BlackHole(pod);
+        using var socket = await RawSockets.ConnectAsync(cluster.Address);
+        await socket.SendAsync(Http2PrefaceAndSettings, SocketFlags.None);
+        await Poll.UntilAsync(async () => await SynSentCountAsync(cluster) == 1, "the connect into the namespace hangs");
+        var receive = socket.ReceiveAsync(new byte[16], SocketFlags.None);
+
+        await Poll.UntilAsync(async () => await SynSentCountAsync(cluster) == 0, "the kernel gave up the connect");
+
+        // A dead node sends no reset: the client's connection stays open and silent until it gives up, as in userspace mode.
+        await socket.SendAsync(Http2PrefaceAndSettings, SocketFlags.None);
+        Assert.Equal(1, cluster.OpenConnections);
+        // 1 s: a reset or FIN on loopback arrives in milliseconds.
+        await Task.WhenAny(receive, Task.Delay(TimeSpan.FromSeconds(1)));
+        Assert.False(receive.IsCompleted, $"the client's connection was closed or answered: {receive.Status}");
+        Assert.Equal(1, cluster.OpenConnections);
+        Assert.Equal(0, pod.ConnectionsAccepted);
+    }
+
+    [SkippableFact]
+    public async Task DisposeAsync_IptablesConnectionHeldForABlackHoledPod_CancelsItsConnectAndCompletes()
+    {
+        SkipIfUnsupported();
+        var cluster = await SimulatedCluster.StartAsync(Options(1));
+        var name = cluster.NetworkNamespace!;
+        var pod = cluster.Pods[0];
+        cluster.BlackHole(pod);
+        using var socket = await RawSockets.ConnectAsync(cluster.Address);
+        await socket.SendAsync(Http2PrefaceAndSettings, SocketFlags.None);
+        await Poll.UntilAsync(async () => await SynSentCountAsync(cluster) == 1, "the connect into the namespace hangs");
+
+        await Poll.WithTimeout(cluster.DisposeAsync().AsTask(), "the disposal");
+
+        Assert.Equal(0, cluster.OpenConnections);
+        Assert.Equal(0, pod.ConnectionsAccepted);
+        Assert.DoesNotContain(name, await ListNamespacesAsync());
+        var closed = await Poll.WithTimeout(Record.ExceptionAsync(async () =>
+        {
+            if (await socket.ReceiveAsync(new byte[16], SocketFlags.None) != 0)
+            {
+                throw new InvalidOperationException("bytes arrived");
+            }
+        }), "the held connection to close");
+        Assert.True(closed is null or SocketException { SocketErrorCode: SocketError.ConnectionReset }, closed?.ToString());
+    }
+
+    [SkippableFact]
     public async Task StopPodAsync_IptablesLastPod_RunningCallFinishes()
     {
         SkipIfUnsupported();
@@ -271,6 +379,11 @@ public sealed class SimulatedClusterIptablesTests
     }
 
     private static async Task<string> ListNamespacesAsync() => await RunAsync("ip", "netns", "list");
+
+    /// <summary>Connects inside the cluster's namespace that wait for their handshake (SYN sent, no answer yet).</summary>
+    private static async Task<int> SynSentCountAsync(SimulatedCluster cluster) =>
+        (await RunAsync("ip", "netns", "exec", cluster.NetworkNamespace!, "ss", "-Htn", "state", "syn-sent"))
+            .Split('\n', StringSplitOptions.RemoveEmptyEntries).Length;
 
     private static async Task<string> RunAsync(string file, params string[] arguments)
     {

@@ -57,6 +57,8 @@ public sealed class SimulatedKubernetesApiStatusTests
     [InlineData(Collection, "list", null)]
     [InlineData(Collection + "?watch=true&resourceVersion=1000", "watch", null)]
     [InlineData(Collection + "/a", "get", "a")]
+    [InlineData(Collection + "?watch=true&fieldSelector=metadata.name%3Da", "watch", "a")]
+    [InlineData(Collection + "?fieldSelector=metadata.namespace%3Ddefault,metadata.name%3Da", "list", "a")]
     public async Task Request_TokenForbidden_403WithAForbiddenStatusNamingTheVerb(string path, string verb, string? name)
     {
         await using var api = await SimulatedKubernetesApi.StartAsync("good", "refused");
@@ -77,6 +79,24 @@ public sealed class SimulatedKubernetesApiStatusTests
                 : $$"""{"name":"{{name}}","group":"discovery.k8s.io","kind":"endpointslices"}""");
         Assert.Equal(0, api.ListCount);
         Assert.Equal(0, api.ActiveWatches);
+    }
+
+    [Theory]
+    [InlineData("?fieldSelector=spec.nodeName%3Dn", "\"spec.nodeName\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\"")]
+    [InlineData("?watch=true&fieldSelector=metadata.name%3Da,status%3Dx", "\"status\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\"")]
+    [InlineData("?watch=true&fieldSelector=metadata.name", "invalid selector: 'metadata.name'; can't understand 'metadata.name'")]
+    public async Task ListOrWatch_FieldSelectorNotServed_400BadRequestStatus(string query, string message)
+    {
+        // An EndpointSlice has no field label conversion: only metadata.name and metadata.namespace can be selected.
+        await using var api = await SimulatedKubernetesApi.StartAsync();
+        using var http = new HttpClient { BaseAddress = api.Url };
+
+        using var response = await http.GetAsync(Collection + query);
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        AssertStatus(await response.Content.ReadAsStringAsync(), 400, "BadRequest", message);
+        Assert.Equal(0, api.ListCount);
+        Assert.Equal(0, api.WatchCount);
     }
 
     [Fact]

@@ -290,8 +290,15 @@ public sealed class SimulatedKubernetesApiTests
         await Poll.UntilAsync(async () => await ConditionsAsync(http, victim) == (false, false, true), "serving turns false once the server stops listening");
         Assert.Equal(SimulatedPodState.Terminating, victim.State);
 
-        time.Advance(TimeSpan.FromSeconds(10));
-        Assert.Equal(victim.Name, await Poll.WithTimeout(running, "the running call to finish"));
+        // Advanced until the call ends: CallsActive counts the call before its handler has started its delay on the fake
+        // clock, and a single Advance that came first (a slow handler on a loaded machine) left it waiting for the grace
+        // period (30 s, real time), which then reset it.
+        await Poll.UntilAsync(() =>
+        {
+            time.Advance(TimeSpan.FromSeconds(10));
+            return running.IsCompleted;
+        }, "the running call to finish");
+        Assert.Equal(victim.Name, await running);
         await Poll.WithTimeout(stop, "the pod to exit");
         Assert.DoesNotContain(await ListAsync(http, "default", "svc"), s => s.Metadata.Name == "svc-" + victim.Name);
     }
@@ -397,6 +404,127 @@ public sealed class SimulatedKubernetesApiTests
         }
 
         Assert.Equal(["Added svc-a", "Added svc-c"], events.Order());
+    }
+
+    [Fact]
+    public async Task Watch_FieldSelectorOnOneName_StreamsOnlyThatSlice()
+    {
+        // How a client watches one object (client-go's ListWatch with fields.OneTermEqualSelector("metadata.name", n)):
+        // a watch of the collection filtered by name; kube-apiserver streams that object's events only.
+        await using var api = await SimulatedKubernetesApi.StartAsync();
+        api.Apply("default", Slice("svc-a"));
+        api.Apply("default", Slice("svc-b"));
+        using var http = new HttpClient { BaseAddress = api.Url };
+
+        using var response = await http.GetAsync(
+            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?watch=true&allowWatchBookmarks=true&fieldSelector=metadata.name%3Dsvc-a",
+            HttpCompletionOption.ResponseHeadersRead);
+        using var reader = new StreamReader(await response.Content.ReadAsStreamAsync());
+        await Poll.UntilAsync(() => api.ActiveWatches == 1, "watching");
+        api.Apply("default", Slice("svc-b"));
+        api.Apply("default", Slice("svc-a"));
+        api.Delete("default", "svc-b");
+        api.Delete("default", "svc-a");
+        api.SendBookmark(); // Marks the end of what the watch was sent.
+        var events = new List<string>();
+        while (await Poll.WithTimeout(reader.ReadLineAsync(), "the next watch event") is { } line)
+        {
+            var watchEvent = k8s.KubernetesJson.Deserialize<k8s.Watcher<V1EndpointSlice>.WatchEvent>(line);
+            if (watchEvent.Type == k8s.WatchEventType.Bookmark)
+            {
+                break;
+            }
+
+            events.Add($"{watchEvent.Type} {watchEvent.Object.Metadata.Name}");
+        }
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.Equal(["Added svc-a", "Modified svc-a", "Deleted svc-a"], events);
+    }
+
+    [Theory]
+    [InlineData("metadata.name%3Dsvc-a", "svc-a")]
+    [InlineData("metadata.name%3D%3Dsvc-a", "svc-a")]
+    [InlineData("metadata.name!%3Dsvc-a", "svc-b")]
+    [InlineData("metadata.namespace%3Ddefault,metadata.name!%3Dsvc-b", "svc-a")]
+    [InlineData("metadata.namespace%3Dother", "")]
+    public async Task List_FieldSelector_FiltersByNameAndNamespace(string fieldSelector, string expected)
+    {
+        await using var api = await SimulatedKubernetesApi.StartAsync();
+        api.Apply("default", Slice("svc-a"));
+        api.Apply("default", Slice("svc-b"));
+        using var http = new HttpClient { BaseAddress = api.Url };
+
+        var json = await http.GetStringAsync($"/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?fieldSelector={fieldSelector}");
+
+        Assert.Equal(expected, string.Join(",", k8s.KubernetesJson.Deserialize<V1EndpointSliceList>(json).Items.Select(s => s.Metadata.Name)));
+    }
+
+    [Fact]
+    public async Task Get_NamedSliceWithWatchTrue_AnsweredAsAReadAsKubeApiserverDoes()
+    {
+        // kube-apiserver serves a named path with its GET handler, which reads only GetOptions: watch=true there returns
+        // the object and ends (kubernetes/kubernetes#89755, #14289). Pins that the simulator does not stream here.
+        await using var api = await SimulatedKubernetesApi.StartAsync();
+        api.Apply("default", Slice("svc-a"));
+        using var http = new HttpClient { BaseAddress = api.Url };
+
+        var json = await Poll.WithTimeout(
+            http.GetStringAsync("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/svc-a?watch=true&resourceVersion=0"),
+            "the read to end");
+
+        var slice = k8s.KubernetesJson.Deserialize<V1EndpointSlice>(json);
+        Assert.Equal(("EndpointSlice", "svc-a"), (slice.Kind, slice.Metadata.Name));
+        Assert.Equal(0, api.WatchCount);
+    }
+
+    [Fact]
+    public async Task ListAndWatch_ObjectShape_ItemsWithoutTypeWatchObjectsWithIt()
+    {
+        // On the wire, as kube-apiserver writes a built-in type (kubernetes/kubernetes#3030, #63676): a LIST names the type
+        // once (kind EndpointSliceList) and its items carry no apiVersion/kind; every watch event's object carries both.
+        // Whatever the writer set: one slice applied with apiVersion/kind, one without.
+        await using var api = await SimulatedKubernetesApi.StartAsync();
+        var typed = Slice("svc-a");
+        typed.ApiVersion = "discovery.k8s.io/v1";
+        typed.Kind = "EndpointSlice";
+        api.Apply("default", typed);
+        api.Apply("default", Slice("svc-b"));
+        using var http = new HttpClient { BaseAddress = api.Url };
+        const string Path = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices";
+
+        using (var list = System.Text.Json.JsonDocument.Parse(await http.GetStringAsync(Path)))
+        {
+            Assert.Equal("EndpointSliceList", list.RootElement.GetProperty("kind").GetString());
+            Assert.Equal("discovery.k8s.io/v1", list.RootElement.GetProperty("apiVersion").GetString());
+            var items = list.RootElement.GetProperty("items").EnumerateArray().ToList();
+            Assert.Equal(2, items.Count);
+            Assert.All(items, item => Assert.False(item.TryGetProperty("kind", out _) || item.TryGetProperty("apiVersion", out _), item.GetRawText()));
+        }
+
+        using var response = await http.GetAsync($"{Path}?watch=true&allowWatchBookmarks=true", HttpCompletionOption.ResponseHeadersRead);
+        using var reader = new StreamReader(await response.Content.ReadAsStreamAsync());
+        await Poll.UntilAsync(() => api.ActiveWatches == 1, "watching");
+        api.Apply("default", Slice("svc-c"));
+        api.Apply("default", Slice("svc-a"));
+        api.Delete("default", "svc-b");
+        api.SendBookmark();
+        var objects = new List<string>();
+        while (await Poll.WithTimeout(reader.ReadLineAsync(), "the next watch event") is { } line)
+        {
+            using var watchEvent = System.Text.Json.JsonDocument.Parse(line);
+            var type = watchEvent.RootElement.GetProperty("type").GetString();
+            var item = watchEvent.RootElement.GetProperty("object");
+            objects.Add($"{type} {(item.TryGetProperty("apiVersion", out var v) ? v.GetString() : "-")} {(item.TryGetProperty("kind", out var k) ? k.GetString() : "-")}");
+            if (type == "BOOKMARK")
+            {
+                break;
+            }
+        }
+
+        Assert.Equal(
+            [.. Enumerable.Repeat("ADDED discovery.k8s.io/v1 EndpointSlice", 3), "MODIFIED discovery.k8s.io/v1 EndpointSlice", "DELETED discovery.k8s.io/v1 EndpointSlice", "BOOKMARK discovery.k8s.io/v1 EndpointSlice"],
+            objects);
     }
 
     [Fact]

@@ -12,7 +12,9 @@ namespace ConnectionRefresh.Testing.Internal;
 /// <c>statistic random</c> jump per endpoint, probability 1/(n−i) for the i-th of n so each is picked with 1/n) →
 /// KUBE-SEP (DNAT to the pod). The service's chains are rewritten with iptables-restore on every endpoint change; conntrack keeps
 /// established connections on the pod they were DNATed to. The kernel picks the pod; the ClusterIP's userspace part only
-/// carries bytes between the host namespace (where clients run) and the namespace.
+/// carries bytes between the host namespace (where clients run) and the namespace. The <c>filter</c> table drops new
+/// connections' SYNs to black-holed pods (chain <see cref="UnreachableChain"/>), so that a connect the kernel DNATs to one
+/// hangs, as to a node that is gone.
 /// </summary>
 /// <remarks>
 /// Thread-safe: rule rewrites, the chain bookkeeping and the disposal are serialised by a semaphore (never disposed, so a
@@ -24,6 +26,7 @@ internal sealed class IptablesProxy : IAsyncDisposable
     public static readonly IPEndPoint ServiceEndPoint = new(IPAddress.Parse("127.10.0.1"), 80);
 
     private const string ServiceChain = "KUBE-SVC-CRSIM";
+    private const string UnreachableChain = "CRSIM-UNREACHABLE";
     private readonly SemaphoreSlim _rulesGate = new(1, 1);
     private readonly HashSet<int> _endpointChains = [];
     private bool _initialized;
@@ -97,17 +100,19 @@ internal sealed class IptablesProxy : IAsyncDisposable
         }
     }
 
-    /// <summary>Rewrites the service's chains from <paramref name="snapshot"/>, taken under the rule lock (null: skip).</summary>
-    public async Task ApplyEndpointsAsync(Func<IReadOnlyList<IPEndPoint>?> snapshot, CancellationToken cancellationToken)
+    /// <summary>Rewrites the service's chains and the unreachable pods' rules from <paramref name="snapshot"/>, taken under the rule lock (null: skip).</summary>
+    public async Task ApplyEndpointsAsync(Func<EndpointRules?> snapshot, CancellationToken cancellationToken)
     {
         await _rulesGate.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
-            var endpoints = _disposed ? null : snapshot();
-            if (endpoints is null)
+            var rules = _disposed ? null : snapshot();
+            if (rules is null)
             {
                 return;
             }
+
+            var endpoints = rules.Ready;
 
             if (BeforeRestore is { } hook)
             {
@@ -121,7 +126,9 @@ internal sealed class IptablesProxy : IAsyncDisposable
             }
 
             var stale = _endpointChains.Except(endpoints.Select(e => e.Port)).ToList();
-            await RestoreAsync(BuildServiceRules(endpoints, stale), noFlush: true, cancellationToken).ConfigureAwait(false);
+            // One restore, filter first: a pod that takes over the port of a black-holed one that left loses the drop rule
+            // before it becomes a DNAT target.
+            await RestoreAsync(BuildUnreachableRules(rules.Unreachable) + BuildServiceRules(endpoints, stale), noFlush: true, cancellationToken).ConfigureAwait(false);
             _endpointChains.Clear();
             _endpointChains.UnionWith(endpoints.Select(e => e.Port));
         }
@@ -139,8 +146,9 @@ internal sealed class IptablesProxy : IAsyncDisposable
             cancellationToken);
 
     /// <summary>
-    /// The nat table written once: base chains, OUTPUT → KUBE-SERVICES → KUBE-SVC for the service address. Later changes
-    /// only touch the KUBE-SVC and KUBE-SEP chains (<c>--noflush</c>), as kube-proxy does: replacing the whole table while
+    /// The rules written once: in the nat table the base chains, OUTPUT → KUBE-SERVICES → KUBE-SVC for the service address;
+    /// in the filter table INPUT → <see cref="UnreachableChain"/> (see <see cref="BuildUnreachableRules"/>). Later changes
+    /// only touch the KUBE-SVC, KUBE-SEP and unreachable chains (<c>--noflush</c>), as kube-proxy does: replacing the whole table while
     /// connections are established can break the NAT of those connections.
     /// KUBE-SEP-NONE is never jumped to; its DNAT rule only exists so that the table always holds one. Observed with
     /// iptables-nft (1.8.9, Linux 6.x): when the last DNAT rule of a namespace goes (scale to zero ready pods), replies on
@@ -162,8 +170,35 @@ internal sealed class IptablesProxy : IAsyncDisposable
         -A KUBE-SEP-NONE -p tcp -m tcp -j DNAT --to-destination 127.0.0.1:9
         -A KUBE-SERVICES -d {service.Address}/32 -p tcp -m tcp --dport {service.Port} -j {ServiceChain}
         COMMIT
+        *filter
+        :INPUT ACCEPT [0:0]
+        :FORWARD ACCEPT [0:0]
+        :OUTPUT ACCEPT [0:0]
+        :{UnreachableChain} - [0:0]
+        -A INPUT -j {UnreachableChain}
+        COMMIT
 
         """);
+
+    /// <summary>
+    /// The filter chain for <c>iptables-restore --noflush</c> (declaring it flushes it): every new connection's SYN to a
+    /// black-holed pod is dropped, so a connect that the kernel DNATed to it gets no answer and hangs, as a SYN to a node
+    /// that is gone does. Dropped in INPUT, not OUTPUT: by then conntrack has confirmed the connection with its DNAT, so the
+    /// retransmitted SYNs go to the same pod, as on a real node; dropped in OUTPUT (before the confirmation) each
+    /// retransmission would be balanced afresh and could reach a live pod a second later.
+    /// </summary>
+    internal static string BuildUnreachableRules(IReadOnlyList<IPEndPoint> unreachable)
+    {
+        var rules = new StringBuilder("*filter\n");
+        rules.Append(CultureInfo.InvariantCulture, $":{UnreachableChain} - [0:0]\n");
+        foreach (var endpoint in unreachable)
+        {
+            rules.Append(CultureInfo.InvariantCulture, $"-A {UnreachableChain} -d {endpoint.Address}/32 -p tcp -m tcp --dport {endpoint.Port} --tcp-flags FIN,SYN,RST,ACK SYN -j DROP\n");
+        }
+
+        rules.Append("COMMIT\n");
+        return rules.ToString();
+    }
 
     /// <summary>
     /// The service's chains for <c>iptables-restore --noflush</c>: one KUBE-SEP chain per endpoint (named by its port)
@@ -204,6 +239,9 @@ internal sealed class IptablesProxy : IAsyncDisposable
         rules.Append("COMMIT\n");
         return rules.ToString();
     }
+
+    /// <summary>What the rules are written from: the ready endpoints (DNAT targets) and the black-holed pods' endpoints (SYNs dropped).</summary>
+    internal sealed record EndpointRules(IReadOnlyList<IPEndPoint> Ready, IReadOnlyList<IPEndPoint> Unreachable);
 
     /// <summary>
     /// Deletes the namespace, after a rewrite still running (a pod operation racing the cluster's disposal) has ended:

@@ -7,18 +7,30 @@ namespace ConnectionRefresh.Testing.Internal;
 /// One client connection accepted by the ClusterIP and pinned to one backend socket: two byte pumps, one per direction.
 /// A half-close (FIN) is passed on; an error on either side resets both; a black-hole parks both pumps without closing,
 /// and from then on neither data nor a FIN or reset from either side is passed on. A connection to a pod already
-/// black-holed gets no backend at all: see <see cref="HoldAsync"/>.
+/// black-holed gets no backend at all: see <see cref="HoldAsync"/>. In iptables mode the backend connect may hang (the kernel
+/// picked a black-holed pod): see <see cref="ConnectWhileWatchingClientAsync"/>.
 /// </summary>
-/// <remarks>Thread-safe: the backend socket and the finished flag change only under <see cref="_gate"/>.</remarks>
+/// <remarks>
+/// Thread-safe: the backend socket and the finished flag change only under <see cref="_gate"/>; the early bytes are written
+/// by the watch, which has ended before the pumps that read them start.
+/// </remarks>
 internal sealed class ProxiedConnection : IDisposable
 {
     private const int BufferSize = 16 * 1024;
+    // What the client may send before its backend is connected; beyond that its close is no longer watched.
+    private const int EarlyBytesLimit = 64 * 1024;
+    // How long a connect may still take once the client has half-closed: a live pod in the namespace answers a SYN on
+    // loopback at once, so by then the SYN was dropped (the first retransmission comes only after 1 s anyway).
+    private static readonly TimeSpan HalfClosedConnectGrace = TimeSpan.FromSeconds(1);
     private readonly Lock _gate = new();
     private readonly Socket _client;
     private readonly CancellationTokenSource _cts = new();
     private Socket? _backend;
     private bool _finished;
     private volatile bool _blackHoled;
+    // Bytes the client sent while the backend was being connected (pooled buffer), passed on before anything else.
+    private byte[]? _early;
+    private int _earlyLength;
 
     public ProxiedConnection(Socket client) => _client = client;
 
@@ -52,6 +64,98 @@ internal sealed class ProxiedConnection : IDisposable
         finally
         {
             ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    /// <summary>
+    /// Runs <paramref name="connect"/> (iptables mode: the connect inside the namespace, which hangs when the kernel picked a
+    /// black-holed pod, whose SYNs are dropped) while reading what the client sends, so that a client that gives up ends the
+    /// connect instead of leaving it to the kernel's SYN retries (net.ipv4.tcp_syn_retries: tens of seconds or more): a
+    /// reset from the client cancels it at once, a FIN after <see cref="HalfClosedConnectGrace"/> (a client may send a
+    /// request and half-close before a live pod's connect completes). What was read goes to the backend first. Past
+    /// <see cref="EarlyBytesLimit"/> the client is no longer read, so its close is not seen; then the kernel's retries or
+    /// <see cref="Reset"/> (dispose) end the connect.
+    /// </summary>
+    /// <exception cref="OperationCanceledException">The client gave up, or <paramref name="cancellationToken"/> was cancelled.</exception>
+    public async Task<Socket> ConnectWhileWatchingClientAsync(Func<CancellationToken, Task<Socket>> connect, CancellationToken cancellationToken)
+    {
+        using var connectCancellation = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        using var stopWatching = new CancellationTokenSource();
+        var connecting = connect(connectCancellation.Token);
+        var watching = WatchClientAsync(stopWatching.Token);
+        Socket? backend = null;
+        try
+        {
+            if (await Task.WhenAny(connecting, watching).ConfigureAwait(false) == watching)
+            {
+                var seen = await watching.ConfigureAwait(false);
+                if (seen == ClientSide.Reset)
+                {
+                    await connectCancellation.CancelAsync().ConfigureAwait(false);
+                }
+                else if (seen == ClientSide.Closed)
+                {
+                    connectCancellation.CancelAfter(HalfClosedConnectGrace);
+                }
+            }
+
+            backend = await connecting.ConfigureAwait(false);
+        }
+        finally
+        {
+            // The pumps must not read the client while the watch still does.
+            await stopWatching.CancelAsync().ConfigureAwait(false);
+            if (await watching.ConfigureAwait(false) == ClientSide.Reset && backend is not null)
+            {
+                // The reset was consumed here; the pumps would read a FIN instead.
+                backend.Dispose();
+                backend = null;
+            }
+        }
+
+        return backend ?? throw new OperationCanceledException("The client reset its connection while the backend was connecting.");
+    }
+
+    private async Task<ClientSide> WatchClientAsync(CancellationToken cancellationToken)
+    {
+        try
+        {
+            while (true)
+            {
+                if (_earlyLength == EarlyBytesLimit)
+                {
+                    return ClientSide.Unwatched;
+                }
+
+                if (_early is null || _earlyLength == _early.Length)
+                {
+                    var larger = ArrayPool<byte>.Shared.Rent(Math.Min(Math.Max(2 * _earlyLength, BufferSize), EarlyBytesLimit));
+                    if (_early is not null)
+                    {
+                        _early.AsSpan(0, _earlyLength).CopyTo(larger);
+                        ArrayPool<byte>.Shared.Return(_early);
+                    }
+
+                    _early = larger;
+                }
+
+                var room = Math.Min(_early.Length, EarlyBytesLimit) - _earlyLength;
+                var read = await _client.ReceiveAsync(_early.AsMemory(_earlyLength, room), SocketFlags.None, cancellationToken).ConfigureAwait(false);
+                if (read == 0)
+                {
+                    return ClientSide.Closed;
+                }
+
+                _earlyLength += read;
+            }
+        }
+        catch (OperationCanceledException)
+        {
+            return ClientSide.Unwatched;
+        }
+        catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+        {
+            return ClientSide.Reset; // Reset by the client, or by Reset (dispose), which cancels the connect too.
         }
     }
 
@@ -121,7 +225,7 @@ internal sealed class ProxiedConnection : IDisposable
                 return;
             }
 
-            await Task.WhenAll(PumpAsync(_client, backend), PumpAsync(backend, _client)).ConfigureAwait(false);
+            await Task.WhenAll(PumpAsync(_client, backend, _early.AsMemory(0, _earlyLength)), PumpAsync(backend, _client, default)).ConfigureAwait(false);
 
             bool graceful;
             lock (_gate)
@@ -138,15 +242,27 @@ internal sealed class ProxiedConnection : IDisposable
         }
         finally
         {
+            if (_early is { } early)
+            {
+                _early = null;
+                ArrayPool<byte>.Shared.Return(early);
+            }
+
             onCompleted(this);
         }
     }
 
-    private async Task PumpAsync(Socket from, Socket to)
+    private async Task PumpAsync(Socket from, Socket to, ReadOnlyMemory<byte> early)
     {
         var buffer = ArrayPool<byte>.Shared.Rent(BufferSize);
         try
         {
+            if (!early.IsEmpty)
+            {
+                await ParkWhileBlackHoledAsync().ConfigureAwait(false);
+                await SendAllAsync(to, early).ConfigureAwait(false);
+            }
+
             while (true)
             {
                 await ParkWhileBlackHoledAsync().ConfigureAwait(false);
@@ -168,11 +284,7 @@ internal sealed class ProxiedConnection : IDisposable
 
                 // Bytes read just before a black-hole are lost, as on a node that died.
                 await ParkWhileBlackHoledAsync().ConfigureAwait(false);
-                var sent = 0;
-                while (sent < read)
-                {
-                    sent += await to.SendAsync(buffer.AsMemory(sent, read - sent), SocketFlags.None, _cts.Token).ConfigureAwait(false);
-                }
+                await SendAllAsync(to, buffer.AsMemory(0, read)).ConfigureAwait(false);
             }
         }
         catch (Exception ex) when (ex is SocketException or OperationCanceledException or ObjectDisposedException)
@@ -198,6 +310,15 @@ internal sealed class ProxiedConnection : IDisposable
         }
     }
 
+    private async Task SendAllAsync(Socket to, ReadOnlyMemory<byte> bytes)
+    {
+        var sent = 0;
+        while (sent < bytes.Length)
+        {
+            sent += await to.SendAsync(bytes[sent..], SocketFlags.None, _cts.Token).ConfigureAwait(false);
+        }
+    }
+
     private Task ParkWhileBlackHoledAsync() =>
         _blackHoled ? Task.Delay(Timeout.InfiniteTimeSpan, _cts.Token) : Task.CompletedTask;
 
@@ -212,5 +333,18 @@ internal sealed class ProxiedConnection : IDisposable
         }
 
         socket.Dispose();
+    }
+
+    /// <summary>What the watch during a backend connect saw of the client.</summary>
+    private enum ClientSide
+    {
+        /// <summary>Stopped (the connect ended) or no room left to read into: nothing said about the client.</summary>
+        Unwatched,
+
+        /// <summary>A FIN: the client half-closed or closed.</summary>
+        Closed,
+
+        /// <summary>A reset (or the connection was reset here).</summary>
+        Reset,
     }
 }
