@@ -105,6 +105,16 @@ public static class KubernetesResolverServiceCollectionExtensions
             return;
         }
 
+        // A value where the section belongs ("ConnectionRefresh__Kubernetes=true") binds nothing: it would run with the
+        // defaults in silence. An empty value sets nothing, as the binder reads it (and as the client package does).
+        if (!string.IsNullOrEmpty(section.Value))
+        {
+            throw new OptionsValidationException(Options.Options.DefaultName, typeof(KubernetesResolverOptions),
+                [$"The configuration section '{section.Path}' must be an object of settings, e.g. {{ \"IncludeTerminatingEndpoints\": true }}; "
+                 + $"found the value '{section.Value}'. Its keys are {string.Join(", ", Settings.Values.Select(p => p.Name))}; to run with the defaults, "
+                 + "write it as {} or remove it."]);
+        }
+
         // Named here, with the full key and the keys there are, rather than by the binder ("'ErrorOnUnknownConfiguration' was set
         // on the provided BinderOptions, but the following properties were not found ..."), as ConnectionRefresh.Server does.
         var unknown = section.GetChildren().Where(entry => !Settings.ContainsKey(entry.Key)).Select(entry => $"'{entry.Path}'").ToList();

@@ -201,6 +201,43 @@ public sealed class KubernetesResolverServiceCollectionExtensionsTests
             Assert.Single(ex.Failures));
     }
 
+    [Theory]
+    [InlineData(null)]
+    [InlineData("MyApp:K8s")]
+    public void Options_ValueWhereTheSectionBelongs_RejectedNamingTheSectionTheValueAndTheKeys(string? path)
+    {
+        var key = path ?? "ConnectionRefresh:Kubernetes";
+        var configuration = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?> { [key] = "true" }).Build();
+        var services = new ServiceCollection().AddSingleton<IConfiguration>(configuration);
+        if (path is null)
+        {
+            services.AddKubernetesResolver();
+        }
+        else
+        {
+            services.AddKubernetesResolver(configuration.GetSection(path));
+        }
+
+        using var provider = services.BuildServiceProvider();
+
+        var ex = Assert.Throws<OptionsValidationException>(() => provider.GetRequiredService<IOptions<KubernetesResolverOptions>>().Value);
+
+        Assert.Equal(
+            $"The configuration section '{key}' must be an object of settings, e.g. {{ \"IncludeTerminatingEndpoints\": true }}; found the value 'true'. " +
+            "Its keys are ApiServer, KubeconfigPath, ServiceAccountPath, IncludeTerminatingEndpoints, ResyncInterval, InitialBackoff, MaxBackoff; " +
+            "to run with the defaults, write it as {} or remove it.",
+            Assert.Single(ex.Failures));
+    }
+
+    [Fact]
+    public void Options_EmptyValueWhereTheSectionBelongs_TheDefaults()
+    {
+        var configuration = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?> { ["ConnectionRefresh:Kubernetes"] = "" }).Build();
+        using var provider = new ServiceCollection().AddSingleton<IConfiguration>(configuration).AddKubernetesResolver().BuildServiceProvider();
+
+        Assert.Equal(TimeSpan.FromMinutes(5), provider.GetRequiredService<IOptions<KubernetesResolverOptions>>().Value.ResyncInterval);
+    }
+
     [Fact]
     public async Task Options_InvalidValue_FailsAtHostStart()
     {
