@@ -391,17 +391,7 @@ public sealed class SimulatedKubernetesApiTests
         using var reader = new StreamReader(await response.Content.ReadAsStreamAsync());
         await Poll.UntilAsync(() => api.ActiveWatches == 1, "watching");
         api.SendBookmark(); // Marks the end of what the watch sent on its own.
-        var events = new List<string>();
-        while (await Poll.WithTimeout(reader.ReadLineAsync(), "the next watch event") is { } line)
-        {
-            var watchEvent = k8s.KubernetesJson.Deserialize<k8s.Watcher<V1EndpointSlice>.WatchEvent>(line);
-            if (watchEvent.Type == k8s.WatchEventType.Bookmark)
-            {
-                break;
-            }
-
-            events.Add($"{watchEvent.Type} {watchEvent.Object.Metadata.Name}");
-        }
+        var events = await EventsUntilBookmarkAsync(reader);
 
         Assert.Equal(["Added svc-a", "Added svc-c"], events.Order());
     }
@@ -426,17 +416,7 @@ public sealed class SimulatedKubernetesApiTests
         api.Delete("default", "svc-b");
         api.Delete("default", "svc-a");
         api.SendBookmark(); // Marks the end of what the watch was sent.
-        var events = new List<string>();
-        while (await Poll.WithTimeout(reader.ReadLineAsync(), "the next watch event") is { } line)
-        {
-            var watchEvent = k8s.KubernetesJson.Deserialize<k8s.Watcher<V1EndpointSlice>.WatchEvent>(line);
-            if (watchEvent.Type == k8s.WatchEventType.Bookmark)
-            {
-                break;
-            }
-
-            events.Add($"{watchEvent.Type} {watchEvent.Object.Metadata.Name}");
-        }
+        var events = await EventsUntilBookmarkAsync(reader);
 
         Assert.Equal(HttpStatusCode.OK, response.StatusCode);
         Assert.Equal(["Added svc-a", "Modified svc-a", "Deleted svc-a"], events);
@@ -545,6 +525,24 @@ public sealed class SimulatedKubernetesApiTests
         Assert.Equal("IPv4", slice.AddressType);
         Assert.Equal(["10.0.0.1"], Assert.Single(slice.Endpoints).Addresses);
         Assert.Equal(0, api.ListCount); // A read is not a LIST.
+    }
+
+    /// <summary>The watch events read up to the next bookmark, as "Type name".</summary>
+    private static async Task<List<string>> EventsUntilBookmarkAsync(StreamReader reader)
+    {
+        var events = new List<string>();
+        while (await Poll.WithTimeout(reader.ReadLineAsync(), "the next watch event") is { } line)
+        {
+            var watchEvent = k8s.KubernetesJson.Deserialize<k8s.Watcher<V1EndpointSlice>.WatchEvent>(line);
+            if (watchEvent.Type == k8s.WatchEventType.Bookmark)
+            {
+                break;
+            }
+
+            events.Add($"{watchEvent.Type} {watchEvent.Object.Metadata.Name}");
+        }
+
+        return events;
     }
 
     private static V1EndpointSlice Slice(string name) => new()
