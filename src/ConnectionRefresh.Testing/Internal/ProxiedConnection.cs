@@ -20,8 +20,9 @@ internal sealed class ProxiedConnection : IDisposable
     // What the client may send before its backend is connected; beyond that its close is no longer watched.
     private const int EarlyBytesLimit = 64 * 1024;
     // How long a connect may still take once the client has half-closed: a live pod in the namespace answers a SYN on
-    // loopback at once, so by then the SYN was dropped (the first retransmission comes only after 1 s anyway).
-    private static readonly TimeSpan HalfClosedConnectGrace = TimeSpan.FromSeconds(1);
+    // loopback at once, but the thread that connects inside the namespace may wait its turn on a loaded machine, so 5 s
+    // (a dropped SYN has been retransmitted twice by then) rather than a tighter bound that could cancel a live pod's connect.
+    private static readonly TimeSpan HalfClosedConnectGrace = TimeSpan.FromSeconds(5);
     private readonly Lock _gate = new();
     private readonly Socket _client;
     private readonly CancellationTokenSource _cts = new();
