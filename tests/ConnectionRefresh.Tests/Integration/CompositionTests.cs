@@ -16,19 +16,6 @@ namespace ConnectionRefresh.Tests.Integration;
 /// <summary>ConnectionRefresh next to what applications already configure on their clients.</summary>
 public sealed class CompositionTests
 {
-    private sealed class CountingHandler : DelegatingHandler
-    {
-        private int _calls;
-
-        public int Calls => Volatile.Read(ref _calls);
-
-        protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
-        {
-            Interlocked.Increment(ref _calls);
-            return base.SendAsync(request, cancellationToken);
-        }
-    }
-
     [Fact]
     public async Task UserDelegatingHandlerAndChannelOptions_WithRefresh_KeepWorking()
     {

@@ -2,6 +2,7 @@ using System.Diagnostics.Metrics;
 using ConnectionRefresh.Internal;
 using ConnectionRefresh.Protos;
 using ConnectionRefresh.Testing;
+using ConnectionRefresh.Tests.Infrastructure;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Diagnostics.Metrics.Testing;
 using Microsoft.Extensions.Hosting;
@@ -15,19 +16,6 @@ namespace ConnectionRefresh.Tests.Internal;
 public sealed class HandlerChainStartupValidatorTests
 {
     private const string Name = "HelloClient";
-
-    private sealed class MarkerHandler : DelegatingHandler
-    {
-        private int _calls;
-
-        public int Calls => Volatile.Read(ref _calls);
-
-        protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
-        {
-            Interlocked.Increment(ref _calls);
-            return base.SendAsync(request, cancellationToken);
-        }
-    }
 
     /// <summary>Records how many handler chains were built when the host's hosted services start.</summary>
     private sealed class StartRecorder(Func<int> built) : IHostedService
@@ -145,12 +133,12 @@ public sealed class HandlerChainStartupValidatorTests
     public async Task StartAsync_CorrectConfiguration_CallsUseTheChainBuiltAtStartUpWithoutExtraConnections()
     {
         await using var cluster = await SimulatedCluster.StartAsync(new() { Replicas = 1 });
-        var markers = new List<MarkerHandler>();
+        var markers = new List<CountingHandler>();
         var builder = HostBuilder();
         GrpcClient(builder.Services, cluster.Address)
             .AddHttpMessageHandler(() =>
             {
-                var marker = new MarkerHandler();
+                var marker = new CountingHandler();
                 lock (markers)
                 {
                     markers.Add(marker);
@@ -202,7 +190,7 @@ public sealed class HandlerChainStartupValidatorTests
         builder.Services.AddHttpClient("unused").AddHttpMessageHandler(() =>
         {
             Interlocked.Increment(ref created);
-            return new MarkerHandler();
+            return new CountingHandler();
         }).AddConnectionRefresh();
         using var host = builder.Build();
         using var opened = new MetricCollector<long>(host.Services.GetRequiredService<IMeterFactory>(), ConnectionRefreshMetrics.MeterName, "connectionrefresh.connections.opened");
